@@ -1,0 +1,225 @@
+"""Channel groups: sets of coupled channels that must be pruned together.
+
+A group is found with Torch-Pruning's dependency graph and then *verified*: every
+candidate group is test-pruned on a copy of the model, and groups whose removal breaks
+the forward pass or changes the output shape (the classifier's output, channels fixed by
+a parameter-free padding shortcut, ...) are reported as excluded with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from latprune.errors import LatpruneError
+from latprune.graph import RawGroup, build_graph, output_layers, raw_groups, remove_channels, run_model
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Coupled channels pruned as one unit.
+
+    ``id`` is the name of the root layer (whose output channels define the group);
+    ``producers`` are layers whose output channels it sets, ``consumers`` those whose
+    input channels it sets. A width must be a multiple of ``divisor`` (grouped convs),
+    and kept offsets must then repeat in each of the ``divisor`` equal slices.
+    ``flops_share`` is the fraction of network MACs in conv/linear layers it touches.
+    """
+
+    id: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    width: int
+    divisor: int
+    flops_share: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "ChannelGroup":
+        return cls(
+            id=data["id"],
+            producers=tuple(data["producers"]),
+            consumers=tuple(data["consumers"]),
+            width=int(data["width"]),
+            divisor=int(data["divisor"]),
+            flops_share=float(data["flops_share"]),
+        )
+
+    def candidate_widths(self) -> list[int]:
+        """Every width this group can take (multiples of ``divisor`` up to full)."""
+        return list(range(self.divisor, self.width + 1, self.divisor))
+
+    def leading_channels(self, width: int) -> list[int]:
+        """Root-relative indices that keep the first channels of every slice."""
+        return self.slice_pattern(range(width // self.divisor))
+
+    def slice_pattern(self, offsets: Sequence[int]) -> list[int]:
+        """Repeat per-slice ``offsets`` in each of the ``divisor`` slices."""
+        step = self.width // self.divisor
+        return [s * step + o for s in range(self.divisor) for o in sorted(offsets)]
+
+    def validate_kept(self, kept: Sequence[int]) -> list[int]:
+        """Check kept root-relative indices; return them sorted."""
+        idxs = sorted(int(i) for i in kept)
+        if len(set(idxs)) != len(idxs):
+            raise LatpruneError(f"group {self.id}: kept channel indices repeat")
+        if not idxs or idxs[0] < 0 or idxs[-1] >= self.width:
+            raise LatpruneError(f"group {self.id}: kept indices must be non-empty and within 0..{self.width - 1}")
+        if len(idxs) % self.divisor:
+            raise LatpruneError(f"group {self.id}: width {len(idxs)} is not a multiple of {self.divisor}")
+        step = self.width // self.divisor
+        offsets = [i for i in idxs if i < step]
+        if self.divisor > 1 and idxs != self.slice_pattern(offsets):
+            raise LatpruneError(f"group {self.id}: grouped layers need the same kept offsets in each of {self.divisor} slices")
+        return idxs
+
+
+@dataclass(frozen=True)
+class ExcludedGroup:
+    """A group Torch-Pruning proposes that cannot be pruned, and why."""
+
+    id: str
+    width: int
+    reason: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GroupAnalysis:
+    groups: tuple[ChannelGroup, ...]
+    excluded: tuple[ExcludedGroup, ...]
+    total_macs: int
+
+    def by_id(self) -> dict[str, ChannelGroup]:
+        return {g.id: g for g in self.groups}
+
+    def to_json(self) -> dict:
+        return {
+            "total_macs": self.total_macs,
+            "groups": [g.to_json() for g in self.groups],
+            "excluded": [e.to_json() for e in self.excluded],
+        }
+
+
+def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates of every conv/linear layer for ``example_input``."""
+    names = {m: n for n, m in model.named_modules()}
+    macs: dict[str, int] = {}
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, nn.Linear):
+            per_output = module.in_features
+        else:
+            per_output = (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+        macs[names[module]] = macs.get(names[module], 0) + output.numel() * per_output
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        run_model(model, example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> GroupAnalysis:
+    """Find and verify every prunable channel group of ``model``."""
+    reference = run_model(model, example_input)
+    graph = build_graph(model, example_input)
+    classifier = output_layers(model, example_input)
+    names = {m: n for n, m in model.named_modules()}
+    excluded = [
+        ExcludedGroup(names[m], _out_width(m), "sets the network's output") for m in classifier
+    ]
+    candidates = raw_groups(model, graph, classifier)
+    too_narrow = [g for g in candidates if g.width <= g.divisor]
+    excluded += [ExcludedGroup(g.root, g.width, "too narrow to remove a channel") for g in too_narrow]
+    candidates = [g for g in candidates if g.width > g.divisor]
+    failures = _probe_prunability(model, example_input, candidates, reference.shape)
+    excluded += [ExcludedGroup(g.root, g.width, failures[g.root]) for g in candidates if g.root in failures]
+
+    macs = layer_macs(model, example_input)
+    total = sum(macs.values())
+    groups = tuple(
+        ChannelGroup(
+            id=g.root,
+            producers=g.producers,
+            consumers=g.consumers,
+            width=g.width,
+            divisor=g.divisor,
+            flops_share=sum(macs.get(n, 0) for n in set(g.producers) | set(g.consumers)) / max(total, 1),
+        )
+        for g in candidates
+        if g.root not in failures
+    )
+    return GroupAnalysis(groups=groups, excluded=tuple(excluded), total_macs=total)
+
+
+def _out_width(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
+def _probe_prunability(
+    model: nn.Module, example_input: torch.Tensor, candidates: Sequence[RawGroup], out_shape: torch.Size
+) -> dict[str, str]:
+    """Test-prune groups on copies; return ``{root: reason}`` for those that break the model.
+
+    All groups are tried together first (one copy in the common case); a failing set is
+    bisected down to the single groups responsible, then the survivors are re-checked
+    together in case two groups only fail in combination.
+    """
+
+    def attempt(batch: Sequence[RawGroup]) -> str | None:
+        trial = copy.deepcopy(model)
+        removals = {g.root: _probe_removal(g) for g in batch}
+        try:
+            remove_channels(trial, example_input, removals)
+            out = run_model(trial, example_input)
+        except Exception as exc:
+            return f"removing channels breaks the forward pass ({str(exc).splitlines()[0]})"
+        if out.shape != out_shape:
+            return f"removing channels changes the output shape to {tuple(out.shape)}"
+        return None
+
+    failures: dict[str, str] = {}
+
+    def bisect(batch: Sequence[RawGroup]) -> None:
+        reason = attempt(batch)
+        if reason is None:
+            return
+        if len(batch) == 1:
+            failures[batch[0].root] = reason
+            return
+        half = len(batch) // 2
+        found_before = len(failures)
+        bisect(batch[:half])
+        bisect(batch[half:])
+        if len(failures) == found_before:  # each half works alone: grow a set until it breaks
+            for end in range(2, len(batch) + 1):
+                reason = attempt(batch[:end])
+                if reason is not None:
+                    failures[batch[end - 1].root] = f"{reason}, in combination with other groups"
+                    return
+
+    remaining = list(candidates)
+    while remaining:
+        bisect(remaining)
+        survivors = [g for g in remaining if g.root not in failures]
+        if len(survivors) == len(remaining):
+            break
+        remaining = survivors
+    return failures
+
+
+def _probe_removal(group: RawGroup) -> list[int]:
+    """Drop the last channel of every slice: the smallest legal change to a group."""
+    step = group.width // group.divisor
+    return [s * step + step - 1 for s in range(group.divisor)]

@@ -1,0 +1,96 @@
+"""Save and reload a pruned model as one file.
+
+The file records how to rebuild the architecture (model spec, input shape, kept
+channels per group) plus the full state dict, and is read with ``weights_only=True``:
+no pickled code. Reloading rebuilds the base model from its spec, applies the same
+channel removal, and loads the weights strictly, so architecture and weights are exact.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from latprune.errors import LatpruneError
+from latprune.groups import find_channel_groups
+from latprune.models import LoadedModel, apply_state_dict, load_model
+from latprune.surgery import prune_channels
+
+FORMAT = "latprune-pruned-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PrunedModel:
+    """A pruned network with the recipe that rebuilds its architecture."""
+
+    model: nn.Module
+    spec: str
+    input_shape: tuple[int, ...]
+    kept: dict[str, list[int]]
+    base_family: str = "custom"
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {gid: len(idxs) for gid, idxs in self.kept.items()}
+
+    def example_input(self, seed: int = 0) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(self.input_shape, generator=generator)
+
+
+def prune_loaded(loaded: LoadedModel, kept: Mapping[str, Sequence[int]], metadata: dict | None = None) -> PrunedModel:
+    """Prune a loaded model to ``kept`` channels per group."""
+    x = loaded.example_input()
+    analysis = find_channel_groups(loaded.model, x)
+    model = prune_channels(loaded.model, x, analysis.groups, kept)
+    return PrunedModel(
+        model=model,
+        spec=loaded.spec,
+        input_shape=loaded.input_shape,
+        kept={gid: sorted(int(i) for i in idxs) for gid, idxs in kept.items()},
+        base_family=loaded.family,
+        metadata=dict(metadata or {}),
+    )
+
+
+def save_pruned(pruned: PrunedModel, path: str | os.PathLike) -> None:
+    """Write ``pruned`` to ``path`` atomically (a partial file never replaces a good one)."""
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "spec": pruned.spec,
+        "input_shape": list(pruned.input_shape),
+        "kept": pruned.kept,
+        "metadata": pruned.metadata,
+        "state_dict": {k: v.detach().cpu() for k, v in pruned.model.state_dict().items()},
+    }
+    tmp = f"{path}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_pruned(path: str | os.PathLike) -> PrunedModel:
+    """Rebuild a pruned model saved by :func:`save_pruned`."""
+    if not os.path.isfile(path):
+        raise LatpruneError(f"pruned model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LatpruneError(f"cannot read pruned model {path}: {str(exc).strip().splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise LatpruneError(f"{path} is not a latprune pruned model (pass plain weights with --weights)")
+    if payload.get("version", 0) > FORMAT_VERSION:
+        raise LatpruneError(
+            f"{path} was written by a newer latprune (format {payload['version']}, this one reads up to {FORMAT_VERSION})"
+        )
+    loaded = load_model(payload["spec"], input_shape=tuple(payload["input_shape"]))
+    pruned = prune_loaded(loaded, payload["kept"], payload.get("metadata"))
+    apply_state_dict(pruned.model, payload["state_dict"], str(path), f"the pruned {payload['spec']}")
+    pruned.model.eval()
+    return pruned

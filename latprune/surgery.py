@@ -1,0 +1,51 @@
+"""Physical pruning: turn kept channel indices per group into a smaller dense network."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from latprune.errors import LatpruneError
+from latprune.graph import remove_channels, run_model
+from latprune.groups import ChannelGroup
+
+
+def prune_channels(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    groups: Sequence[ChannelGroup],
+    kept: Mapping[str, Sequence[int]],
+) -> nn.Module:
+    """Return a pruned copy of ``model`` keeping ``kept[group_id]`` channels of each group.
+
+    Groups absent from ``kept`` stay at full width. The result is a real dense network
+    (no masks) whose output shape equals the original's.
+    """
+    by_id = {g.id: g for g in groups}
+    unknown = sorted(set(kept) - set(by_id))
+    if unknown:
+        raise LatpruneError(f"unknown channel group {unknown[0]!r}; run `latprune groups` to list them")
+    removals = {}
+    for gid, idxs in kept.items():
+        group = by_id[gid]
+        keep = set(group.validate_kept(idxs))
+        removals[gid] = [i for i in range(group.width) if i not in keep]
+    expected = run_model(model, example_input).shape
+    pruned = copy.deepcopy(model)
+    remove_channels(pruned, example_input, removals)
+    out = run_model(pruned, example_input)
+    if out.shape != expected:
+        raise LatpruneError(f"pruning changed the output shape from {tuple(expected)} to {tuple(out.shape)}")
+    return pruned.eval()
+
+
+def widths_of(kept: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """The width of each group in a kept-indices mapping."""
+    return {gid: len(idxs) for gid, idxs in kept.items()}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
