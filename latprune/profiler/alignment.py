@@ -1,0 +1,66 @@
+"""Detect a backend's channel alignment step from layer timings.
+
+On CPUs with wide vector units latency is a staircase in the channel count: a conv with
+cin = 127 can run like (or slower than) one with 128. For each candidate step, each
+layer family (same layer, varying widths) is fitted with latency ~ a + b * MACs where
+channels are rounded up to the step; the step whose fits leave the smallest relative
+residuals is the detected alignment (1 means no staircase).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from latprune.profiler.signature import LayerSignature
+
+CANDIDATE_STEPS = (1, 2, 4, 8, 16, 32)
+
+
+def padded_macs(signature: LayerSignature, step: int) -> float:
+    """MACs with input and output channels rounded up to a multiple of ``step``."""
+    def up(c: int) -> int:
+        return math.ceil(c / step) * step
+
+    cin, cout = up(signature.cin), up(signature.cout)
+    groups = cin if signature.depthwise else signature.groups
+    ratio = (cin // max(groups, 1)) * cout / max((signature.cin // signature.groups) * signature.cout, 1)
+    return signature.macs * ratio
+
+
+def _family(signature: LayerSignature) -> tuple:
+    data = signature.to_json()
+    for varying in ("cin", "cout", "groups"):
+        data.pop(varying)
+    return tuple(sorted((k, str(v)) for k, v in data.items()))
+
+
+def detect_alignment_step(
+    timings: Sequence[tuple[LayerSignature, float]], min_points: int = 8
+) -> tuple[int, dict[int, float]]:
+    """Return the best step and each candidate step's median relative fit error."""
+    families: dict[tuple, list[tuple[LayerSignature, float]]] = defaultdict(list)
+    for signature, ms in timings:
+        if signature.kind == "conv" and ms > 0:
+            families[_family(signature)].append((signature, ms))
+    usable = [f for f in families.values() if len(f) >= min_points]
+    if not usable:
+        return 1, {}
+    scores = {}
+    for step in CANDIDATE_STEPS:
+        errors = []
+        for family in usable:
+            x = np.array([padded_macs(s, step) for s, _ in family])
+            y = np.array([ms for _, ms in family])
+            design = np.stack([np.ones_like(x), x], axis=1)
+            coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+            errors.append(float(np.median(np.abs(design @ coef - y) / y)))
+        scores[step] = statistics.median(errors)
+    best = min(scores.values())
+    # Prefer the smallest step whose fit is within 2% of the best one.
+    chosen = min(s for s, e in scores.items() if e <= best * 1.02 + 1e-12)
+    return chosen, scores

@@ -1,0 +1,346 @@
+"""Timing backends, registered under the names the CLI accepts.
+
+A backend turns a (pruned) network into something it can run, then times it whole
+(plain runs) and per layer (profiled runs). A layer's *segment* is its own kernel plus
+every op that runs after it until the next conv/linear layer starts (fused BN and
+activations, residual adds, pooling...), so segments plus a small prologue add up to
+the whole network.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from latprune.errors import LatpruneError
+from latprune.profiler.device import cpu_model, physical_cores
+from latprune.profiler.structure import TIMED_TYPES
+
+
+@dataclass
+class RoundSample:
+    """One round of timing one network."""
+
+    plain_ms: list[float]
+    profiled_ms: list[float]
+    segments: list[dict[str, float]]  # per profiled run: layer name -> segment ms
+    nodes_per_layer: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RoundSample":
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A network ready to be timed: a file the backend can load, and its layer order."""
+
+    path: Path
+    layers: tuple[str, ...]
+
+
+class Backend:
+    name: str = ""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or physical_cores()
+
+    def check_available(self) -> None:
+        """Raise :class:`LatpruneError` if this backend cannot run here."""
+
+    def description(self) -> dict:
+        """Facts that decide whether timings are comparable (part of the device fingerprint)."""
+        return {"backend": self.name, "cpu": cpu_model(), "cores": physical_cores(), "threads": self.threads,
+                "torch": torch.__version__.split("+")[0]}
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str], path: Path) -> Prepared:
+        raise NotImplementedError
+
+    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int) -> RoundSample:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release processes or devices held by the backend."""
+
+
+BACKENDS: dict[str, Callable[[int | None], Backend]] = {}
+
+
+def register(name: str):
+    def wrap(cls):
+        BACKENDS[name] = lambda threads=None: cls(threads)
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def get_backend(name: str, threads: int | None = None) -> Backend:
+    """The backend registered as ``name``, checked to be usable on this machine."""
+    if name not in BACKENDS:
+        raise LatpruneError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    backend = BACKENDS[name](threads)
+    backend.check_available()
+    return backend
+
+
+# ---------------------------------------------------------------- PyTorch
+
+
+class _TorchBackend(Backend):
+    device = "cpu"
+
+    def check_available(self) -> None:
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise LatpruneError(f"backend {self.name} needs a CUDA GPU, and PyTorch sees none here")
+
+    def description(self) -> dict:
+        info = super().description()
+        if self.device == "cuda":
+            info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                        cudnn=torch.backends.cudnn.version())
+        return info
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str], path: Path) -> Prepared:
+        torch.save({"model": model, "input_shape": tuple(input_shape)}, path)  # our own temporary file
+        return Prepared(path=path, layers=tuple(layers))
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int) -> RoundSample:
+        torch.set_num_threads(self.threads)
+        if self.device == "cuda":
+            torch.backends.cudnn.benchmark = True
+        saved = torch.load(prepared.path, map_location=self.device, weights_only=False)
+        model, x = saved["model"].eval(), torch.randn(saved["input_shape"], device=self.device)
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            self._sync()
+            profiled, segments = self._profiled_runs(model, x, profiled_runs)
+            plain = [self._timed(model, x) for _ in range(runs)]
+        return RoundSample(plain, profiled, segments, {name: 1 for name in prepared.layers})
+
+    def _timed(self, model: nn.Module, x: torch.Tensor) -> float:
+        if self.device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(x)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        begin = time.perf_counter()
+        model(x)
+        return (time.perf_counter() - begin) * 1e3
+
+    def _profiled_runs(self, model: nn.Module, x: torch.Tensor, count: int) -> tuple[list[float], list[dict]]:
+        """Forward pre-hooks stamp (synchronised) the start of every conv/linear layer."""
+        names = {m: n for n, m in model.named_modules()}
+        stamps: list[tuple[str, float]] = []
+
+        def stamp(module, _inputs):
+            self._sync()
+            stamps.append((names[module], time.perf_counter()))
+
+        hooks = [m.register_forward_pre_hook(stamp) for m in model.modules() if isinstance(m, TIMED_TYPES)]
+        totals, segments = [], []
+        try:
+            for _ in range(count):
+                stamps.clear()
+                self._sync()
+                begin = time.perf_counter()
+                model(x)
+                self._sync()
+                end = time.perf_counter()
+                bounds = stamps + [("", end)]
+                run: dict[str, float] = {"": (stamps[0][1] - begin) * 1e3} if stamps else {}
+                for (name, t0), (_, t1) in zip(bounds, bounds[1:]):
+                    run[name] = run.get(name, 0.0) + (t1 - t0) * 1e3
+                totals.append((end - begin) * 1e3)
+                segments.append(run)
+        finally:
+            for h in hooks:
+                h.remove()
+        return totals, segments
+
+
+@register("torch-cpu")
+class TorchCpuBackend(_TorchBackend):
+    device = "cpu"
+
+
+@register("torch-cuda")
+class TorchCudaBackend(_TorchBackend):
+    device = "cuda"
+
+
+# ---------------------------------------------------------------- ONNX Runtime
+
+LAYER_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+
+
+class _OrtBackend(Backend):
+    provider = "CPUExecutionProvider"
+
+    def __init__(self, threads: int | None = None):
+        super().__init__(threads)
+        self._worker: subprocess.Popen | None = None
+        self._maps: dict[Path, "NodeAttribution"] = {}
+
+    def _request(self, **request) -> dict:
+        if self._worker is None or self._worker.poll() is not None:
+            self._worker = subprocess.Popen(
+                [sys.executable, "-m", "latprune.profiler.ort_worker"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )
+        self._worker.stdin.write(json.dumps(request) + "\n")
+        self._worker.stdin.flush()
+        line = self._worker.stdout.readline()
+        if not line:
+            raise LatpruneError("the ONNX Runtime timing process died (see its messages above)")
+        reply = json.loads(line)
+        if not reply.pop("ok"):
+            raise LatpruneError(f"ONNX Runtime failed: {reply['error']}")
+        return reply
+
+    def check_available(self) -> None:
+        try:
+            import onnxruntime  # noqa: F401  (checked here; sessions live in the worker only)
+        except ImportError:
+            raise LatpruneError(f"backend {self.name} needs the onnxruntime package") from None
+        info = self._request(cmd="info", provider=self.provider)
+        if not info["provider_available"]:
+            raise LatpruneError(
+                f"backend {self.name} needs ONNX Runtime's {self.provider} (install onnxruntime-gpu for CUDA); "
+                f"available here: {', '.join(info['providers'])}"
+            )
+        self._ort_version = info["onnxruntime"]
+
+    def description(self) -> dict:
+        info = super().description()
+        info.update(onnxruntime=self._ort_version, provider=self.provider)
+        if self.provider == "CUDAExecutionProvider" and torch.cuda.is_available():
+            info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+        return info
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str], path: Path) -> Prepared:
+        from latprune.onnx_export import export_onnx
+
+        export_onnx(model, input_shape, path)
+        prepared = Prepared(path=path, layers=tuple(layers))
+        self._maps[path] = NodeAttribution.from_onnx(path, layers)
+        return prepared
+
+    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int) -> RoundSample:
+        reply = self._request(cmd="time", onnx=str(prepared.path), provider=self.provider, threads=self.threads,
+                              warmup=warmup, runs=runs, profiled_runs=profiled_runs)
+        attribution = self._maps.get(prepared.path) or NodeAttribution.from_onnx(prepared.path, prepared.layers)
+        self._maps[prepared.path] = attribution
+        segments, counts = [], {}
+        for nodes in reply["node_runs"]:
+            run, counts = attribution.segments(nodes)
+            segments.append(run)
+        return RoundSample(reply["plain_ms"], reply["profiled_ms"], segments, counts)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stdin.close()
+            self._worker.wait(timeout=10)
+            self._worker = None
+
+
+@register("ort-cpu")
+class OrtCpuBackend(_OrtBackend):
+    provider = "CPUExecutionProvider"
+
+
+@register("ort-cuda")
+class OrtCudaBackend(_OrtBackend):
+    provider = "CUDAExecutionProvider"
+
+
+class NodeAttribution:
+    """Maps ONNX Runtime's optimised nodes back to the network's conv/linear layers.
+
+    The exporter emits Conv/Gemm nodes in the order PyTorch runs the layers, which names
+    them. ORT renames fused nodes after a tensor of the exported graph (e.g.
+    ``/layer1/layer1.0/relu/Relu_output_0_nchwc``); walking back from that tensor's
+    producer to the nearest Conv/Gemm finds the layer. Other nodes join the segment of
+    the layer that ran before them; nodes before the first layer form the prologue.
+    """
+
+    PROLOGUE = ""
+
+    def __init__(self, producer: dict[str, object], node_layer: dict[str, str], by_name: dict[str, object],
+                 layers: Sequence[str]):
+        self._producer = producer
+        self._node_layer = node_layer
+        self._by_name = by_name
+        self._layers = list(layers)
+        self._cache: dict[str, str | None] = {}
+
+    @classmethod
+    def from_onnx(cls, path: Path, layers: Sequence[str]) -> "NodeAttribution":
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        layer_nodes = [n for n in graph.node if n.op_type in LAYER_OPS]
+        if len(layer_nodes) != len(layers):
+            raise LatpruneError(
+                f"exported graph has {len(layer_nodes)} conv/gemm nodes but the network runs {len(layers)} layers"
+            )
+        node_layer = {n.name: layer for n, layer in zip(layer_nodes, layers)}
+        producer = {out: n for n in graph.node for out in n.output}
+        return cls(producer, node_layer, {n.name: n for n in graph.node}, layers)
+
+    def layer_of(self, ort_name: str) -> str | None:
+        if ort_name not in self._cache:
+            self._cache[ort_name] = self._resolve(ort_name)
+        return self._cache[ort_name]
+
+    def _resolve(self, ort_name: str) -> str | None:
+        name = ort_name.removeprefix("fused ")  # ORT's name for fused Gemm/MatMul nodes
+        node = self._by_name.get(name)
+        while node is None and name:
+            node = self._producer.get(name)
+            if node is None and "_" in name:
+                name = name.rsplit("_", 1)[0]  # drop ORT's suffixes (_nchwc, _token_N, ...)
+            elif node is None:
+                break
+        for _ in range(16):  # walk back through fused element-wise ops to the conv/gemm
+            if node is None or node.op_type == "Concat":  # a concat has no single source layer
+                return None
+            if node.name in self._node_layer:
+                return self._node_layer[node.name]
+            node = next((self._producer[i] for i in node.input if i in self._producer), None)
+        return None
+
+    def segments(self, nodes: Sequence[Sequence]) -> tuple[dict[str, float], dict[str, int]]:
+        """Sum one run's node times [name, op, ms] into layer segments (and count nodes)."""
+        times: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        started: set[str] = set()
+        current = self.PROLOGUE
+        for name, op, ms in nodes:
+            layer = self.layer_of(name) if op in LAYER_OPS else None
+            # ORT also emits Conv nodes of its own (a lone BatchNorm becomes a 1x1 conv):
+            # those resolve to no layer, or to one already started, and join the segment.
+            if layer is not None and layer not in started:
+                started.add(layer)
+                current = layer
+            times[current] = times.get(current, 0.0) + ms
+            counts[current] = counts.get(current, 0) + 1
+        return times, counts

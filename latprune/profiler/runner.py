@@ -1,0 +1,279 @@
+"""Profile a model on a backend: time pruned variants whole and per layer, into the store.
+
+Method (see issue #3): one engine per process; a short global warm-up; every variant is
+timed in several rounds, each round visiting the variants in a new shuffled order (so slow
+drifts spread over all variants instead of biasing some); each round of each variant is
+committed at once, so an interrupted run resumes where it stopped; a variant whose round
+medians disagree by more than ``retime_spread`` gets extra rounds; the dense network is
+re-timed every few minutes to record drift.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from latprune.groups import find_channel_groups
+from latprune.models import LoadedModel
+from latprune.profiler.alignment import detect_alignment_step
+from latprune.profiler.backends import Backend, Prepared, RoundSample, get_backend
+from latprune.profiler.device import fingerprint
+from latprune.profiler.signature import LayerSignature, Measurement
+from latprune.profiler.store import NetworkTiming, ProfileStore
+from latprune.profiler.structure import LayerInfo, layer_widths, trace_layers
+from latprune.profiler.variants import Variant, design_variants
+from latprune.surgery import prune_channels
+
+DTYPE = "float32"
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    widths: int = 32  # candidate widths per group
+    variants: int = 64  # pruned variants (each layer sees up to this many width pairs)
+    rounds: int = 3
+    runs: int = 8  # plain whole-network runs per round
+    profiled_runs: int = 8  # per-layer runs per round
+    warmup: int = 3
+    min_round_ms: float = 60.0  # fast networks get more runs so a round lasts at least this long
+    step: int = 16  # grid of "hardware-friendly" widths
+    retime_spread: float = 0.05
+    max_extra_rounds: int = 2
+    anchors: int = 4  # variants always timed whole, even when every layer is already known
+    drift_interval_s: float = 180.0
+    global_warmup_s: float = 1.5
+    seed: int = 0
+
+
+@dataclass
+class ProfileReport:
+    model: str
+    backend: str
+    device: str
+    db: str
+    variants_planned: int
+    variants_timed: int
+    variants_reused: int
+    variants_already_done: int
+    new_layer_rows: int
+    layer_rows: int
+    alignment_step: int
+    alignment_scores: dict
+    noise_round_spread: float
+    noise_p10_p90: float
+    drift: float
+    wall_s: float
+    settings: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def model_key(loaded: LoadedModel) -> str:
+    """Architecture identity for timing purposes: spec and input shape (not weights)."""
+    return f"{loaded.spec}@{'x'.join(map(str, loaded.input_shape))}"
+
+
+@dataclass
+class _Job:
+    variant: Variant
+    prepared: Prepared
+    signatures: dict[str, LayerSignature]
+    rounds: dict[int, dict]
+    new_rows: int = 0
+
+    def spread(self) -> float:
+        medians = [statistics.median(r["plain_ms"]) for r in self.rounds.values()]
+        return (max(medians) - min(medians)) / statistics.median(medians)
+
+
+def _progress(iterable=None, **kwargs):
+    from tqdm import tqdm
+
+    return tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+def profile_model(
+    loaded: LoadedModel,
+    backend_name: str,
+    db: str | Path | None = None,
+    settings: ProfileSettings = ProfileSettings(),
+    threads: int | None = None,
+    progress: bool = True,
+) -> ProfileReport:
+    """Profile ``loaded`` on ``backend_name`` into the database ``db`` (resuming if interrupted)."""
+    started = time.time()
+    backend = get_backend(backend_name, threads)
+    try:
+        with ProfileStore(db) as store:
+            return _profile(loaded, backend, store, settings, progress, started)
+    finally:
+        backend.close()
+
+
+def _profile(loaded, backend: Backend, store: ProfileStore, settings: ProfileSettings, progress: bool,
+             started: float) -> ProfileReport:
+    description = backend.description()
+    device = fingerprint(description)
+    device_id = store.device_id(device, description)
+    key = model_key(loaded)
+    x = loaded.example_input()
+    analysis = find_channel_groups(loaded.model, x)
+    layers = trace_layers(loaded.model, x)
+    variants = design_variants(analysis.groups, settings.widths, settings.variants, settings.step, settings.seed)
+
+    known_elsewhere = store.known_signatures(device_id, backend.name, exclude_model=key)
+    done = {t.variant_key for t in store.network_timings(device_id, backend.name, key)}
+    pending = store.pending_rounds(device_id, backend.name, key)
+
+    jobs: list[_Job] = []
+    reused = 0
+    with tempfile.TemporaryDirectory(prefix="latprune-profile-") as work:
+        for index, variant in enumerate(_progress(variants, desc="prepare variants", unit="variant",
+                                                  disable=not progress)):
+            if variant.key in done:
+                continue
+            model = prune_channels(loaded.model, x, analysis.groups, variant.kept(analysis.groups))
+            signatures = _signatures(model, layers, loaded.input_shape[0], backend.name)
+            if index >= settings.anchors and all(s.key() in known_elsewhere for s in signatures.values()):
+                reused += 1
+                continue
+            prepared = backend.prepare(model, loaded.input_shape, list(layers), Path(work) / f"{variant.key}.bin")
+            jobs.append(_Job(variant, prepared, signatures, pending.get(variant.key, {})))
+
+        drift = 0.0
+        if jobs:
+            drift = _time_jobs(jobs, backend, store, device_id, key, settings, progress)
+
+    timings = [(t.signature, t.measurement.median_ms) for t in store.layer_timings(device_id, backend.name)]
+    step, scores = detect_alignment_step(timings)
+    store.set_fact(device_id, backend.name, "alignment_step", step)
+    networks = store.network_timings(device_id, backend.name, key)
+    return ProfileReport(
+        model=key,
+        backend=backend.name,
+        device=device,
+        db=str(store.path),
+        variants_planned=len(variants),
+        variants_timed=len(jobs),
+        variants_reused=reused,
+        variants_already_done=len(done),
+        new_layer_rows=sum(j.new_rows for j in jobs),
+        layer_rows=len(timings),
+        alignment_step=step,
+        alignment_scores={str(k): round(v, 5) for k, v in scores.items()},
+        noise_round_spread=statistics.median([n.measurement.spread for n in networks]) if networks else 0.0,
+        noise_p10_p90=statistics.median(
+            [(n.measurement.p90_ms - n.measurement.p10_ms) / n.measurement.median_ms for n in networks]
+        ) if networks else 0.0,
+        drift=drift,
+        wall_s=time.time() - started,
+        settings=asdict(settings),
+    )
+
+
+def _signatures(model, layers: dict[str, LayerInfo], batch: int, backend: str) -> dict[str, LayerSignature]:
+    modules = dict(model.named_modules())
+    return {name: info.signature(*layer_widths(modules[name]), batch, DTYPE, backend) for name, info in layers.items()}
+
+
+def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_id: int, key: str,
+               settings: ProfileSettings, progress: bool) -> float:
+    """Run the rounds; returns the largest relative drift of the reference network."""
+    reference = jobs[0].prepared
+    deadline = time.time() + settings.global_warmup_s
+    while time.time() < deadline:
+        backend.time(reference, warmup=1, runs=3, profiled_runs=0)
+
+    def check_drift() -> float:
+        sample = backend.time(reference, warmup=settings.warmup, runs=2 * settings.runs, profiled_runs=0)
+        store.record_drift_check(device_id, backend.name, key, statistics.median(sample.plain_ms))
+        checks = store.drift_checks(device_id, backend.name, key)
+        return max(abs(c / checks[0] - 1) for c in checks)
+
+    drift = check_drift()
+    last_check = time.time()
+    dense_ms = store.drift_checks(device_id, backend.name, key)[-1]
+    scale = max(1.0, settings.min_round_ms / max(dense_ms, 1e-3) / (settings.runs + settings.profiled_runs))
+    runs, profiled_runs = round(settings.runs * scale), round(settings.profiled_runs * scale)
+    finished: set[str] = set()
+    rng = random.Random(settings.seed)
+    total = sum(max(0, settings.rounds - len(j.rounds)) for j in jobs)
+    bar = _progress(total=total, desc=f"profile {backend.name}", unit="run", disable=not progress)
+    for round_index in range(settings.rounds + settings.max_extra_rounds):
+        todo = [
+            j for j in jobs
+            if j.variant.key not in finished and round_index not in j.rounds
+            and (round_index < settings.rounds or j.spread() > settings.retime_spread)
+        ]
+        if round_index >= settings.rounds:
+            bar.total += len(todo)
+        rng.shuffle(todo)
+        for job in todo:
+            sample = backend.time(job.prepared, settings.warmup, runs, profiled_runs)
+            job.rounds[round_index] = sample.to_json()
+            store.save_round(device_id, backend.name, key, job.variant.key, round_index, job.rounds[round_index])
+            complete = len(job.rounds) >= settings.rounds
+            if complete and (job.spread() <= settings.retime_spread
+                             or len(job.rounds) >= settings.rounds + settings.max_extra_rounds):
+                job.new_rows = _finish(job, store, device_id, backend.name, key)
+                finished.add(job.variant.key)
+            bar.update(1)
+            if time.time() - last_check > settings.drift_interval_s:
+                drift = max(drift, check_drift())
+                last_check = time.time()
+    for job in jobs:  # jobs still above the spread limit after all extra rounds
+        if job.variant.key not in finished:
+            job.new_rows = _finish(job, store, device_id, backend.name, key)
+    bar.close()
+    return drift
+
+
+def _finish(job: _Job, store: ProfileStore, device_id: int, backend: str, key: str) -> int:
+    """Summarise a variant's rounds and commit it (layers and whole network) at once."""
+    samples = [RoundSample.from_json(job.rounds[r]) for r in sorted(job.rounds)]
+    whole = Measurement.from_samples([s.plain_ms for s in samples])
+    per_layer: dict[str, list[list[float]]] = defaultdict(list)
+    for sample in samples:
+        for layer, runs in _corrected_segments(sample).items():
+            per_layer[layer].append(runs)
+    layers_ms = {layer: statistics.median([t for r in rounds for t in r])
+                 for layer, rounds in per_layer.items() if layer}
+    by_signature: dict[LayerSignature, list[list[float]]] = defaultdict(list)
+    for layer, rounds in per_layer.items():
+        if layer:
+            by_signature[job.signatures[layer]].extend(rounds)
+    network = NetworkTiming(
+        model_key=key,
+        variant_key=job.variant.key,
+        widths=job.variant.widths,
+        measurement=whole,
+        layers_ms=layers_ms,
+        remainder_ms=whole.median_ms - sum(layers_ms.values()),
+    )
+    layer_rows = [(sig, Measurement.from_samples(rounds)) for sig, rounds in by_signature.items()]
+    return store.finish_variant(device_id, backend, network, layer_rows)
+
+
+def _corrected_segments(sample: RoundSample) -> dict[str, list[float]]:
+    """Per-layer segment times with the profiler's own per-node overhead removed.
+
+    Instrumentation makes profiled runs slower than plain ones; the excess of the summed
+    segments over the plain median is spread evenly over the profiled nodes (a few
+    microseconds each) and subtracted, so corrected segments add up to the plain time.
+    """
+    plain = statistics.median(sample.plain_ms)
+    raw_total = statistics.median([sum(run.values()) for run in sample.segments])
+    nodes = sum(sample.nodes_per_layer.values()) or 1
+    per_node = max(0.0, raw_total - plain) / nodes
+    corrected: dict[str, list[float]] = defaultdict(list)
+    for run in sample.segments:
+        for layer, ms in run.items():
+            corrected[layer].append(max(0.0, ms - per_node * sample.nodes_per_layer.get(layer, 1)))
+    return corrected

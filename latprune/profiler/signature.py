@@ -1,0 +1,99 @@
+"""Plain data objects of the profiler: layer signatures and timing measurements."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class LayerSignature:
+    """Everything a layer's in-network latency depends on, for one backend.
+
+    ``epilogue`` names the ops that run between this layer and the next conv/linear
+    (e.g. ``batch_norm+add+relu``): backends fuse them into the layer or run them right
+    after it, and their cost is timed with it.
+    """
+
+    kind: str  # "conv" or "linear"
+    cin: int
+    cout: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    groups: int
+    dilation: tuple[int, int]
+    height: int
+    width: int
+    batch: int
+    dtype: str
+    backend: str
+    epilogue: str
+
+    def key(self) -> str:
+        """Canonical text form, used as the database key."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "LayerSignature":
+        values = {f.name: data[f.name] for f in fields(cls)}
+        for name in ("kernel", "stride", "padding", "dilation"):
+            values[name] = tuple(values[name])
+        return cls(**values)
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.groups == self.cin == self.cout and self.groups > 1
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the layer (output pixels x kernel volume x cin per group)."""
+        if self.kind == "linear":
+            return self.batch * self.cin * self.cout
+        out_h = (self.height + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
+        out_w = (self.width + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
+        per_output = (self.cin // self.groups) * self.kernel[0] * self.kernel[1]
+        return self.batch * self.cout * out_h * out_w * per_output
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Summary of repeated timings of one thing, in milliseconds."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    spread: float  # relative disagreement between round medians: (max - min) / median
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_samples(cls, rounds: Sequence[Sequence[float]]) -> "Measurement":
+        """Summarise timings grouped by round (each round's samples taken together)."""
+        samples = sorted(t for r in rounds for t in r)
+        if not samples:
+            raise ValueError("no timing samples")
+        median = statistics.median(samples)
+        round_medians = [statistics.median(r) for r in rounds if r]
+        spread = (max(round_medians) - min(round_medians)) / median if median > 0 else 0.0
+        return cls(
+            median_ms=median,
+            p10_ms=_quantile(samples, 0.1),
+            p90_ms=_quantile(samples, 0.9),
+            runs=len(samples),
+            spread=spread,
+        )
+
+
+def _quantile(sorted_samples: Sequence[float], q: float) -> float:
+    position = q * (len(sorted_samples) - 1)
+    low = int(position)
+    high = min(low + 1, len(sorted_samples) - 1)
+    return sorted_samples[low] + (sorted_samples[high] - sorted_samples[low]) * (position - low)

@@ -1,0 +1,283 @@
+"""``ProfileStore``: the SQLite database of timings. Nothing else in latprune writes SQL.
+
+One row per (device, backend, layer signature) for layer timings; whole-network timings
+per pruned variant; partial rounds of variants still being timed (so an interrupted run
+resumes); drift checks of a reference network. Every write is its own transaction, the
+database runs in WAL mode with a busy timeout, so two profilers can share it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from latprune.errors import LatpruneError
+from latprune.profiler.signature import LayerSignature, Measurement
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layer_timings (
+    device_id INTEGER NOT NULL REFERENCES devices(id),
+    backend TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    median_ms REAL NOT NULL, p10_ms REAL NOT NULL, p90_ms REAL NOT NULL,
+    runs INTEGER NOT NULL, spread REAL NOT NULL,
+    source_model TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (device_id, backend, signature)
+);
+CREATE TABLE IF NOT EXISTS network_timings (
+    device_id INTEGER NOT NULL REFERENCES devices(id),
+    backend TEXT NOT NULL,
+    model_key TEXT NOT NULL,
+    variant_key TEXT NOT NULL,
+    widths TEXT NOT NULL,
+    median_ms REAL NOT NULL, p10_ms REAL NOT NULL, p90_ms REAL NOT NULL,
+    runs INTEGER NOT NULL, spread REAL NOT NULL,
+    layers_ms TEXT NOT NULL,
+    remainder_ms REAL NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (device_id, backend, model_key, variant_key)
+);
+CREATE TABLE IF NOT EXISTS pending_rounds (
+    device_id INTEGER NOT NULL, backend TEXT NOT NULL, model_key TEXT NOT NULL,
+    variant_key TEXT NOT NULL, round INTEGER NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (device_id, backend, model_key, variant_key, round)
+);
+CREATE TABLE IF NOT EXISTS drift_checks (
+    device_id INTEGER NOT NULL, backend TEXT NOT NULL, model_key TEXT NOT NULL,
+    at REAL NOT NULL, median_ms REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS backend_facts (
+    device_id INTEGER NOT NULL, backend TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (device_id, backend, key)
+);
+"""
+
+
+def default_db_path() -> Path:
+    """``$LATPRUNE_DB``, else ``<user cache dir>/latprune/profiles.sqlite``."""
+    if os.environ.get("LATPRUNE_DB"):
+        return Path(os.environ["LATPRUNE_DB"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "latprune" / "profiles.sqlite"
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    signature: LayerSignature
+    measurement: Measurement
+    source_model: str
+
+
+@dataclass(frozen=True)
+class NetworkTiming:
+    model_key: str
+    variant_key: str
+    widths: dict[str, int]
+    measurement: Measurement
+    layers_ms: dict[str, float]
+    remainder_ms: float
+
+
+@dataclass(frozen=True)
+class DeviceSummary:
+    fingerprint: str
+    description: dict
+    backend: str
+    layer_rows: int
+    network_rows: int
+
+
+class ProfileStore:
+    """Timings of one database file. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise LatpruneError(f"profile database {self.path} is unreadable or corrupt: {exc}") from None
+
+    def __enter__(self) -> "ProfileStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        self._conn.executescript(_SCHEMA)  # idempotent; executescript manages its own commit
+        with self._transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise LatpruneError(
+                    f"profile database {self.path} has schema {row[0]}, newer than this latprune ({SCHEMA_VERSION})"
+                )
+
+    # -------------------------------------------------------------- devices
+
+    def device_id(self, fingerprint: str, description: dict) -> int:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO devices (fingerprint, description) VALUES (?, ?)",
+                (fingerprint, json.dumps(description, sort_keys=True)),
+            )
+            return conn.execute("SELECT id FROM devices WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
+
+    def summaries(self) -> list[DeviceSummary]:
+        rows = self._conn.execute(
+            """SELECT d.fingerprint, d.description, b.backend,
+                      (SELECT COUNT(*) FROM layer_timings l WHERE l.device_id = d.id AND l.backend = b.backend),
+                      (SELECT COUNT(*) FROM network_timings n WHERE n.device_id = d.id AND n.backend = b.backend)
+               FROM devices d JOIN (SELECT device_id, backend FROM layer_timings
+                                    UNION SELECT device_id, backend FROM network_timings) b
+               ON b.device_id = d.id ORDER BY d.id, b.backend"""
+        ).fetchall()
+        return [DeviceSummary(r[0], json.loads(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    # -------------------------------------------------------------- layer timings
+
+    def known_signatures(self, device_id: int, backend: str, exclude_model: str | None = None) -> set[str]:
+        """Signature keys already timed, optionally ignoring those first timed for one model."""
+        rows = self._conn.execute(
+            "SELECT signature FROM layer_timings WHERE device_id = ? AND backend = ? AND source_model != ?",
+            (device_id, backend, exclude_model or ""),
+        )
+        return {r[0] for r in rows}
+
+    def layer_timings(self, device_id: int, backend: str) -> list[LayerTiming]:
+        rows = self._conn.execute(
+            """SELECT signature, median_ms, p10_ms, p90_ms, runs, spread, source_model
+               FROM layer_timings WHERE device_id = ? AND backend = ? ORDER BY rowid""",
+            (device_id, backend),
+        )
+        return [
+            LayerTiming(LayerSignature.from_json(json.loads(r[0])), Measurement(*r[1:6]), r[6]) for r in rows
+        ]
+
+    # -------------------------------------------------------------- variants
+
+    def finish_variant(
+        self,
+        device_id: int,
+        backend: str,
+        network: NetworkTiming,
+        layers: Iterable[tuple[LayerSignature, Measurement]],
+    ) -> int:
+        """Record a fully timed variant and its layers in one transaction.
+
+        Layer signatures already present keep their first measurement (reused, not
+        re-timed). Returns the number of new layer rows.
+        """
+        now = time.time()
+        m = network.measurement
+        with self._transaction() as conn:
+            added = 0
+            for signature, lm in layers:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO layer_timings VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (device_id, backend, signature.key(), signature.kind, lm.median_ms, lm.p10_ms, lm.p90_ms,
+                     lm.runs, lm.spread, network.model_key, now),
+                )
+                added += cursor.rowcount
+            conn.execute(
+                "INSERT OR REPLACE INTO network_timings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (device_id, backend, network.model_key, network.variant_key, json.dumps(network.widths),
+                 m.median_ms, m.p10_ms, m.p90_ms, m.runs, m.spread, json.dumps(network.layers_ms),
+                 network.remainder_ms, now),
+            )
+            conn.execute(
+                "DELETE FROM pending_rounds WHERE device_id = ? AND backend = ? AND model_key = ? AND variant_key = ?",
+                (device_id, backend, network.model_key, network.variant_key),
+            )
+        return added
+
+    def network_timings(self, device_id: int, backend: str, model_key: str | None = None) -> list[NetworkTiming]:
+        query = """SELECT model_key, variant_key, widths, median_ms, p10_ms, p90_ms, runs, spread, layers_ms,
+                          remainder_ms FROM network_timings WHERE device_id = ? AND backend = ?"""
+        params: tuple = (device_id, backend)
+        if model_key is not None:
+            query += " AND model_key = ?"
+            params += (model_key,)
+        rows = self._conn.execute(query + " ORDER BY rowid", params)
+        return [
+            NetworkTiming(r[0], r[1], json.loads(r[2]), Measurement(*r[3:8]), json.loads(r[8]), r[9]) for r in rows
+        ]
+
+    def save_round(self, device_id: int, backend: str, model_key: str, variant_key: str, round_index: int,
+                   data: dict) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO pending_rounds VALUES (?,?,?,?,?,?)",
+                (device_id, backend, model_key, variant_key, round_index, json.dumps(data)),
+            )
+
+    def pending_rounds(self, device_id: int, backend: str, model_key: str) -> dict[str, dict[int, dict]]:
+        rows = self._conn.execute(
+            "SELECT variant_key, round, data FROM pending_rounds WHERE device_id = ? AND backend = ? AND model_key = ?",
+            (device_id, backend, model_key),
+        )
+        pending: dict[str, dict[int, dict]] = {}
+        for variant_key, round_index, data in rows:
+            pending.setdefault(variant_key, {})[round_index] = json.loads(data)
+        return pending
+
+    # -------------------------------------------------------------- drift and facts
+
+    def record_drift_check(self, device_id: int, backend: str, model_key: str, median_ms: float) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO drift_checks VALUES (?,?,?,?,?)",
+                         (device_id, backend, model_key, time.time(), median_ms))
+
+    def drift_checks(self, device_id: int, backend: str, model_key: str) -> list[float]:
+        rows = self._conn.execute(
+            "SELECT median_ms FROM drift_checks WHERE device_id = ? AND backend = ? AND model_key = ? ORDER BY at",
+            (device_id, backend, model_key),
+        )
+        return [r[0] for r in rows]
+
+    def set_fact(self, device_id: int, backend: str, key: str, value) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO backend_facts VALUES (?,?,?,?)",
+                         (device_id, backend, key, json.dumps(value)))
+
+    def fact(self, device_id: int, backend: str, key: str, default=None):
+        row = self._conn.execute(
+            "SELECT value FROM backend_facts WHERE device_id = ? AND backend = ? AND key = ?",
+            (device_id, backend, key),
+        ).fetchone()
+        return json.loads(row[0]) if row else default
