@@ -141,6 +141,68 @@ def cmd_export(args: argparse.Namespace) -> dict:
     return {"model": loaded.spec, "onnx": args.out, "opset": args.opset, "max_abs_diff": diff}
 
 
+def _format_profile(result: dict) -> str:
+    return "\n".join([
+        f"profiled {result['model']} on {result['backend']} (device {result['device']}) into {result['db']}",
+        f"variants: {result['variants_timed']} timed, {result['variants_reused']} reused from other models, "
+        f"{result['variants_already_done']} already done (of {result['variants_planned']})",
+        f"layer signatures: {result['new_layer_rows']} new, {result['layer_rows']} in the database",
+        f"alignment step detected: {result['alignment_step']} channels",
+        f"noise: round spread {100 * result['noise_round_spread']:.1f}%, p10-p90 {100 * result['noise_p10_p90']:.1f}%;"
+        f" drift of the reference network {100 * result['drift']:.1f}%",
+        f"wall time {result['wall_s']:.0f} s",
+    ])
+
+
+@command("profile", _format_profile)
+def cmd_profile(args: argparse.Namespace) -> dict:
+    """Time every prunable layer inside pruned variants of the model; resumes if interrupted."""
+    from latprune.profiler.runner import ProfileSettings, profile_model
+
+    loaded = model_from_args(args)
+    settings = ProfileSettings(widths=args.widths, variants=args.variants, rounds=args.rounds, runs=args.runs,
+                               profiled_runs=args.runs, warmup=args.warmup, step=args.step,
+                               global_warmup_s=args.global_warmup)
+    report = profile_model(loaded, args.backend, db=args.db, settings=settings, threads=args.threads)
+    return report.to_json()
+
+
+def _format_measure(result: dict) -> str:
+    return (f"{result['model']} on {result['backend']}: median {result['median_ms']:.3f} ms "
+            f"(p10 {result['p10_ms']:.3f}, p90 {result['p90_ms']:.3f}, {result['runs']} runs, "
+            f"round spread {100 * result['spread']:.1f}%)")
+
+
+@command("measure", _format_measure)
+def cmd_measure(args: argparse.Namespace) -> dict:
+    """Whole-model latency on a backend (median, p10, p90 over shuffled rounds)."""
+    from latprune.profiler.measure import measure_models
+
+    loaded = model_from_args(args)
+    (measurement,), device = measure_models([loaded.model], loaded.input_shape, args.backend, rounds=args.rounds,
+                                            runs=args.runs, threads=args.threads,
+                                            global_warmup_s=args.global_warmup)
+    return {"model": loaded.spec, "backend": args.backend, "input_shape": list(loaded.input_shape),
+            **measurement.to_json(), "device": device}
+
+
+def _format_devices(result: dict) -> str:
+    rows = [(d["fingerprint"], d["backend"], d["description"].get("cpu", ""), d["description"].get("threads", ""),
+             d["layer_rows"], d["network_rows"]) for d in result["devices"]]
+    return f"{result['db']}\n" + table(["device", "backend", "cpu", "threads", "layer rows", "network rows"], rows)
+
+
+@command("devices", _format_devices)
+def cmd_devices(args: argparse.Namespace) -> dict:
+    """Devices and backends in a profile database, with row counts."""
+    from dataclasses import asdict
+
+    from latprune.profiler.store import ProfileStore
+
+    with ProfileStore(args.db) as store:
+        return {"db": str(store.path), "devices": [asdict(s) for s in store.summaries()]}
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -165,7 +227,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.onnx")
     p.add_argument("--opset", type=int, default=17)
     _json_option(p)
+
+    p = sub.add_parser("profile", help="time layers in-network into the profile database",
+                       description=cmd_profile.__doc__)
+    add_model_options(p)
+    _backend_options(p)
+    _db_option(p)
+    p.add_argument("--widths", type=int, default=32, help="candidate widths per group (default 32)")
+    p.add_argument("--variants", type=int, default=64, help="pruned variants to time (default 64)")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds, shuffled order each (default 3)")
+    p.add_argument("--runs", type=int, default=8, help="timed runs per round, plain and profiled each (default 8)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up runs before each timing (default 3)")
+    p.add_argument("--step", type=int, default=16, help="grid of aligned widths to cover (default 16)")
+    _json_option(p)
+
+    p = sub.add_parser("measure", help="whole-model latency", description=cmd_measure.__doc__)
+    add_model_options(p, pruned=True)
+    _backend_options(p)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--runs", type=int, default=10, help="timed runs per round (default 10)")
+    _json_option(p)
+
+    p = sub.add_parser("devices", help="devices and backends in a profile database", description=cmd_devices.__doc__)
+    _db_option(p)
+    _json_option(p)
     return parser
+
+
+def _backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", required=True, help="torch-cpu, torch-cuda, ort-cpu or ort-cuda")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+    parser.add_argument("--global-warmup", type=float, default=5.0, metavar="SECONDS",
+                        help="steady load before timing starts (default 5)")
+
+
+def _db_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", metavar="PATH", help="profile database (default $LATPRUNE_DB or the user cache)")
 
 
 def _json_option(parser: argparse.ArgumentParser) -> None:

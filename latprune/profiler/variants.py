@@ -57,20 +57,37 @@ def candidate_widths(group: ChannelGroup, count: int, step: int, min_fraction: f
     return sorted({group.width, *_spread(aligned, n_aligned), *_spread(off_grid, n_off)})
 
 
+def _distinct_neighbour_shifts(groups: Sequence[ChannelGroup]) -> dict[str, int]:
+    """Greedy colouring: groups that set the input and output widths of one layer differ."""
+    by_layer: dict[str, set[str]] = {}
+    for group in groups:
+        for layer in (*group.producers, *group.consumers):
+            by_layer.setdefault(layer, set()).add(group.id)
+    shifts: dict[str, int] = {}
+    for group in groups:
+        taken = {shifts[other] for layer in (*group.producers, *group.consumers)
+                 for other in by_layer[layer] if other in shifts}
+        shifts[group.id] = next(s for s in range(len(groups) + 1) if s not in taken)
+    return shifts
+
+
 def design_variants(
     groups: Sequence[ChannelGroup], widths_per_group: int, n_variants: int, step: int, seed: int = 0
 ) -> list[Variant]:
     """The dense network followed by ``n_variants`` pruned variants (deterministic for a seed)."""
     rng = random.Random(seed)
     sequences = {}
+    shifts = _distinct_neighbour_shifts(groups)
     for group in groups:
-        candidates = candidate_widths(group, widths_per_group, step)
-        sequence: list[int] = []
-        while len(sequence) < n_variants:
-            cycle = list(candidates)
-            rng.shuffle(cycle)
-            sequence += cycle
-        sequences[group.id] = sequence[:n_variants]
+        # One random order per group, rotated by a group-specific shift in every further cycle:
+        # within a cycle a group repeats no width, and across cycles two groups repeat a
+        # (width, width) pair only if their shifts coincide - and groups that meet in a layer
+        # get different shifts, so every layer sees distinct (cin, cout) pairs.
+        order = candidate_widths(group, widths_per_group, step)
+        rng.shuffle(order)
+        n = len(order)
+        shift = 1 + shifts[group.id] % max(n - 1, 1)
+        sequences[group.id] = [order[(i % n + (i // n) * shift) % n] for i in range(n_variants)]
     dense = Variant.of({g.id: g.width for g in groups})
     variants = [dense]
     seen = {dense.key}

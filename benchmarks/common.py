@@ -1,0 +1,47 @@
+"""Shared helpers of the benchmarks: environment facts and result files."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def environment() -> dict:
+    import onnxruntime
+    import torch
+
+    from latprune.profiler.device import cpu_model, physical_cores
+
+    return {
+        "cpu": cpu_model(),
+        "cores": physical_cores(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    def cell(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, data: dict, summary_markdown: str) -> Path:
+    """Write ``results/<name>.json`` (data + environment) and ``results/<name>.md``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "environment": environment(), **data}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(f"# {name}\n\n{summary_markdown}\n")
+    print(summary_markdown)
+    return RESULTS / f"{name}.json"

@@ -1,0 +1,204 @@
+"""Profiler: resumable, reusing, robust timing of layers inside the running network."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from latprune.errors import LatpruneError
+from latprune.groups import find_channel_groups
+from latprune.models import load_model
+from latprune.profiler.alignment import detect_alignment_step
+from latprune.profiler.backends import get_backend
+from latprune.profiler.runner import ProfileSettings, profile_model
+from latprune.profiler.signature import LayerSignature, Measurement
+from latprune.profiler.store import NetworkTiming, ProfileStore
+from latprune.profiler.structure import trace_layers
+from latprune.profiler.variants import candidate_widths, design_variants
+
+FAST = ProfileSettings(widths=8, variants=6, rounds=3, runs=2, profiled_runs=2, warmup=1, min_round_ms=5,
+                       global_warmup_s=0.0)
+FAST_CLI = ["--widths", "8", "--variants", "6", "--runs", "2", "--warmup", "1", "--global-warmup", "0"]
+
+
+def cli(*argv, db):
+    return [sys.executable, "-m", "latprune.cli", *argv, "--db", str(db)]
+
+
+def rows(db):
+    with sqlite3.connect(db) as conn:
+        layers = conn.execute("SELECT device_id, backend, signature FROM layer_timings").fetchall()
+        networks = conn.execute("SELECT device_id, backend, model_key, variant_key FROM network_timings").fetchall()
+        pending = conn.execute("SELECT COUNT(*) FROM pending_rounds").fetchone()[0]
+    return layers, networks, pending
+
+
+def test_killed_profile_resumes_to_the_same_rows_without_duplicates(tmp_path):
+    command = ["profile", "--model", "cifar:resnet20", "--backend", "torch-cpu", *FAST_CLI, "--json"]
+    clean = tmp_path / "clean.sqlite"
+    subprocess.run(cli(*command, db=clean), check=True, capture_output=True)
+
+    interrupted = tmp_path / "interrupted.sqlite"
+    proc = subprocess.Popen(cli(*command, db=interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill -9 once some, but not all, rounds are committed
+        time.sleep(0.05)
+        if interrupted.exists():
+            try:
+                _, networks, pending = rows(interrupted)
+            except sqlite3.OperationalError:
+                continue
+            if pending >= 2:
+                break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, networks_at_kill, _ = rows(interrupted)
+
+    resumed = subprocess.run(cli(*command, db=interrupted), check=True, capture_output=True, text=True)
+    report = json.loads(resumed.stdout)
+    layers_a, networks_a, pending_a = rows(clean)
+    layers_b, networks_b, pending_b = rows(interrupted)
+    assert len(networks_at_kill) < len(networks_b)  # the kill really interrupted the run
+    assert report["variants_already_done"] == len(networks_at_kill)
+    assert sorted(layers_a) == sorted(layers_b) and len(set(layers_b)) == len(layers_b)
+    assert sorted(networks_a) == sorted(networks_b) and len(set(networks_b)) == len(networks_b)
+    assert pending_a == pending_b == 0
+
+
+def test_second_model_reuses_matching_signatures_without_retiming(tmp_path):
+    db = tmp_path / "p.sqlite"
+    first = profile_model(load_model("cifar:resnet20"), "torch-cpu", db=db, settings=FAST, progress=False)
+    assert first.new_layer_rows > 0 and first.variants_timed == first.variants_planned
+    with ProfileStore(db) as store:
+        device_id = store.device_id(first.device, {})
+        before = store.layer_timings(device_id, "torch-cpu")
+
+    second = profile_model(load_model("fixtures.user_models:resnet20_copy"), "torch-cpu", db=db, settings=FAST,
+                           progress=False)
+    with ProfileStore(db) as store:
+        after = store.layer_timings(device_id, "torch-cpu")
+        networks = store.network_timings(device_id, "torch-cpu", second.model)
+    assert second.new_layer_rows == 0
+    assert after == before  # same rows, same numbers: nothing re-timed
+    assert second.variants_timed == FAST.anchors  # only the anchors are timed, for whole-network totals
+    assert second.variants_reused == second.variants_planned - FAST.anchors
+    assert len(networks) == FAST.anchors
+
+
+def test_corrupt_database_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(LatpruneError, match="unreadable or corrupt"):
+        ProfileStore(bad)
+    proc = subprocess.run(cli("devices", db=bad), capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "corrupt" in proc.stderr
+
+
+def test_unknown_or_unavailable_backend_is_a_clear_error():
+    with pytest.raises(LatpruneError, match="unknown backend 'tpu'"):
+        get_backend("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LatpruneError, match="needs a CUDA GPU"):
+            get_backend("torch-cuda")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(LatpruneError, match="CUDAExecutionProvider"):
+            get_backend("ort-cuda")
+
+
+def test_database_from_a_newer_schema_is_refused(tmp_path):
+    db = tmp_path / "p.sqlite"
+    ProfileStore(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(LatpruneError, match="newer than this latprune"):
+        ProfileStore(db)
+
+
+WRITER = """
+import sys
+from latprune.profiler.signature import LayerSignature, Measurement
+from latprune.profiler.store import NetworkTiming, ProfileStore
+store = ProfileStore(sys.argv[1])
+device = store.device_id("dev", {"cpu": "test"})
+for i in range(40):
+    sig = LayerSignature("conv", int(sys.argv[2]), i + 1, (3, 3), (1, 1), (1, 1), 1, (1, 1), 8, 8, 1, "float32",
+                         "torch-cpu", "")
+    m = Measurement(1.0, 0.9, 1.1, 3, 0.0)
+    store.finish_variant(device, "torch-cpu", NetworkTiming("m", f"{sys.argv[2]}-{i}", {}, m, {}, 0.0), [(sig, m)])
+"""
+
+
+def test_two_profilers_can_write_one_database_at_once(tmp_path):
+    db = tmp_path / "shared.sqlite"
+    ProfileStore(db).close()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(cin)]) for cin in (100, 200)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT COUNT(*) FROM layer_timings").fetchone()[0] == 80
+        assert conn.execute("SELECT COUNT(*) FROM network_timings").fetchone()[0] == 80
+
+
+def test_ort_segments_cover_every_layer_and_add_up(tmp_path):
+    loaded = load_model("cifar:resnet20")
+    layers = list(trace_layers(loaded.model, loaded.example_input()))
+    backend = get_backend("ort-cpu")
+    try:
+        prepared = backend.prepare(loaded.model, loaded.input_shape, layers, tmp_path / "m.onnx")
+        sample = backend.time(prepared, warmup=2, runs=5, profiled_runs=5)
+    finally:
+        backend.close()
+    for run, total in zip(sample.segments, sample.profiled_ms):
+        assert set(layers) <= set(run)
+        assert 0.7 * total <= sum(run.values()) <= 1.05 * total
+
+
+def test_measurement_summarises_rounds():
+    m = Measurement.from_samples([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0], [4.0, 4.0, 4.0]])
+    assert m.runs == 9 and m.median_ms == 2.0
+    assert m.p10_ms == pytest.approx(1.8) and m.p90_ms == pytest.approx(4.0)
+    assert m.spread == pytest.approx((4.0 - 2.0) / 2.0)
+
+
+def test_candidate_widths_cover_full_aligned_and_off_grid_widths():
+    loaded = load_model("torchvision:resnet18", input_shape=(1, 3, 64, 64))
+    groups = find_channel_groups(loaded.model, loaded.example_input()).groups
+    wide = next(g for g in groups if g.width == 512)
+    widths = candidate_widths(wide, count=32, step=16)
+    assert len(widths) == 32 and widths[-1] == 512
+    assert sum(w % 16 == 0 for w in widths) >= 16 and sum(w % 16 != 0 for w in widths) >= 4
+    variants = design_variants(groups, 32, 64, 16)
+    assert variants[0].widths == {g.id: g.width for g in groups}
+    inner, residual = "layer2.1.conv1", next(g.id for g in groups if "layer2.1.conv1" in g.consumers)
+    pairs = {(v.widths[residual], v.widths[inner]) for v in variants}  # layer2.1.conv1's (cin, cout)
+    assert len(pairs) >= 64
+    assert all(len(set(v.widths[g.id] for v in variants)) == 32 for g in groups)
+
+
+def test_alignment_step_detected_from_a_staircase():
+    base = dict(kind="conv", kernel=(3, 3), stride=(1, 1), padding=(1, 1), groups=1, dilation=(1, 1), height=28,
+                width=28, batch=1, dtype="float32", backend="ort-cpu", epilogue="relu")
+    stair, smooth = [], []
+    for cin in range(40, 129, 3):
+        for cout in (64, 77, 96, 111, 128):
+            sig = LayerSignature(cin=cin, cout=cout, **base)
+            stair.append((sig, 0.01 + (-(-cin // 16) * 16) * (-(-cout // 16) * 16) * 1e-5))
+            smooth.append((sig, 0.01 + cin * cout * 1e-5))
+    assert detect_alignment_step(stair)[0] == 16
+    assert detect_alignment_step(smooth)[0] == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torch_cuda_profile_records_layers(tmp_path):
+    report = profile_model(load_model("cifar:resnet20"), "torch-cuda", db=tmp_path / "p.sqlite", settings=FAST,
+                           progress=False)
+    assert report.layer_rows > 0 and report.variants_timed == report.variants_planned
