@@ -203,6 +203,96 @@ def cmd_devices(args: argparse.Namespace) -> dict:
         return {"db": str(store.path), "devices": [asdict(s) for s in store.summaries()]}
 
 
+def _format_fit(result: dict) -> str:
+    lines = [f"{result['backend']} performance model ({result['status']}): {result['layer_rows']} layer timings, "
+             f"{result['network_rows']} whole-network timings, alignment step {result['alignment_step']}"]
+    for kind, scores in result["selection"].items():
+        rows = [(name, f"{100 * s['mape']:.1f}%", f"{100 * s['p95']:.1f}%", f"{100 * s['within_10pct']:.0f}%", s["n"])
+                for name, s in scores.items()]
+        lines.append(f"{kind} layers, held-out (cin, cout) pairs; chosen: {result['chosen'][kind]}")
+        lines.append(table(["estimator", "MAPE", "p95 error", "within 10%", "held out"], rows))
+    return "\n".join(lines)
+
+
+def _perf_model_for(args: argparse.Namespace):
+    from latprune.perfmodel.api import device_id_for, load_perf_model
+    from latprune.profiler.store import ProfileStore
+
+    store = ProfileStore(args.db)
+    device_id, device = device_id_for(store, args.backend, args.threads)
+    model, summary = load_perf_model(store, device_id, args.backend, device=device)
+    return store, model, summary
+
+
+@command("fit", _format_fit)
+def cmd_fit(args: argparse.Namespace) -> dict:
+    """Fit the performance model of this device and backend on its profile (and store it)."""
+    from latprune.perfmodel.api import device_id_for, fit_perf_model
+    from latprune.profiler.store import ProfileStore
+
+    with ProfileStore(args.db) as store:
+        device_id, device = device_id_for(store, args.backend, args.threads)
+        _, summary = fit_perf_model(store, device_id, args.backend, estimator=args.estimator, device=device)
+    return summary.to_json()
+
+
+def _format_predict(result: dict) -> str:
+    text = f"{result['model']} on {result['backend']}: predicted {result['predicted_ms']:.3f} ms"
+    if result.get("dense_predicted_ms"):
+        text += f" (dense {result['dense_predicted_ms']:.3f} ms, speedup {result['predicted_speedup']:.2f}x)"
+    return text
+
+
+@command("predict", _format_predict)
+def cmd_predict(args: argparse.Namespace) -> dict:
+    """Predicted latency of a dense or pruned model from the fitted performance model."""
+    from latprune.perfmodel.api import network_signatures
+    from latprune.profiler.runner import model_key
+
+    loaded = model_from_args(args)
+    store, perf, summary = _perf_model_for(args)
+    store.close()
+    key = model_key(loaded)
+    predicted = perf.predict(key, network_signatures(loaded.model, loaded.input_shape, args.backend))
+    result = {"model": loaded.spec, "backend": args.backend, "predicted_ms": predicted,
+              "perf_model": summary.status, "overhead_fitted": perf.knows(key)}
+    if getattr(args, "pruned", None):
+        from latprune.models import load_model
+
+        dense = load_model(loaded.spec, input_shape=loaded.input_shape)
+        result["dense_predicted_ms"] = perf.predict(key, network_signatures(dense.model, dense.input_shape,
+                                                                             args.backend))
+        result["predicted_speedup"] = result["dense_predicted_ms"] / predicted
+    return result
+
+
+def _format_validate(result: dict) -> str:
+    rows = [(r["variant"], "grid" if r["on_grid"] else "any", f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
+             f"{100 * r['error']:+.1f}%", f"{100 * r['speedup_error']:+.1f}%") for r in result["per_variant"]]
+    return "\n".join([
+        table(["variant", "widths", "predicted ms", "measured ms", "error", "speedup error"], rows),
+        f"MAPE {100 * result['mape']:.2f}%, max |error| {result['max_abs_pct_error']:.1f}%, within 8%: "
+        f"{100 * result['within_8pct']:.0f}%, speedup MAPE {100 * result['speedup_mape']:.2f}%, "
+        f"Kendall tau {result['kendall_tau']:.3f}; measurement noise (round spread) {100 * result['noise']:.1f}%",
+        *(f"wrote {f}" for f in result.get("files", [])),
+    ])
+
+
+@command("validate", _format_validate)
+def cmd_validate(args: argparse.Namespace) -> dict:
+    """Predict and measure random pruned variants (interleaved with the dense model)."""
+    from latprune.perfmodel.validate import validate_model
+
+    loaded = model_from_args(args)
+    store, perf, summary = _perf_model_for(args)
+    step = summary.alignment_step
+    store.close()
+    result = validate_model(loaded, args.backend, perf, step, variants=args.variants, rounds=args.rounds,
+                            threads=args.threads, out_dir=args.out)
+    result["perf_model"] = summary.status
+    return result
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -246,6 +336,27 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_options(p)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--runs", type=int, default=10, help="timed runs per round (default 10)")
+    _json_option(p)
+
+    p = sub.add_parser("fit", help="fit the performance model on the profile", description=cmd_fit.__doc__)
+    _backend_options(p)
+    _db_option(p)
+    p.add_argument("--estimator", default="auto", help="auto (best held-out), hist-gbm, random-forest, family-linear")
+    _json_option(p)
+
+    p = sub.add_parser("predict", help="predicted latency of a model", description=cmd_predict.__doc__)
+    add_model_options(p, pruned=True)
+    _backend_options(p)
+    _db_option(p)
+    _json_option(p)
+
+    p = sub.add_parser("validate", help="check predictions against measurement", description=cmd_validate.__doc__)
+    add_model_options(p)
+    _backend_options(p)
+    _db_option(p)
+    p.add_argument("--variants", type=int, default=20, help="random pruned variants (default 20)")
+    p.add_argument("--rounds", type=int, default=5, help="measurement rounds (default 5)")
+    p.add_argument("--out", metavar="DIR", help="write the JSON and a PNG scatter plot here")
     _json_option(p)
 
     p = sub.add_parser("devices", help="devices and backends in a profile database", description=cmd_devices.__doc__)

@@ -177,9 +177,13 @@ def test_candidate_widths_cover_full_aligned_and_off_grid_widths():
     assert sum(w % 16 == 0 for w in widths) >= 16 and sum(w % 16 != 0 for w in widths) >= 4
     variants = design_variants(groups, 32, 64, 16)
     assert variants[0].widths == {g.id: g.width for g in groups}
-    inner, residual = "layer2.1.conv1", next(g.id for g in groups if "layer2.1.conv1" in g.consumers)
-    pairs = {(v.widths[residual], v.widths[inner]) for v in variants}  # layer2.1.conv1's (cin, cout)
-    assert len(pairs) >= 64
+    input_group = {layer: g.id for g in groups for layer in g.consumers}
+    output_group = {layer: g.id for g in groups for layer in g.producers}
+    coupled = [layer for layer in input_group if layer in output_group and input_group[layer] != output_group[layer]]
+    assert len(coupled) >= 8
+    for layer in coupled:  # every layer between two groups sees 64 distinct (cin, cout) pairs
+        pairs = {(v.widths[input_group[layer]], v.widths[output_group[layer]]) for v in variants}
+        assert len(pairs) >= 64, layer
     assert all(len(set(v.widths[g.id] for v in variants)) == 32 for g in groups)
 
 

@@ -256,6 +256,7 @@ def _finish(job: _Job, store: ProfileStore, device_id: int, backend: str, key: s
         measurement=whole,
         layers_ms=layers_ms,
         remainder_ms=whole.median_ms - sum(layers_ms.values()),
+        layer_signatures={layer: sig.key() for layer, sig in job.signatures.items()},
     )
     layer_rows = [(sig, Measurement.from_samples(rounds)) for sig, rounds in by_signature.items()]
     return store.finish_variant(device_id, backend, network, layer_rows)

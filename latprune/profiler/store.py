@@ -14,7 +14,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from latprune.errors import LatpruneError
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS network_timings (
     median_ms REAL NOT NULL, p10_ms REAL NOT NULL, p90_ms REAL NOT NULL,
     runs INTEGER NOT NULL, spread REAL NOT NULL,
     layers_ms TEXT NOT NULL,
+    layer_signatures TEXT NOT NULL,
     remainder_ms REAL NOT NULL,
     created REAL NOT NULL,
     PRIMARY KEY (device_id, backend, model_key, variant_key)
@@ -61,6 +62,12 @@ CREATE TABLE IF NOT EXISTS pending_rounds (
 CREATE TABLE IF NOT EXISTS drift_checks (
     device_id INTEGER NOT NULL, backend TEXT NOT NULL, model_key TEXT NOT NULL,
     at REAL NOT NULL, median_ms REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS perf_models (
+    device_id INTEGER NOT NULL, backend TEXT NOT NULL,
+    profile_hash TEXT NOT NULL, versions TEXT NOT NULL, summary TEXT NOT NULL,
+    model BLOB NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (device_id, backend)
 );
 CREATE TABLE IF NOT EXISTS backend_facts (
     device_id INTEGER NOT NULL, backend TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
@@ -92,6 +99,7 @@ class NetworkTiming:
     measurement: Measurement
     layers_ms: dict[str, float]
     remainder_ms: float
+    layer_signatures: dict[str, str] = field(default_factory=dict)  # layer -> signature key
 
 
 @dataclass(frozen=True)
@@ -215,10 +223,10 @@ class ProfileStore:
                 )
                 added += cursor.rowcount
             conn.execute(
-                "INSERT OR REPLACE INTO network_timings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO network_timings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (device_id, backend, network.model_key, network.variant_key, json.dumps(network.widths),
                  m.median_ms, m.p10_ms, m.p90_ms, m.runs, m.spread, json.dumps(network.layers_ms),
-                 network.remainder_ms, now),
+                 json.dumps(network.layer_signatures), network.remainder_ms, now),
             )
             conn.execute(
                 "DELETE FROM pending_rounds WHERE device_id = ? AND backend = ? AND model_key = ? AND variant_key = ?",
@@ -228,14 +236,15 @@ class ProfileStore:
 
     def network_timings(self, device_id: int, backend: str, model_key: str | None = None) -> list[NetworkTiming]:
         query = """SELECT model_key, variant_key, widths, median_ms, p10_ms, p90_ms, runs, spread, layers_ms,
-                          remainder_ms FROM network_timings WHERE device_id = ? AND backend = ?"""
+                          remainder_ms, layer_signatures FROM network_timings WHERE device_id = ? AND backend = ?"""
         params: tuple = (device_id, backend)
         if model_key is not None:
             query += " AND model_key = ?"
             params += (model_key,)
         rows = self._conn.execute(query + " ORDER BY rowid", params)
         return [
-            NetworkTiming(r[0], r[1], json.loads(r[2]), Measurement(*r[3:8]), json.loads(r[8]), r[9]) for r in rows
+            NetworkTiming(r[0], r[1], json.loads(r[2]), Measurement(*r[3:8]), json.loads(r[8]), r[9], json.loads(r[10]))
+            for r in rows
         ]
 
     def save_round(self, device_id: int, backend: str, model_key: str, variant_key: str, round_index: int,
@@ -255,6 +264,35 @@ class ProfileStore:
         for variant_key, round_index, data in rows:
             pending.setdefault(variant_key, {})[round_index] = json.loads(data)
         return pending
+
+    # -------------------------------------------------------------- fitted performance models
+
+    def profile_hash(self, device_id: int, backend: str) -> str:
+        """Changes whenever the timings of this device and backend change."""
+        parts = []
+        for table in ("layer_timings", "network_timings"):
+            parts.append(self._conn.execute(
+                f"SELECT COUNT(*), COALESCE(MAX(created), 0), COALESCE(SUM(median_ms), 0) FROM {table} "
+                "WHERE device_id = ? AND backend = ?", (device_id, backend)).fetchone())
+        return json.dumps(parts)
+
+    def save_perf_model(self, device_id: int, backend: str, profile_hash: str, versions: dict, summary: dict,
+                        blob: bytes) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO perf_models VALUES (?,?,?,?,?,?,?)",
+                         (device_id, backend, profile_hash, json.dumps(versions, sort_keys=True),
+                          json.dumps(summary), blob, time.time()))
+
+    def perf_model(self, device_id: int, backend: str) -> tuple[str, dict, dict, bytes] | None:
+        """(profile hash, versions, summary, pickled model) of the stored fit, if any."""
+        row = self._conn.execute(
+            "SELECT profile_hash, versions, summary, model FROM perf_models WHERE device_id = ? AND backend = ?",
+            (device_id, backend)).fetchone()
+        return (row[0], json.loads(row[1]), json.loads(row[2]), row[3]) if row else None
+
+    def find_device(self, fingerprint: str) -> int | None:
+        row = self._conn.execute("SELECT id FROM devices WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return row[0] if row else None
 
     # -------------------------------------------------------------- drift and facts
 

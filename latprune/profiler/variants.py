@@ -2,8 +2,8 @@
 
 Each group gets a list of candidate widths (always the full width, evenly spaced
 multiples of the alignment step, and off-grid widths to expose the misalignment
-penalty). Variants cycle through every group's candidates in independent shuffled
-orders, so every layer sees as many distinct (input, output) width pairs as there
+penalty). Variants use every group's candidates evenly while giving each layer a new
+(input, output) width pair each time, so a layer sees as many distinct pairs as there
 are variants.
 """
 
@@ -57,43 +57,55 @@ def candidate_widths(group: ChannelGroup, count: int, step: int, min_fraction: f
     return sorted({group.width, *_spread(aligned, n_aligned), *_spread(off_grid, n_off)})
 
 
-def _distinct_neighbour_shifts(groups: Sequence[ChannelGroup]) -> dict[str, int]:
-    """Greedy colouring: groups that set the input and output widths of one layer differ."""
-    by_layer: dict[str, set[str]] = {}
-    for group in groups:
-        for layer in (*group.producers, *group.consumers):
-            by_layer.setdefault(layer, set()).add(group.id)
-    shifts: dict[str, int] = {}
-    for group in groups:
-        taken = {shifts[other] for layer in (*group.producers, *group.consumers)
-                 for other in by_layer[layer] if other in shifts}
-        shifts[group.id] = next(s for s in range(len(groups) + 1) if s not in taken)
-    return shifts
+def _coupled_layers(groups: Sequence[ChannelGroup]) -> dict[str, list[tuple[str, str]]]:
+    """For each group, the (input group, output group) of every layer it shares with another group."""
+    input_group = {layer: g.id for g in groups for layer in g.consumers}
+    output_group = {layer: g.id for g in groups for layer in g.producers}
+    coupled: dict[str, list[tuple[str, str]]] = {g.id: [] for g in groups}
+    for layer in set(input_group) & set(output_group):
+        pair = (input_group[layer], output_group[layer])
+        if pair[0] != pair[1]:
+            coupled[pair[0]].append(pair)
+            coupled[pair[1]].append(pair)
+    return coupled
 
 
 def design_variants(
     groups: Sequence[ChannelGroup], widths_per_group: int, n_variants: int, step: int, seed: int = 0
 ) -> list[Variant]:
-    """The dense network followed by ``n_variants`` pruned variants (deterministic for a seed)."""
+    """The dense network followed by ``n_variants`` pruned variants (deterministic for a seed).
+
+    Built greedily: in each variant every group takes its least-used candidate width for
+    which each layer it shares with an already placed group gets a (cin, cout) pair it has
+    not seen yet, so candidates are used evenly and layers see distinct width pairs.
+    """
     rng = random.Random(seed)
-    sequences = {}
-    shifts = _distinct_neighbour_shifts(groups)
-    for group in groups:
-        # One random order per group, rotated by a group-specific shift in every further cycle:
-        # within a cycle a group repeats no width, and across cycles two groups repeat a
-        # (width, width) pair only if their shifts coincide - and groups that meet in a layer
-        # get different shifts, so every layer sees distinct (cin, cout) pairs.
-        order = candidate_widths(group, widths_per_group, step)
-        rng.shuffle(order)
-        n = len(order)
-        shift = 1 + shifts[group.id] % max(n - 1, 1)
-        sequences[group.id] = [order[(i % n + (i // n) * shift) % n] for i in range(n_variants)]
+    candidates = {g.id: candidate_widths(g, widths_per_group, step) for g in groups}
+    coupled = _coupled_layers(groups)
+    uses = {g.id: dict.fromkeys(candidates[g.id], 0) for g in groups}
+    seen: set[tuple[str, str, int, int]] = set()
     dense = Variant.of({g.id: g.width for g in groups})
-    variants = [dense]
-    seen = {dense.key}
-    for i in range(n_variants):
-        variant = Variant.of({g.id: sequences[g.id][i] for g in groups})
-        if variant.key not in seen:
-            seen.add(variant.key)
+    variants, keys = [dense], {dense.key}
+    for _ in range(n_variants):
+        widths: dict[str, int] = {}
+        order = [g.id for g in groups]
+        rng.shuffle(order)
+        for gid in order:
+            ranked = sorted(candidates[gid], key=lambda w: (uses[gid][w], rng.random()))
+
+            def new_pairs(width: int) -> bool:
+                for a, b in coupled[gid]:
+                    wa, wb = (width if a == gid else widths.get(a)), (width if b == gid else widths.get(b))
+                    if wa is not None and wb is not None and (a, b, wa, wb) in seen:
+                        return False
+                return True
+
+            widths[gid] = next((w for w in ranked if new_pairs(w)), ranked[0])
+            uses[gid][widths[gid]] += 1
+        for gid, pairs in coupled.items():
+            seen.update((a, b, widths[a], widths[b]) for a, b in pairs)
+        variant = Variant.of({g.id: widths[g.id] for g in groups})
+        if variant.key not in keys:
+            keys.add(variant.key)
             variants.append(variant)
     return variants

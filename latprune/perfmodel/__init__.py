@@ -1,0 +1,1 @@
+"""Performance model: predicts layer and whole-network latency from the profile."""

@@ -1,0 +1,126 @@
+"""Fit, persist and use the performance model of a device and backend.
+
+The fitted model is stored in the profile database beside the timings it came from,
+with a hash of those timings and the library versions it was fitted under. Loading it
+when the profile has changed or the versions differ refits it (or, with ``refit=False``,
+refuses with a clear message): a stale model is never silently used.
+"""
+
+from __future__ import annotations
+
+import pickle
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import sklearn
+import torch
+import torch.nn as nn
+
+import latprune
+from latprune.errors import LatpruneError
+from latprune.perfmodel.estimator import LayerLatencyModel, NetworkLatencyModel
+from latprune.profiler.backends import get_backend
+from latprune.profiler.device import fingerprint
+from latprune.profiler.signature import LayerSignature
+from latprune.profiler.store import ProfileStore
+from latprune.profiler.structure import trace_layers
+
+DTYPE = "float32"
+
+
+def library_versions() -> dict:
+    return {"latprune": latprune.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class FitSummary:
+    backend: str
+    device: str
+    status: str
+    layer_rows: int
+    network_rows: int
+    alignment_step: int
+    chosen: dict
+    selection: dict
+    overhead: dict
+    fit_s: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def device_id_for(store: ProfileStore, backend_name: str, threads: int | None = None) -> tuple[int, str]:
+    """The stored device matching this machine and backend, or a clear error."""
+    backend = get_backend(backend_name, threads)
+    try:
+        description = backend.description()
+    finally:
+        backend.close()
+    key = fingerprint(description)
+    device_id = store.find_device(key)
+    if device_id is None or not store.layer_timings(device_id, backend_name):
+        raise LatpruneError(
+            f"no {backend_name} profile for this device ({key}) in {store.path}; run `latprune profile` first"
+        )
+    return device_id, key
+
+
+def fit_perf_model(store: ProfileStore, device_id: int, backend: str, estimator: str = "auto",
+                   device: str = "") -> tuple[NetworkLatencyModel, FitSummary]:
+    started = time.time()
+    timings = store.layer_timings(device_id, backend)
+    if not timings:
+        raise LatpruneError(f"no {backend} layer timings to fit in {store.path}; run `latprune profile` first")
+    step = int(store.fact(device_id, backend, "alignment_step", 16) or 1)
+    signatures = [t.signature for t in timings]
+    layers = LayerLatencyModel(estimator=estimator, step=step).fit(signatures, [t.measurement.median_ms for t in timings])
+    by_key = {s.key(): s for s in signatures}
+    networks = store.network_timings(device_id, backend)
+    model = NetworkLatencyModel(layers).fit([
+        (n.model_key, [by_key[k] for k in n.layer_signatures.values() if k in by_key], n.measurement.median_ms)
+        for n in networks if n.layer_signatures
+    ])
+    summary = FitSummary(backend=backend, device=device, status="fitted", layer_rows=len(timings),
+                         network_rows=len(networks), alignment_step=step, chosen=layers.chosen_,
+                         selection=layers.selection_, overhead={k: list(v) for k, v in model.overhead_.items()},
+                         fit_s=time.time() - started)
+    store.save_perf_model(device_id, backend, store.profile_hash(device_id, backend), library_versions(),
+                          summary.to_json(), pickle.dumps(model))
+    return model, summary
+
+
+def load_perf_model(store: ProfileStore, device_id: int, backend: str, refit: bool = True,
+                    device: str = "") -> tuple[NetworkLatencyModel, FitSummary]:
+    """The stored fit if it is current; otherwise refit it (or refuse when ``refit`` is false)."""
+    stored = store.perf_model(device_id, backend)
+    reason = None
+    if stored is None:
+        reason = "no fitted model yet"
+    else:
+        profile_hash, versions, summary, blob = stored
+        if versions != library_versions():
+            changed = sorted(k for k in set(versions) | set(library_versions())
+                             if versions.get(k) != library_versions().get(k))
+            reason = "fitted under other library versions (" + ", ".join(
+                f"{k} {versions.get(k)} -> {library_versions().get(k)}" for k in changed) + ")"
+        elif profile_hash != store.profile_hash(device_id, backend):
+            reason = "the profile changed since the fit"
+        else:
+            summary = FitSummary(**{**summary, "status": "loaded"})
+            return pickle.loads(blob), summary
+    if not refit:
+        raise LatpruneError(f"the stored {backend} performance model is stale: {reason}; run `latprune fit`")
+    print(f"latprune: refitting the {backend} performance model: {reason}", file=sys.stderr)
+    model, summary = fit_perf_model(store, device_id, backend, device=device)
+    summary.status = f"refitted: {reason}"
+    return model, summary
+
+
+def network_signatures(model: nn.Module, input_shape: tuple[int, ...], backend: str) -> list[LayerSignature]:
+    """The layer signatures of a (pruned) network as it runs on ``backend``."""
+    layers = trace_layers(model, torch.zeros(input_shape))
+    return [info.signature(info.cin, info.cout, input_shape[0], DTYPE, backend) for info in layers.values()]

@@ -1,0 +1,105 @@
+"""Performance model: reproduces measurements, learns staircases, never uses a stale fit."""
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from latprune.errors import LatpruneError
+from latprune.models import load_model
+from latprune.perfmodel.api import device_id_for, fit_perf_model, load_perf_model, network_signatures
+from latprune.perfmodel.estimator import LayerLatencyModel
+from latprune.profiler.runner import ProfileSettings, model_key, profile_model
+from latprune.profiler.signature import LayerSignature, Measurement
+from latprune.profiler.store import NetworkTiming, ProfileStore
+
+FAST = ProfileSettings(widths=8, variants=12, rounds=3, runs=3, profiled_runs=3, warmup=1, min_round_ms=5,
+                       global_warmup_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    db = tmp_path_factory.mktemp("perf") / "p.sqlite"
+    profile_model(load_model("cifar:resnet20"), "torch-cpu", db=db, settings=FAST, progress=False)
+    return db
+
+
+def test_prediction_at_a_measured_point_reproduces_the_measurement(profiled):
+    with ProfileStore(profiled) as store:
+        device_id, _ = device_id_for(store, "torch-cpu")
+        model, summary = fit_perf_model(store, device_id, "torch-cpu")
+        timings = store.layer_timings(device_id, "torch-cpu")
+        networks = store.network_timings(device_id, "torch-cpu")
+    predicted = model.layers.predict([t.signature for t in timings])
+    assert np.array_equal(predicted, [t.measurement.median_ms for t in timings])
+    by_key = {t.signature.key(): t.signature for t in timings}
+    residuals, noise = [], []
+    for n in networks:
+        sigs = [by_key[k] for k in n.layer_signatures.values()]
+        residuals.append(abs(model.predict(n.model_key, sigs) / n.measurement.median_ms - 1))
+        noise.append((n.measurement.p90_ms - n.measurement.p10_ms) / n.measurement.median_ms)
+    assert np.median(residuals) <= np.median(noise)  # whole networks: within the measurement's own spread
+    assert summary.network_rows == len(networks) == 13
+
+
+def test_dense_model_prediction_uses_its_profiled_layers(profiled):
+    loaded = load_model("cifar:resnet20")
+    with ProfileStore(profiled) as store:
+        device_id, _ = device_id_for(store, "torch-cpu")
+        model, _ = load_perf_model(store, device_id, "torch-cpu")
+        dense = next(n for n in store.network_timings(device_id, "torch-cpu") if len(set(n.widths.values())) > 0
+                     and all(w == 16 * 2 ** (int(g[5]) - 1) for g, w in n.widths.items()))
+    predicted = model.predict(model_key(loaded), network_signatures(loaded.model, loaded.input_shape, "torch-cpu"))
+    assert predicted == pytest.approx(dense.measurement.median_ms, rel=max(0.15, dense.measurement.spread))
+
+
+def test_changed_profile_triggers_a_refit(profiled, tmp_path):
+    db = tmp_path / "copy.sqlite"
+    with sqlite3.connect(profiled) as source, sqlite3.connect(db) as target:
+        source.backup(target)
+    with ProfileStore(db) as store:
+        device_id, _ = device_id_for(store, "torch-cpu")
+        fit_perf_model(store, device_id, "torch-cpu")
+        assert load_perf_model(store, device_id, "torch-cpu")[1].status == "loaded"
+        sig = LayerSignature("conv", 3, 5, (3, 3), (1, 1), (1, 1), 1, (1, 1), 9, 9, 1, "float32", "torch-cpu", "")
+        m = Measurement(0.5, 0.4, 0.6, 3, 0.0)
+        store.finish_variant(device_id, "torch-cpu", NetworkTiming("other", "v", {}, m, {}, 0.0), [(sig, m)])
+        _, summary = load_perf_model(store, device_id, "torch-cpu")
+        assert summary.status == "refitted: the profile changed since the fit"
+        assert summary.layer_rows == len(store.layer_timings(device_id, "torch-cpu"))
+
+
+def test_fit_from_other_library_versions_is_refitted_or_refused(profiled, tmp_path):
+    db = tmp_path / "copy.sqlite"
+    with sqlite3.connect(profiled) as source, sqlite3.connect(db) as target:
+        source.backup(target)
+    with ProfileStore(db) as store:
+        device_id, _ = device_id_for(store, "torch-cpu")
+        fit_perf_model(store, device_id, "torch-cpu")
+    with sqlite3.connect(db) as conn:
+        conn.execute("""UPDATE perf_models SET versions = json_set(versions, '$."scikit-learn"', '0.1')""")
+    with ProfileStore(db) as store:
+        with pytest.raises(LatpruneError, match=r"other library versions \(scikit-learn 0.1 -> "):
+            load_perf_model(store, device_id, "torch-cpu", refit=False)
+        _, summary = load_perf_model(store, device_id, "torch-cpu")
+        assert summary.status.startswith("refitted: fitted under other library versions")
+        assert load_perf_model(store, device_id, "torch-cpu")[1].status == "loaded"
+
+
+def test_step_aware_features_learn_a_latency_staircase():
+    base = dict(kind="conv", kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), height=28, width=28,
+                batch=1, dtype="float32", backend="ort-cpu", epilogue="relu")
+    rng = np.random.default_rng(0)
+
+    def staircase(cin, cout):  # latency of a 16-wide vector machine
+        return 0.02 + 2e-5 * (-(-cin // 16) * 16) * (-(-cout // 16) * 16)
+
+    train = [(int(a), int(b)) for a, b in rng.integers(8, 257, size=(300, 2))]
+    test = [(int(a), int(b)) for a, b in rng.integers(8, 257, size=(60, 2)) if (int(a), int(b)) not in train]
+    sigs = [LayerSignature(cin=a, cout=b, groups=1, **base) for a, b in train]
+    model = LayerLatencyModel(step=16).fit(sigs, [staircase(a, b) for a, b in train])
+    test_sigs = [LayerSignature(cin=a, cout=b, groups=1, **base) for a, b in test]
+    predicted = model.predict(test_sigs)
+    truth = np.array([staircase(a, b) for a, b in test])
+    assert np.mean(np.abs(predicted / truth - 1) <= 0.10) >= 0.95
+    assert set(model.selection_["conv"]) == {"hist-gbm", "random-forest", "family-linear"}
