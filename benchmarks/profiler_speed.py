@@ -42,7 +42,8 @@ def main(argv=None) -> None:
                 median_width_pairs_per_layer_family=sorted(len(v) for v in pairs_per_layer.values())[
                     len(pairs_per_layer) // 2])
     rows = [[spec, "ort-cpu", f"{report.wall_s:.0f} s", f"{GOAL_S} s", "yes" if data["meets_goal"] else "NO",
-             report.variants_timed, report.layer_rows, report.alignment_step,
+             report.variants_timed, report.layer_rows,
+             report.alignment_step if report.alignment_detected else f"inconclusive (grid {report.alignment_step})",
              f"{100 * report.noise_round_spread:.1f}%", f"{100 * report.noise_p10_p90:.1f}%",
              f"{100 * report.drift:.1f}%"]]
     summary = markdown_table(["model", "backend", "wall time", "goal", "met", "variants", "layer rows",

@@ -147,7 +147,8 @@ def _format_profile(result: dict) -> str:
         f"variants: {result['variants_timed']} timed, {result['variants_reused']} reused from other models, "
         f"{result['variants_already_done']} already done (of {result['variants_planned']})",
         f"layer signatures: {result['new_layer_rows']} new, {result['layer_rows']} in the database",
-        f"alignment step detected: {result['alignment_step']} channels",
+        (f"alignment step detected: {result['alignment_step']} channels" if result["alignment_detected"] else
+         f"alignment step: inconclusive at this noise, using the {result['alignment_step']}-channel grid"),
         f"noise: round spread {100 * result['noise_round_spread']:.1f}%, p10-p90 {100 * result['noise_p10_p90']:.1f}%;"
         f" drift of the reference network {100 * result['drift']:.1f}%",
         f"wall time {result['wall_s']:.0f} s",
@@ -218,10 +219,9 @@ def _perf_model_for(args: argparse.Namespace):
     from latprune.perfmodel.api import device_id_for, load_perf_model
     from latprune.profiler.store import ProfileStore
 
-    store = ProfileStore(args.db)
-    device_id, device = device_id_for(store, args.backend, args.threads)
-    model, summary = load_perf_model(store, device_id, args.backend, device=device)
-    return store, model, summary
+    with ProfileStore(args.db) as store:
+        device_id, device = device_id_for(store, args.backend, args.threads)
+        return load_perf_model(store, device_id, args.backend, device=device)
 
 
 @command("fit", _format_fit)
@@ -250,8 +250,7 @@ def cmd_predict(args: argparse.Namespace) -> dict:
     from latprune.profiler.runner import model_key
 
     loaded = model_from_args(args)
-    store, perf, summary = _perf_model_for(args)
-    store.close()
+    perf, summary = _perf_model_for(args)
     key = model_key(loaded)
     predicted = perf.predict(key, network_signatures(loaded.model, loaded.input_shape, args.backend))
     result = {"model": loaded.spec, "backend": args.backend, "predicted_ms": predicted,
@@ -284,10 +283,8 @@ def cmd_validate(args: argparse.Namespace) -> dict:
     from latprune.perfmodel.validate import validate_model
 
     loaded = model_from_args(args)
-    store, perf, summary = _perf_model_for(args)
-    step = summary.alignment_step
-    store.close()
-    result = validate_model(loaded, args.backend, perf, step, variants=args.variants, rounds=args.rounds,
+    perf, summary = _perf_model_for(args)
+    result = validate_model(loaded, args.backend, perf, summary.alignment_step, variants=args.variants, rounds=args.rounds,
                             threads=args.threads, out_dir=args.out)
     result["perf_model"] = summary.status
     return result

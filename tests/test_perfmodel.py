@@ -24,6 +24,15 @@ def profiled(tmp_path_factory):
     return db
 
 
+@pytest.fixture
+def profile_copy(profiled, tmp_path):
+    """A private copy of the profiled database, for tests that change it."""
+    db = tmp_path / "copy.sqlite"
+    with sqlite3.connect(profiled) as source, sqlite3.connect(db) as target:
+        source.backup(target)
+    return db
+
+
 def test_prediction_at_a_measured_point_reproduces_the_measurement(profiled):
     with ProfileStore(profiled) as store:
         device_id, _ = device_id_for(store, "torch-cpu")
@@ -53,11 +62,8 @@ def test_dense_model_prediction_uses_its_profiled_layers(profiled):
     assert predicted == pytest.approx(dense.measurement.median_ms, rel=max(0.15, dense.measurement.spread))
 
 
-def test_changed_profile_triggers_a_refit(profiled, tmp_path):
-    db = tmp_path / "copy.sqlite"
-    with sqlite3.connect(profiled) as source, sqlite3.connect(db) as target:
-        source.backup(target)
-    with ProfileStore(db) as store:
+def test_changed_profile_triggers_a_refit(profile_copy):
+    with ProfileStore(profile_copy) as store:
         device_id, _ = device_id_for(store, "torch-cpu")
         fit_perf_model(store, device_id, "torch-cpu")
         assert load_perf_model(store, device_id, "torch-cpu")[1].status == "loaded"
@@ -69,10 +75,8 @@ def test_changed_profile_triggers_a_refit(profiled, tmp_path):
         assert summary.layer_rows == len(store.layer_timings(device_id, "torch-cpu"))
 
 
-def test_fit_from_other_library_versions_is_refitted_or_refused(profiled, tmp_path):
-    db = tmp_path / "copy.sqlite"
-    with sqlite3.connect(profiled) as source, sqlite3.connect(db) as target:
-        source.backup(target)
+def test_fit_from_other_library_versions_is_refitted_or_refused(profile_copy):
+    db = profile_copy
     with ProfileStore(db) as store:
         device_id, _ = device_id_for(store, "torch-cpu")
         fit_perf_model(store, device_id, "torch-cpu")

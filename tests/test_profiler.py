@@ -198,6 +198,8 @@ def test_alignment_step_detected_from_a_staircase():
             smooth.append((sig, 0.01 + cin * cout * 1e-5))
     assert detect_alignment_step(stair)[0] == 16
     assert detect_alignment_step(smooth)[0] == 1
+    noisy = [(sig, ms * (1 + 0.4 * ((i * 7919) % 11 - 5) / 5)) for i, (sig, ms) in enumerate(stair)]
+    assert detect_alignment_step(noisy)[0] is None  # +-40% noise hides the staircase: say so
 
 
 @pytest.mark.gpu

@@ -40,16 +40,21 @@ def _family(signature: LayerSignature) -> tuple:
 
 
 def detect_alignment_step(
-    timings: Sequence[tuple[LayerSignature, float]], min_points: int = 8
-) -> tuple[int, dict[int, float]]:
-    """Return the best step and each candidate step's median relative fit error."""
+    timings: Sequence[tuple[LayerSignature, float]], min_points: int = 8, min_gain: float = 0.05
+) -> tuple[int | None, dict[int, float]]:
+    """Return the detected step (None if inconclusive) and each step's median relative fit error.
+
+    A step is only claimed when its fit beats the no-staircase fit (step 1) by at least
+    ``min_gain``, and "no staircase" (1) only when every step fits that much worse; on a
+    noisy host all steps fit about equally and nothing is claimed.
+    """
     families: dict[tuple, list[tuple[LayerSignature, float]]] = defaultdict(list)
     for signature, ms in timings:
         if signature.kind == "conv" and ms > 0:
             families[_family(signature)].append((signature, ms))
     usable = [f for f in families.values() if len(f) >= min_points]
     if not usable:
-        return 1, {}
+        return None, {}
     scores = {}
     for step in CANDIDATE_STEPS:
         errors = []
@@ -63,4 +68,8 @@ def detect_alignment_step(
     best = min(scores.values())
     # Prefer the smallest step whose fit is within 2% of the best one.
     chosen = min(s for s, e in scores.items() if e <= best * 1.02 + 1e-12)
+    if chosen != 1 and best > scores[1] * (1 - min_gain):
+        return None, scores  # a staircase fits no better than a smooth line
+    if chosen == 1 and min(e for s, e in scores.items() if s != 1) < scores[1] * (1 + min_gain):
+        return None, scores  # a smooth line fits no better than a staircase
     return chosen, scores

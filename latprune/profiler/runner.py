@@ -63,7 +63,8 @@ class ProfileReport:
     variants_already_done: int
     new_layer_rows: int
     layer_rows: int
-    alignment_step: int
+    alignment_step: int  # detected, or the configured grid step when detection was inconclusive
+    alignment_detected: bool
     alignment_scores: dict
     noise_round_spread: float
     noise_p10_p90: float
@@ -152,8 +153,10 @@ def _profile(loaded, backend: Backend, store: ProfileStore, settings: ProfileSet
             drift = _time_jobs(jobs, backend, store, device_id, key, settings, progress)
 
     timings = [(t.signature, t.measurement.median_ms) for t in store.layer_timings(device_id, backend.name)]
-    step, scores = detect_alignment_step(timings)
+    detected, scores = detect_alignment_step(timings)
+    step = detected if detected is not None else settings.step
     store.set_fact(device_id, backend.name, "alignment_step", step)
+    store.set_fact(device_id, backend.name, "alignment_detected", detected is not None)
     networks = store.network_timings(device_id, backend.name, key)
     return ProfileReport(
         model=key,
@@ -167,6 +170,7 @@ def _profile(loaded, backend: Backend, store: ProfileStore, settings: ProfileSet
         new_layer_rows=sum(j.new_rows for j in jobs),
         layer_rows=len(timings),
         alignment_step=step,
+        alignment_detected=detected is not None,
         alignment_scores={str(k): round(v, 5) for k, v in scores.items()},
         noise_round_spread=statistics.median([n.measurement.spread for n in networks]) if networks else 0.0,
         noise_p10_p90=statistics.median(
