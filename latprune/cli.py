@@ -72,10 +72,6 @@ def model_from_args(args: argparse.Namespace):
     return load_model(args.model, weights=args.weights, input_shape=shape)
 
 
-def family_of(loaded) -> str:
-    return getattr(loaded, "family", None) or getattr(loaded, "base_family")
-
-
 # ---------------------------------------------------------------- commands
 
 
@@ -113,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from latprune.data import evaluate_top1, image_folder
 
     loaded = model_from_args(args)
-    dataset = image_folder(args.data, family_of(loaded), loaded.input_shape)
+    dataset = image_folder(args.data, loaded.family, loaded.input_shape)
     if args.limit:
         dataset = Subset(dataset, range(min(args.limit, len(dataset))))
     top1 = evaluate_top1(loaded.model, dataset, batch_size=args.batch_size)

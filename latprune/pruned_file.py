@@ -36,6 +36,10 @@ class PrunedModel:
     metadata: dict = field(default_factory=dict)
 
     @property
+    def family(self) -> str:
+        return self.base_family
+
+    @property
     def widths(self) -> dict[str, int]:
         return {gid: len(idxs) for gid, idxs in self.kept.items()}
 

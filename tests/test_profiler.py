@@ -18,7 +18,7 @@ from latprune.profiler.alignment import detect_alignment_step
 from latprune.profiler.backends import get_backend
 from latprune.profiler.runner import ProfileSettings, profile_model
 from latprune.profiler.signature import LayerSignature, Measurement
-from latprune.profiler.store import NetworkTiming, ProfileStore
+from latprune.profiler.store import ProfileStore
 from latprune.profiler.structure import trace_layers
 from latprune.profiler.variants import candidate_widths, design_variants
 

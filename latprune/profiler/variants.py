@@ -70,6 +70,17 @@ def _coupled_layers(groups: Sequence[ChannelGroup]) -> dict[str, list[tuple[str,
     return coupled
 
 
+def _only_new_pairs(gid: str, width: int, widths: dict[str, int], pairs: Sequence[tuple[str, str]],
+                    seen: set[tuple[str, str, int, int]]) -> bool:
+    """Whether giving group ``gid`` this width repeats no layer's (cin, cout) pair seen before."""
+    for a, b in pairs:
+        wa = width if a == gid else widths.get(a)
+        wb = width if b == gid else widths.get(b)
+        if wa is not None and wb is not None and (a, b, wa, wb) in seen:
+            return False
+    return True
+
+
 def design_variants(
     groups: Sequence[ChannelGroup], widths_per_group: int, n_variants: int, step: int, seed: int = 0
 ) -> list[Variant]:
@@ -91,18 +102,10 @@ def design_variants(
         order = [g.id for g in groups]
         rng.shuffle(order)
         for gid in order:
-            ranked = sorted(candidates[gid], key=lambda w: (uses[gid][w], rng.random()))
-
-            def new_pairs(width: int) -> bool:
-                for a, b in coupled[gid]:
-                    wa, wb = (width if a == gid else widths.get(a)), (width if b == gid else widths.get(b))
-                    if wa is not None and wb is not None and (a, b, wa, wb) in seen:
-                        return False
-                return True
-
-            widths[gid] = next((w for w in ranked if new_pairs(w)), ranked[0])
+            ranked = sorted(candidates[gid], key=lambda w, g=gid: (uses[g][w], rng.random()))
+            widths[gid] = next((w for w in ranked if _only_new_pairs(gid, w, widths, coupled[gid], seen)), ranked[0])
             uses[gid][widths[gid]] += 1
-        for gid, pairs in coupled.items():
+        for pairs in coupled.values():
             seen.update((a, b, widths[a], widths[b]) for a, b in pairs)
         variant = Variant.of({g.id: widths[g.id] for g in groups})
         if variant.key not in keys:
