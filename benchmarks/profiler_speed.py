@@ -31,7 +31,7 @@ def main(argv=None) -> None:
         db = Path(tmp) / "profile.sqlite"
         report = profile_model(loaded, "ort-cpu", db=db, settings=settings)
         with ProfileStore(db) as store:
-            device_id = store.device_id(report.device, {})
+            device_id = store.find_device(report.device)
             layers = store.layer_timings(device_id, "ort-cpu")
             pairs_per_layer = {}
             for t in layers:

@@ -242,7 +242,7 @@ def _format_predict(result: dict) -> str:
 @command("predict", _format_predict)
 def cmd_predict(args: argparse.Namespace) -> dict:
     """Predicted latency of a dense or pruned model from the fitted performance model."""
-    from latprune.perfmodel.api import network_signatures
+    from latprune.profiler.structure import network_signatures
     from latprune.profiler.runner import model_key
 
     loaded = model_from_args(args)

@@ -32,12 +32,8 @@ class PrunedModel:
     spec: str
     input_shape: tuple[int, ...]
     kept: dict[str, list[int]]
-    base_family: str = "custom"
+    family: str = "custom"
     metadata: dict = field(default_factory=dict)
-
-    @property
-    def family(self) -> str:
-        return self.base_family
 
     @property
     def widths(self) -> dict[str, int]:
@@ -58,7 +54,7 @@ def prune_loaded(loaded: LoadedModel, kept: Mapping[str, Sequence[int]], metadat
         spec=loaded.spec,
         input_shape=loaded.input_shape,
         kept={gid: sorted(int(i) for i in idxs) for gid, idxs in kept.items()},
-        base_family=loaded.family,
+        family=loaded.family,
         metadata=dict(metadata or {}),
     )
 

@@ -76,7 +76,7 @@ def test_second_model_reuses_matching_signatures_without_retiming(tmp_path):
     first = profile_model(load_model("cifar:resnet20"), "torch-cpu", db=db, settings=FAST, progress=False)
     assert first.new_layer_rows > 0 and first.variants_timed == first.variants_planned
     with ProfileStore(db) as store:
-        device_id = store.device_id(first.device, {})
+        device_id = store.find_device(first.device)
         before = store.layer_timings(device_id, "torch-cpu")
 
     second = profile_model(load_model("fixtures.user_models:resnet20_copy"), "torch-cpu", db=db, settings=FAST,

@@ -16,20 +16,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import sklearn
-import torch
-import torch.nn as nn
-
 import latprune
 from latprune.errors import LatpruneError
 from latprune.perfmodel.estimator import LayerLatencyModel, NetworkLatencyModel
 from latprune.profiler.backends import get_backend
 from latprune.profiler.device import fingerprint
-from latprune.profiler.signature import LayerSignature
 from latprune.profiler.store import ProfileStore
-from latprune.profiler.structure import trace_layers
-
-DTYPE = "float32"
-
 
 def library_versions() -> dict:
     return {"latprune": latprune.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
@@ -119,8 +111,3 @@ def load_perf_model(store: ProfileStore, device_id: int, backend: str, refit: bo
     summary.status = f"refitted: {reason}"
     return model, summary
 
-
-def network_signatures(model: nn.Module, input_shape: tuple[int, ...], backend: str) -> list[LayerSignature]:
-    """The layer signatures of a (pruned) network as it runs on ``backend``."""
-    layers = trace_layers(model, torch.zeros(input_shape))
-    return [info.signature(info.cin, info.cout, input_shape[0], DTYPE, backend) for info in layers.values()]

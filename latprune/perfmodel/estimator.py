@@ -20,6 +20,12 @@ from latprune.profiler.alignment import padded_macs
 from latprune.profiler.signature import LayerSignature
 
 
+def _relative_lstsq(design: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares on relative errors (each row weighted by 1 / y)."""
+    weights = 1.0 / y
+    return np.linalg.lstsq(design * weights[:, None], y * weights, rcond=None)[0]
+
+
 class _LogTarget:
     """Wrap a regressor to fit log(ms): relative errors matter at every scale."""
 
@@ -33,12 +39,6 @@ class _LogTarget:
     def predict(self, signatures):
         return np.exp(self.model_.predict(feature_matrix(signatures, self.step)))
 
-
-def _family(signature: LayerSignature) -> tuple:
-    data = signature.to_json()
-    for varying in ("cin", "cout", "groups"):
-        data.pop(varying)
-    return tuple(sorted((k, str(v)) for k, v in data.items()))
 
 
 class _FamilyLinear:
@@ -60,24 +60,21 @@ class _FamilyLinear:
         self.fallback_ = _LogTarget(_hist_gbm, self.step).fit(signatures, ms)
         groups = defaultdict(list)
         for i, s in enumerate(signatures):
-            groups[_family(s)].append(i)
+            groups[s.family()].append(i)
         self.coef_ = {}
         ms = np.asarray(ms)
         for family, idx in groups.items():
             if len(idx) >= self.MIN_POINTS:
-                design = self._design([signatures[i] for i in idx])
-                weights = 1.0 / ms[idx]  # relative least squares
-                coef, *_ = np.linalg.lstsq(design * weights[:, None], ms[idx] * weights, rcond=None)
-                self.coef_[family] = coef
+                self.coef_[family] = _relative_lstsq(self._design([signatures[i] for i in idx]), ms[idx])
         return self
 
     def predict(self, signatures):
         out = np.empty(len(signatures))
-        fallback = [i for i, s in enumerate(signatures) if _family(s) not in self.coef_]
+        fallback = [i for i, s in enumerate(signatures) if s.family() not in self.coef_]
         if fallback:
             out[fallback] = self.fallback_.predict([signatures[i] for i in fallback])
         for i, s in enumerate(signatures):
-            coef = self.coef_.get(_family(s))
+            coef = self.coef_.get(s.family())
             if coef is not None:
                 out[i] = max(float(self._design([s])[0] @ coef), 1e-4)
         return out
@@ -176,9 +173,7 @@ class NetworkLatencyModel:
             x = np.array([p[0] for p in points])
             y = np.array([p[1] for p in points])
             if len(points) >= 3 and np.ptp(x) > 0:
-                weights = 1.0 / y
-                design = np.stack([np.ones_like(x), x], axis=1)
-                a, b = np.linalg.lstsq(design * weights[:, None], y * weights, rcond=None)[0]
+                a, b = _relative_lstsq(np.stack([np.ones_like(x), x], axis=1), y)
             else:
                 a, b = float(np.median(y - x)), 1.0
             self.overhead_[key] = (float(a), float(b), len(points))

@@ -12,7 +12,7 @@ from scipy.stats import kendalltau
 from latprune.groups import ChannelGroup, find_channel_groups
 from latprune.models import LoadedModel
 from latprune.perfmodel.estimator import NetworkLatencyModel
-from latprune.perfmodel.api import network_signatures
+from latprune.profiler.structure import network_signatures
 from latprune.profiler.measure import measure_models
 from latprune.profiler.runner import model_key
 from latprune.surgery import prune_channels

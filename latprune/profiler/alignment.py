@@ -32,12 +32,6 @@ def padded_macs(signature: LayerSignature, step: int) -> float:
     return signature.macs * ratio
 
 
-def _family(signature: LayerSignature) -> tuple:
-    data = signature.to_json()
-    for varying in ("cin", "cout", "groups"):
-        data.pop(varying)
-    return tuple(sorted((k, str(v)) for k, v in data.items()))
-
 
 def detect_alignment_step(
     timings: Sequence[tuple[LayerSignature, float]], min_points: int = 8, min_gain: float = 0.05
@@ -51,7 +45,7 @@ def detect_alignment_step(
     families: dict[tuple, list[tuple[LayerSignature, float]]] = defaultdict(list)
     for signature, ms in timings:
         if signature.kind == "conv" and ms > 0:
-            families[_family(signature)].append((signature, ms))
+            families[signature.family()].append((signature, ms))
     usable = [f for f in families.values() if len(f) >= min_points]
     if not usable:
         return None, {}

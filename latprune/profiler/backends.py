@@ -288,12 +288,10 @@ class NodeAttribution:
 
     PROLOGUE = ""
 
-    def __init__(self, producer: dict[str, object], node_layer: dict[str, str], by_name: dict[str, object],
-                 layers: Sequence[str]):
+    def __init__(self, producer: dict[str, object], node_layer: dict[str, str], by_name: dict[str, object]):
         self._producer = producer
         self._node_layer = node_layer
         self._by_name = by_name
-        self._layers = list(layers)
         self._cache: dict[str, str | None] = {}
 
     @classmethod
@@ -308,7 +306,7 @@ class NodeAttribution:
             )
         node_layer = {n.name: layer for n, layer in zip(layer_nodes, layers)}
         producer = {out: n for n in graph.node for out in n.output}
-        return cls(producer, node_layer, {n.name: n for n in graph.node}, layers)
+        return cls(producer, node_layer, {n.name: n for n in graph.node})
 
     def layer_of(self, ort_name: str) -> str | None:
         if ort_name not in self._cache:

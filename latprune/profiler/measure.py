@@ -54,5 +54,5 @@ def measure_models(
             description = backend.description()
     finally:
         backend.close()
-    description["fingerprint"] = fingerprint({k: v for k, v in description.items() if k != "fingerprint"})
+    description["fingerprint"] = fingerprint(description)
     return [Measurement.from_samples(s) for s in samples], description

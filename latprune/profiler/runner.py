@@ -26,12 +26,9 @@ from latprune.profiler.backends import Backend, Prepared, RoundSample, get_backe
 from latprune.profiler.device import fingerprint
 from latprune.profiler.signature import LayerSignature, Measurement
 from latprune.profiler.store import NetworkTiming, ProfileStore
-from latprune.profiler.structure import LayerInfo, layer_widths, trace_layers
+from latprune.profiler.structure import layer_signatures, trace_layers
 from latprune.profiler.variants import Variant, design_variants
 from latprune.surgery import prune_channels
-
-DTYPE = "float32"
-
 
 @dataclass(frozen=True)
 class ProfileSettings:
@@ -90,8 +87,7 @@ class _Job:
     new_rows: int = 0
 
     def spread(self) -> float:
-        medians = [statistics.median(r["plain_ms"]) for r in self.rounds.values()]
-        return (max(medians) - min(medians)) / statistics.median(medians)
+        return Measurement.from_samples([r["plain_ms"] for r in self.rounds.values()]).spread
 
 
 def _progress(iterable=None, **kwargs):
@@ -141,7 +137,7 @@ def _profile(loaded, backend: Backend, store: ProfileStore, settings: ProfileSet
             if variant.key in done:
                 continue
             model = prune_channels(loaded.model, x, analysis.groups, variant.kept(analysis.groups))
-            signatures = _signatures(model, layers, loaded.input_shape[0], backend.name)
+            signatures = layer_signatures(model, layers, loaded.input_shape[0], backend.name)
             if index >= settings.anchors and all(s.key() in known_elsewhere for s in signatures.values()):
                 reused += 1
                 continue
@@ -182,11 +178,6 @@ def _profile(loaded, backend: Backend, store: ProfileStore, settings: ProfileSet
     )
 
 
-def _signatures(model, layers: dict[str, LayerInfo], batch: int, backend: str) -> dict[str, LayerSignature]:
-    modules = dict(model.named_modules())
-    return {name: info.signature(*layer_widths(modules[name]), batch, DTYPE, backend) for name, info in layers.items()}
-
-
 def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_id: int, key: str,
                settings: ProfileSettings, progress: bool) -> float:
     """Run the rounds; returns the largest relative drift of the reference network."""
@@ -195,15 +186,16 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
     while time.time() < deadline:
         backend.time(reference, warmup=1, runs=3, profiled_runs=0)
 
-    def check_drift() -> float:
+    def check_drift() -> tuple[float, float]:
+        """Re-time the reference: (largest drift so far, its median now)."""
         sample = backend.time(reference, warmup=settings.warmup, runs=2 * settings.runs, profiled_runs=0)
-        store.record_drift_check(device_id, backend.name, key, statistics.median(sample.plain_ms))
+        median = statistics.median(sample.plain_ms)
+        store.record_drift_check(device_id, backend.name, key, median)
         checks = store.drift_checks(device_id, backend.name, key)
-        return max(abs(c / checks[0] - 1) for c in checks)
+        return max(abs(c / checks[0] - 1) for c in checks), median
 
-    drift = check_drift()
+    drift, dense_ms = check_drift()
     last_check = time.time()
-    dense_ms = store.drift_checks(device_id, backend.name, key)[-1]
     scale = max(1.0, settings.min_round_ms / max(dense_ms, 1e-3) / (settings.runs + settings.profiled_runs))
     runs, profiled_runs = round(settings.runs * scale), round(settings.profiled_runs * scale)
     finished: set[str] = set()
@@ -230,7 +222,7 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
                 finished.add(job.variant.key)
             bar.update(1)
             if time.time() - last_check > settings.drift_interval_s:
-                drift = max(drift, check_drift())
+                drift = max(drift, check_drift()[0])
                 last_check = time.time()
     for job in jobs:  # jobs still above the spread limit after all extra rounds
         if job.variant.key not in finished:

@@ -46,6 +46,13 @@ class LayerSignature:
             values[name] = tuple(values[name])
         return cls(**values)
 
+    def family(self) -> tuple:
+        """Everything but the widths: the same layer of the same network at any pruning."""
+        data = self.to_json()
+        for varying in ("cin", "cout", "groups"):
+            data.pop(varying)
+        return tuple(sorted((k, str(v)) for k, v in data.items()))
+
     @property
     def depthwise(self) -> bool:
         return self.kind == "conv" and self.groups == self.cin == self.cout and self.groups > 1

@@ -16,6 +16,7 @@ from latprune.graph import run_model
 from latprune.profiler.signature import LayerSignature
 
 TIMED_TYPES = (nn.Conv2d, nn.Linear)
+DTYPE = "float32"
 
 # Calls that move no data (shape queries, views, attribute reads) say nothing about cost.
 _FREE_OPS = {
@@ -155,3 +156,15 @@ def _pair(padding) -> tuple[int, int]:
     if isinstance(padding, str):  # "same"/"valid": resolved by the backend, keep it distinct
         return (-1, -1) if padding == "same" else (0, 0)
     return tuple(padding)
+
+
+def layer_signatures(model: nn.Module, layers: dict[str, LayerInfo], batch: int, backend: str
+                     ) -> dict[str, LayerSignature]:
+    """Signatures of ``model``'s layers at its current widths; ``layers`` traced from its architecture."""
+    modules = dict(model.named_modules())
+    return {name: info.signature(*layer_widths(modules[name]), batch, DTYPE, backend) for name, info in layers.items()}
+
+
+def network_signatures(model: nn.Module, input_shape: tuple[int, ...], backend: str) -> list[LayerSignature]:
+    """The layer signatures of a (pruned) network as it runs on ``backend``."""
+    return list(layer_signatures(model, trace_layers(model, torch.zeros(input_shape)), input_shape[0], backend).values())

@@ -93,6 +93,7 @@ def design_variants(
     rng = random.Random(seed)
     candidates = {g.id: candidate_widths(g, widths_per_group, step) for g in groups}
     coupled = _coupled_layers(groups)
+    all_pairs = {pair for pairs in coupled.values() for pair in pairs}
     uses = {g.id: dict.fromkeys(candidates[g.id], 0) for g in groups}
     seen: set[tuple[str, str, int, int]] = set()
     dense = Variant.of({g.id: g.width for g in groups})
@@ -105,8 +106,7 @@ def design_variants(
             ranked = sorted(candidates[gid], key=lambda w, g=gid: (uses[g][w], rng.random()))
             widths[gid] = next((w for w in ranked if _only_new_pairs(gid, w, widths, coupled[gid], seen)), ranked[0])
             uses[gid][widths[gid]] += 1
-        for pairs in coupled.values():
-            seen.update((a, b, widths[a], widths[b]) for a, b in pairs)
+        seen.update((a, b, widths[a], widths[b]) for a, b in all_pairs)
         variant = Variant.of({g.id: widths[g.id] for g in groups})
         if variant.key not in keys:
             keys.add(variant.key)
