@@ -286,6 +286,105 @@ def cmd_validate(args: argparse.Namespace) -> dict:
     return result
 
 
+def _planning_inputs(args: argparse.Namespace, loaded, with_latency: bool = True):
+    from latprune.planner.api import prepare
+    from latprune.planner.widths import WidthPolicy
+    from latprune.profiler.runner import model_key
+
+    perf = summary = None
+    step = args.step
+    if with_latency:
+        perf, summary = _perf_model_for(args)
+        step = step or summary.alignment_step
+    policy = WidthPolicy(step=step or 16, aligned=args.widths == "aligned", min_fraction=args.min_width)
+    calib = _calibration(args, loaded)
+    return prepare(loaded, importance=args.importance, calib=calib, policy=policy, perf=perf,
+                   model_key=model_key(loaded), backend=getattr(args, "backend", "") or "",
+                   device=summary.device if summary else "")
+
+
+def _calibration(args: argparse.Namespace, loaded):
+    if not getattr(args, "calib", None):
+        return None
+    from latprune.data import calibration_tensor
+
+    return calibration_tensor(args.calib, loaded.family, loaded.input_shape, size=args.calib_size)
+
+
+def _format_plan(result: dict) -> str:
+    rows = [(g["id"], g["full_width"], g["width"], f"{100 * g['width'] / g['full_width']:.0f}%") for g in result["groups"]]
+    solver = result["solver"]
+    lines = [table(["group", "full", "kept", "kept %"], rows)]
+    if result.get("predicted_ms") is not None:
+        lines.append(f"predicted {result['predicted_ms']:.3f} ms (budget {result['budget_ms']:.3f} ms, dense "
+                     f"{result['dense_predicted_ms']:.3f} ms, speedup {result['predicted_speedup']:.2f}x) on "
+                     f"{result['backend']}")
+    lines.append(f"{result['method']}: importance kept {100 * result['importance_kept']:.1f}% ({result['importance']}), "
+                 f"MACs {result['macs'] / 1e6:.1f} M of {result['dense_macs'] / 1e6:.1f} M")
+    if "method" in solver:
+        lines.append(f"solver: {solver['method']}, {solver.get('bins')} bins, {solver.get('live_states', 0)} states, "
+                     f"DP {1000 * solver.get('dp_s', 0):.1f} ms")
+    if result.get("out"):
+        lines.append(f"wrote {result['out']}")
+    return "\n".join(lines)
+
+
+PLANNERS = ("latency", "flops", "uniform", "tp-global")
+
+
+@command("plan", _format_plan)
+def cmd_plan(args: argparse.Namespace) -> dict:
+    """Choose per-group widths that keep the most importance within a latency budget."""
+    from latprune.planner import api
+
+    loaded = model_from_args(args)
+    inputs = _planning_inputs(args, loaded)
+    budget = {"budget_ms": args.budget_ms, "speedup": args.speedup}
+    if args.method == "latency":
+        plan = api.latency_plan(inputs, **budget, bins=args.bins, max_macs=args.max_macs)
+    elif args.method == "flops":
+        plan = api.flops_plan(inputs, **budget, bins=args.bins)
+    elif args.method == "uniform":
+        plan = api.uniform_plan_for_budget(inputs, **budget)
+    else:
+        plan = api.tp_global_plan(inputs, **budget)
+    if args.out:
+        plan.save(args.out)
+    return {**plan.to_json(), "out": args.out}
+
+
+def _format_prune(result: dict) -> str:
+    return (f"pruned {result['model']}: {result['params']:,} parameters of {result['dense_params']:,} "
+            f"({100 * result['params'] / result['dense_params']:.1f}%), {len(result['widths'])} groups; "
+            f"wrote {result['out']}")
+
+
+@command("prune", _format_prune)
+def cmd_prune(args: argparse.Namespace) -> dict:
+    """Build the pruned network of a plan (or a uniform keep ratio) and save it."""
+    from latprune.planner.api import uniform_plan
+    from latprune.planner.plan import Plan
+    from latprune.pruned_file import prune_loaded, save_pruned
+    from latprune.surgery import count_parameters
+
+    if (args.plan is None) == (args.uniform is None):
+        raise LatpruneError("give exactly one of --plan FILE and --uniform RATIO")
+    loaded = model_from_args(args)
+    if args.plan:
+        plan = Plan.load(args.plan)
+        if plan.model != loaded.spec or tuple(plan.input_shape) != tuple(loaded.input_shape):
+            raise LatpruneError(f"plan {args.plan} is for {plan.model} at {plan.input_shape}, not {loaded.spec} at "
+                                f"{list(loaded.input_shape)}")
+    else:
+        args.importance = args.importance or "l2"
+        plan = uniform_plan(_planning_inputs(args, loaded, with_latency=False), args.uniform)
+    pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": {k: v for k, v in plan.to_json().items()
+                                                                  if k != "groups"}})
+    save_pruned(pruned, args.out)
+    return {"model": loaded.spec, "out": args.out, "widths": pruned.widths, "params": count_parameters(pruned.model),
+            "dense_params": count_parameters(loaded.model), "method": plan.method}
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -352,6 +451,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write the JSON and a PNG scatter plot here")
     _json_option(p)
 
+    p = sub.add_parser("plan", help="choose widths for a latency budget", description=cmd_plan.__doc__)
+    add_model_options(p)
+    _backend_options(p)
+    _db_option(p)
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--budget-ms", type=float, metavar="MS", help="predicted latency budget")
+    budget.add_argument("--speedup", type=float, metavar="S", help="budget = dense predicted latency / S")
+    p.add_argument("--max-macs", type=float, metavar="N", help="also cap multiply-accumulates")
+    p.add_argument("--method", choices=PLANNERS, default="latency",
+                   help="latency DP (default) or a baseline: FLOPs DP, uniform ratio, Torch-Pruning global magnitude")
+    _planning_options(p)
+    p.add_argument("--bins", type=int, default=2000, help="cost bins of the DP (default 2000)")
+    p.add_argument("--out", metavar="plan.json", help="write the plan here")
+    _json_option(p)
+
+    p = sub.add_parser("prune", help="build a pruned model from a plan", description=cmd_prune.__doc__)
+    add_model_options(p)
+    p.add_argument("--plan", metavar="FILE", help="a plan written by `latprune plan`")
+    p.add_argument("--uniform", type=float, metavar="R", help="keep the fraction R of every group instead")
+    _planning_options(p)
+    p.add_argument("--out", required=True, metavar="pruned.pt")
+    _json_option(p)
+
     p = sub.add_parser("devices", help="devices and backends in a profile database", description=cmd_devices.__doc__)
     _db_option(p)
     _json_option(p)
@@ -363,6 +485,20 @@ def _backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
     parser.add_argument("--global-warmup", type=float, default=5.0, metavar="SECONDS",
                         help="steady load before timing starts (default 5)")
+
+
+def _planning_options(parser: argparse.ArgumentParser) -> None:
+    from latprune.planner.importance import CRITERIA
+
+    parser.add_argument("--importance", default="l2", choices=list(CRITERIA),
+                        help="channel importance (default l2); taylor and sensitivity need --calib")
+    parser.add_argument("--calib", metavar="DIR", help="unlabeled calibration images (ImageFolder layout)")
+    parser.add_argument("--calib-size", type=int, default=256, metavar="N", help="calibration images (default 256)")
+    parser.add_argument("--widths", choices=("aligned", "any"), default="aligned",
+                        help="multiples of the alignment step (default) or any width")
+    parser.add_argument("--step", type=int, help="alignment step (default: the profile's detected step)")
+    parser.add_argument("--min-width", type=float, default=0.1, metavar="FRACTION",
+                        help="narrowest width per group as a fraction (default 0.1)")
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:

@@ -88,3 +88,13 @@ def evaluate_top1(model: nn.Module, dataset: Dataset, batch_size: int = 256, pro
     if total == 0:
         raise LatpruneError("the evaluation dataset is empty")
     return correct / total
+
+
+def calibration_tensor(
+    path: str | os.PathLike, family: str, input_shape: tuple[int, ...], size: int | None = None, seed: int = 0
+) -> torch.Tensor:
+    """The calibration images of :func:`calibration_set` stacked into one tensor (labels never read)."""
+    dataset = calibration_set(path, family, input_shape, size, seed)
+    if len(dataset) == 0:
+        raise LatpruneError(f"no calibration images in {path}")
+    return torch.cat(list(batches(dataset, batch_size=256)))

@@ -165,3 +165,18 @@ def remove_channels(model: nn.Module, example_input: torch.Tensor, removals: Map
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def magnitude_importance(model: nn.Module, example_input: torch.Tensor, roots: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Torch-Pruning's group L2 magnitude importance (mean-normalised) of every channel of each root's group."""
+    graph = build_graph(model, example_input)
+    modules = dict(model.named_modules())
+    importance = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
+    scores = {}
+    for root in roots:
+        module = modules[root]
+        pruner = graph.get_pruner_of_module(module)
+        width = pruner.get_out_channels(module)
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        scores[root] = importance(group).detach()
+    return scores

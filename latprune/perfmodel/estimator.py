@@ -110,6 +110,11 @@ class LayerLatencyModel:
         self.estimator, self.step, self.holdout, self.seed = estimator, step, holdout, seed
 
     def fit(self, signatures: Sequence[LayerSignature], times_ms: Sequence[float]) -> "LayerLatencyModel":
+        times_ms = np.asarray(times_ms, dtype=float)
+        positive = times_ms[times_ms > 0]
+        # Subtracting the profiler's per-node overhead can leave a tiny layer at 0 ms; keep it
+        # at half the smallest positive time so relative (log-scale) fits stay finite.
+        times_ms = np.maximum(times_ms, 0.5 * positive.min() if len(positive) else 1e-6)
         self.measured_ = {s.key(): float(t) for s, t in zip(signatures, times_ms)}
         by_kind: dict[str, list[int]] = defaultdict(list)
         for i, s in enumerate(signatures):
@@ -180,8 +185,13 @@ class NetworkLatencyModel:
         return self
 
     def predict(self, model_key: str, signatures: Sequence[LayerSignature], use_measured: bool = True) -> float:
-        a, b, _ = self.overhead_.get(model_key, (0.0, 1.0, 0))
+        a, b = self.affine(model_key)
         return a + b * float(self.layers.predict(signatures, use_measured=use_measured).sum())
+
+    def affine(self, model_key: str) -> tuple[float, float]:
+        """(a, b) with whole-network ms = a + b * sum of layer predictions."""
+        a, b, _ = self.overhead_.get(model_key, (0.0, 1.0, 0))
+        return a, b
 
     def knows(self, model_key: str) -> bool:
         return model_key in self.overhead_

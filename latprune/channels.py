@@ -1,0 +1,72 @@
+"""Where a group's channels live in each layer, and masking them without changing shapes.
+
+``group_layout`` maps every root-relative channel of a group to the matching weight rows
+(producers: output channels, BN included) and columns (consumers: input channels) of
+each layer, through concatenations. Masking zeroes a group's removed channels at every
+producer's output, which makes the dense network compute exactly what the physically
+pruned one computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from latprune.graph import LayerSlice, layer_slices
+from latprune.groups import ChannelGroup
+
+Layout = dict[str, list[LayerSlice]]
+
+
+def group_layout(model: nn.Module, example_input: torch.Tensor, groups: Sequence[ChannelGroup]) -> Layout:
+    """For each group, every named layer's channel indices, in root-relative order."""
+    return layer_slices(model, example_input, {g.id: list(range(g.width)) for g in groups})
+
+
+def weight_rows(module: nn.Module, layer_slice: LayerSlice) -> torch.Tensor | None:
+    """The layer's weights for the slice's channels, one row per channel (None for weightless layers)."""
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return None
+    w = weight.detach()
+    if layer_slice.side == "out":
+        rows = w[list(layer_slice.idxs)]
+    else:
+        if w.dim() < 2:  # BN and other per-channel parameters are producers only
+            return None
+        rows = w.transpose(0, 1)[list(layer_slice.idxs)]
+    return rows.reshape(len(layer_slice.idxs), -1)
+
+
+@contextmanager
+def masked_channels(model: nn.Module, layout: Layout, removed: Mapping[str, Sequence[int]]) -> Iterator[None]:
+    """Within the block, removed channels (root-relative, per group) output zero at every producer."""
+    modules = dict(model.named_modules())
+    hooks = []
+    for gid, idxs in removed.items():
+        if not len(idxs):
+            continue
+        idxs = np.asarray(idxs)
+        for s in layout[gid]:
+            if s.side != "out":
+                continue
+            layer_idxs = torch.as_tensor(np.asarray(s.idxs)[idxs])
+            hooks.append(modules[s.layer].register_forward_hook(_zeroing_hook(layer_idxs)))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _zeroing_hook(idxs: torch.Tensor):
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[:, idxs] = 0
+        return output
+
+    return hook

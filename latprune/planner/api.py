@@ -1,0 +1,249 @@
+"""Plan a pruned network: the latency DP, and the baselines it is compared with.
+
+``prepare`` gathers what every planner needs once (groups, channel scores, candidate
+widths, latency and MACs problems); each planner then returns a :class:`Plan`:
+
+- ``latency_plan``: the exact DP on predicted latency (the product);
+- ``flops_plan``: the same DP on MACs, its MACs budget bisected until the predicted latency fits;
+- ``uniform_plan``: one keep ratio for every group, rounded to the alignment step;
+- ``tp_global_plan``: Torch-Pruning's global magnitude ranking, its ratio bisected to fit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from latprune.channels import group_layout
+from latprune.errors import LatpruneError
+from latprune.graph import magnitude_importance
+from latprune.groups import ChannelGroup, find_channel_groups
+from latprune.models import LoadedModel
+from latprune.perfmodel.estimator import NetworkLatencyModel
+from latprune.planner.costs import latency_problem, macs_problem
+from latprune.planner.importance import channel_importance
+from latprune.planner.plan import GroupPlan, Plan
+from latprune.planner.problem import PlanningProblem
+from latprune.planner.solver import Infeasible, Solution, solve
+from latprune.planner.widths import WidthPolicy, kept_channels, kept_value, uniform_width
+
+BISECTION_STEPS = 24
+
+
+@dataclass
+class PlanningInputs:
+    loaded: LoadedModel
+    groups: tuple[ChannelGroup, ...]
+    scores: dict[str, np.ndarray]
+    importance: str
+    policy: WidthPolicy
+    macs: PlanningProblem
+    latency: PlanningProblem | None
+    backend: str
+    device: str
+
+    @property
+    def full_widths(self) -> list[int]:
+        return [g.width for g in self.groups]
+
+    def dense_ms(self) -> float:
+        return self.latency_problem().cost_of_widths(self.full_widths)
+
+    def latency_problem(self) -> PlanningProblem:
+        if self.latency is None:
+            raise LatpruneError("latency planning needs a fitted performance model (--backend)")
+        return self.latency
+
+    def budget(self, budget_ms: float | None, speedup: float | None) -> float:
+        if (budget_ms is None) == (speedup is None):
+            raise LatpruneError("give exactly one of --budget-ms and --speedup")
+        if speedup is not None:
+            if speedup < 1:
+                raise LatpruneError(f"--speedup must be at least 1 (got {speedup})")
+            return self.dense_ms() / speedup
+        if budget_ms <= 0:
+            raise LatpruneError(f"--budget-ms must be positive (got {budget_ms})")
+        return budget_ms
+
+
+def prepare(loaded: LoadedModel, importance: str = "l2", calib: torch.Tensor | None = None,
+            policy: WidthPolicy | None = None, perf: NetworkLatencyModel | None = None, model_key: str = "",
+            backend: str = "", device: str = "") -> PlanningInputs:
+    """Groups, channel scores and cost problems of ``loaded`` (latency only with ``perf``)."""
+    policy = policy or WidthPolicy()
+    x = loaded.example_input()
+    groups = find_channel_groups(loaded.model, x).groups
+    if not groups:
+        raise LatpruneError(f"{loaded.spec} has no prunable channel groups")
+    layout = group_layout(loaded.model, x, groups)
+    scores = channel_importance(importance, loaded.model, groups, layout, calib)
+    candidates = [policy.candidates(g) for g in groups]
+    values = [kept_value(g, scores[g.id], c) for g, c in zip(groups, candidates)]
+    macs = macs_problem(loaded.model, loaded.input_shape, groups, candidates, values)
+    latency = None
+    if perf is not None:
+        latency = latency_problem(loaded.model, loaded.input_shape, groups, candidates, values, perf, model_key,
+                                  backend)
+    return PlanningInputs(loaded, groups, scores, importance, policy, macs, latency, backend, device)
+
+
+def build_plan(inputs: PlanningInputs, widths: list[int], method: str, budget_ms: float | None,
+               solver: dict | None = None, kept: dict[str, list[int]] | None = None, cost: str = "latency") -> Plan:
+    """A plan for explicit widths; kept channels are the best-scoring unless given."""
+    kept = kept or {g.id: kept_channels(g, inputs.scores[g.id], w) for g, w in zip(inputs.groups, widths)}
+    total = sum(float(inputs.scores[g.id].sum()) for g in inputs.groups)
+    retained = sum(float(inputs.scores[g.id][kept[g.id]].sum()) for g in inputs.groups)
+    predicted = dense = None
+    if inputs.latency is not None:
+        predicted, dense = inputs.latency.cost_of_widths(widths), inputs.dense_ms()
+    return Plan(
+        model=inputs.loaded.spec, input_shape=list(inputs.loaded.input_shape), backend=inputs.backend, cost=cost,
+        method=method, importance=inputs.importance, budget_ms=budget_ms, predicted_ms=predicted,
+        dense_predicted_ms=dense, importance_kept=retained / max(total, 1e-12),
+        macs=int(round(inputs.macs.cost_of_widths(widths) * 1e6)),
+        dense_macs=int(round(inputs.macs.cost_of_widths(inputs.full_widths) * 1e6)),
+        groups=[GroupPlan(g.id, int(w), g.width, sorted(int(i) for i in kept[g.id]))
+                for g, w in zip(inputs.groups, widths)],
+        solver=dict(solver or {}), device=inputs.device,
+    )
+
+
+def latency_plan(inputs: PlanningInputs, budget_ms: float | None = None, speedup: float | None = None,
+                 bins: int = 2000, max_macs: float | None = None) -> Plan:
+    """The most important plan whose predicted latency meets the budget (and MACs cap, if any).
+
+    A MACs cap is met by bisecting the latency budget down until the plan fits it, so with a
+    cap the plan is optimal for the latency it ends at, not jointly.
+    """
+    problem = inputs.latency_problem()
+    budget = inputs.budget(budget_ms, speedup)
+    _check_reachable(problem, budget, "ms")
+    solution = solve(problem, budget, bins)
+    if max_macs is not None and inputs.macs.total_cost(solution.choice) * 1e6 > max_macs:
+        solution = _largest_fitting(
+            lambda b: solve(problem, b, bins),
+            lambda s: inputs.macs.total_cost(s.choice) * 1e6 <= max_macs,
+            low=problem.total_cost(problem.fastest()), high=budget, what=f"{max_macs:.4g} MACs")
+    return build_plan(inputs, problem.widths(solution.choice), "latency-dp", budget, _stats(solution, bins))
+
+
+def flops_plan(inputs: PlanningInputs, budget_ms: float | None = None, speedup: float | None = None,
+               bins: int = 2000) -> Plan:
+    """The FLOPs baseline: the same DP with MACs as the cost, at the largest MACs budget whose
+    plan's *predicted latency* meets the latency budget."""
+    problem = inputs.latency_problem()
+    budget = inputs.budget(budget_ms, speedup)
+    _check_reachable(problem, budget, "ms")
+    macs = inputs.macs
+    solution = _largest_fitting(lambda m: solve(macs, m, bins), lambda s: problem.total_cost(s.choice) <= budget,
+                                low=macs.total_cost(macs.fastest()), high=macs.total_cost(macs.full()),
+                                what=f"{budget:.4g} ms")
+    return build_plan(inputs, macs.widths(solution.choice), "flops-dp", budget, _stats(solution, bins))
+
+
+def uniform_plan(inputs: PlanningInputs, ratio: float) -> Plan:
+    """Keep ``ratio`` of every group, rounded to the alignment step."""
+    if not 0 < ratio <= 1:
+        raise LatpruneError(f"--uniform takes a keep ratio in (0, 1], got {ratio}")
+    widths = [uniform_width(g, ratio, inputs.policy.unit(g)) for g in inputs.groups]
+    return build_plan(inputs, widths, "uniform", None, {"ratio": ratio})
+
+
+def uniform_plan_for_budget(inputs: PlanningInputs, budget_ms: float | None = None,
+                            speedup: float | None = None) -> Plan:
+    """The largest uniform ratio whose predicted latency meets the budget."""
+    budget = inputs.budget(budget_ms, speedup)
+    problem = inputs.latency_problem()
+    def fits(ratio: float) -> bool:
+        return problem.cost_of_widths([uniform_width(g, ratio, inputs.policy.unit(g)) for g in inputs.groups]) <= budget
+
+    ratio = _largest_ratio(fits, what=f"{budget:.4g} ms")
+    plan = uniform_plan(inputs, ratio)
+    plan.budget_ms = budget
+    return plan
+
+
+def tp_global_plan(inputs: PlanningInputs, budget_ms: float | None = None, speedup: float | None = None) -> Plan:
+    """Torch-Pruning global magnitude pruning: one threshold on TP's group-L2 scores over all groups,
+    the pruned fraction bisected until the predicted latency meets the budget. Widths are not aligned."""
+    budget = inputs.budget(budget_ms, speedup)
+    problem = inputs.latency_problem()
+    loaded = inputs.loaded
+    raw = magnitude_importance(loaded.model, loaded.example_input(), [g.id for g in inputs.groups])
+    scores = {g.id: raw[g.id].numpy().astype(float) for g in inputs.groups}
+    everything = np.concatenate(list(scores.values()))
+
+    def kept_at(ratio: float) -> dict[str, list[int]]:
+        threshold = np.quantile(everything, 1 - ratio)
+        kept = {}
+        for g in inputs.groups:
+            per_slice = g.width // g.divisor
+            offsets = scores[g.id].reshape(g.divisor, -1).mean(0)
+            count = min(per_slice, max(1, int((offsets >= threshold).sum())))
+            kept[g.id] = kept_channels(g, scores[g.id], count * g.divisor)
+        return kept
+
+    def fits(ratio: float) -> bool:
+        return problem.cost_of_widths([len(v) for v in kept_at(ratio).values()]) <= budget
+
+    ratio = _largest_ratio(fits, what=f"{budget:.4g} ms")
+    kept = kept_at(ratio)
+    return build_plan(inputs, [len(kept[g.id]) for g in inputs.groups], "tp-global-magnitude", budget,
+                      {"kept_ratio": ratio, "importance": "torch-pruning GroupMagnitudeImportance(p=2)"}, kept=kept)
+
+
+def _check_reachable(problem: PlanningProblem, budget: float, unit: str) -> None:
+    fastest = problem.total_cost(problem.fastest())
+    if budget < fastest:
+        raise LatpruneError(f"budget {budget:.4g} {unit} is below the fastest achievable plan: {fastest:.4g} {unit} "
+                            f"with every group at its narrowest candidate width")
+
+
+def _largest_fitting(solve_at: Callable[[float], Solution], fits: Callable[[Solution], bool], low: float,
+                     high: float, what: str) -> Solution:
+    """Bisect a solver budget in [low, high] for the largest whose solution ``fits``."""
+    best = None
+    middle = high
+    for _ in range(BISECTION_STEPS):
+        try:
+            candidate = solve_at(middle)
+        except Infeasible:
+            candidate = None
+        if candidate is not None and fits(candidate):
+            if best is None or candidate.value > best.value:
+                best = candidate
+            if middle == high:
+                break
+            low = middle
+        elif candidate is None:
+            low = middle
+        else:
+            high = middle
+        middle = (low + high) / 2
+    if best is None:
+        raise LatpruneError(f"no plan meets {what}")
+    return best
+
+
+def _largest_ratio(fits: Callable[[float], bool], what: str) -> float:
+    low, high = 0.0, 1.0
+    if fits(1.0):
+        return 1.0
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    if low == 0.0:
+        raise LatpruneError(f"no keep ratio meets {what}")
+    return low
+
+
+def _stats(solution: Solution, bins: int) -> dict:
+    return {"bins": bins, **{k: v for k, v in solution.stats.items()}, "importance_value": solution.value,
+            "solved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -1,0 +1,114 @@
+"""Numba kernels of the budgeted dynamic program.
+
+A DP *state array* has one entry per cost bin (0..capacity): the best importance of a
+partial plan costing exactly that many bins, or -inf where no partial plan does or where
+the entry is *dominated* (a cheaper entry has at least the same importance; no completion
+can prefer it). Items are given as Pareto frontiers: (cost bins, importance) points.
+Kernels visit only live entries, so pruned and dominated states cost nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+NEG = -np.inf
+
+
+@njit(cache=True)
+def frontiers(costs, values, bin_ms, capacity, out_cost, out_value, out_index, out_count):
+    """Per row, the Pareto frontier of (ceil(cost / bin_ms), value) points within ``capacity``.
+
+    ``costs``/``values``: (rows, points). Writes each row's frontier sorted by cost into
+    ``out_*[row, :count]`` (``out_index`` = the point's column), increasing in value.
+    """
+    rows, points = costs.shape
+    bins = np.empty(points, dtype=np.int64)
+    for r in range(rows):
+        for p in range(points):
+            b = np.ceil(costs[r, p] / bin_ms - 1e-9)
+            bins[p] = np.int64(b) if b <= capacity else capacity + 1
+        order = np.argsort(bins, kind="mergesort")
+        n = 0
+        for j in range(points):
+            p = order[j]
+            b, v = bins[p], values[r, p]
+            if b > capacity:
+                break
+            if n > 0 and out_cost[r, n - 1] == b:
+                if v > out_value[r, n - 1]:  # same bin, more importance: replace
+                    out_value[r, n - 1] = v
+                    out_index[r, n - 1] = p
+            elif n == 0 or v > out_value[r, n - 1]:
+                out_cost[r, n] = b
+                out_value[r, n] = v
+                out_index[r, n] = p
+                n += 1
+        out_count[r] = n
+
+
+@njit(cache=True)
+def _prune_dominated(dst):
+    best = NEG
+    for b in range(dst.shape[0]):
+        if dst[b] <= best:
+            dst[b] = NEG
+        else:
+            best = dst[b]
+
+
+@njit(cache=True)
+def fold(src, cost, value, count, dst, choice):
+    """dst[b] = max_k src[b - cost[k]] + value[k] over one frontier; ``choice`` records k.
+
+    Returns the number of live source states visited.
+    """
+    capacity = src.shape[0] - 1
+    dst[:] = NEG
+    live = 0
+    for b in range(capacity + 1):
+        base = src[b]
+        if base == NEG:
+            continue
+        live += 1
+        for k in range(count):
+            t = b + cost[k]
+            if t > capacity:
+                break
+            v = base + value[k]
+            if v > dst[t]:
+                dst[t] = v
+                choice[t] = k
+    _prune_dominated(dst)
+    return live
+
+
+@njit(cache=True)
+def transition(prev, cost, value, count, dst, choice_prev, choice_point):
+    """Cross from hub states ``prev[w']`` to ``dst[w]`` through pair items ``(w', w)``.
+
+    ``cost``/``value``: (W', W, F) frontiers with ``count`` (W', W). Returns live states visited.
+    """
+    n_prev, n_next = count.shape
+    capacity = prev.shape[1] - 1
+    dst[:, :] = NEG
+    live = 0
+    for w in range(n_next):
+        for wp in range(n_prev):
+            n = count[wp, w]
+            for b in range(capacity + 1):
+                base = prev[wp, b]
+                if base == NEG:
+                    continue
+                live += 1
+                for k in range(n):
+                    t = b + cost[wp, w, k]
+                    if t > capacity:
+                        break
+                    v = base + value[wp, w, k]
+                    if v > dst[w, t]:
+                        dst[w, t] = v
+                        choice_prev[w, t] = wp
+                        choice_point[w, t] = k
+        _prune_dominated(dst[w])
+    return live

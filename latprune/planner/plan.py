@@ -1,0 +1,89 @@
+"""The plan file: per-group widths and kept channels, with the prediction and how it was found."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+from latprune.errors import LatpruneError
+
+FORMAT = "latprune-plan"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    id: str
+    width: int
+    full_width: int
+    kept: list[int]
+
+
+@dataclass
+class Plan:
+    """What to keep of each group, and what the planner predicts for it."""
+
+    model: str
+    input_shape: list[int]
+    backend: str
+    cost: str  # what the budget constrains: "latency" (ms) or "macs" (millions)
+    method: str  # "latency-dp", "flops-dp", "uniform", "tp-global-magnitude"
+    importance: str
+    budget_ms: float | None
+    predicted_ms: float | None
+    dense_predicted_ms: float | None
+    importance_kept: float  # fraction of the dense model's total importance
+    macs: int
+    dense_macs: int
+    groups: list[GroupPlan]
+    solver: dict = field(default_factory=dict)
+    device: str = ""
+
+    @property
+    def predicted_speedup(self) -> float | None:
+        if self.predicted_ms and self.dense_predicted_ms:
+            return self.dense_predicted_ms / self.predicted_ms
+        return None
+
+    def kept(self) -> dict[str, list[int]]:
+        return {g.id: list(g.kept) for g in self.groups}
+
+    def widths(self) -> dict[str, int]:
+        return {g.id: g.width for g in self.groups}
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["predicted_speedup"] = self.predicted_speedup
+        return {"format": FORMAT, "version": FORMAT_VERSION, **data}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Plan":
+        if data.get("format") != FORMAT:
+            raise LatpruneError("not a latprune plan file")
+        if int(data.get("version", 0)) > FORMAT_VERSION:
+            raise LatpruneError(f"plan format {data['version']} is newer than this latprune reads ({FORMAT_VERSION})")
+        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        values["groups"] = [GroupPlan(**g) for g in data["groups"]]
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise LatpruneError(f"plan file not found: {path}") from None
+        except (OSError, ValueError) as exc:
+            raise LatpruneError(f"cannot read plan {path}: {exc}") from None
+        try:
+            return cls.from_json(data)
+        except (KeyError, TypeError) as exc:
+            raise LatpruneError(f"plan {path} is incomplete or malformed ({exc})") from None

@@ -1,0 +1,88 @@
+"""The planning problem: choose one candidate width per group, maximise importance, meet a cost budget.
+
+A network's cost is a sum over its conv/linear layers; each layer's cost depends on its
+input width (set by at most a few groups, or fixed) and its output width (set by one group
+or fixed). The problem holds the layers in that form plus a batch cost function, so
+solvers can tabulate costs over candidate widths or evaluate a whole plan exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# (layer index, cin, cout) rows -> cost of each row
+LayerCostFn = Callable[[Sequence[tuple[int, int, int]]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LayerTerm:
+    """One layer's dependence on the groups: cin = in_fixed + sum of ``in_groups`` widths."""
+
+    name: str
+    in_groups: tuple[int, ...]
+    in_fixed: int
+    out_group: int | None
+    out_fixed: int
+    depthwise: bool = False
+
+
+@dataclass
+class PlanningProblem:
+    """Groups with candidate widths and importance values, layers with costs.
+
+    ``candidates[g]`` ascends and ends at the full width; ``values[g][k]`` is the importance
+    kept at ``candidates[g][k]``. Total cost = ``constant`` + sum of layer costs.
+    """
+
+    group_ids: list[str]
+    candidates: list[np.ndarray]
+    values: list[np.ndarray]
+    layers: list[LayerTerm]
+    layer_cost: LayerCostFn
+    constant: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._cache: dict[tuple[int, int, int], float] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self.group_ids)
+
+    def layer_widths(self, term: LayerTerm, widths: Sequence[int]) -> tuple[int, int]:
+        """(cin, cout) of a layer when group g has width ``widths[g]``."""
+        cin = term.in_fixed + sum(widths[g] for g in term.in_groups)
+        cout = term.out_fixed + (widths[term.out_group] if term.out_group is not None else 0)
+        return cin, cout
+
+    def costs(self, rows: Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """Layer costs for (layer index, cin, cout) rows, cached across calls."""
+        missing = list(dict.fromkeys(r for r in rows if r not in self._cache))
+        if missing:
+            for row, cost in zip(missing, self.layer_cost(missing)):
+                self._cache[row] = float(cost)
+        return np.array([self._cache[r] for r in rows])
+
+    def total_cost(self, choice: Sequence[int]) -> float:
+        """Exact cost of a plan given as a candidate index per group."""
+        return self.cost_of_widths(self.widths(choice))
+
+    def cost_of_widths(self, widths: Sequence[int]) -> float:
+        """Exact cost when group g has width ``widths[g]`` (any width, not only candidates)."""
+        rows = [(i, *self.layer_widths(t, widths)) for i, t in enumerate(self.layers)]
+        return self.constant + float(self.costs(rows).sum())
+
+    def widths(self, choice: Sequence[int]) -> list[int]:
+        return [int(self.candidates[g][k]) for g, k in enumerate(choice)]
+
+    def total_value(self, choice: Sequence[int]) -> float:
+        return float(sum(self.values[g][k] for g, k in enumerate(choice)))
+
+    def fastest(self) -> list[int]:
+        """The plan with every group at its smallest candidate."""
+        return [0] * self.size
+
+    def full(self) -> list[int]:
+        return [len(c) - 1 for c in self.candidates]
