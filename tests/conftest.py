@@ -40,3 +40,16 @@ def random_kept(groups, seed: int, low: float = 0.3, high: float = 1.0) -> dict[
 def _deterministic():
     torch.manual_seed(0)
     random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def profiled_resnet20(tmp_path_factory):
+    """A small torch-cpu profile of cifar:resnet20 (seconds, not minutes), shared by the tests."""
+    from latprune.models import load_model
+    from latprune.profiler.runner import ProfileSettings, profile_model
+
+    fast = ProfileSettings(widths=8, variants=12, rounds=3, runs=3, profiled_runs=3, warmup=1, min_round_ms=5,
+                           global_warmup_s=0.0)
+    db = tmp_path_factory.mktemp("perf") / "p.sqlite"
+    profile_model(load_model("cifar:resnet20"), "torch-cpu", db=db, settings=fast, progress=False)
+    return db

@@ -9,20 +9,14 @@ from latprune.errors import LatpruneError
 from latprune.models import load_model
 from latprune.perfmodel.api import device_id_for, fit_perf_model, load_perf_model
 from latprune.perfmodel.estimator import LayerLatencyModel
-from latprune.profiler.runner import ProfileSettings, model_key, profile_model
+from latprune.profiler.runner import model_key
 from latprune.profiler.signature import LayerSignature, Measurement
 from latprune.profiler.store import NetworkTiming, ProfileStore
 from latprune.profiler.structure import network_signatures
 
-FAST = ProfileSettings(widths=8, variants=12, rounds=3, runs=3, profiled_runs=3, warmup=1, min_round_ms=5,
-                       global_warmup_s=0.0)
-
-
-@pytest.fixture(scope="module")
-def profiled(tmp_path_factory):
-    db = tmp_path_factory.mktemp("perf") / "p.sqlite"
-    profile_model(load_model("cifar:resnet20"), "torch-cpu", db=db, settings=FAST, progress=False)
-    return db
+@pytest.fixture
+def profiled(profiled_resnet20):
+    return profiled_resnet20
 
 
 @pytest.fixture

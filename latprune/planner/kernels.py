@@ -16,33 +16,50 @@ NEG = -np.inf
 
 
 @njit(cache=True)
-def frontiers(costs, values, bin_ms, capacity, out_cost, out_value, out_index, out_count):
-    """Per row, the Pareto frontier of (ceil(cost / bin_ms), value) points within ``capacity``.
+def exact_frontiers(costs, values, out_cost, out_value, out_index, out_count):
+    """Per row, the Pareto frontier of (cost, value) points: sorted by cost, value strictly increasing.
 
-    ``costs``/``values``: (rows, points). Writes each row's frontier sorted by cost into
-    ``out_*[row, :count]`` (``out_index`` = the point's column), increasing in value.
+    ``costs``/``values``: (rows, points). A point off this frontier is dominated at any
+    binning too (rounding up is monotone), so solves only ever scan these points.
     """
     rows, points = costs.shape
-    bins = np.empty(points, dtype=np.int64)
     for r in range(rows):
-        for p in range(points):
-            b = np.ceil(costs[r, p] / bin_ms - 1e-9)
-            bins[p] = np.int64(b) if b <= capacity else capacity + 1
-        order = np.argsort(bins, kind="mergesort")
+        order = np.argsort(costs[r], kind="mergesort")
         n = 0
         for j in range(points):
             p = order[j]
-            b, v = bins[p], values[r, p]
-            if b > capacity:
-                break
-            if n > 0 and out_cost[r, n - 1] == b:
-                if v > out_value[r, n - 1]:  # same bin, more importance: replace
+            c, v = costs[r, p], values[r, p]
+            if n > 0 and out_cost[r, n - 1] == c:
+                if v > out_value[r, n - 1]:
                     out_value[r, n - 1] = v
                     out_index[r, n - 1] = p
             elif n == 0 or v > out_value[r, n - 1]:
-                out_cost[r, n] = b
+                out_cost[r, n] = c
                 out_value[r, n] = v
                 out_index[r, n] = p
+                n += 1
+        out_count[r] = n
+
+
+@njit(cache=True)
+def binned_frontiers(costs, values, index, counts, bin_cost, capacity, out_cost, out_value, out_index, out_count):
+    """Round exact frontiers' costs up to bins; keep the best point per bin, drop those over ``capacity``."""
+    rows = costs.shape[0]
+    for r in range(rows):
+        n = 0
+        for j in range(counts[r]):
+            b = np.int64(np.ceil(costs[r, j] / bin_cost - 1e-9))
+            if b < 0:
+                b = 0
+            if b > capacity:
+                break
+            if n > 0 and out_cost[r, n - 1] == b:  # same bin, later point: more value
+                out_value[r, n - 1] = values[r, j]
+                out_index[r, n - 1] = index[r, j]
+            else:
+                out_cost[r, n] = b
+                out_value[r, n] = values[r, j]
+                out_index[r, n] = index[r, j]
                 n += 1
         out_count[r] = n
 
@@ -112,3 +129,24 @@ def transition(prev, cost, value, count, dst, choice_prev, choice_point):
                         choice_point[w, t] = k
         _prune_dominated(dst[w])
     return live
+
+
+@njit(cache=True)
+def prune_by_bound(states, rest_bound, slope, floor):
+    """Drop states that cannot reach ``floor`` even with an upper bound on the rest of the plan.
+
+    With ``capacity - b`` bins left and hub width w, the rest adds at most
+    ``rest_bound[w] + slope * (capacity - b)`` (Lagrangian weak duality). Returns the states kept.
+    """
+    capacity = states.shape[1] - 1
+    kept = 0
+    for w in range(states.shape[0]):
+        for b in range(capacity + 1):
+            v = states[w, b]
+            if v == NEG:
+                continue
+            if v + rest_bound[w] + slope * (capacity - b) < floor:
+                states[w, b] = NEG
+            else:
+                kept += 1
+    return kept
