@@ -376,7 +376,6 @@ def cmd_prune(args: argparse.Namespace) -> dict:
             raise LatpruneError(f"plan {args.plan} is for {plan.model} at {plan.input_shape}, not {loaded.spec} at "
                                 f"{list(loaded.input_shape)}")
     else:
-        args.importance = args.importance or "l2"
         plan = uniform_plan(_planning_inputs(args, loaded, with_latency=False), args.uniform)
     pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": {k: v for k, v in plan.to_json().items()
                                                                   if k != "groups"}})

@@ -46,6 +46,7 @@ class PlanningProblem:
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple[int, int, int], float] = {}
+        self.solver_cache = None  # the solver's decomposition of this problem, built on first solve
 
     @property
     def size(self) -> int:

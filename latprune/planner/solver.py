@@ -49,7 +49,7 @@ def solve(problem: PlanningProblem, budget: float, bins: int = 2000) -> Solution
         raise Infeasible(f"budget {budget:.4g} is below the fastest achievable plan ({fastest:.4g}, every group "
                          f"at its smallest candidate width)")
     started = time.perf_counter()
-    prepared = getattr(problem, "_prepared_chain", None)
+    prepared = problem.solver_cache
     if prepared is None:
         try:
             tables = tabulate(problem)
@@ -57,7 +57,7 @@ def solve(problem: PlanningProblem, budget: float, bins: int = 2000) -> Solution
             prepared = (chain, tables.constant, [_exact_frontier(item) for item in chain.items])
         except NotDecomposable as exc:
             prepared = str(exc)
-        problem._prepared_chain = prepared
+        problem.solver_cache = prepared
     if isinstance(prepared, str):
         solution = _solve_frozen(problem, budget, bins, reason=prepared)
     else:
