@@ -54,13 +54,10 @@ def perf_model_for(loaded, backend: str, db: Path):
     """Profile ``loaded`` on ``backend`` into ``db`` unless already there, then the fitted perf model.
 
     Returns (perf model, fit summary, model key)."""
-    from latprune.perfmodel.api import device_id_for, load_perf_model
+    from latprune.perfmodel.api import current_perf_model
     from latprune.profiler.runner import model_key, profile_model
-    from latprune.profiler.store import ProfileStore
 
     db.parent.mkdir(parents=True, exist_ok=True)
     profile_model(loaded, backend, db=db)
-    with ProfileStore(db) as store:
-        device_id, device = device_id_for(store, backend)
-        perf, summary = load_perf_model(store, device_id, backend, device=device)
+    perf, summary = current_perf_model(db, backend)
     return perf, summary, model_key(loaded)

@@ -212,12 +212,9 @@ def _format_fit(result: dict) -> str:
 
 
 def _perf_model_for(args: argparse.Namespace):
-    from latprune.perfmodel.api import device_id_for, load_perf_model
-    from latprune.profiler.store import ProfileStore
+    from latprune.perfmodel.api import current_perf_model
 
-    with ProfileStore(args.db) as store:
-        device_id, device = device_id_for(store, args.backend, args.threads)
-        return load_perf_model(store, device_id, args.backend, device=device)
+    return current_perf_model(args.db, args.backend, args.threads)
 
 
 @command("fit", _format_fit)

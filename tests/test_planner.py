@@ -19,9 +19,8 @@ from latprune.planner.plan import Plan
 from latprune.planner.problem import LayerTerm, PlanningProblem
 from latprune.planner.solver import Infeasible, solve
 from latprune.planner.widths import WidthPolicy, kept_channels
-from latprune.perfmodel.api import device_id_for, load_perf_model
+from latprune.perfmodel.api import current_perf_model
 from latprune.profiler.runner import model_key
-from latprune.profiler.store import ProfileStore
 from latprune.pruned_file import prune_loaded
 
 
@@ -253,9 +252,7 @@ def test_plan_file_from_a_newer_version_is_refused(tmp_path):
 def test_plan_and_prune_commands_on_a_real_profile(capsys, profiled_resnet20, tmp_path):
     plan_path, pruned_path = tmp_path / "plan.json", tmp_path / "pruned.pt"
     common = ["--model", "cifar:resnet20", "--backend", "torch-cpu", "--db", str(profiled_resnet20)]
-    with ProfileStore(profiled_resnet20) as store:  # the budget: halfway from the fastest plan to dense
-        device_id, _ = device_id_for(store, "torch-cpu")
-        perf, _ = load_perf_model(store, device_id, "torch-cpu")
+    perf, _ = current_perf_model(profiled_resnet20, "torch-cpu")  # the budget: halfway from fastest to dense
     loaded = load_model("cifar:resnet20")
     problem = prepare(loaded, perf=perf, model_key=model_key(loaded), backend="torch-cpu").latency_problem()
     budget = (problem.total_cost(problem.fastest()) + problem.total_cost(problem.full())) / 2

@@ -61,6 +61,13 @@ def device_id_for(store: ProfileStore, backend_name: str, threads: int | None = 
     return device_id, key
 
 
+def current_perf_model(db, backend: str, threads: int | None = None) -> tuple[NetworkLatencyModel, FitSummary]:
+    """The up-to-date performance model of this machine and ``backend`` from the database at ``db``."""
+    with ProfileStore(db) as store:
+        device_id, device = device_id_for(store, backend, threads)
+        return load_perf_model(store, device_id, backend, device=device)
+
+
 def fit_perf_model(store: ProfileStore, device_id: int, backend: str, estimator: str = "auto",
                    device: str = "") -> tuple[NetworkLatencyModel, FitSummary]:
     started = time.time()

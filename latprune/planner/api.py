@@ -30,6 +30,7 @@ from latprune.planner.plan import GroupPlan, Plan
 from latprune.planner.problem import PlanningProblem
 from latprune.planner.solver import Infeasible, Solution, solve
 from latprune.planner.widths import WidthPolicy, kept_channels, kept_value, uniform_width
+from latprune.profiler.structure import trace_layers
 
 BISECTION_STEPS = 24
 
@@ -83,11 +84,11 @@ def prepare(loaded: LoadedModel, importance: str = "l2", calib: torch.Tensor | N
     scores = channel_importance(importance, loaded.model, groups, layout, calib)
     candidates = [policy.candidates(g) for g in groups]
     values = [kept_value(g, scores[g.id], c) for g, c in zip(groups, candidates)]
-    macs = macs_problem(loaded.model, loaded.input_shape, groups, candidates, values)
+    layers, batch = trace_layers(loaded.model, x), loaded.input_shape[0]
+    macs = macs_problem(layers, batch, groups, candidates, values)
     latency = None
     if perf is not None:
-        latency = latency_problem(loaded.model, loaded.input_shape, groups, candidates, values, perf, model_key,
-                                  backend)
+        latency = latency_problem(layers, batch, groups, candidates, values, perf, model_key, backend)
     return PlanningInputs(loaded, groups, scores, importance, policy, macs, latency, backend, device)
 
 
@@ -245,5 +246,5 @@ def _largest_ratio(fits: Callable[[float], bool], what: str) -> float:
 
 
 def _stats(solution: Solution, bins: int) -> dict:
-    return {"bins": bins, **{k: v for k, v in solution.stats.items()}, "importance_value": solution.value,
+    return {"bins": bins, **solution.stats, "importance_value": solution.value,
             "solved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -6,15 +6,15 @@ included) or MACs (the FLOPs baseline).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-import torch.nn as nn
 
 from latprune.groups import ChannelGroup
 from latprune.perfmodel.estimator import NetworkLatencyModel
 from latprune.planner.problem import LayerTerm, PlanningProblem
-from latprune.profiler.structure import DTYPE, LayerInfo, trace_layers
+from latprune.profiler.signature import LayerSignature
+from latprune.profiler.structure import DTYPE, LayerInfo
 
 
 def layer_terms(layers: Mapping[str, LayerInfo], groups: Sequence[ChannelGroup]) -> list[LayerTerm]:
@@ -34,34 +34,30 @@ def layer_terms(layers: Mapping[str, LayerInfo], groups: Sequence[ChannelGroup])
     return terms
 
 
-def latency_problem(model: nn.Module, input_shape: tuple[int, ...], groups: Sequence[ChannelGroup],
+def signature_problem(layers: Mapping[str, LayerInfo], batch: int, groups: Sequence[ChannelGroup],
+                      candidates: list[np.ndarray], values: list[np.ndarray], backend: str,
+                      cost_of: Callable[[list[LayerSignature]], np.ndarray], constant: float = 0.0) -> PlanningProblem:
+    """A problem whose layer cost is ``cost_of`` the layers' signatures at the given widths."""
+    infos = list(layers.values())
+
+    def cost(rows):
+        return cost_of([infos[i].signature(cin, cout, batch, DTYPE, backend) for i, cin, cout in rows])
+
+    return PlanningProblem([g.id for g in groups], candidates, values, layer_terms(layers, groups), cost,
+                           constant=constant)
+
+
+def latency_problem(layers: Mapping[str, LayerInfo], batch: int, groups: Sequence[ChannelGroup],
                     candidates: list[np.ndarray], values: list[np.ndarray], perf: NetworkLatencyModel,
                     model_key: str, backend: str) -> PlanningProblem:
     """Cost = the performance model's whole-network latency prediction (ms)."""
-    import torch
-
-    layers = trace_layers(model, torch.zeros(input_shape))
-    infos = list(layers.values())
     a, b = perf.affine(model_key)
-    batch = input_shape[0]
-
-    def cost(rows):
-        signatures = [infos[i].signature(cin, cout, batch, DTYPE, backend) for i, cin, cout in rows]
-        return b * perf.layers.predict(signatures)
-
-    return PlanningProblem([g.id for g in groups], candidates, values, layer_terms(layers, groups), cost, constant=a)
+    return signature_problem(layers, batch, groups, candidates, values, backend,
+                             lambda signatures: b * perf.layers.predict(signatures), constant=a)
 
 
-def macs_problem(model: nn.Module, input_shape: tuple[int, ...], groups: Sequence[ChannelGroup],
+def macs_problem(layers: Mapping[str, LayerInfo], batch: int, groups: Sequence[ChannelGroup],
                  candidates: list[np.ndarray], values: list[np.ndarray]) -> PlanningProblem:
     """Cost = multiply-accumulates (millions) of the conv/linear layers."""
-    import torch
-
-    layers = trace_layers(model, torch.zeros(input_shape))
-    infos = list(layers.values())
-    batch = input_shape[0]
-
-    def cost(rows):
-        return np.array([infos[i].signature(cin, cout, batch, DTYPE, "macs").macs * 1e-6 for i, cin, cout in rows])
-
-    return PlanningProblem([g.id for g in groups], candidates, values, layer_terms(layers, groups), cost)
+    return signature_problem(layers, batch, groups, candidates, values, "macs",
+                             lambda signatures: np.array([s.macs * 1e-6 for s in signatures]))

@@ -99,10 +99,9 @@ def _binned(exact, bin_cost: float, capacity: int):
 
 
 def _solve_chain(problem: PlanningProblem, chain: HubChain, constant: float, budget: float, bins: int,
-                 exact: list | None = None) -> Solution:
-    """Run the DP on a decomposed problem (see :func:`_pass` for how states are pruned)."""
+                 exact: list) -> Solution:
+    """Run the DP on a decomposed problem with its items' exact frontiers (see :func:`_pass` for pruning)."""
     t0 = time.perf_counter()
-    exact = exact if exact is not None else [_exact_frontier(item) for item in chain.items]
     base = constant + sum(e[0] for e in exact)
     slack = budget - base
     if slack < 0:
@@ -240,14 +239,14 @@ def _solve_frozen(problem: PlanningProblem, budget: float, bins: int, reason: st
     best = Solution(choice=current, cost=problem.total_cost(current), value=problem.total_value(current))
     rounds = solves = 0
     for rounds in range(1, FALLBACK_ITERATIONS + 1):
-        widths = [int(problem.candidates[g][k]) for g, k in enumerate(current)]
-        tables = tabulate(problem, frozen=widths)
+        tables = tabulate(problem, frozen=problem.widths(current))
         chain = decompose(problem, tables)
+        exact = [_exact_frontier(item) for item in chain.items]
         found, low, high, target = None, 0.0, budget, budget
         for _ in range(BISECTION_STEPS):
             solves += 1
             try:
-                step = _solve_chain(problem, chain, tables.constant, target, bins)
+                step = _solve_chain(problem, chain, tables.constant, target, bins, exact)
             except Infeasible:  # frozen costs exceed even this target: only a larger one can fit
                 low = target
             else:

@@ -127,7 +127,7 @@ def decompose(problem: PlanningProblem, tables: Tables) -> HubChain:
             hubs.update(comp)
             promoted += len(comp)
 
-    order = _hub_path(hubs, neighbours, problem)
+    order = _hub_path(hubs, components, neighbours, problem)
     position = {g: i for i, g in enumerate(order)}
     if not order:
         order = [-1]
@@ -167,14 +167,15 @@ def _components(nodes: list[int], neighbours: dict[int, set[int]]) -> list[list[
     return found
 
 
-def _hub_path(hubs: set[int], neighbours: dict[int, set[int]], problem: PlanningProblem) -> list[int]:
+def _hub_path(hubs: set[int], components: list[list[int]], neighbours: dict[int, set[int]],
+              problem: PlanningProblem) -> list[int]:
     """Hubs ordered so that every hub-hub coupling (direct or through a component) is consecutive."""
     links: dict[int, set[int]] = defaultdict(set)
     for g in hubs:
         for h in neighbours[g]:
             if h in hubs:
                 links[g].add(h)
-    for comp in _components([g for g in range(problem.size) if g not in hubs], neighbours):
+    for comp in components:
         attached = sorted({h for g in comp for h in neighbours[g] if h in hubs})
         if len(attached) == 2:
             links[attached[0]].add(attached[1])
