@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from latprune.errors import LatpruneError
 
 Command = Callable[[argparse.Namespace], dict]
+IMPORTANCE_CALIB_SIZE = 256
+RECOVERY_CALIB_SIZE = 1024
+
 COMMANDS: dict[str, tuple[Command, Callable[[dict], str]]] = {}
 
 
@@ -305,7 +308,8 @@ def _calibration(args: argparse.Namespace, loaded):
         return None
     from latprune.data import calibration_tensor
 
-    return calibration_tensor(args.calib, loaded.family, loaded.input_shape, size=args.calib_size)
+    return calibration_tensor(args.calib, loaded.family, loaded.input_shape,
+                              size=args.calib_size or IMPORTANCE_CALIB_SIZE)
 
 
 def _format_plan(result: dict) -> str:
@@ -356,7 +360,17 @@ def _format_prune(result: dict) -> str:
             f"wrote {result['out']}")
 
 
-@command("prune", _format_prune)
+def _format_recovered(result: dict) -> str:
+    lines = [_format_prune(result)] if "method" in result else [f"wrote {result['out']}"]
+    report = result.get("recovery")
+    if report:
+        steps = ", ".join(f"{s['step']} {s['seconds']:.1f} s" for s in report["steps"])
+        lines.append(f"recovery {report['recipe']} on {report['calibration_images']} calibration images: {steps}; "
+                     f"layer reconstruction error {report['error_before']:.3f} -> {report['error_after']:.3f}")
+    return "\n".join(lines)
+
+
+@command("prune", _format_recovered)
 def cmd_prune(args: argparse.Namespace) -> dict:
     """Build the pruned network of a plan (or a uniform keep ratio) and save it."""
     from latprune.planner.api import uniform_plan
@@ -376,9 +390,58 @@ def cmd_prune(args: argparse.Namespace) -> dict:
         plan = uniform_plan(_planning_inputs(args, loaded, with_latency=False), args.uniform)
     pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": {k: v for k, v in plan.to_json().items()
                                                                   if k != "groups"}})
+    pruned, report = _recover(args, loaded, pruned)
     save_pruned(pruned, args.out)
     return {"model": loaded.spec, "out": args.out, "widths": pruned.widths, "params": count_parameters(pruned.model),
-            "dense_params": count_parameters(loaded.model), "method": plan.method}
+            "dense_params": count_parameters(loaded.model), "method": plan.method,
+            "recovery": report.to_dict() if report else None}
+
+
+def _recover(args: argparse.Namespace, loaded, pruned):
+    """Apply ``--recovery`` (if any) with ``--calib`` images; returns the model and the report."""
+    from latprune.recovery import parse_recipe, recover
+
+    steps = parse_recipe(args.recovery)
+    if not steps:
+        return pruned, None
+    if not args.calib:
+        raise LatpruneError(f"--recovery {args.recovery} needs unlabeled calibration images: --calib DIR")
+    from latprune.data import calibration_tensor
+
+    calib = calibration_tensor(args.calib, loaded.family, loaded.input_shape,
+                               size=args.calib_size or RECOVERY_CALIB_SIZE)
+    return recover(loaded, pruned, args.recovery, calib, progress=not args.json)
+
+
+@command("recover", _format_recovered)
+def cmd_recover(args: argparse.Namespace) -> dict:
+    """Repair a pruned (or sparsified) model toward its dense original from unlabeled images."""
+    from latprune.models import load_model, parse_input_shape
+    from latprune.pruned_file import load_pruned, save_pruned
+
+    pruned = load_pruned(args.pruned)
+    if args.model != pruned.spec:
+        raise LatpruneError(f"--model {args.model} does not match the pruned file's model {pruned.spec}")
+    shape = parse_input_shape(args.input_shape) if args.input_shape else pruned.input_shape
+    dense = load_model(args.model, weights=args.weights, input_shape=shape)
+    recovered, report = _recover(args, dense, pruned)
+    save_pruned(recovered, args.out)
+    return {"model": dense.spec, "out": args.out, "recovery": report.to_dict() if report else None}
+
+
+@command("sparsify", lambda r: (f"{r['model']}: {100 * r['sparsity']:.1f}% of conv/linear weights zeroed "
+                                f"(global magnitude); wrote {r['out']}"))
+def cmd_sparsify(args: argparse.Namespace) -> dict:
+    """Zero the smallest-magnitude weights network-wide (unstructured; shapes unchanged)."""
+    from latprune.pruned_file import PrunedModel, save_pruned
+    from latprune.sparsity import global_magnitude_sparsify, weight_sparsity
+
+    loaded = model_from_args(args)
+    global_magnitude_sparsify(loaded.model, args.sparsity)
+    pruned = PrunedModel(loaded.model, loaded.spec, loaded.input_shape, {}, loaded.family,
+                         {"sparsity": args.sparsity, "method": "global-magnitude"})
+    save_pruned(pruned, args.out)
+    return {"model": loaded.spec, "out": args.out, "sparsity": weight_sparsity(loaded.model)}
 
 
 # ---------------------------------------------------------------- parser
@@ -467,7 +530,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", metavar="FILE", help="a plan written by `latprune plan`")
     p.add_argument("--uniform", type=float, metavar="R", help="keep the fraction R of every group instead")
     _planning_options(p)
+    _recovery_option(p)
     p.add_argument("--out", required=True, metavar="pruned.pt")
+    _json_option(p)
+
+    p = sub.add_parser("recover", help="repair a pruned model from unlabeled images", description=cmd_recover.__doc__)
+    p.add_argument("--pruned", required=True, metavar="FILE", help="a pruned model saved by latprune")
+    add_model_options(p)
+    _recovery_option(p, required=True)
+    p.add_argument("--calib", required=True, metavar="DIR", help="unlabeled calibration images (any folder layout)")
+    p.add_argument("--calib-size", type=int, metavar="N", help=f"calibration images (default {RECOVERY_CALIB_SIZE})")
+    p.add_argument("--out", required=True, metavar="recovered.pt")
+    _json_option(p)
+
+    p = sub.add_parser("sparsify", help="global magnitude sparsity (unstructured)", description=cmd_sparsify.__doc__)
+    add_model_options(p)
+    p.add_argument("--sparsity", type=float, required=True, metavar="S", help="fraction of weights to zero, [0, 1)")
+    p.add_argument("--out", required=True, metavar="sparse.pt")
     _json_option(p)
 
     p = sub.add_parser("devices", help="devices and backends in a profile database", description=cmd_devices.__doc__)
@@ -488,13 +567,23 @@ def _planning_options(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--importance", default="l2", choices=list(CRITERIA),
                         help="channel importance (default l2); taylor and sensitivity need --calib")
-    parser.add_argument("--calib", metavar="DIR", help="unlabeled calibration images (ImageFolder layout)")
-    parser.add_argument("--calib-size", type=int, default=256, metavar="N", help="calibration images (default 256)")
+    parser.add_argument("--calib", metavar="DIR", help="unlabeled calibration images (any folder layout)")
+    parser.add_argument("--calib-size", type=int, metavar="N",
+                        help=f"calibration images (default {IMPORTANCE_CALIB_SIZE} for importance, "
+                             f"{RECOVERY_CALIB_SIZE} for recovery)")
     parser.add_argument("--widths", choices=("aligned", "any"), default="aligned",
                         help="multiples of the alignment step (default) or any width")
     parser.add_argument("--step", type=int, help="alignment step (default: the profile's detected step)")
     parser.add_argument("--min-width", type=float, default=0.1, metavar="FRACTION",
                         help="narrowest width per group as a fraction (default 0.1)")
+
+
+def _recovery_option(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    from latprune.recovery import METHODS
+
+    parser.add_argument("--recovery", required=required, default=None if required else "none", metavar="METHOD",
+                        help=f"{', '.join(METHODS)}, or steps joined with + such as two-stage+asr "
+                             "(needs --calib)")
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:

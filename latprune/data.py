@@ -40,29 +40,52 @@ def image_folder(path: str | os.PathLike, family: str, input_shape: tuple[int, .
     return dataset
 
 
-class UnlabeledImages(Dataset):
-    """Images of a dataset without their labels: calibration must never see labels."""
+class UnlabeledFolder(Dataset):
+    """Every image file under a folder (any nesting, class sub-folders or none), without labels.
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    Calibration reads images through this class only, so it cannot see labels: folder
+    names are never interpreted.
+    """
+
+    def __init__(self, path: str | os.PathLike, transform):
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        if not os.path.isdir(path):
+            raise LatpruneError(f"calibration folder not found: {path}")
+        self.files = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(path, followlinks=True)
+            for name in names
+            if name.lower().endswith(IMG_EXTENSIONS)
+        )
+        if not self.files:
+            raise LatpruneError(f"no calibration images in {path} (looked for {', '.join(IMG_EXTENSIONS)} files)")
+        self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.dataset[index][0]
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                return self.transform(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise LatpruneError(f"cannot read calibration image {path}: {exc}") from None
 
 
 def calibration_set(
     path: str | os.PathLike, family: str, input_shape: tuple[int, ...], size: int | None = None, seed: int = 0
 ) -> Dataset:
     """Up to ``size`` images from ``path``, chosen at random with ``seed``, without labels."""
-    dataset = image_folder(path, family, input_shape)
+    dataset: Dataset = UnlabeledFolder(path, family_transform(family, input_shape))
     if size is not None and size < len(dataset):
         generator = torch.Generator().manual_seed(seed)
         indices = torch.randperm(len(dataset), generator=generator)[:size].tolist()
         dataset = Subset(dataset, indices)
-    return UnlabeledImages(dataset)
+    return dataset
 
 
 def loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, workers: int | None = None) -> DataLoader:
@@ -94,7 +117,8 @@ def calibration_tensor(
     path: str | os.PathLike, family: str, input_shape: tuple[int, ...], size: int | None = None, seed: int = 0
 ) -> torch.Tensor:
     """The calibration images of :func:`calibration_set` stacked into one tensor (labels never read)."""
+    if size is not None and size < 1:
+        raise LatpruneError(f"the calibration size must be at least 1, got {size}")
     dataset = calibration_set(path, family, input_shape, size, seed)
-    if len(dataset) == 0:
-        raise LatpruneError(f"no calibration images in {path}")
-    return torch.cat(list(batches(dataset, batch_size=256)))
+    # Worker processes re-raise a LatpruneError as a generic one; read in-process to keep the message.
+    return torch.cat(list(DataLoader(dataset, batch_size=256, num_workers=0)))

@@ -1,0 +1,178 @@
+"""Recovery recipes: parse ``two-stage+asr``-style names and run the steps in order."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from latprune.channels import group_layout
+from latprune.errors import LatpruneError
+from latprune.graph import LayerSlice
+from latprune.groups import find_channel_groups
+from latprune.models import LoadedModel
+from latprune.pruned_file import PrunedModel, prune_loaded
+from latprune.recovery.batchnorm import recalibrate_batchnorm, restate_batchnorm
+from latprune.recovery.correction import correct_outputs
+from latprune.recovery.reconstruction import (
+    ReconstructionSettings,
+    phase_one,
+    phase_two,
+    ridge_reconstruct,
+    tap_errors,
+)
+from latprune.recovery.taps import Tap, find_taps, kept_output_channels
+
+RECONSTRUCTIONS = ("two-stage", "ridge")
+CORRECTIONS = ("bn", "layerwise", "asr")
+METHODS = ("none",) + RECONSTRUCTIONS + CORRECTIONS
+
+
+@dataclass
+class RecoveryReport:
+    """What a recovery did: each step's wall time and numbers, and the tap error before and after."""
+
+    recipe: str
+    calibration_images: int
+    steps: list[dict] = field(default_factory=list)
+    error_before: float | None = None
+    error_after: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_recipe(recipe: str) -> list[str]:
+    """Split ``a+b`` into steps, checking names and order (a reconstruction comes first, once)."""
+    steps = [s.strip() for s in recipe.split("+") if s.strip()]
+    if not steps:
+        raise LatpruneError("empty recovery recipe; choose from " + ", ".join(METHODS))
+    for step in steps:
+        if step not in METHODS:
+            raise LatpruneError(f"unknown recovery method {step!r}; choose from {', '.join(METHODS)} (join with +)")
+    if "none" in steps and len(steps) > 1:
+        raise LatpruneError("'none' cannot be combined with other recovery methods")
+    rebuilt = [s for s in steps if s in RECONSTRUCTIONS]
+    if len(rebuilt) > 1 or (rebuilt and steps[0] != rebuilt[0]):
+        raise LatpruneError(f"use at most one of {', '.join(RECONSTRUCTIONS)}, as the first step of the recipe")
+    return [s for s in steps if s != "none"]
+
+
+@dataclass
+class _Context:
+    dense: LoadedModel
+    taps: list[Tap]
+    kept: dict[str, torch.Tensor]
+    calib: torch.Tensor
+    settings: ReconstructionSettings
+    progress: bool
+
+
+def recover(
+    dense: LoadedModel,
+    pruned: PrunedModel,
+    recipe: str,
+    calib: torch.Tensor,
+    settings: ReconstructionSettings | None = None,
+    progress: bool = False,
+) -> tuple[PrunedModel, RecoveryReport]:
+    """Repair ``pruned`` toward ``dense`` with the recipe's steps on unlabeled ``calib`` images.
+
+    Returns a new pruned model (``pruned`` is left untouched) whose metadata records the
+    report. Reconstruction steps restart from the dense weights and the kept channels.
+    """
+    steps = parse_recipe(recipe)
+    _check_inputs(dense, pruned, calib, steps)
+    settings = settings or ReconstructionSettings()
+    x = dense.example_input()
+    dense.model.eval()
+    groups = find_channel_groups(dense.model, x).groups
+    ctx = _Context(dense, find_taps(dense.model, x), kept_output_channels(dense.model, x, groups, pruned.kept),
+                   calib, settings, progress)
+    report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib))
+    started = time.perf_counter()
+    result = PrunedModel(copy.deepcopy(pruned.model), pruned.spec, pruned.input_shape, dict(pruned.kept),
+                         pruned.family, copy.deepcopy(pruned.metadata))
+    report.error_before = tap_errors(result.model, dense.model, ctx.taps, ctx.kept, calib)
+    for step in steps:
+        began = time.perf_counter()
+        details = STEPS[step](ctx, result, groups)
+        report.steps.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **details})
+    result.model.eval()
+    report.error_after = tap_errors(result.model, dense.model, ctx.taps, ctx.kept, calib)
+    report.seconds = round(time.perf_counter() - started, 3)
+    result.metadata["recovery"] = report.to_dict()
+    return result, report
+
+
+def _check_inputs(dense: LoadedModel, pruned: PrunedModel, calib: torch.Tensor, steps: list[str]) -> None:
+    if dense.spec != pruned.spec:
+        raise LatpruneError(f"the pruned model was made from {pruned.spec}, not from {dense.spec}")
+    if tuple(calib.shape[1:]) != tuple(dense.input_shape[1:]):
+        raise LatpruneError(f"calibration images have shape {tuple(calib.shape[1:])}, the model expects "
+                            f"{tuple(dense.input_shape[1:])}")
+    if steps and len(calib) < 2:
+        raise LatpruneError(f"recovery needs at least 2 calibration images, got {len(calib)}")
+    if any(s in RECONSTRUCTIONS for s in steps) and pruned.metadata.get("sparsity"):
+        raise LatpruneError("two-stage and ridge rebuild channels of a structured plan; an unstructured sparse model "
+                            "takes bn, layerwise or asr")
+
+
+def _bn(ctx: _Context, result: PrunedModel, groups) -> dict:
+    return {"batchnorms": recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)}
+
+
+def _correction(rule: str) -> Callable[[_Context, PrunedModel, list], dict]:
+    def step(ctx: _Context, result: PrunedModel, groups) -> dict:
+        recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
+        summary = correct_outputs(result.model, ctx.dense.model, ctx.taps, ctx.kept, ctx.calib, rule,
+                                  progress=ctx.progress)
+        recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
+        return summary
+
+    return step
+
+
+def _two_stage(ctx: _Context, result: PrunedModel, groups) -> dict:
+    full = copy.deepcopy(ctx.dense.model)
+    phase1 = phase_one(full, ctx.dense.model, ctx.taps, ctx.kept, _removed_slices(ctx, groups, result.kept),
+                       ctx.calib, ctx.settings, ctx.progress)
+    squeezed = LoadedModel(full, ctx.dense.spec, ctx.dense.family, ctx.dense.input_shape)
+    result.model = prune_loaded(squeezed, result.kept).model
+    phase2 = phase_two(result.model, ctx.dense.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress)
+    restate_batchnorm(result.model, ctx.calib)
+    return {"phase1_loss": [round(v, 5) for v in phase1], "phase2_loss": [round(v, 5) for v in phase2]}
+
+
+def _ridge(ctx: _Context, result: PrunedModel, groups) -> dict:
+    result.model = prune_loaded(ctx.dense, result.kept).model
+    summary = ridge_reconstruct(result.model, ctx.dense.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings,
+                                ctx.progress)
+    restate_batchnorm(result.model, ctx.calib)
+    return summary
+
+
+def _removed_slices(ctx: _Context, groups, kept: dict[str, list[int]]) -> list[LayerSlice]:
+    pruned_groups = [g for g in groups if g.id in kept]
+    layout = group_layout(ctx.dense.model, ctx.dense.example_input(), pruned_groups)
+    slices = []
+    for group in pruned_groups:
+        removed = np.setdiff1d(np.arange(group.width), np.asarray(kept[group.id], dtype=np.int64))
+        if len(removed):
+            for s in layout[group.id]:
+                slices.append(LayerSlice(s.layer, s.side, tuple(int(i) for i in np.asarray(s.idxs)[removed])))
+    return slices
+
+
+STEPS: dict[str, Callable[[_Context, PrunedModel, list], dict]] = {
+    "bn": _bn,
+    "layerwise": _correction("layerwise"),
+    "asr": _correction("asr"),
+    "two-stage": _two_stage,
+    "ridge": _ridge,
+}

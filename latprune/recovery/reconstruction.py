@@ -1,0 +1,325 @@
+"""Reconstruct the dense network's layer outputs with the kept channels (two-stage, ridge).
+
+Two-stage (Li et al., post-training structured pruning via two-stage reconstruction):
+
+- phase 1, before removal: on the full-width network, Adam minimises the summed relative
+  reconstruction error of every tap's kept channels against the dense network while a
+  growing penalty drives the channels chosen for removal (producer filters and biases,
+  BatchNorm scale and shift, consumer input slices) to zero, so their information moves
+  into the kept channels before they disappear;
+- phase 2, after removal: the pruned network runs on its own activations, so errors that
+  accumulate through depth are corrected, with loss
+  ``sum_layers ||Y_pruned - Y_dense[:, kept]||^2 / ||Y_dense[:, kept]||^2``.
+
+Earlier layers get smaller learning rates (linear ramp from ``early_lr_scale`` to 1).
+BatchNorms stay in eval mode throughout, so each one is a fixed affine map being tuned.
+
+Ridge: a closed-form alternative to phase 2: layer by layer in execution order, a ridge
+least-squares fit (convolutions unfolded im2col-style, a random subset of output
+positions per image) of the layer's weights and shift from the pruned network's own
+inputs to the dense tap outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from latprune.graph import LayerSlice
+from latprune.recovery.taps import Tap, capture_outputs, layer_input, select_channels
+
+
+@dataclass
+class ReconstructionSettings:
+    batch_size: int = 64
+    phase1_epochs: int = 5
+    phase2_epochs: int = 5
+    lr: float = 3e-3
+    early_lr_scale: float = 0.1
+    decay_start: float = 0.001
+    decay_end: float = 0.3
+    ridge: float = 1e-3
+    positions_per_image: int = 32
+    seed: int = 0
+
+
+def reconstruction_loss(
+    got: Mapping[str, torch.Tensor],
+    want: Mapping[str, torch.Tensor],
+    taps: Sequence[Tap],
+    kept_in_got: Mapping[str, torch.Tensor],
+    kept_in_want: Mapping[str, torch.Tensor],
+) -> torch.Tensor:
+    """Sum over taps of ||Y - Y_dense||^2 / ||Y_dense||^2 on the kept channels."""
+    total = torch.zeros(())
+    for tap in taps:
+        y = select_channels(got[tap.output], kept_in_got.get(tap.layer))
+        target = select_channels(want[tap.output], kept_in_want.get(tap.layer))
+        total = total + (y - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
+    return total
+
+
+def _optimizer(model: nn.Module, taps: Sequence[Tap], settings: ReconstructionSettings) -> torch.optim.Adam:
+    modules = dict(model.named_modules())
+    groups, seen = [], set()
+    for depth, tap in enumerate(taps):
+        scale = settings.early_lr_scale + (1 - settings.early_lr_scale) * depth / max(len(taps) - 1, 1)
+        params = [p for name in (tap.layer, tap.norm) if name for p in modules[name].parameters(recurse=False)]
+        params = [p for p in params if id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if params:
+            groups.append({"params": params, "lr": settings.lr * scale})
+    rest = [p for p in model.parameters() if id(p) not in seen]
+    if rest:
+        groups.append({"params": rest, "lr": settings.lr})
+    return torch.optim.Adam(groups)
+
+
+def _epochs(
+    model: nn.Module,
+    dense: nn.Module,
+    taps: Sequence[Tap],
+    kept_in_model: Mapping[str, torch.Tensor],
+    kept_in_dense: Mapping[str, torch.Tensor],
+    calib: torch.Tensor,
+    epochs: int,
+    settings: ReconstructionSettings,
+    desc: str,
+    after_step: Callable[[float], None] | None = None,
+    progress: bool = False,
+) -> list[float]:
+    """Adam epochs on the tap reconstruction loss, calling ``after_step(fraction done)``; mean loss per epoch."""
+    names = [t.output for t in taps]
+    optimizer = _optimizer(model, taps, settings)
+    generator = torch.Generator().manual_seed(settings.seed)
+    steps_per_epoch = (len(calib) + settings.batch_size - 1) // settings.batch_size
+    total_steps = max(epochs * steps_per_epoch, 1)
+    model.eval()
+    dense.eval()
+    history = []
+    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, leave=False)
+    step = 0
+    with capture_outputs(model, names) as got, capture_outputs(dense, names) as want:
+        for _ in range(epochs):
+            order = torch.randperm(len(calib), generator=generator)
+            losses = []
+            for start in range(0, len(calib), settings.batch_size):
+                batch = calib[order[start:start + settings.batch_size]]
+                with torch.no_grad():
+                    dense(batch)
+                model(batch)
+                loss = reconstruction_loss(got, want, taps, kept_in_model, kept_in_dense)
+                losses.append(float(loss.detach()))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if after_step is not None:
+                    after_step(step / total_steps)
+                bar.update()
+            history.append(sum(losses) / len(losses))
+            bar.set_postfix(loss=f"{history[-1]:.4f}")
+    bar.close()
+    model.eval()
+    return history
+
+
+def removal_decay(model: nn.Module, removed_slices: Sequence[LayerSlice]) -> Callable[[float], None]:
+    """A growing L2 penalty on every parameter slice of the channels about to be removed.
+
+    Applied as its proximal step after each optimiser step (decoupled weight decay on
+    those slices only): the slices shrink by a factor ``1 - rate`` whose rate grows
+    geometrically with the fraction of phase 1 done, so they reach zero whatever the
+    optimiser's step normalisation, and removal at the end changes almost nothing.
+    """
+    modules = dict(model.named_modules())
+    pieces = []
+    for s in removed_slices:
+        idxs = torch.as_tensor(s.idxs, dtype=torch.long)
+        for name, param in modules[s.layer].named_parameters(recurse=False):
+            if s.side == "out":
+                pieces.append((param, 0, idxs))
+            elif param.dim() >= 2 and name == "weight":
+                pieces.append((param, 1, idxs))
+
+    def shrink(rate: float) -> None:
+        with torch.no_grad():
+            for param, dim, idxs in pieces:
+                if dim == 0:
+                    param[idxs] *= 1 - rate
+                else:
+                    param[:, idxs] *= 1 - rate
+
+    return shrink
+
+
+def phase_one(
+    model: nn.Module,
+    dense: nn.Module,
+    taps: Sequence[Tap],
+    kept: Mapping[str, torch.Tensor],
+    removed_slices: Sequence[LayerSlice],
+    calib: torch.Tensor,
+    settings: ReconstructionSettings,
+    progress: bool = False,
+) -> list[float]:
+    """Phase 1 on the full-width ``model`` (a copy of ``dense``): reconstruct kept channels, squeeze out the rest."""
+    shrink = removal_decay(model, removed_slices)
+    ratio = settings.decay_end / settings.decay_start
+
+    def after_step(done: float) -> None:
+        shrink(settings.decay_start * ratio**done)
+
+    return _epochs(model, dense, taps, kept, kept, calib, settings.phase1_epochs, settings, "two-stage phase 1",
+                   after_step, progress)
+
+
+def phase_two(
+    pruned: nn.Module,
+    dense: nn.Module,
+    taps: Sequence[Tap],
+    kept: Mapping[str, torch.Tensor],
+    calib: torch.Tensor,
+    settings: ReconstructionSettings,
+    progress: bool = False,
+) -> list[float]:
+    """Phase 2 on the pruned network: reconstruct dense kept channels from its own activations."""
+    return _epochs(pruned, dense, taps, {}, kept, calib, settings.phase2_epochs, settings, "two-stage phase 2",
+                   None, progress)
+
+
+def tap_errors(
+    pruned: nn.Module, dense: nn.Module, taps: Sequence[Tap], kept: Mapping[str, torch.Tensor], calib: torch.Tensor,
+    batch_size: int = 128,
+) -> float:
+    """The mean reconstruction loss (summed over taps) of ``pruned`` on ``calib``."""
+    names = [t.output for t in taps]
+    total, count = 0.0, 0
+    pruned.eval()
+    dense.eval()
+    with torch.no_grad(), capture_outputs(pruned, names) as got, capture_outputs(dense, names) as want:
+        for start in range(0, len(calib), batch_size):
+            batch = calib[start:start + batch_size]
+            pruned(batch)
+            dense(batch)
+            total += float(reconstruction_loss(got, want, taps, {}, kept)) * len(batch)
+            count += len(batch)
+    return total / max(count, 1)
+
+
+# --- closed form -------------------------------------------------------------------------
+
+
+def _rows(layer: nn.Module, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """The layer's input as regression rows (N*P, features): im2col for convolutions."""
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    if positions is not None:
+        cols = cols[:, :, positions]
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def _targets(y: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    if y.dim() == 2:
+        return y
+    y = y.flatten(2)
+    if positions is not None:
+        y = y[:, :, positions]
+    return y.transpose(1, 2).reshape(-1, y.shape[1])
+
+
+def _ridge_supported(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.Linear):
+        return True
+    return isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
+
+
+def _fold_solution(layer: nn.Module, norm: nn.Module | None, weight: torch.Tensor, shift: torch.Tensor) -> None:
+    """Write ``tap(x) = weight @ x + shift`` into the layer (and its eval-mode BatchNorm)."""
+    with torch.no_grad():
+        if norm is None:
+            layer.weight.copy_(weight.reshape(layer.weight.shape))
+            if layer.bias is not None:
+                layer.bias.copy_(shift)
+            return
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        ok = scale.abs() > 1e-8
+        per_row = (-1,) + (1,) * (layer.weight.dim() - 1)
+        new_weight = weight.reshape(layer.weight.shape) / torch.where(ok, scale, 1).reshape(per_row)
+        layer.weight.copy_(torch.where(ok.reshape(per_row), new_weight, layer.weight))
+        conv_bias = layer.bias if layer.bias is not None else torch.zeros_like(norm.bias)
+        new_beta = shift - scale * (conv_bias - norm.running_mean)
+        norm.bias.copy_(torch.where(ok, new_beta, norm.bias))
+
+
+def ridge_reconstruct(
+    pruned: nn.Module,
+    dense: nn.Module,
+    taps: Sequence[Tap],
+    kept: Mapping[str, torch.Tensor],
+    calib: torch.Tensor,
+    settings: ReconstructionSettings,
+    progress: bool = False,
+) -> dict[str, int]:
+    """Layer by layer in execution order, refit each tap by ridge least squares on sampled positions."""
+    modules_p = dict(pruned.named_modules())
+    generator = torch.Generator().manual_seed(settings.seed)
+    solvable = [t for t in taps if _ridge_supported(modules_p[t.layer])]
+    pruned.eval()
+    dense.eval()
+    positions: dict[str, torch.Tensor | None] = {}
+    targets: dict[str, list[torch.Tensor]] = {t.output: [] for t in solvable}
+    with torch.no_grad(), capture_outputs(dense, [t.output for t in solvable]) as want:
+        for start in range(0, len(calib), settings.batch_size):
+            dense(calib[start:start + settings.batch_size])
+            for tap in solvable:
+                y = select_channels(want[tap.output], kept.get(tap.layer))
+                if tap.output not in positions:
+                    spots = y[0].numel() // y.shape[1]
+                    positions[tap.output] = None if y.dim() == 2 or spots <= settings.positions_per_image else (
+                        torch.randperm(spots, generator=generator)[: settings.positions_per_image])
+                targets[tap.output].append(_targets(y, positions[tap.output]))
+    solved = 0
+    for tap in tqdm(solvable, desc="ridge reconstruction", unit="layer", disable=not progress, leave=False):
+        layer = modules_p[tap.layer]
+        groups = getattr(layer, "groups", 1)
+        with torch.no_grad():
+            xs = [_rows(layer, layer_input(pruned, tap.layer, calib[s:s + settings.batch_size]),
+                        positions[tap.output]) for s in range(0, len(calib), settings.batch_size)]
+        x = torch.cat(xs).double()
+        y = torch.cat(targets[tap.output]).double()
+        out_per_group = y.shape[1] // groups
+        in_per_group = x.shape[1] // groups
+        weights, shifts = [], []
+        for g in range(groups):
+            xg = x[:, g * in_per_group:(g + 1) * in_per_group]
+            yg = y[:, g * out_per_group:(g + 1) * out_per_group]
+            w, b = _ridge(xg, yg, settings.ridge)
+            weights.append(w)
+            shifts.append(b)
+        weight = torch.cat(weights).to(layer.weight.dtype)
+        shift = torch.cat(shifts).to(layer.weight.dtype)
+        norm = modules_p[tap.norm] if tap.norm else None
+        if norm is None and layer.bias is None:
+            continue  # a shift it cannot represent would bias the fit; keep the layer as it is
+        _fold_solution(layer, norm, weight, shift)
+        solved += 1
+    return {"layers": solved, "skipped": len(taps) - solved}
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least squares ``y ~ x @ w.T + b`` with an L2 penalty relative to the mean feature variance."""
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc, yc = x - x_mean, y - y_mean
+    gram = xc.T @ xc
+    lam = ridge * torch.trace(gram) / gram.shape[0] + 1e-12
+    gram.diagonal().add_(lam)
+    w = torch.linalg.solve(gram, xc.T @ yc).T
+    b = y_mean - w @ x_mean
+    return w, b

@@ -1,0 +1,250 @@
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from latprune.cli import main
+from latprune.data import calibration_tensor
+from latprune.errors import LatpruneError
+from latprune.groups import find_channel_groups
+from latprune.models import LoadedModel, load_model
+from latprune.pruned_file import PrunedModel, load_pruned, prune_loaded
+from latprune.recovery import parse_recipe, recalibrate_batchnorm, recover
+from latprune.recovery.batchnorm import restate_batchnorm
+from latprune.recovery.reconstruction import ReconstructionSettings, phase_two, tap_errors
+from latprune.recovery.taps import find_taps, kept_output_channels
+from latprune.sparsity import global_magnitude_sparsify, weight_sparsity
+
+
+def _trained_like(loaded: LoadedModel, calib: torch.Tensor) -> LoadedModel:
+    """Give a random-init model non-trivial BN statistics and affine parameters (a stand-in for training)."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in loaded.model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=generator))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=generator))
+    recalibrate_batchnorm(loaded.model, calib)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def resnet20(calib):
+    torch.manual_seed(0)
+    return _trained_like(load_model("cifar:resnet20"), calib)
+
+
+@pytest.fixture(scope="module")
+def pruned20(resnet20):
+    x = resnet20.example_input()
+    groups = find_channel_groups(resnet20.model, x).groups
+    kept = {g.id: list(range(0, g.width, 2)) for g in groups}
+    return prune_loaded(resnet20, kept)
+
+
+def _outputs(model, x):
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+def test_bn_recalibration_reproduces_statistics_computed_directly():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 3), nn.BatchNorm2d(4))
+    calib = torch.randn(96, 3, 12, 12)
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.normal_()
+        means, variances = [[], []], [[], []]
+        for batch in calib.split(32):
+            h = net[0](batch)
+            means[0].append(h.mean((0, 2, 3)))
+            variances[0].append(h.var((0, 2, 3), unbiased=True))
+            h = net[1].weight[:, None, None] * (h - h.mean((0, 2, 3), keepdim=True)[0]) / torch.sqrt(
+                h.var((0, 2, 3), unbiased=False, keepdim=True)[0] + net[1].eps) + net[1].bias[:, None, None]
+            h = net[3](torch.relu(h))
+            means[1].append(h.mean((0, 2, 3)))
+            variances[1].append(h.var((0, 2, 3), unbiased=True))
+    assert recalibrate_batchnorm(net, calib, batch_size=32) == 2
+    for bn, mean, var in zip((net[1], net[4]), means, variances):
+        torch.testing.assert_close(bn.running_mean, torch.stack(mean).mean(0), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var, torch.stack(var).mean(0), rtol=1e-5, atol=1e-6)
+    assert not net.training and net[1].momentum == 0.1
+
+
+def test_a_gain_before_a_recalibrated_bn_cancels_but_asr_correction_survives(resnet20, pruned20, calib):
+    x = calib[:8]
+    # The trap the issue warns about: scale a conv's output channels, recalibrate, and the scale is gone.
+    scaled = copy.deepcopy(pruned20.model)
+    reference = copy.deepcopy(pruned20.model)
+    with torch.no_grad():
+        scaled.layer1[0].conv1.weight.mul_(torch.linspace(0.2, 3.0, scaled.layer1[0].conv1.out_channels)[:, None, None,
+                                                                                                           None])
+    recalibrate_batchnorm(scaled, calib)
+    recalibrate_batchnorm(reference, calib)
+    torch.testing.assert_close(_outputs(scaled, x), _outputs(reference, x), rtol=1e-4, atol=1e-4)
+
+    asr, report = recover(resnet20, pruned20, "asr", calib)
+    bn_only, _ = recover(resnet20, pruned20, "bn", calib)
+    before = _outputs(asr.model, x)
+    again = copy.deepcopy(asr.model)
+    recalibrate_batchnorm(again, calib)  # a further recalibration keeps the correction
+    torch.testing.assert_close(_outputs(again, x), before, rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(before, _outputs(bn_only.model, x), atol=1e-3)
+    gammas = [m.weight for m in asr.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    bn_gammas = [m.weight for m in bn_only.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert any(not torch.allclose(a, b) for a, b in zip(gammas, bn_gammas))
+    assert report.steps[0]["step"] == "asr" and report.steps[0]["layers"] == 20
+
+
+def test_phase_two_lowers_the_layer_reconstruction_error(resnet20, pruned20, calib):
+    x = resnet20.example_input()
+    taps = find_taps(resnet20.model, x)
+    groups = find_channel_groups(resnet20.model, x).groups
+    kept = kept_output_channels(resnet20.model, x, groups, pruned20.kept)
+    model = copy.deepcopy(pruned20.model)
+    before = tap_errors(model, resnet20.model, taps, kept, calib)
+    history = phase_two(model, resnet20.model, taps, kept, calib, ReconstructionSettings(phase2_epochs=3,
+                                                                                          batch_size=16))
+    after = tap_errors(model, resnet20.model, taps, kept, calib)
+    assert after < 0.8 * before
+    assert history[-1] < history[0]
+
+
+@pytest.mark.parametrize("recipe", ["ridge", "two-stage"])
+def test_reconstruction_recipes_beat_plain_recalibration(resnet20, pruned20, calib, recipe):
+    settings = ReconstructionSettings(phase1_epochs=2, phase2_epochs=2, batch_size=16)
+    recovered, report = recover(resnet20, pruned20, recipe, calib[:32], settings)
+    _, bn_report = recover(resnet20, pruned20, "bn", calib[:32])
+    assert report.error_after < 0.8 * min(bn_report.error_after, report.error_before)
+    assert recovered.widths == pruned20.widths
+    assert pruned20.model is not recovered.model
+
+
+def test_restating_batchnorm_keeps_the_function_and_agrees_with_recalibration(resnet20, pruned20, calib):
+    model = copy.deepcopy(pruned20.model)  # stale statistics from the dense network
+    x = calib[:8]
+    before = _outputs(model, x)
+    restate_batchnorm(model, calib)
+    torch.testing.assert_close(_outputs(model, x), before, rtol=1e-4, atol=1e-4)
+    restated = _outputs(model, x)
+    recalibrate_batchnorm(model, calib, batch_size=64)
+    assert (_outputs(model, x) - restated).abs().max() < 0.05 * restated.abs().max()
+
+
+def test_taps_pair_each_convolution_with_its_batchnorm(resnet20, pruned20):
+    taps = find_taps(resnet20.model, resnet20.example_input())
+    assert len(taps) == 20 and taps[0].layer == "conv1" and taps[0].norm == "bn1"
+    assert taps[-1].layer == "linear" and taps[-1].norm is None
+    assert all(t.norm == t.layer.replace("conv", "bn") for t in taps[:-1])
+    x = resnet20.example_input()
+    groups = find_channel_groups(resnet20.model, x).groups
+    kept = kept_output_channels(resnet20.model, x, groups, pruned20.kept)
+    modules = dict(pruned20.model.named_modules())
+    assert kept and all(len(idx) == modules[layer].weight.shape[0] for layer, idx in kept.items())
+    assert kept["layer1.0.conv1"].tolist() == list(range(0, 16, 2))
+
+
+def test_sparsify_is_global_and_corrections_keep_the_zeros(resnet20, calib):
+    model = copy.deepcopy(resnet20.model)
+    per_layer = global_magnitude_sparsify(model, 0.7)
+    assert weight_sparsity(model) == pytest.approx(0.7, abs=1e-3)
+    assert max(per_layer.values()) - min(per_layer.values()) > 0.1  # one threshold, uneven layers
+    sparse = PrunedModel(model, resnet20.spec, resnet20.input_shape, {}, resnet20.family, {"sparsity": 0.7})
+    recovered, _ = recover(resnet20, sparse, "asr", calib)
+    assert weight_sparsity(recovered.model) >= weight_sparsity(model)
+    with pytest.raises(LatpruneError, match="unstructured"):
+        recover(resnet20, sparse, "two-stage", calib)
+    with pytest.raises(LatpruneError, match="sparsity"):
+        global_magnitude_sparsify(model, 1.0)
+
+
+def test_recipes_are_checked():
+    assert parse_recipe("two-stage+asr") == ["two-stage", "asr"]
+    assert parse_recipe("none") == []
+    with pytest.raises(LatpruneError, match="unknown recovery method 'asrr'"):
+        parse_recipe("asrr")
+    with pytest.raises(LatpruneError, match="first step"):
+        parse_recipe("bn+ridge")
+    with pytest.raises(LatpruneError, match="at most one"):
+        parse_recipe("ridge+two-stage")
+
+
+def _write_images(folder, count, nested=False):
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        target = folder / (f"class{i % 2}" if nested else "") / f"img{i}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(target)
+
+
+def test_calibration_reads_images_without_labels(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    flat, nested = tmp_path / "flat", tmp_path / "nested"
+    _write_images(flat, 6)
+    _write_images(nested, 6, nested=True)
+    # Labels come from ImageFolder; calibration must work without it.
+    monkeypatch.setattr(torchvision.datasets, "ImageFolder", None)
+    for folder in (flat, nested):
+        images = calibration_tensor(folder, "cifar", (1, 3, 32, 32), size=4)
+        assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+
+
+def test_empty_or_unreadable_calibration_folders_are_clear_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LatpruneError, match="no calibration images"):
+        calibration_tensor(tmp_path / "empty", "cifar", (1, 3, 32, 32))
+    with pytest.raises(LatpruneError, match="not found"):
+        calibration_tensor(tmp_path / "missing", "cifar", (1, 3, 32, 32))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(LatpruneError, match="cannot read calibration image .*broken.jpg"):
+        calibration_tensor(bad, "cifar", (1, 3, 32, 32))
+
+
+def test_recovery_checks_its_inputs(resnet20, pruned20, calib):
+    with pytest.raises(LatpruneError, match="shape"):
+        recover(resnet20, pruned20, "bn", torch.randn(4, 3, 16, 16))
+    with pytest.raises(LatpruneError, match="at least 2"):
+        recover(resnet20, pruned20, "bn", calib[:1])
+    other = load_model("cifar:resnet32")
+    with pytest.raises(LatpruneError, match="made from cifar:resnet20"):
+        recover(other, pruned20, "bn", calib)
+
+
+def test_cli_prune_with_recovery_sparsify_and_recover(tmp_path, capsys):
+    images = tmp_path / "calib"
+    _write_images(images, 24)
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    torch.save(load_model("cifar:resnet20").model.state_dict(), weights)
+    pruned_file = tmp_path / "p.pt"
+    assert main(["prune", "--model", "cifar:resnet20", "--weights", str(weights), "--uniform", "0.5",
+                 "--recovery", "ridge+bn", "--calib", str(images), "--out", str(pruned_file), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["recovery"]["recipe"] == "ridge+bn" and result["recovery"]["calibration_images"] == 24
+    assert load_pruned(pruned_file).metadata["recovery"]["steps"][0]["step"] == "ridge"
+
+    sparse_file, recovered_file = tmp_path / "s.pt", tmp_path / "r.pt"
+    assert main(["sparsify", "--model", "cifar:resnet20", "--weights", str(weights), "--sparsity", "0.8",
+                 "--out", str(sparse_file)]) == 0
+    assert main(["recover", "--pruned", str(sparse_file), "--model", "cifar:resnet20", "--weights", str(weights),
+                 "--recovery", "asr", "--calib", str(images), "--calib-size", "16", "--out", str(recovered_file)]) == 0
+    recovered = load_pruned(recovered_file)
+    assert weight_sparsity(recovered.model) >= 0.8 - 1e-3
+    assert recovered.metadata["recovery"]["calibration_images"] == 16
+    capsys.readouterr()
+    assert main(["prune", "--model", "cifar:resnet20", "--uniform", "0.5", "--recovery", "bn",
+                 "--out", str(tmp_path / "x.pt")]) == 1
+    assert "--calib DIR" in capsys.readouterr().err
