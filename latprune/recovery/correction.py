@@ -1,31 +1,29 @@
 """Per-channel output corrections: layer-wise repair and Adaptive Signal Resuscitation (ASR).
 
-Both compare each tap's output in the pruned network (fed its own activations) with the
-dense network's on the same calibration images, and rescale it around its mean:
-``y <- mu_dense + g * (y - mu_pruned)``.
+Both compare each layer's output (before its BatchNorm) in the pruned network, fed its own
+activations, with the dense network's kept channels on the same calibration images.
 
-Where the correction lives. A per-channel affine map placed *before* a BatchNorm is
-undone exactly by recalibrating that BatchNorm, so the gain is written into the
-BatchNorm's own affine parameters (``gamma <- g * gamma``, ``beta`` shifted to match the
-mean); recalibration re-estimates only the running statistics, so the correction
-survives it. Layers without a BatchNorm take the gain in their weight and bias.
+What recalibration already does. With recalibrated statistics a BatchNorm divides each
+channel by its own pruned standard deviation where the dense network divided by the dense
+one: per channel it applies the variance-matching gain ``g_c = sigma_d / sigma_p``, at
+full strength however damaged the channel is. A gain written into the convolution before
+that BatchNorm is undone exactly by recalibration, so the corrections below are written
+into the BatchNorm's scale as ``gamma <- gamma * target_c / g_c``: the channel's net gain
+becomes ``target_c``, and a later recalibration (which touches only running statistics)
+keeps it. Layers without a BatchNorm take ``target_c`` in their weight and bias.
 
-The gains (for one output channel, statistics over calibration images and positions):
-
-- variance matching ``sigma_d / sigma_p`` is what BatchNorm recalibration already applies
-  to every channel at full strength, however damaged the channel is: a channel whose
-  pruned signal is mostly noise is amplified back to the dense channel's variance.
-- ``layerwise``: one least-squares gain for the whole layer,
-  ``g = sum_c cov_c / sum_c var_p,c``, the same for every channel.
-- ``asr``: per channel, the variance-matching gain times the channel's correlation with
-  its dense counterpart, i.e. the least-squares gain ``cov_c / var_p,c`` (the best linear
-  estimate of the dense signal from the pruned one: a channel that kept its signal keeps
-  its full gain, one that lost it is attenuated toward its mean instead of amplified).
-  The covariance is estimated from a finite calibration set, so it is shrunk by the
-  positive-part James-Stein factor ``max(0, 1 - se^2 / cov^2)``, with ``se`` the standard
-  error of the covariance across images (delta method on per-image moments): a channel
-  whose agreement with the dense one is not distinguishable from sampling noise gets no
-  signal gain at all. The gain is capped at the variance-matching gain.
+- ``layerwise``: ``target_c = g_L = sqrt(sum_c var_d,c / sum_c var_p,c)``, one gain for
+  the layer.
+- ``asr``: the channel gains shrunk toward the layer gain by empirical Bayes, on the log
+  scale: ``log target_c = log g_L + w_c (log g_c - log g_L)`` with
+  ``w_c = tau^2 / (tau^2 + e_c^2)``. ``e_c^2`` is how far ``log g_c`` can be from the gain the
+  channel's *signal* needs: its sampling variance (delta method over per-image moments)
+  plus ``(log rho_c)^2 / 4``, where ``rho_c`` is the correlation of the pruned channel with
+  its dense counterpart (a channel that is signal times ``a`` plus noise has
+  ``g_c = rho_c / a``, so a weak, noisy channel's variance-matching gain is unreliable).
+  ``tau^2`` is the spread of true channel gains around the layer's, by method of moments:
+  ``mean((log g_c - log g_L)^2) - mean(e_c^2)``. Reliable channels keep their own gain;
+  damaged ones fall back to the layer's.
 """
 
 from __future__ import annotations
@@ -126,7 +124,7 @@ def layerwise_gains(stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def asr_gains(stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Channel gains shrunk toward the layer gain by empirical Bayes (see the module docstring)."""
+    """Channel gains shrunk toward the layer gain by empirical Bayes (rule in the module docstring)."""
     log_channel = torch.log(channel_gains(stats))
     log_layer = torch.log(layerwise_gains(stats))
     rho2 = stats["cov"].pow(2) / ((stats["var_p"] + EPS) * (stats["var_d"] + EPS))
