@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -92,10 +91,6 @@ def loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, worke
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers)
-
-
-def batches(dataset: Dataset, batch_size: int = 128) -> Iterator:
-    yield from loader(dataset, batch_size=batch_size)
 
 
 def evaluate_top1(model: nn.Module, dataset: Dataset, batch_size: int = 256, progress: bool = True) -> float:

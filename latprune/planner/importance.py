@@ -97,11 +97,6 @@ def _bn(model, groups, layout, calib):
     return scores
 
 
-def _batches(calib: torch.Tensor, size: int):
-    for start in range(0, len(calib), size):
-        yield calib[start:start + size]
-
-
 @criterion("taylor", needs_data=True,
            description="first-order Taylor: (activation x gradient)^2 of a loss against the dense model's own "
                        "predictions (no labels)")
@@ -124,7 +119,7 @@ def _taylor(model, groups, layout, calib):
     hooks = [modules[n].register_forward_hook(keep(n)) for n in names]
     totals = {g.id: np.zeros(g.width) for g in groups}
     try:
-        for batch in tqdm(list(_batches(calib, 32)), desc="importance taylor", leave=False):
+        for batch in tqdm(calib.split(32), desc="importance taylor", leave=False):
             model.zero_grad(set_to_none=True)
             logits = model(batch)
             F.cross_entropy(logits, logits.detach().argmax(1)).backward()

@@ -27,9 +27,8 @@ def recalibrate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int
         m.train()
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(calib), batch_size), desc="bn recalibration", unit="batch",
+            for batch in tqdm(calib.split(batch_size), desc="bn recalibration", unit="batch",
                               disable=not progress, leave=False):
-                batch = calib[start:start + batch_size]
                 if len(batch) > 1:  # a single sample has no variance
                     model(batch)
     finally:
@@ -67,8 +66,8 @@ def restate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int = 1
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(calib), batch_size):
-                model(calib[start:start + batch_size])
+            for batch in calib.split(batch_size):
+                model(batch)
     finally:
         for h in hooks:
             h.remove()

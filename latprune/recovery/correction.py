@@ -95,9 +95,8 @@ def paired_moments(
     pruned.eval()
     dense.eval()
     with torch.no_grad(), capture_outputs(pruned, names) as got_p, capture_outputs(dense, names) as got_d:
-        for start in tqdm(range(0, len(calib), batch_size), desc="channel statistics", unit="batch",
+        for batch in tqdm(calib.split(batch_size), desc="channel statistics", unit="batch",
                           disable=not progress, leave=False):
-            batch = calib[start:start + batch_size]
             pruned(batch)
             dense(batch)
             for tap in taps:

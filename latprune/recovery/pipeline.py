@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from latprune.channels import group_layout
+from latprune.channels import Layout, group_layout
 from latprune.errors import LatpruneError
 from latprune.graph import LayerSlice
-from latprune.groups import find_channel_groups
+from latprune.groups import ChannelGroup, find_channel_groups
 from latprune.models import LoadedModel
 from latprune.pruned_file import PrunedModel, prune_loaded
 from latprune.recovery.batchnorm import recalibrate_batchnorm, restate_batchnorm
@@ -67,6 +67,8 @@ def parse_recipe(recipe: str) -> list[str]:
 class _Context:
     dense: LoadedModel
     taps: list[Tap]
+    pruned_groups: list[ChannelGroup]
+    layout: Layout  # where the pruned groups' channels live in each dense layer
     kept: dict[str, torch.Tensor]
     calib: torch.Tensor
     settings: ReconstructionSettings
@@ -91,9 +93,10 @@ def recover(
     settings = settings or ReconstructionSettings()
     x = dense.example_input()
     dense.model.eval()
-    groups = find_channel_groups(dense.model, x).groups
-    ctx = _Context(dense, find_taps(dense.model, x), kept_output_channels(dense.model, x, groups, pruned.kept),
-                   calib, settings, progress)
+    pruned_groups = [g for g in find_channel_groups(dense.model, x).groups if g.id in pruned.kept]
+    layout = group_layout(dense.model, x, pruned_groups) if pruned_groups else {}
+    ctx = _Context(dense, find_taps(dense.model, x), pruned_groups, layout,
+                   kept_output_channels(layout, pruned_groups, pruned.kept), calib, settings, progress)
     report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib))
     started = time.perf_counter()
     result = PrunedModel(copy.deepcopy(pruned.model), pruned.spec, pruned.input_shape, dict(pruned.kept),
@@ -101,7 +104,7 @@ def recover(
     report.error_before = tap_errors(result.model, dense.model, ctx.taps, ctx.kept, calib)
     for step in steps:
         began = time.perf_counter()
-        details = STEPS[step](ctx, result, groups)
+        details = STEPS[step](ctx, result)
         report.steps.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **details})
     result.model.eval()
     report.error_after = tap_errors(result.model, dense.model, ctx.taps, ctx.kept, calib)
@@ -123,12 +126,12 @@ def _check_inputs(dense: LoadedModel, pruned: PrunedModel, calib: torch.Tensor, 
                             "takes bn, layerwise or asr")
 
 
-def _bn(ctx: _Context, result: PrunedModel, groups) -> dict:
+def _bn(ctx: _Context, result: PrunedModel) -> dict:
     return {"batchnorms": recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)}
 
 
-def _correction(rule: str) -> Callable[[_Context, PrunedModel, list], dict]:
-    def step(ctx: _Context, result: PrunedModel, groups) -> dict:
+def _correction(rule: str) -> Callable[[_Context, PrunedModel], dict]:
+    def step(ctx: _Context, result: PrunedModel) -> dict:
         recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
         summary = correct_outputs(result.model, ctx.dense.model, ctx.taps, ctx.kept, ctx.calib, rule,
                                   progress=ctx.progress)
@@ -138,9 +141,9 @@ def _correction(rule: str) -> Callable[[_Context, PrunedModel, list], dict]:
     return step
 
 
-def _two_stage(ctx: _Context, result: PrunedModel, groups) -> dict:
+def _two_stage(ctx: _Context, result: PrunedModel) -> dict:
     full = copy.deepcopy(ctx.dense.model)
-    phase1 = phase_one(full, ctx.dense.model, ctx.taps, ctx.kept, _removed_slices(ctx, groups, result.kept),
+    phase1 = phase_one(full, ctx.dense.model, ctx.taps, ctx.kept, _removed_slices(ctx, result.kept),
                        ctx.calib, ctx.settings, ctx.progress)
     squeezed = LoadedModel(full, ctx.dense.spec, ctx.dense.family, ctx.dense.input_shape)
     result.model = prune_loaded(squeezed, result.kept).model
@@ -149,7 +152,7 @@ def _two_stage(ctx: _Context, result: PrunedModel, groups) -> dict:
     return {"phase1_loss": [round(v, 5) for v in phase1], "phase2_loss": [round(v, 5) for v in phase2]}
 
 
-def _ridge(ctx: _Context, result: PrunedModel, groups) -> dict:
+def _ridge(ctx: _Context, result: PrunedModel) -> dict:
     result.model = prune_loaded(ctx.dense, result.kept).model
     summary = ridge_reconstruct(result.model, ctx.dense.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings,
                                 ctx.progress)
@@ -157,19 +160,17 @@ def _ridge(ctx: _Context, result: PrunedModel, groups) -> dict:
     return summary
 
 
-def _removed_slices(ctx: _Context, groups, kept: dict[str, list[int]]) -> list[LayerSlice]:
-    pruned_groups = [g for g in groups if g.id in kept]
-    layout = group_layout(ctx.dense.model, ctx.dense.example_input(), pruned_groups)
+def _removed_slices(ctx: _Context, kept: dict[str, list[int]]) -> list[LayerSlice]:
     slices = []
-    for group in pruned_groups:
+    for group in ctx.pruned_groups:
         removed = np.setdiff1d(np.arange(group.width), np.asarray(kept[group.id], dtype=np.int64))
         if len(removed):
-            for s in layout[group.id]:
+            for s in ctx.layout[group.id]:
                 slices.append(LayerSlice(s.layer, s.side, tuple(int(i) for i in np.asarray(s.idxs)[removed])))
     return slices
 
 
-STEPS: dict[str, Callable[[_Context, PrunedModel, list], dict]] = {
+STEPS: dict[str, Callable[[_Context, PrunedModel], dict]] = {
     "bn": _bn,
     "layerwise": _correction("layerwise"),
     "asr": _correction("asr"),

@@ -108,8 +108,8 @@ def _epochs(
         for _ in range(epochs):
             order = torch.randperm(len(calib), generator=generator)
             losses = []
-            for start in range(0, len(calib), settings.batch_size):
-                batch = calib[order[start:start + settings.batch_size]]
+            for batch_order in order.split(settings.batch_size):
+                batch = calib[batch_order]
                 with torch.no_grad():
                     dense(batch)
                 model(batch)
@@ -203,8 +203,7 @@ def tap_errors(
     pruned.eval()
     dense.eval()
     with torch.no_grad(), capture_outputs(pruned, names) as got, capture_outputs(dense, names) as want:
-        for start in range(0, len(calib), batch_size):
-            batch = calib[start:start + batch_size]
+        for batch in calib.split(batch_size):
             pruned(batch)
             dense(batch)
             total += float(reconstruction_loss(got, want, taps, {}, kept)) * len(batch)
@@ -276,8 +275,8 @@ def ridge_reconstruct(
     positions: dict[str, torch.Tensor | None] = {}
     targets: dict[str, list[torch.Tensor]] = {t.output: [] for t in solvable}
     with torch.no_grad(), capture_outputs(dense, [t.output for t in solvable]) as want:
-        for start in range(0, len(calib), settings.batch_size):
-            dense(calib[start:start + settings.batch_size])
+        for batch in calib.split(settings.batch_size):
+            dense(batch)
             for tap in solvable:
                 y = select_channels(want[tap.output], kept.get(tap.layer))
                 if tap.output not in positions:
@@ -290,8 +289,8 @@ def ridge_reconstruct(
         layer = modules_p[tap.layer]
         groups = getattr(layer, "groups", 1)
         with torch.no_grad():
-            xs = [_rows(layer, layer_input(pruned, tap.layer, calib[s:s + settings.batch_size]),
-                        positions[tap.output]) for s in range(0, len(calib), settings.batch_size)]
+            xs = [_rows(layer, layer_input(pruned, tap.layer, batch), positions[tap.output])
+                  for batch in calib.split(settings.batch_size)]
         x = torch.cat(xs).double()
         y = torch.cat(targets[tap.output]).double()
         out_per_group = y.shape[1] // groups

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from latprune.channels import group_layout
+from latprune.channels import Layout
 from latprune.groups import ChannelGroup
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -69,18 +69,17 @@ def find_taps(model: nn.Module, example_input: torch.Tensor) -> list[Tap]:
 
 
 def kept_output_channels(
-    model: nn.Module, example_input: torch.Tensor, groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[int]]
+    layout: Layout, groups: Sequence[ChannelGroup], kept: Mapping[str, Sequence[int]]
 ) -> dict[str, torch.Tensor]:
     """For each layer producing a pruned group, the dense output channels that survive, in order.
 
+    ``layout`` is :func:`latprune.channels.group_layout` of (at least) the pruned groups.
     Layers missing from the result keep all their output channels.
     """
-    pruned_groups = [g for g in groups if g.id in kept]
-    if not pruned_groups:
-        return {}
-    layout = group_layout(model, example_input, pruned_groups)
     result = {}
-    for group in pruned_groups:
+    for group in groups:
+        if group.id not in kept:
+            continue
         root_kept = np.asarray(sorted(int(i) for i in kept[group.id]), dtype=np.int64)
         for s in layout[group.id]:
             if s.side == "out":
