@@ -53,9 +53,9 @@ def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> 
     return float((predictions == labels).float().mean())
 
 
-def uniform_for_macs(loaded, level: float):
-    """The largest uniform keep ratio whose MACs are at most ``level`` x dense."""
-    inputs = prepare(loaded, "l2", policy=WidthPolicy(step=4))
+def uniform_for_macs(loaded, level: float, step: int = 4):
+    """The largest uniform keep ratio (widths in multiples of ``step``) whose MACs are at most ``level`` x dense."""
+    inputs = prepare(loaded, "l2", policy=WidthPolicy(step=step))
     dense = inputs.macs.cost_of_widths(inputs.full_widths)
     low, high = 0.01, 1.0
     for _ in range(30):
@@ -73,7 +73,7 @@ def run(suite: str, models: list[str], quick: bool) -> None:
     torch.manual_seed(0)
     images, labels = test_tensors(1000 if quick else None)
     rows, records = [], []
-    name = "recovery" if suite == "all" else f"recovery_{suite}"
+    name = ("recovery" if suite == "all" else f"recovery_{suite}") + ("_quick" if quick else "")
     for arch in models:
         loaded = load_model(f"cifar:{arch}", weights=str(SHARED / "models" / "cifar10" / CHECKPOINTS[arch]))
         calib = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
@@ -118,12 +118,12 @@ def run(suite: str, models: list[str], quick: bool) -> None:
                 write_result(name, {"quick": quick, "rows": records}, header + table)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", choices=["structured", "unstructured", "all"], default="all")
     parser.add_argument("--models", default="resnet20,resnet56")
     parser.add_argument("--quick", action="store_true", help="256 calibration and 1,000 test images")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     run(args.suite, [m.strip() for m in args.models.split(",") if m.strip()], args.quick)
 

@@ -11,11 +11,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from latprune.defaults import IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
 
 Command = Callable[[argparse.Namespace], dict]
-IMPORTANCE_CALIB_SIZE = 256
-RECOVERY_CALIB_SIZE = 1024
 
 COMMANDS: dict[str, tuple[Command, Callable[[dict], str]]] = {}
 
@@ -398,19 +397,34 @@ def cmd_prune(args: argparse.Namespace) -> dict:
 
 
 def _recover(args: argparse.Namespace, loaded, pruned):
-    """Apply ``--recovery`` (if any) with ``--calib`` images; returns the model and the report."""
-    from latprune.recovery import parse_recipe, recover
+    """Apply ``--recovery`` (if any) to images from ``--calib`` or ``--train``; the model and the report."""
+    from latprune.recovery import FINETUNES, FinetuneSettings, parse_recipe, recover
 
     steps = parse_recipe(args.recovery)
     if not steps:
         return pruned, None
-    if not args.calib:
-        raise LatpruneError(f"--recovery {args.recovery} needs unlabeled calibration images: --calib DIR")
-    from latprune.data import calibration_tensor
+    tunes = any(s in FINETUNES for s in steps)
+    if args.train and not tunes:
+        raise LatpruneError("--train (labelled images) is read by the fine-tuning methods finetune and overparam; "
+                            "post-training recovery takes unlabeled --calib DIR")
+    if args.train and args.calib:
+        raise LatpruneError("give one of --calib DIR (unlabeled) and --train DIR (labelled)")
+    if not (args.calib or args.train):
+        hint = " or labelled --train DIR" if tunes else ""
+        raise LatpruneError(f"--recovery {args.recovery} needs unlabeled calibration images: --calib DIR{hint}")
+    size = args.calib_size or (None if tunes else RECOVERY_CALIB_SIZE)
+    labels = None
+    if args.train:
+        from latprune.data import labelled_tensors
 
-    calib = calibration_tensor(args.calib, loaded.family, loaded.input_shape,
-                               size=args.calib_size or RECOVERY_CALIB_SIZE)
-    return recover(loaded, pruned, args.recovery, calib, progress=not args.json)
+        images, labels = labelled_tensors(args.train, loaded.family, loaded.input_shape, size=size)
+    else:
+        from latprune.data import calibration_tensor
+
+        images = calibration_tensor(args.calib, loaded.family, loaded.input_shape, size=size)
+    tuning = FinetuneSettings(**{k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "expansion")
+                                 if getattr(args, k) is not None})
+    return recover(loaded, pruned, args.recovery, images, progress=not args.json, labels=labels, tuning=tuning)
 
 
 @command("recover", _format_recovered)
@@ -442,6 +456,50 @@ def cmd_sparsify(args: argparse.Namespace) -> dict:
                          {"sparsity": args.sparsity, "method": "global-magnitude"})
     save_pruned(pruned, args.out)
     return {"model": loaded.spec, "out": args.out, "sparsity": weight_sparsity(loaded.model)}
+
+
+def _format_run(result: dict) -> str:
+    rows = []
+    for run in result["runs"]:
+        latency, accuracy = run["latency"], run.get("accuracy")
+        top1 = (f"{100 * accuracy['dense']:.1f} -> {100 * accuracy['recovered']:.1f}%" if accuracy else "-")
+        rows.append((run["name"], f"{latency['budget_ms']:.3f}", f"{latency['pruned']['predicted_ms']:.3f}",
+                     f"{latency['pruned']['measured_ms']:.3f}", f"{latency['dense']['measured_ms']:.3f}",
+                     f"{latency['measured_speedup']:.2f}x", "yes" if latency["meets_budget"] else
+                     f"no (+{100 * (latency['measured_over_budget'] - 1):.1f}%)", top1,
+                     f"{sum(run['stages_s'].values()):.0f}"))
+    lines = [table(["run", "budget ms", "predicted ms", "measured ms", "dense ms", "speedup", "meets budget",
+                    "top-1 dense -> pruned", "seconds"], rows)]
+    for run in result["runs"]:
+        lines.append(f"{run['name']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in run["stages_s"].items()))
+    lines.append(f"wrote {result['files']['report']} and {result['files']['summary']}")
+    return "\n".join(lines)
+
+
+@command("run", _format_run)
+def cmd_run(args: argparse.Namespace) -> dict:
+    """Profile, fit, plan, prune, recover, export, measure and evaluate; writes report.html and summary.json.
+
+    Without --model, runs the built-in demonstration: latency planning for a torchvision
+    ResNet-18, and accuracy on scikit-learn's handwritten digits with a small CNN trained here.
+    """
+    from latprune.job import JobConfig, default_jobs, run_jobs
+    from latprune.models import parse_input_shape
+
+    progress = not args.json
+    if args.model is None:
+        given = [f"--{k.replace('_', '-')}" for k in ("budget_ms", "speedup", "weights", "input_shape", "calib",
+                                                     "eval", "recovery") if getattr(args, k) is not None]
+        if given:
+            raise LatpruneError(f"{', '.join(given)} need --model SPEC (without --model, run runs its built-in demo)")
+        configs = default_jobs(args.out, backend=args.backend, db=args.db, progress=progress)
+    else:
+        configs = [JobConfig(
+            model=args.model, budget_ms=args.budget_ms, speedup=args.speedup, backend=args.backend,
+            weights=args.weights, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None,
+            calib=args.calib, eval=args.eval, recovery=args.recovery, importance=args.importance,
+            calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads, margin=args.margin)]
+    return run_jobs(configs, args.out, progress=progress)
 
 
 # ---------------------------------------------------------------- parser
@@ -538,8 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pruned", required=True, metavar="FILE", help="a pruned model saved by latprune")
     add_model_options(p)
     _recovery_option(p, required=True)
-    p.add_argument("--calib", required=True, metavar="DIR", help="unlabeled calibration images (any folder layout)")
-    p.add_argument("--calib-size", type=int, metavar="N", help=f"calibration images (default {RECOVERY_CALIB_SIZE})")
+    p.add_argument("--calib", metavar="DIR", help="unlabeled calibration images (any folder layout)")
+    p.add_argument("--calib-size", type=int, metavar="N",
+                   help=f"images to use (default {RECOVERY_CALIB_SIZE}; all of them for fine-tuning)")
     p.add_argument("--out", required=True, metavar="recovered.pt")
     _json_option(p)
 
@@ -547,6 +606,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     p.add_argument("--sparsity", type=float, required=True, metavar="S", help="fraction of weights to zero, [0, 1)")
     p.add_argument("--out", required=True, metavar="sparse.pt")
+    _json_option(p)
+
+    p = sub.add_parser("run", help="the whole job: profile -> plan -> prune -> recover -> measure -> report",
+                       description=cmd_run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_options(p, required=False)
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-ms", type=float, metavar="X", help="latency budget in milliseconds")
+    budget.add_argument("--speedup", type=float, metavar="S", help="budget as a speedup over the dense model")
+    p.add_argument("--backend", default="ort-cpu", help="torch-cpu, torch-cuda, ort-cpu or ort-cuda (default ort-cpu)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+    p.add_argument("--calib", metavar="DIR", help="unlabeled images for importance and recovery (any folder layout)")
+    p.add_argument("--calib-size", type=int, metavar="N", help=f"calibration images (default {RECOVERY_CALIB_SIZE})")
+    p.add_argument("--eval", metavar="DIR", help="labelled images (<class>/<image> folders): accuracy before and after")
+    p.add_argument("--recovery", metavar="METHOD",
+                   help="recovery recipe (default two-stage with --calib, none without); see `latprune prune`")
+    from latprune.planner.importance import CRITERIA
+
+    p.add_argument("--importance", default="l2", choices=list(CRITERIA), help="channel importance (default l2)")
+    p.add_argument("--margin", type=float, default=0.03,
+                   help="plan to budget/(1+margin), headroom for measurement noise (default 0.03)")
+    _db_option(p)
+    p.add_argument("--out", default="latprune-run", metavar="DIR",
+                   help="output folder: report.html, summary.json, plan, pruned model, ONNX (default latprune-run)")
     _json_option(p)
 
     p = sub.add_parser("devices", help="devices and backends in a profile database", description=cmd_devices.__doc__)
@@ -583,7 +665,14 @@ def _recovery_option(parser: argparse.ArgumentParser, required: bool = False) ->
 
     parser.add_argument("--recovery", required=required, default=None if required else "none", metavar="METHOD",
                         help=f"{', '.join(METHODS)}, or steps joined with + such as two-stage+asr "
-                             "(needs --calib)")
+                             "(needs --calib; finetune and overparam take labelled --train instead)")
+    parser.add_argument("--train", metavar="DIR",
+                        help="labelled images (<class>/<image> folders) for finetune/overparam: cross-entropy is "
+                             "added; without labels they distil the dense model")
+    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 3)")
+    parser.add_argument("--lr", type=float, help="fine-tuning learning rate, SGD with cosine decay (default 0.01)")
+    parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (default 64)")
+    parser.add_argument("--expansion", type=int, help="overparam: width factor inside each expanded layer (default 2)")
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:

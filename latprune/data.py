@@ -108,6 +108,20 @@ def evaluate_top1(model: nn.Module, dataset: Dataset, batch_size: int = 256, pro
     return correct / total
 
 
+def labelled_tensors(
+    path: str | os.PathLike, family: str, input_shape: tuple[int, ...], size: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``size`` images (chosen with ``seed``) and their class indices from an ImageFolder."""
+    if size is not None and size < 1:
+        raise LatpruneError(f"the number of training images must be at least 1, got {size}")
+    dataset: Dataset = image_folder(path, family, input_shape)
+    if size is not None and size < len(dataset):
+        indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].tolist()
+        dataset = Subset(dataset, indices)
+    images, labels = zip(*DataLoader(dataset, batch_size=256, num_workers=0))
+    return torch.cat(images), torch.cat(labels)
+
+
 def calibration_tensor(
     path: str | os.PathLike, family: str, input_shape: tuple[int, ...], size: int | None = None, seed: int = 0
 ) -> torch.Tensor:

@@ -36,6 +36,20 @@ def random_kept(groups, seed: int, low: float = 0.3, high: float = 1.0) -> dict[
     return kept
 
 
+def trained_like(loaded, calib: torch.Tensor):
+    """Give a random-init model non-trivial BN statistics and affine parameters (a stand-in for training)."""
+    from latprune.recovery import recalibrate_batchnorm
+
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in loaded.model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=generator))
+                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=generator))
+    recalibrate_batchnorm(loaded.model, calib)
+    return loaded
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

@@ -7,30 +7,19 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from conftest import trained_like
 from latprune.cli import main
 from latprune.channels import group_layout
 from latprune.data import calibration_tensor
 from latprune.errors import LatpruneError
 from latprune.groups import find_channel_groups
-from latprune.models import LoadedModel, load_model
+from latprune.models import load_model
 from latprune.pruned_file import PrunedModel, load_pruned, prune_loaded
 from latprune.recovery import parse_recipe, recalibrate_batchnorm, recover
 from latprune.recovery.batchnorm import restate_batchnorm
 from latprune.recovery.reconstruction import ReconstructionSettings, phase_two, tap_errors
 from latprune.recovery.taps import find_taps, kept_output_channels
 from latprune.sparsity import global_magnitude_sparsify, weight_sparsity
-
-
-def _trained_like(loaded: LoadedModel, calib: torch.Tensor) -> LoadedModel:
-    """Give a random-init model non-trivial BN statistics and affine parameters (a stand-in for training)."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in loaded.model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=generator))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=generator))
-    recalibrate_batchnorm(loaded.model, calib)
-    return loaded
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,7 @@ def calib():
 @pytest.fixture(scope="module")
 def resnet20(calib):
     torch.manual_seed(0)
-    return _trained_like(load_model("cifar:resnet20"), calib)
+    return trained_like(load_model("cifar:resnet20"), calib)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,8 @@
-"""Recovery recipes: parse ``two-stage+asr``-style names and run the steps in order."""
+"""Recovery recipes: parse ``two-stage+asr``-style names and run the steps in order.
+
+A recipe is at most one reconstruction (first), any corrections, and at most one
+fine-tuning (last): e.g. ``two-stage+overparam``.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from latprune.models import LoadedModel
 from latprune.pruned_file import PrunedModel, prune_loaded
 from latprune.recovery.batchnorm import recalibrate_batchnorm, restate_batchnorm
 from latprune.recovery.correction import correct_outputs
+from latprune.recovery.finetune import FinetuneSettings, finetune, stage_outputs
+from latprune.recovery.overparam import expand_network, merge_network
 from latprune.recovery.reconstruction import (
     ReconstructionSettings,
     phase_one,
@@ -29,7 +35,8 @@ from latprune.recovery.taps import Tap, find_taps, kept_output_channels
 
 RECONSTRUCTIONS = ("two-stage", "ridge")
 CORRECTIONS = ("bn", "layerwise", "asr")
-METHODS = ("none",) + RECONSTRUCTIONS + CORRECTIONS
+FINETUNES = ("finetune", "overparam")
+METHODS = ("none",) + RECONSTRUCTIONS + CORRECTIONS + FINETUNES
 
 
 @dataclass
@@ -60,6 +67,9 @@ def parse_recipe(recipe: str) -> list[str]:
     rebuilt = [s for s in steps if s in RECONSTRUCTIONS]
     if len(rebuilt) > 1 or (rebuilt and steps[0] != rebuilt[0]):
         raise LatpruneError(f"use at most one of {', '.join(RECONSTRUCTIONS)}, as the first step of the recipe")
+    tuned = [s for s in steps if s in FINETUNES]
+    if len(tuned) > 1 or (tuned and steps[-1] != tuned[0]):
+        raise LatpruneError(f"use at most one of {', '.join(FINETUNES)}, as the last step of the recipe")
     return [s for s in steps if s != "none"]
 
 
@@ -71,7 +81,9 @@ class _Context:
     layout: Layout  # where the pruned groups' channels live in each dense layer
     kept: dict[str, torch.Tensor]
     calib: torch.Tensor
+    labels: torch.Tensor | None
     settings: ReconstructionSettings
+    tuning: FinetuneSettings
     progress: bool
 
 
@@ -82,21 +94,26 @@ def recover(
     calib: torch.Tensor,
     settings: ReconstructionSettings | None = None,
     progress: bool = False,
+    labels: torch.Tensor | None = None,
+    tuning: FinetuneSettings | None = None,
 ) -> tuple[PrunedModel, RecoveryReport]:
-    """Repair ``pruned`` toward ``dense`` with the recipe's steps on unlabeled ``calib`` images.
+    """Repair ``pruned`` toward ``dense`` with the recipe's steps on ``calib`` images.
 
     Returns a new pruned model (``pruned`` is left untouched) whose metadata records the
     report. Reconstruction steps restart from the dense weights and the kept channels.
+    Only the fine-tuning steps read ``labels`` (one class index per image); without them
+    they distil the dense network's outputs.
     """
     steps = parse_recipe(recipe)
-    _check_inputs(dense, pruned, calib, steps)
+    _check_inputs(dense, pruned, calib, labels, steps)
     settings = settings or ReconstructionSettings()
     x = dense.example_input()
     dense.model.eval()
     pruned_groups = [g for g in find_channel_groups(dense.model, x).groups if g.id in pruned.kept]
     layout = group_layout(dense.model, x, pruned_groups) if pruned_groups else {}
     ctx = _Context(dense, find_taps(dense.model, x), pruned_groups, layout,
-                   kept_output_channels(layout, pruned_groups, pruned.kept), calib, settings, progress)
+                   kept_output_channels(layout, pruned_groups, pruned.kept), calib, labels, settings,
+                   tuning or FinetuneSettings(), progress)
     report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib))
     started = time.perf_counter()
     result = PrunedModel(copy.deepcopy(pruned.model), pruned.spec, pruned.input_shape, dict(pruned.kept),
@@ -113,7 +130,9 @@ def recover(
     return result, report
 
 
-def _check_inputs(dense: LoadedModel, pruned: PrunedModel, calib: torch.Tensor, steps: list[str]) -> None:
+def _check_inputs(
+    dense: LoadedModel, pruned: PrunedModel, calib: torch.Tensor, labels: torch.Tensor | None, steps: list[str]
+) -> None:
     if dense.spec != pruned.spec:
         raise LatpruneError(f"the pruned model was made from {pruned.spec}, not from {dense.spec}")
     if tuple(calib.shape[1:]) != tuple(dense.input_shape[1:]):
@@ -124,6 +143,11 @@ def _check_inputs(dense: LoadedModel, pruned: PrunedModel, calib: torch.Tensor, 
     if any(s in RECONSTRUCTIONS for s in steps) and pruned.metadata.get("sparsity"):
         raise LatpruneError("two-stage and ridge rebuild channels of a structured plan; an unstructured sparse model "
                             "takes bn, layerwise or asr")
+    if any(s in FINETUNES for s in steps) and pruned.metadata.get("sparsity"):
+        raise LatpruneError("fine-tuning would refill the zeroed weights of an unstructured sparse model; "
+                            "it takes bn, layerwise or asr")
+    if labels is not None and labels.shape != (len(calib),):
+        raise LatpruneError(f"expected one label per image ({len(calib)}), got labels of shape {tuple(labels.shape)}")
 
 
 def _bn(ctx: _Context, result: PrunedModel) -> dict:
@@ -160,6 +184,22 @@ def _ridge(ctx: _Context, result: PrunedModel) -> dict:
     return summary
 
 
+def _finetune(ctx: _Context, result: PrunedModel) -> dict:
+    history = finetune(result.model, ctx.dense.model, ctx.calib, ctx.labels, ctx.tuning, progress=ctx.progress)
+    recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
+    return {"loss": [round(v, 5) for v in history], "labels": ctx.labels is not None}
+
+
+def _overparam(ctx: _Context, result: PrunedModel) -> dict:
+    sp_layers = stage_outputs(ctx.dense.model, ctx.dense.example_input())
+    expanded = expand_network(result.model, ctx.tuning.expansion, ctx.tuning.seed)
+    history = finetune(result.model, ctx.dense.model, ctx.calib, ctx.labels, ctx.tuning, sp_layers, ctx.progress)
+    merge_network(result.model)
+    recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
+    return {"loss": [round(v, 5) for v in history], "labels": ctx.labels is not None,
+            "expanded_layers": len(expanded), "sp_layers": sp_layers}
+
+
 def _removed_slices(ctx: _Context, kept: dict[str, list[int]]) -> list[LayerSlice]:
     slices = []
     for group in ctx.pruned_groups:
@@ -176,4 +216,6 @@ STEPS: dict[str, Callable[[_Context, PrunedModel], dict]] = {
     "asr": _correction("asr"),
     "two-stage": _two_stage,
     "ridge": _ridge,
+    "finetune": _finetune,
+    "overparam": _overparam,
 }

@@ -1,0 +1,5 @@
+"""Defaults shared by the commands and the end-to-end job (kept import-free so the CLI starts fast)."""
+
+IMPORTANCE_CALIB_SIZE = 256  # images scored for data-driven channel importance
+RECOVERY_CALIB_SIZE = 1024  # images for post-training recovery
+DEFAULT_RECOVERY = "two-stage"  # the best post-training recovery in benchmarks/results/recovery_structured.md

@@ -1,0 +1,218 @@
+"""The main job end to end: profile, fit, plan, prune, recover, export, measure, evaluate, report.
+
+``run_job`` takes a :class:`JobConfig` and returns one run's summary (plain JSON data);
+``run_jobs`` runs several into one folder and writes ``summary.json`` and ``report.html``.
+Each stage reads only what the previous stages produced: the profile database, the
+fitted performance model, the plan file, the pruned model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
+from latprune.errors import LatpruneError
+from latprune.profiler.runner import ProfileSettings
+
+
+@dataclass
+class JobConfig:
+    model: str
+    budget_ms: float | None = None
+    speedup: float | None = None
+    backend: str = "ort-cpu"
+    weights: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    calib: str | None = None  # unlabeled images: data-driven importance and recovery
+    eval: str | None = None  # labelled ImageFolder: accuracy before and after
+    recovery: str | None = None  # None: DEFAULT_RECOVERY when calib is given, else "none"
+    importance: str = "l2"
+    calib_size: int = RECOVERY_CALIB_SIZE
+    db: str | None = None
+    threads: int | None = None
+    bins: int = 2000
+    margin: float = 0.03  # plan to budget / (1 + margin): headroom for measurement noise and prediction error
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
+    name: str = ""  # sub-folder of the output folder for this run's files
+    notes: list[str] = field(default_factory=list)
+
+    def recipe(self) -> str:
+        if self.recovery is not None:
+            return self.recovery
+        return DEFAULT_RECOVERY if self.calib else "none"
+
+
+class _Stages:
+    """Wall time per stage, announced on stderr."""
+
+    def __init__(self, label: str, progress: bool):
+        self.seconds: dict[str, float] = {}
+        self.label, self.progress = label, progress
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.progress:
+            print(f"latprune run [{self.label}]: {name}", file=sys.stderr, flush=True)
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - began, 2)
+
+
+def _check_config(config: JobConfig) -> None:
+    if (config.budget_ms is None) == (config.speedup is None):
+        raise LatpruneError("give exactly one of --budget-ms and --speedup")
+    if config.eval and not os.path.isdir(config.eval):
+        raise LatpruneError(f"evaluation folder not found: {config.eval}")
+    if not 0 <= config.margin < 1:
+        raise LatpruneError(f"--margin must be in [0, 1), got {config.margin}")
+    if config.calib_size < 1:
+        raise LatpruneError(f"--calib-size must be at least 1, got {config.calib_size}")
+    from latprune.recovery import parse_recipe
+
+    if parse_recipe(config.recipe()) and not config.calib:
+        raise LatpruneError(f"recovery {config.recipe()} needs unlabeled calibration images: --calib DIR")
+
+
+def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
+    """Run the whole pipeline for one model; writes plan.json, pruned.pt and pruned.onnx; returns the summary."""
+    from latprune.data import calibration_tensor, evaluate_top1, image_folder
+    from latprune.models import load_model
+    from latprune.onnx_export import export_onnx, run_onnx
+    from latprune.perfmodel.api import current_perf_model
+    from latprune.planner.api import latency_plan, prepare
+    from latprune.planner.widths import WidthPolicy
+    from latprune.profiler.measure import measure_models
+    from latprune.profiler.runner import model_key, profile_model
+    from latprune.pruned_file import prune_loaded, save_pruned
+    from latprune.recovery import parse_recipe, recover
+
+    _check_config(config)
+    folder = Path(out_dir) / config.name
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = _Stages(config.name or config.model, progress)
+    with stage("load"):
+        loaded = load_model(config.model, weights=config.weights, input_shape=config.input_shape)
+        calib = None
+        if config.calib:
+            calib = calibration_tensor(config.calib, loaded.family, loaded.input_shape, size=config.calib_size)
+    with stage("profile"):
+        profiled = profile_model(loaded, config.backend, db=config.db, settings=config.profile,
+                                 threads=config.threads, progress=progress)
+    with stage("fit"):
+        perf, fit = current_perf_model(profiled.db, config.backend, config.threads)
+    with stage("plan"):
+        inputs = prepare(loaded, config.importance, calib=None if calib is None else calib[:IMPORTANCE_CALIB_SIZE],
+                         policy=WidthPolicy(step=fit.alignment_step), perf=perf, model_key=model_key(loaded),
+                         backend=config.backend, device=fit.device)
+        budget = inputs.budget(config.budget_ms, config.speedup)
+        plan = latency_plan(inputs, budget / (1 + config.margin), bins=config.bins)
+        plan.save(folder / "plan.json")
+    with stage("prune"):
+        pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": {k: v for k, v in plan.to_json().items()
+                                                                      if k != "groups"}})
+    recipe, report, final = config.recipe(), None, pruned
+    if parse_recipe(recipe):
+        with stage("recover"):
+            final, report = recover(loaded, pruned, recipe, calib, progress=progress)
+    with stage("export"):
+        save_pruned(final, folder / "pruned.pt")
+        export_onnx(final.model, loaded.input_shape, folder / "pruned.onnx")
+        x = loaded.example_input()
+        with torch.no_grad():
+            onnx_diff = float(abs(run_onnx(folder / "pruned.onnx", x) - final.model(x).numpy()).max())
+    with stage("measure"):
+        (dense_m, pruned_m), device = measure_models([loaded.model, final.model], loaded.input_shape, config.backend,
+                                                     rounds=7, runs=10, threads=config.threads)
+    accuracy = None
+    if config.eval:
+        with stage("evaluate"):
+            dataset = image_folder(config.eval, loaded.family, loaded.input_shape)
+            accuracy = {"images": len(dataset),
+                        "dense": evaluate_top1(loaded.model, dataset, progress=progress),
+                        "pruned": evaluate_top1(pruned.model, dataset, progress=progress) if report else None,
+                        "recovered": evaluate_top1(final.model, dataset, progress=progress)}
+    latency = {
+        "backend": config.backend, "budget_ms": budget, "planned_ms": plan.budget_ms, "margin": config.margin,
+        "dense": _latency_entry(plan.dense_predicted_ms, dense_m),
+        "pruned": _latency_entry(plan.predicted_ms, pruned_m),
+        "measured_speedup": dense_m.median_ms / pruned_m.median_ms,
+        "predicted_speedup": plan.predicted_speedup,
+        "measured_over_budget": pruned_m.median_ms / budget,
+        "measured_over_predicted": pruned_m.median_ms / plan.predicted_ms,
+        "meets_budget": pruned_m.median_ms <= budget,
+        "noise": max(dense_m.spread, pruned_m.spread),
+    }
+    plan_json = plan.to_json()
+    plan_json["groups"] = [{"id": g.id, "full_width": g.full_width, "width": g.width} for g in plan.groups]
+    return {
+        "name": config.name or config.model, "model": config.model, "weights": config.weights,
+        "input_shape": list(loaded.input_shape), "device": device.get("fingerprint", fit.device),
+        "plan": plan_json, "latency": latency, "accuracy": accuracy,
+        "recovery": report.to_dict() if report else None, "onnx_max_abs_diff": onnx_diff,
+        "profile": {"variants_timed": profiled.variants_timed, "new_layer_rows": profiled.new_layer_rows,
+                    "alignment_step": profiled.alignment_step, "noise": profiled.noise_round_spread,
+                    "db": profiled.db},
+        "perf_model": fit.status, "stages_s": stage.seconds, "notes": list(config.notes),
+        "files": {k: str(folder / f) for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"),
+                                                  ("onnx", "pruned.onnx"))},
+    }
+
+
+def _latency_entry(predicted_ms: float, measured) -> dict:
+    return {"predicted_ms": predicted_ms, "measured_ms": measured.median_ms, "p10_ms": measured.p10_ms,
+            "p90_ms": measured.p90_ms, "spread": measured.spread, "runs": measured.runs}
+
+
+def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress: bool = True) -> dict:
+    """Run each job into ``out_dir`` and write ``summary.json`` and ``report.html`` there."""
+    from latprune import __version__
+    from latprune.report import write_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"format": "latprune-run", "version": 1, "latprune": __version__,
+               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": []}
+    for config in configs:
+        summary["runs"].append(run_job(config, out, progress))
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / "summary.json")
+    write_report(summary, out / "report.html")
+    summary["files"] = {"summary": str(out / "summary.json"), "report": str(out / "report.html")}
+    return summary
+
+
+def default_jobs(out_dir: str | os.PathLike, backend: str = "ort-cpu", db: str | None = None,
+                 progress: bool = True) -> list[JobConfig]:
+    """The built-in demonstration: latency planning for torchvision ResNet-18 (random weights, 1.5x
+    faster), and accuracy on scikit-learn's digits with a small CNN trained here (1.5x faster)."""
+    from latprune.demo import DIGITS_SPEC, train_digits_cnn, write_digits
+
+    digits = Path(out_dir) / "data" / "digits"
+    train, test = write_digits(digits)
+    weights = digits / "digits_cnn.pt"
+    notes = []
+    if not weights.exists():
+        began = time.perf_counter()
+        trained = train_digits_cnn(train, weights, progress=progress)
+        notes.append(f"digits CNN trained here: {trained['epochs']} epochs on {trained['train_images']} images in "
+                     f"{time.perf_counter() - began:.0f} s")
+    return [
+        JobConfig(model="torchvision:resnet18", speedup=1.5, backend=backend, db=db, name="resnet18",
+                  notes=["random weights (nothing is downloaded): latency only"]),
+        JobConfig(model=DIGITS_SPEC, weights=str(weights), speedup=1.5, backend=backend, db=db, calib=str(train),
+                  eval=str(test), name="digits", calib_size=512, profile=ProfileSettings(widths=16, variants=24),
+                  notes=notes + ["scikit-learn's 8x8 handwritten digits, upscaled to 32x32; calibration reads the "
+                                 "training images without labels, accuracy on the held-out quarter"]),
+    ]

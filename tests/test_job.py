@@ -1,0 +1,77 @@
+"""The end-to-end job: every stage runs, the summary and the report hold what the issue asks for."""
+
+import base64
+import json
+
+import pytest
+
+from latprune.cli import main
+from latprune.demo import DIGITS_SPEC, train_digits_cnn, write_digits
+from latprune.job import JobConfig, run_jobs
+from latprune.profiler.runner import ProfileSettings
+
+FAST_PROFILE = ProfileSettings(widths=6, variants=8, rounds=2, runs=3, profiled_runs=3, warmup=1, min_round_ms=5,
+                               global_warmup_s=0.0)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    train, test = write_digits(root)
+    weights = root / "w.pt"
+    train_digits_cnn(train, weights, epochs=2, progress=False)
+    return train, test, weights
+
+
+def test_digits_are_written_as_image_folders_once(tmp_path):
+    train, test = write_digits(tmp_path)
+    classes = sorted(p.name for p in train.iterdir())
+    assert classes == [str(d) for d in range(10)] == sorted(p.name for p in test.iterdir())
+    counts = [len(list(split.rglob("*.png"))) for split in (train, test)]
+    assert sum(counts) == 1797 and counts[1] == 449
+    first = next(train.rglob("*.png"))
+    first.unlink()
+    write_digits(tmp_path)  # a complete copy is reused, not rewritten
+    assert not first.exists()
+
+
+def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
+    train, test, weights = digits
+    config = JobConfig(model=DIGITS_SPEC, weights=str(weights), speedup=1.2, backend="torch-cpu",
+                       db=str(tmp_path / "p.sqlite"), calib=str(train), eval=str(test), recovery="bn", calib_size=64,
+                       profile=FAST_PROFILE, name="digits")
+    summary = run_jobs([config], tmp_path / "out", progress=False)
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["runs"] == json.loads(json.dumps(summary["runs"]))
+    run = saved["runs"][0]
+    assert list(run["stages_s"]) == ["load", "profile", "fit", "plan", "prune", "recover", "export", "measure",
+                                     "evaluate"]
+    latency = run["latency"]
+    assert latency["planned_ms"] == pytest.approx(latency["budget_ms"] / 1.03)
+    assert latency["pruned"]["predicted_ms"] <= latency["planned_ms"] + 1e-9
+    assert latency["dense"]["predicted_ms"] == pytest.approx(1.2 * latency["budget_ms"])
+    assert latency["pruned"]["measured_ms"] > 0 and latency["dense"]["measured_ms"] > 0
+    assert latency["meets_budget"] == (latency["pruned"]["measured_ms"] <= latency["budget_ms"])
+    assert run["accuracy"]["images"] == 449 and 0 <= run["accuracy"]["recovered"] <= 1
+    assert run["recovery"]["recipe"] == "bn" and run["onnx_max_abs_diff"] < 1e-4
+    assert sum(g["width"] < g["full_width"] for g in run["plan"]["groups"]) >= 1
+    for path in run["files"].values():
+        assert (tmp_path / "out" / "digits" / path.split("/")[-1]).exists()
+    page = (tmp_path / "out" / "report.html").read_text()
+    images = page.split('src="data:image/png;base64,')[1:]
+    assert len(images) == 4  # widths, latency, accuracy, stages
+    for image in images:
+        assert base64.b64decode(image.split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "latprune.demo:digits_cnn" in page and "<script" not in page
+
+
+def test_run_reports_bad_input_clearly(tmp_path, capsys):
+    assert main(["run", "--budget-ms", "3", "--out", str(tmp_path)]) == 1
+    assert "--budget-ms need --model SPEC" in capsys.readouterr().err
+    assert main(["run", "--model", "cifar:resnet20", "--out", str(tmp_path)]) == 1
+    assert "exactly one of --budget-ms and --speedup" in capsys.readouterr().err
+    assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--recovery", "bn", "--out", str(tmp_path)]) == 1
+    assert "needs unlabeled calibration images" in capsys.readouterr().err
+    assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--eval", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path)]) == 1
+    assert "evaluation folder not found" in capsys.readouterr().err
