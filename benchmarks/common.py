@@ -61,3 +61,47 @@ def perf_model_for(loaded, backend: str, db: Path):
     profile_model(loaded, backend, db=db)
     perf, summary = current_perf_model(db, backend)
     return perf, summary, model_key(loaded)
+
+
+def plan_all(loaded, backend: str, db: Path, fractions, planners: dict) -> tuple[list[dict], list]:
+    """Plans of every named planner at every budget (fractions of the dense predicted latency; infeasible
+    ones recorded with the reason) and their pruned models, in the order of the feasible cases."""
+    from latprune.errors import LatpruneError
+    from latprune.planner.api import prepare
+    from latprune.planner.widths import WidthPolicy
+    from latprune.pruned_file import prune_loaded
+
+    perf, summary, key = perf_model_for(loaded, backend, db)
+    inputs = prepare(loaded, "l2", policy=WidthPolicy(step=summary.alignment_step), perf=perf, model_key=key,
+                     backend=backend)
+    dense_ms = inputs.dense_ms()
+    cases, pruned = [], []
+    for fraction in fractions:
+        for method, planner in planners.items():
+            case = {"model": loaded.spec, "fraction": fraction, "budget_ms": fraction * dense_ms, "method": method,
+                    "dense_predicted_ms": dense_ms}
+            try:
+                plan = planner(inputs, budget_ms=fraction * dense_ms)
+            except LatpruneError as exc:
+                case["infeasible"] = str(exc)
+                cases.append(case)
+                continue
+            case.update(predicted_ms=plan.predicted_ms, importance_kept=plan.importance_kept,
+                        macs_fraction=plan.macs / plan.dense_macs)
+            cases.append(case)
+            pruned.append(prune_loaded(loaded, plan.kept()))
+    return cases, pruned
+
+
+def measure_all(loaded, backend: str, cases: list[dict], models: list, rounds: int) -> None:
+    """Measure the feasible cases' models interleaved with the dense model; adds the numbers to the cases."""
+    from latprune.profiler.measure import measure_models
+
+    measurements, _ = measure_models([loaded.model] + models, loaded.input_shape, backend, rounds=rounds, runs=10)
+    dense, planned = measurements[0], iter(measurements[1:])
+    for case in cases:
+        case["dense_measured_ms"] = dense.median_ms
+        if "infeasible" not in case:
+            m = next(planned)
+            case.update(measured_ms=m.median_ms, spread=m.spread, measured_over_budget=m.median_ms / case["budget_ms"],
+                        measured_speedup=dense.median_ms / m.median_ms)

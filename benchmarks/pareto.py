@@ -20,15 +20,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_DB, RESULTS, SHARED, markdown_table, perf_model_for, write_result
+from benchmarks.common import DEFAULT_DB, RESULTS, SHARED, markdown_table, measure_all, plan_all, write_result
 from benchmarks.recovery import test_tensors, top1
 from latprune.data import calibration_tensor
-from latprune.errors import LatpruneError
 from latprune.models import load_model
-from latprune.planner.api import flops_plan, latency_plan, prepare, tp_global_plan, uniform_plan_for_budget
-from latprune.planner.widths import WidthPolicy
-from latprune.profiler.measure import measure_models
-from latprune.pruned_file import prune_loaded
+from latprune.planner.api import flops_plan, latency_plan, tp_global_plan, uniform_plan_for_budget
 from latprune.recovery import recover
 
 PLANNERS = {"latprune": latency_plan, "uniform": uniform_plan_for_budget, "flops-dp": flops_plan,
@@ -39,48 +35,13 @@ ACCURACY_FRACTIONS = [0.5, 0.7, 0.8, 0.9]
 LATENCY_FRACTIONS = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 
-def plan_all(loaded, backend: str, db: Path, fractions) -> tuple[list[dict], list]:
-    """Plans of every method at every budget (infeasible ones recorded) and their pruned models."""
-    perf, summary, key = perf_model_for(loaded, backend, db)
-    inputs = prepare(loaded, "l2", policy=WidthPolicy(step=summary.alignment_step), perf=perf, model_key=key,
-                     backend=backend)
-    dense_ms = inputs.dense_ms()
-    cases, pruned = [], []
-    for fraction in fractions:
-        for method, planner in PLANNERS.items():
-            case = {"model": loaded.spec, "fraction": fraction, "budget_ms": fraction * dense_ms, "method": method,
-                    "dense_predicted_ms": dense_ms}
-            try:
-                plan = planner(inputs, budget_ms=fraction * dense_ms)
-            except LatpruneError as exc:
-                case["infeasible"] = str(exc)
-                cases.append(case)
-                continue
-            case.update(predicted_ms=plan.predicted_ms, importance_kept=plan.importance_kept,
-                        macs_fraction=plan.macs / plan.dense_macs)
-            cases.append(case)
-            pruned.append(prune_loaded(loaded, plan.kept()))
-    return cases, pruned
-
-
-def measure_all(loaded, backend: str, cases: list[dict], models: list, rounds: int) -> None:
-    measurements, _ = measure_models([loaded.model] + models, loaded.input_shape, backend, rounds=rounds, runs=10)
-    dense, planned = measurements[0], iter(measurements[1:])
-    for case in cases:
-        case["dense_measured_ms"] = dense.median_ms
-        if "infeasible" not in case:
-            m = next(planned)
-            case.update(measured_ms=m.median_ms, spread=m.spread, measured_over_budget=m.median_ms / case["budget_ms"],
-                        measured_speedup=dense.median_ms / m.median_ms)
-
-
 def accuracy_curve(backend: str, db: Path, quick: bool, rounds: int) -> list[dict]:
     loaded = load_model("cifar:resnet56", weights=str(SHARED / "models" / "cifar10" / "resnet56-4bfd9763.th"))
     images, labels = test_tensors(1000 if quick else None)
     calib = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
                                size=256 if quick else 1024, seed=0)
     fractions = [0.5, 0.8] if quick else ACCURACY_FRACTIONS
-    cases, pruned = plan_all(loaded, backend, db, fractions)
+    cases, pruned = plan_all(loaded, backend, db, fractions, PLANNERS)
     measure_all(loaded, backend, cases, [p.model for p in pruned], rounds)
     dense_top1 = top1(loaded.model, images, labels)
     rows, built = [], iter(pruned)
@@ -100,7 +61,7 @@ def latency_curves(backend: str, db: Path, quick: bool, rounds: int) -> list[dic
     rows = []
     for spec in (["torchvision:mobilenet_v2"] if quick else ["torchvision:resnet50", "torchvision:mobilenet_v2"]):
         loaded = load_model(spec)
-        cases, pruned = plan_all(loaded, backend, db, [0.5, 0.8] if quick else LATENCY_FRACTIONS)
+        cases, pruned = plan_all(loaded, backend, db, [0.5, 0.8] if quick else LATENCY_FRACTIONS, PLANNERS)
         measure_all(loaded, backend, cases, [p.model for p in pruned], rounds)
         rows += cases
     return rows

@@ -12,13 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_DB, markdown_table, perf_model_for, write_result
-from latprune.errors import LatpruneError
+from benchmarks.common import DEFAULT_DB, markdown_table, measure_all, plan_all, write_result
 from latprune.models import load_model
-from latprune.planner.api import latency_plan, prepare
-from latprune.planner.widths import WidthPolicy
-from latprune.profiler.measure import measure_models
-from latprune.pruned_file import prune_loaded
+from latprune.planner.api import latency_plan
 
 MODELS = ["torchvision:resnet18", "torchvision:resnet50", "torchvision:mobilenet_v2", "cifar:resnet56"]
 FRACTIONS = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
@@ -26,34 +22,12 @@ FRACTIONS = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 def run_model(spec: str, backend: str, db: Path, fractions, rounds: int) -> list[dict]:
     loaded = load_model(spec)
-    perf, summary, key = perf_model_for(loaded, backend, db)
-    inputs = prepare(loaded, "l2", policy=WidthPolicy(step=summary.alignment_step), perf=perf, model_key=key,
-                     backend=backend)
-    dense_ms = inputs.dense_ms()
-    cases, models = [], [loaded.model]
-    for fraction in fractions:
-        case = {"model": spec, "fraction": fraction, "budget_ms": fraction * dense_ms, "dense_predicted_ms": dense_ms}
-        try:
-            plan = latency_plan(inputs, budget_ms=fraction * dense_ms)
-        except LatpruneError as exc:
-            case["infeasible"] = str(exc)
-            cases.append(case)
-            continue
-        case.update(predicted_ms=plan.predicted_ms, importance_kept=plan.importance_kept)
-        models.append(prune_loaded(loaded, plan.kept()).model)
-        cases.append(case)
-    measurements, _ = measure_models(models, loaded.input_shape, backend, rounds=rounds, runs=10)
-    dense = measurements[0]
-    planned = iter(measurements[1:])
+    cases, pruned = plan_all(loaded, backend, db, fractions, {"latency-dp": latency_plan})
+    measure_all(loaded, backend, cases, [p.model for p in pruned], rounds)
     for case in cases:
-        case["dense_measured_ms"] = dense.median_ms
-        if "infeasible" in case:
-            continue
-        m = next(planned)
-        case.update(measured_ms=m.median_ms, spread=m.spread, measured_over_budget=m.median_ms / case["budget_ms"],
-                    measured_over_predicted=m.median_ms / case["predicted_ms"],
-                    measured_speedup=dense.median_ms / m.median_ms,
-                    relative_over_planned=(m.median_ms / dense.median_ms) / case["fraction"])
+        if "measured_ms" in case:
+            case.update(measured_over_predicted=case["measured_ms"] / case["predicted_ms"],
+                        relative_over_planned=(case["measured_ms"] / case["dense_measured_ms"]) / case["fraction"])
     return cases
 
 

@@ -43,7 +43,7 @@ def widths_plot(groups: Sequence[dict]) -> str:
     positions = range(len(groups))
     ax.bar(positions, [g["full_width"] for g in groups], color="#d0d7e1", label="dense")
     ax.bar(positions, [g["width"] for g in groups], color="tab:blue", label="kept")
-    ax.set(xlabel="channel group (execution order)", ylabel="channels", title="Width per group")
+    ax.set(xlabel="channel group", ylabel="channels", title="Width per group")
     if len(groups) <= 20:
         ax.set_xticks(list(positions), [g["id"] for g in groups], rotation=60, ha="right", fontsize=7)
     ax.legend(fontsize=8)

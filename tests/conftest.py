@@ -50,6 +50,31 @@ def trained_like(loaded, calib: torch.Tensor):
     return loaded
 
 
+@pytest.fixture(scope="module")
+def calib():
+    """64 random calibration images of CIFAR shape."""
+    return torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def resnet20(calib):
+    """cifar:resnet20 with random weights and non-trivial BatchNorm state."""
+    from latprune.models import load_model
+
+    torch.manual_seed(0)
+    return trained_like(load_model("cifar:resnet20"), calib)
+
+
+@pytest.fixture(scope="module")
+def pruned20(resnet20):
+    """``resnet20`` keeping every second channel of every group."""
+    from latprune.groups import find_channel_groups
+    from latprune.pruned_file import prune_loaded
+
+    groups = find_channel_groups(resnet20.model, resnet20.example_input()).groups
+    return prune_loaded(resnet20, {g.id: list(range(0, g.width, 2)) for g in groups})
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

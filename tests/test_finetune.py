@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import CIFAR_TRAIN, shared_checkpoint, trained_like
+from conftest import CIFAR_TRAIN, shared_checkpoint
 from latprune.cli import main
 from latprune.data import calibration_tensor
 from latprune.errors import LatpruneError
@@ -21,23 +21,6 @@ from latprune.recovery import FinetuneSettings, parse_recipe, recover
 from latprune.recovery.finetune import finetune, similarity_loss, similarity_matrix, stage_outputs
 from latprune.recovery.overparam import ExpandedConv2d, ExpandedLinear, expand_network, merge_network
 from latprune.surgery import count_parameters
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.randn(96, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(scope="module")
-def resnet20(images):
-    torch.manual_seed(0)
-    return trained_like(load_model("cifar:resnet20"), images)
-
-
-@pytest.fixture(scope="module")
-def pruned20(resnet20):
-    groups = find_channel_groups(resnet20.model, resnet20.example_input()).groups
-    return prune_loaded(resnet20, {g.id: list(range(0, g.width, 3)) for g in groups})
 
 
 def _eval(model, x):
@@ -51,14 +34,14 @@ def _architecture(model: nn.Module) -> list[tuple]:
             for name, m in model.named_modules()]
 
 
-def test_expanded_network_equals_compact_at_initialisation(pruned20, images):
+def test_expanded_network_equals_compact_at_initialisation(pruned20, calib):
     expanded = copy.deepcopy(pruned20.model)
     names = expand_network(expanded, expansion=2, seed=0)
     convs = [n for n, m in pruned20.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert names == convs
     assert isinstance(expanded.conv1, ExpandedConv2d) and isinstance(expanded.linear, ExpandedLinear)
     assert expanded.conv1.middle.out_channels == 2 * pruned20.model.conv1.out_channels
-    assert (_eval(expanded, images) - _eval(pruned20.model, images)).abs().max() < 1e-5
+    assert (_eval(expanded, calib) - _eval(pruned20.model, calib)).abs().max() < 1e-5
 
 
 def test_every_factor_of_an_expansion_gets_a_gradient_from_the_first_step():
@@ -72,17 +55,17 @@ def test_every_factor_of_an_expansion_gets_a_gradient_from_the_first_step():
     assert expanded.last.weight.grad[:, 6:].abs().max() > 0
 
 
-def test_merged_network_equals_expanded_after_training_and_has_the_compact_architecture(pruned20, resnet20, images):
+def test_merged_network_equals_expanded_after_training_and_has_the_compact_architecture(pruned20, resnet20, calib):
     student = copy.deepcopy(pruned20.model)
     expand_network(student, expansion=2, seed=0)
     settings = FinetuneSettings(epochs=1, batch_size=32, lr=0.01)
-    before = _eval(student, images).clone()
-    finetune(student, resnet20.model, images, torch.randint(0, 10, (len(images),)), settings,
+    before = _eval(student, calib).clone()
+    finetune(student, resnet20.model, calib, torch.randint(0, 10, (len(calib),)), settings,
              stage_outputs(resnet20.model, resnet20.example_input()))
-    trained = _eval(student, images)
+    trained = _eval(student, calib)
     assert (trained - before).abs().max() > 1e-2  # training changed the function
     assert merge_network(student) == len([m for m in pruned20.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))])
-    assert (_eval(student, images) - trained).abs().max() < 1e-4
+    assert (_eval(student, calib) - trained).abs().max() < 1e-4
     assert _architecture(student) == _architecture(pruned20.model)
     assert count_parameters(student) == count_parameters(pruned20.model)
 
@@ -156,18 +139,18 @@ def test_finetune_recipes_move_a_pruned_network_toward_the_dense_one(real_resnet
         assert report.steps[0]["sp_layers"] == ["layer1", "layer2", "layer3"]
 
 
-def test_finetune_recipes_are_checked(resnet20, pruned20, images):
+def test_finetune_recipes_are_checked(resnet20, pruned20, calib):
     assert parse_recipe("two-stage+asr+overparam") == ["two-stage", "asr", "overparam"]
     with pytest.raises(LatpruneError, match="last step"):
         parse_recipe("finetune+bn")
     with pytest.raises(LatpruneError, match="at most one"):
         parse_recipe("finetune+overparam")
     with pytest.raises(LatpruneError, match="one label per image"):
-        recover(resnet20, pruned20, "finetune", images, labels=torch.zeros(3, dtype=torch.long))
+        recover(resnet20, pruned20, "finetune", calib, labels=torch.zeros(3, dtype=torch.long))
     sparse = PrunedModel(copy.deepcopy(resnet20.model), resnet20.spec, resnet20.input_shape, {}, resnet20.family,
                          {"sparsity": 0.5})
     with pytest.raises(LatpruneError, match="sparse"):
-        recover(resnet20, sparse, "overparam", images)
+        recover(resnet20, sparse, "overparam", calib)
     with pytest.raises(LatpruneError, match="epochs"):
         FinetuneSettings(epochs=0)
 

@@ -7,38 +7,18 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import trained_like
 from latprune.cli import main
 from latprune.channels import group_layout
 from latprune.data import calibration_tensor
 from latprune.errors import LatpruneError
 from latprune.groups import find_channel_groups
 from latprune.models import load_model
-from latprune.pruned_file import PrunedModel, load_pruned, prune_loaded
+from latprune.pruned_file import PrunedModel, load_pruned
 from latprune.recovery import parse_recipe, recalibrate_batchnorm, recover
 from latprune.recovery.batchnorm import restate_batchnorm
 from latprune.recovery.reconstruction import ReconstructionSettings, phase_two, tap_errors
 from latprune.recovery.taps import find_taps, kept_output_channels
 from latprune.sparsity import global_magnitude_sparsify, weight_sparsity
-
-
-@pytest.fixture(scope="module")
-def calib():
-    return torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(scope="module")
-def resnet20(calib):
-    torch.manual_seed(0)
-    return trained_like(load_model("cifar:resnet20"), calib)
-
-
-@pytest.fixture(scope="module")
-def pruned20(resnet20):
-    x = resnet20.example_input()
-    groups = find_channel_groups(resnet20.model, x).groups
-    kept = {g.id: list(range(0, g.width, 2)) for g in groups}
-    return prune_loaded(resnet20, kept)
 
 
 def _outputs(model, x):

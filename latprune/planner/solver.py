@@ -21,7 +21,7 @@ from latprune.planner.structure import HubChain, Item, NotDecomposable, decompos
 
 FALLBACK_ITERATIONS = 10
 COARSENING = 5  # each bounding pass has 1/5 of the bins of the next
-MIN_PASS_BINS = 100
+MIN_PASS_BINS = 40
 BISECTION_STEPS = 12
 
 

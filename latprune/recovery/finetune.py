@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from latprune.errors import LatpruneError
-from latprune.recovery.taps import capture_outputs
+from latprune.recovery.taps import capture_outputs, forward_once
 
 
 @dataclass
@@ -72,15 +72,11 @@ def stage_outputs(model: nn.Module, example_input: torch.Tensor) -> list[str]:
         return record
 
     hooks = [m.register_forward_hook(record_for(n)) for n, m in model.named_modules() if n]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
+        forward_once(model, example_input)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     last_at: dict[tuple[int, ...], str] = {}
     for name, size in finished:
         last_at.pop(size, None)  # keep the order of each resolution's last finisher

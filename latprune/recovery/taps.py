@@ -34,6 +34,17 @@ class Tap:
         return self.norm or self.layer
 
 
+def forward_once(model: nn.Module, example_input: torch.Tensor) -> None:
+    """One eval-mode forward pass without gradients (for hooks to observe); the training mode is restored."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+
+
 def find_taps(model: nn.Module, example_input: torch.Tensor) -> list[Tap]:
     """Every conv/linear layer in execution order, paired with the BatchNorm reading its output."""
     names = {m: n for n, m in model.named_modules() if isinstance(m, WEIGHTED + NORMS)}
@@ -43,15 +54,11 @@ def find_taps(model: nn.Module, example_input: torch.Tensor) -> list[Tap]:
         calls.append((names[module], inputs[0], output))
 
     hooks = [m.register_forward_hook(record) for m in names]
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
+        forward_once(model, example_input)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     modules = dict(model.named_modules())
     producer_of = {id(out): name for name, _, out in calls if isinstance(modules[name], WEIGHTED)}
     norm_of: dict[str, str] = {}
