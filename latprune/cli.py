@@ -623,7 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recovery recipe (default two-stage with --calib, none without); see `latprune prune`")
     from latprune.planner.importance import CRITERIA
 
-    p.add_argument("--importance", default="l2", choices=list(CRITERIA), help="channel importance (default l2)")
+    p.add_argument("--importance", choices=list(CRITERIA),
+                   help="channel importance (default: taylor with --calib, l2 without)")
     p.add_argument("--margin", type=float, default=0.03,
                    help="plan to budget/(1+margin), headroom for measurement noise (default 0.03)")
     _db_option(p)

@@ -23,6 +23,8 @@ from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_
 from latprune.errors import LatpruneError
 from latprune.profiler.runner import ProfileSettings
 
+MEASURE_ROUNDS = 15  # interleaved rounds of dense and pruned: this host's outliers need many
+
 
 @dataclass
 class JobConfig:
@@ -35,7 +37,7 @@ class JobConfig:
     calib: str | None = None  # unlabeled images: data-driven importance and recovery
     eval: str | None = None  # labelled ImageFolder: accuracy before and after
     recovery: str | None = None  # None: DEFAULT_RECOVERY when calib is given, else "none"
-    importance: str = "l2"
+    importance: str | None = None  # None: taylor (data-driven) with calib, else l2
     calib_size: int = RECOVERY_CALIB_SIZE
     db: str | None = None
     threads: int | None = None
@@ -44,6 +46,11 @@ class JobConfig:
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     name: str = ""  # sub-folder of the output folder for this run's files
     notes: list[str] = field(default_factory=list)
+
+    def importance_criterion(self) -> str:
+        if self.importance is not None:
+            return self.importance
+        return "taylor" if self.calib else "l2"
 
     def recipe(self) -> str:
         if self.recovery is not None:
@@ -112,7 +119,8 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     with stage("fit"):
         perf, fit = current_perf_model(profiled.db, config.backend, config.threads)
     with stage("plan"):
-        inputs = prepare(loaded, config.importance, calib=None if calib is None else calib[:IMPORTANCE_CALIB_SIZE],
+        scoring = None if calib is None else calib[:IMPORTANCE_CALIB_SIZE]
+        inputs = prepare(loaded, config.importance_criterion(), calib=scoring,
                          policy=WidthPolicy(step=fit.alignment_step), perf=perf, model_key=model_key(loaded),
                          backend=config.backend, device=fit.device)
         budget = inputs.budget(config.budget_ms, config.speedup)
@@ -133,7 +141,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
             onnx_diff = float(abs(run_onnx(folder / "pruned.onnx", x) - final.model(x).numpy()).max())
     with stage("measure"):
         (dense_m, pruned_m), device = measure_models([loaded.model, final.model], loaded.input_shape, config.backend,
-                                                     rounds=7, runs=10, threads=config.threads)
+                                                     rounds=MEASURE_ROUNDS, runs=10, threads=config.threads)
     accuracy = None
     if config.eval:
         with stage("evaluate"):

@@ -131,7 +131,7 @@ Measurement noise (round spread): {100 * latency['noise']:.1f}%.</p>
 <ul>{notes}</ul>
 <div class="plots">{images}</div>
 <details><summary>Plan per group ({len(plan['groups'])} groups, {html.escape(plan['method'])},
-importance kept {100 * plan['importance_kept']:.1f}%)</summary>
+importance kept {100 * plan['importance_kept']:.1f}% by {html.escape(plan['importance'])})</summary>
 {_table(["group", "dense width", "kept width", "kept"], group_rows)}</details>
 """
 
