@@ -156,7 +156,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     latency = {
         "backend": config.backend, "budget_ms": target, "planned_ms": plan.budget_ms, "margin": config.margin,
         "budget_basis": (f"measured dense / {config.speedup:g}" if config.speedup is not None else "given"),
-        "speedup_requested": config.speedup,
+        "speedup_requested": config.speedup, "budget_from_prediction_ms": budget,
         "dense": _latency_entry(plan.dense_predicted_ms, dense_m),
         "pruned": _latency_entry(plan.predicted_ms, pruned_m),
         "measured_speedup": dense_m.median_ms / pruned_m.median_ms,
