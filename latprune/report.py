@@ -124,8 +124,8 @@ def run_section(run: dict) -> str:
     return f"""
 <h2>{html.escape(run['model'])} on {html.escape(latency['backend'])}</h2>
 <p>Budget {latency['budget_ms']:.3f} ms ({html.escape(latency['budget_basis'])}; planned to
-{latency['planned_ms']:.3f} ms predicted, {100 * latency['margin']:.0f}% margin); measured {latency['pruned']['measured_ms']:.3f} ms
-(dense {latency['dense']['measured_ms']:.3f} ms, measured speedup {latency['measured_speedup']:.2f}x,
+{latency['planned_ms']:.3f} ms predicted, {100 * latency['margin']:.0f}% margin);
+measured {latency['pruned']['measured_ms']:.3f} ms (dense {latency['dense']['measured_ms']:.3f} ms, measured speedup {latency['measured_speedup']:.2f}x,
 predicted {latency['pruned']['predicted_ms']:.3f} ms): {verdict}.
 Measurement noise (round spread): {100 * latency['noise']:.1f}%.</p>
 {_table(["model", "predicted ms", "measured ms", "MMACs", "top-1"], rows)}
