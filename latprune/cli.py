@@ -126,16 +126,10 @@ def _format_export(result: dict) -> str:
 @command("export", _format_export)
 def cmd_export(args: argparse.Namespace) -> dict:
     """Export to ONNX and check ONNX Runtime's output against PyTorch's."""
-    import torch
-
-    from latprune.onnx_export import export_onnx, run_onnx
+    from latprune.onnx_export import export_checked
 
     loaded = model_from_args(args)
-    export_onnx(loaded.model, loaded.input_shape, args.out, opset=args.opset)
-    x = loaded.example_input()
-    with torch.no_grad():
-        reference = loaded.model(x).numpy()
-    diff = float(abs(run_onnx(args.out, x) - reference).max())
+    diff = export_checked(loaded.model, loaded.input_shape, args.out, opset=args.opset)
     return {"model": loaded.spec, "onnx": args.out, "opset": args.opset, "max_abs_diff": diff}
 
 
@@ -387,8 +381,7 @@ def cmd_prune(args: argparse.Namespace) -> dict:
                                 f"{list(loaded.input_shape)}")
     else:
         plan = uniform_plan(_planning_inputs(args, loaded, with_latency=False), args.uniform)
-    pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": {k: v for k, v in plan.to_json().items()
-                                                                  if k != "groups"}})
+    pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": plan.header()})
     pruned, report = _recover(args, loaded, pruned)
     save_pruned(pruned, args.out)
     return {"model": loaded.spec, "out": args.out, "widths": pruned.widths, "params": count_parameters(pruned.model),

@@ -79,12 +79,15 @@ def calibration_set(
     path: str | os.PathLike, family: str, input_shape: tuple[int, ...], size: int | None = None, seed: int = 0
 ) -> Dataset:
     """Up to ``size`` images from ``path``, chosen at random with ``seed``, without labels."""
-    dataset: Dataset = UnlabeledFolder(path, family_transform(family, input_shape))
-    if size is not None and size < len(dataset):
-        generator = torch.Generator().manual_seed(seed)
-        indices = torch.randperm(len(dataset), generator=generator)[:size].tolist()
-        dataset = Subset(dataset, indices)
-    return dataset
+    return random_subset(UnlabeledFolder(path, family_transform(family, input_shape)), size, seed)
+
+
+def random_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    """Up to ``size`` items of ``dataset`` chosen at random with ``seed`` (all of them when ``size`` is None)."""
+    if size is None or size >= len(dataset):
+        return dataset
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].tolist()
+    return Subset(dataset, indices)
 
 
 def loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, workers: int | None = None) -> DataLoader:
@@ -114,10 +117,7 @@ def labelled_tensors(
     """Up to ``size`` images (chosen with ``seed``) and their class indices from an ImageFolder."""
     if size is not None and size < 1:
         raise LatpruneError(f"the number of training images must be at least 1, got {size}")
-    dataset: Dataset = image_folder(path, family, input_shape)
-    if size is not None and size < len(dataset):
-        indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].tolist()
-        dataset = Subset(dataset, indices)
+    dataset = random_subset(image_folder(path, family, input_shape), size, seed)
     images, labels = zip(*DataLoader(dataset, batch_size=256, num_workers=0))
     return torch.cat(images), torch.cat(labels)
 

@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
 from latprune.profiler.runner import ProfileSettings
@@ -95,7 +93,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     """Run the whole pipeline for one model; writes plan.json, pruned.pt and pruned.onnx; returns the summary."""
     from latprune.data import calibration_tensor, evaluate_top1, image_folder
     from latprune.models import load_model
-    from latprune.onnx_export import export_onnx, run_onnx
+    from latprune.onnx_export import export_checked
     from latprune.perfmodel.api import current_perf_model
     from latprune.planner.api import latency_plan, prepare
     from latprune.planner.widths import WidthPolicy
@@ -127,18 +125,14 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         plan = latency_plan(inputs, budget / (1 + config.margin), bins=config.bins)
         plan.save(folder / "plan.json")
     with stage("prune"):
-        pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": {k: v for k, v in plan.to_json().items()
-                                                                      if k != "groups"}})
+        pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": plan.header()})
     recipe, report, final = config.recipe(), None, pruned
     if parse_recipe(recipe):
         with stage("recover"):
             final, report = recover(loaded, pruned, recipe, calib, progress=progress)
     with stage("export"):
         save_pruned(final, folder / "pruned.pt")
-        export_onnx(final.model, loaded.input_shape, folder / "pruned.onnx")
-        x = loaded.example_input()
-        with torch.no_grad():
-            onnx_diff = float(abs(run_onnx(folder / "pruned.onnx", x) - final.model(x).numpy()).max())
+        onnx_diff = export_checked(final.model, loaded.input_shape, folder / "pruned.onnx")
     with stage("measure"):
         (dense_m, pruned_m), device = measure_models([loaded.model, final.model], loaded.input_shape, config.backend,
                                                      rounds=MEASURE_ROUNDS, runs=10, threads=config.threads)

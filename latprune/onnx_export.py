@@ -42,6 +42,18 @@ def export_onnx(
     return str(path)
 
 
+def export_checked(
+    model: nn.Module, input_shape: tuple[int, ...], path: str | os.PathLike, opset: int = DEFAULT_OPSET
+) -> float:
+    """Export like :func:`export_onnx`, then the max abs difference of ONNX Runtime's output from PyTorch's
+    on a seeded random input."""
+    export_onnx(model, input_shape, path, opset=opset)
+    x = torch.randn(input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model.eval()(x).numpy()
+    return float(abs(run_onnx(path, x) - reference).max())
+
+
 def ort_session(path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None):
     """An ONNX Runtime session with fixed intra-op threads (all optimisations on)."""
     import onnxruntime as ort

@@ -58,6 +58,10 @@ class Plan:
         data["predicted_speedup"] = self.predicted_speedup
         return {"format": FORMAT, "version": FORMAT_VERSION, **data}
 
+    def header(self) -> dict:
+        """The plan without its per-group channels: what a pruned model's metadata records."""
+        return {k: v for k, v in self.to_json().items() if k != "groups"}
+
     @classmethod
     def from_json(cls, data: Mapping) -> "Plan":
         if data.get("format") != FORMAT:

@@ -116,6 +116,7 @@ def finetune(
     steps_per_epoch = (len(images) + settings.batch_size - 1) // settings.batch_size
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(settings.epochs * steps_per_epoch, 1))
     teacher.eval()
+    needs_teacher = labels is None or bool(sp_layers)
     history = []
     bar = tqdm(total=settings.epochs * steps_per_epoch, desc="fine-tune", unit="step", disable=not progress,
                leave=False)
@@ -129,7 +130,6 @@ def finetune(
                 batch = images[order]
                 if settings.augment:
                     batch = augment(batch, generator)
-                needs_teacher = labels is None or sp_layers
                 with torch.no_grad():
                     teacher_logits = teacher(batch) if needs_teacher else None
                 logits = student(batch)
