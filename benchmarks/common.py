@@ -16,7 +16,7 @@ def environment() -> dict:
     import onnxruntime
     import torch
 
-    from latprune.profiler.device import cpu_model, physical_cores
+    from latprune.profiler.api import cpu_model, physical_cores
 
     return {
         "cpu": cpu_model(),
@@ -50,30 +50,29 @@ def write_result(name: str, data: dict, summary_markdown: str) -> Path:
 DEFAULT_DB = Path(__file__).resolve().parent / ".cache" / "profiles.sqlite"
 
 
-def perf_model_for(loaded, backend: str, db: Path):
-    """Profile ``loaded`` on ``backend`` into ``db`` unless already there, then the fitted perf model.
-
-    Returns (perf model, fit summary, model key)."""
-    from latprune.perfmodel.api import current_perf_model
-    from latprune.profiler.runner import model_key, profile_model
+def perf_model_for(model, backend: str, db: Path):
+    """Profile a model (loaded or analysed) on ``backend`` into ``db`` unless already there, then the fitted
+    perf model. Returns (perf model, fit summary)."""
+    from latprune import pipeline
+    from latprune.analysis import as_analysis
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    profile_model(loaded, backend, db=db)
-    perf, summary = current_perf_model(db, backend)
-    return perf, summary, model_key(loaded)
+    pipeline.profile(as_analysis(model), backend, db=db)
+    return pipeline.fit(db, backend)
 
 
-def plan_all(loaded, backend: str, db: Path, fractions, planners: dict) -> tuple[list[dict], list]:
+def plan_all(analysis, backend: str, db: Path, fractions, planners: dict) -> tuple[list[dict], list]:
     """Plans of every named planner at every budget (fractions of the dense predicted latency; infeasible
     ones recorded with the reason) and their pruned models, in the order of the feasible cases."""
+    from latprune.budget import Budget
     from latprune.errors import LatpruneError
     from latprune.planner.api import prepare
     from latprune.planner.widths import WidthPolicy
     from latprune.pruned_file import prune_loaded
 
-    perf, summary, key = perf_model_for(loaded, backend, db)
-    inputs = prepare(loaded, "l2", policy=WidthPolicy(step=summary.alignment_step), perf=perf, model_key=key,
-                     backend=backend)
+    loaded = analysis.loaded
+    perf, summary = perf_model_for(analysis, backend, db)
+    inputs = prepare(analysis, "l2", policy=WidthPolicy(step=summary.alignment_step), perf=perf, backend=backend)
     dense_ms = inputs.dense_ms()
     cases, pruned = [], []
     for fraction in fractions:
@@ -81,7 +80,7 @@ def plan_all(loaded, backend: str, db: Path, fractions, planners: dict) -> tuple
             case = {"model": loaded.spec, "fraction": fraction, "budget_ms": fraction * dense_ms, "method": method,
                     "dense_predicted_ms": dense_ms}
             try:
-                plan = planner(inputs, budget_ms=fraction * dense_ms)
+                plan = planner(inputs, Budget(fraction * dense_ms, "given"))
             except LatpruneError as exc:
                 case["infeasible"] = str(exc)
                 cases.append(case)
@@ -89,13 +88,13 @@ def plan_all(loaded, backend: str, db: Path, fractions, planners: dict) -> tuple
             case.update(predicted_ms=plan.predicted_ms, importance_kept=plan.importance_kept,
                         macs_fraction=plan.macs / plan.dense_macs)
             cases.append(case)
-            pruned.append(prune_loaded(loaded, plan.kept()))
+            pruned.append(prune_loaded(analysis, plan.kept()))
     return cases, pruned
 
 
 def measure_all(loaded, backend: str, cases: list[dict], models: list, rounds: int) -> None:
     """Measure the feasible cases' models interleaved with the dense model; adds the numbers to the cases."""
-    from latprune.profiler.measure import measure_models
+    from latprune.profiler.api import measure_models
 
     measurements, _ = measure_models([loaded.model] + models, loaded.input_shape, backend, rounds=rounds, runs=10)
     dense, planned = measurements[0], iter(measurements[1:])

@@ -20,6 +20,7 @@ import torch
 from benchmarks.common import SHARED, markdown_table, write_result
 from benchmarks.recovery import CHECKPOINTS, test_tensors, top1, uniform_for_macs
 from latprune.data import calibration_tensor, image_folder
+from latprune.analysis import analyse
 from latprune.models import load_model
 from latprune.pruned_file import prune_loaded
 from latprune.recovery import FinetuneSettings, recover
@@ -43,19 +44,20 @@ def run(arch: str, level: float, epochs: int, quick: bool) -> None:
     loaded = load_model(f"cifar:{arch}", weights=str(SHARED / "models" / "cifar10" / CHECKPOINTS[arch]))
     calib = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
                                size=256 if quick else 1024, seed=0)
-    plan, macs = uniform_for_macs(loaded, level, step=2)
-    pruned = prune_loaded(loaded, plan.kept())
+    analysis = analyse(loaded)
+    plan, macs = uniform_for_macs(analysis, level, step=2)
+    pruned = prune_loaded(analysis, plan.kept())
     dense_top1 = top1(loaded.model, test_images, test_labels)
     tuning = FinetuneSettings(epochs=epochs)
     label = f"{level:g}x MACs (keep {plan.solver['ratio']:.2f}, {macs:.3f}x)"
-    starts = {"pruned + bn": recover(loaded, pruned, "bn", calib)[0],
-              "two-stage": recover(loaded, pruned, "two-stage", calib)[0]}
+    starts = {"pruned + bn": recover(analysis, pruned, "bn", calib)[0],
+              "two-stage": recover(analysis, pruned, "two-stage", calib)[0]}
     rows, records = [], []
     for start_name, start in starts.items():
         start_top1 = top1(start.model, test_images, test_labels)
         for method in ("finetune", "overparam"):
             began = time.perf_counter()
-            tuned, report = recover(loaded, start, method, train_images, labels=train_labels, tuning=tuning,
+            tuned, report = recover(analysis, start, method, train_images, labels=train_labels, tuning=tuning,
                                     progress=True)
             seconds = time.perf_counter() - began
             accuracy = top1(tuned.model, test_images, test_labels)

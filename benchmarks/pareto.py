@@ -23,6 +23,7 @@ from pathlib import Path
 from benchmarks.common import DEFAULT_DB, RESULTS, SHARED, markdown_table, measure_all, plan_all, write_result
 from benchmarks.recovery import test_tensors, top1
 from latprune.data import calibration_tensor
+from latprune.analysis import analyse
 from latprune.models import load_model
 from latprune.planner.api import flops_plan, latency_plan, tp_global_plan, uniform_plan_for_budget
 from latprune.recovery import recover
@@ -41,7 +42,8 @@ def accuracy_curve(backend: str, db: Path, quick: bool, rounds: int) -> list[dic
     calib = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
                                size=256 if quick else 1024, seed=0)
     fractions = [0.5, 0.8] if quick else ACCURACY_FRACTIONS
-    cases, pruned = plan_all(loaded, backend, db, fractions, PLANNERS)
+    analysis = analyse(loaded)
+    cases, pruned = plan_all(analysis, backend, db, fractions, PLANNERS)
     measure_all(loaded, backend, cases, [p.model for p in pruned], rounds)
     dense_top1 = top1(loaded.model, images, labels)
     rows, built = [], iter(pruned)
@@ -51,7 +53,7 @@ def accuracy_curve(backend: str, db: Path, quick: bool, rounds: int) -> list[dic
             continue
         model = next(built)
         for recipe in RECOVERIES[case["method"]]:
-            recovered, report = recover(loaded, model, recipe, calib)
+            recovered, report = recover(analysis, model, recipe, calib)
             rows.append({**case, "recovery": recipe, "top1": top1(recovered.model, images, labels),
                          "dense_top1": dense_top1, "recovery_s": report.seconds})
     return rows
@@ -61,7 +63,7 @@ def latency_curves(backend: str, db: Path, quick: bool, rounds: int) -> list[dic
     rows = []
     for spec in (["torchvision:mobilenet_v2"] if quick else ["torchvision:resnet50", "torchvision:mobilenet_v2"]):
         loaded = load_model(spec)
-        cases, pruned = plan_all(loaded, backend, db, [0.5, 0.8] if quick else LATENCY_FRACTIONS, PLANNERS)
+        cases, pruned = plan_all(analyse(loaded), backend, db, [0.5, 0.8] if quick else LATENCY_FRACTIONS, PLANNERS)
         measure_all(loaded, backend, cases, [p.model for p in pruned], rounds)
         rows += cases
     return rows

@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.common import DEFAULT_DB, RESULTS, markdown_table, perf_model_for, write_result
+from latprune.analysis import analyse
 from latprune.models import load_model
 from latprune.perfmodel.validate import validate_model
 
@@ -38,9 +39,9 @@ def main(argv=None) -> None:
     for backend in backends:
         summary = None
         for spec in models:
-            loaded = load_model(spec)
-            perf, summary, _ = perf_model_for(loaded, backend, args.db)
-            result = validate_model(loaded, backend, perf, summary.alignment_step, variants=variants,
+            analysis = analyse(load_model(spec))
+            perf, summary = perf_model_for(analysis, backend, args.db)
+            result = validate_model(analysis, backend, perf, summary.alignment_step, variants=variants,
                                     out_dir=RESULTS / name)
             results.append(result)
             rows.append([spec, backend, variants, f"{100 * result['mape']:.2f}%",

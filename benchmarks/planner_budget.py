@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.common import DEFAULT_DB, markdown_table, measure_all, plan_all, write_result
+from latprune.analysis import analyse
 from latprune.models import load_model
 from latprune.planner.api import latency_plan
 
@@ -22,7 +23,7 @@ FRACTIONS = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 
 def run_model(spec: str, backend: str, db: Path, fractions, rounds: int) -> list[dict]:
     loaded = load_model(spec)
-    cases, pruned = plan_all(loaded, backend, db, fractions, {"latency-dp": latency_plan})
+    cases, pruned = plan_all(analyse(loaded), backend, db, fractions, {"latency-dp": latency_plan})
     measure_all(loaded, backend, cases, [p.model for p in pruned], rounds)
     for case in cases:
         if "measured_ms" in case:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import DEFAULT_DB, markdown_table, perf_model_for, write_result
+from latprune.analysis import analyse
+from latprune.budget import BudgetRequest
 from latprune.models import load_model
 from latprune.planner.api import latency_plan, prepare
 from latprune.planner.widths import WidthPolicy
@@ -29,21 +31,22 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     spec, repeats = ("torchvision:resnet18", 3) if args.quick else ("torchvision:resnet50", 9)
     loaded = load_model(spec)
-    perf, _, key = perf_model_for(loaded, args.backend, args.db)
+    analysis = analyse(loaded)
+    perf, _ = perf_model_for(analysis, args.backend, args.db)
     started = time.perf_counter()
-    inputs = prepare(loaded, "l2", policy=WidthPolicy(aligned=False, max_count=32), perf=perf, model_key=key,
+    inputs = prepare(analysis, "l2", policy=WidthPolicy(aligned=False, max_count=32), perf=perf,
                      backend=args.backend)
     prepare_s = time.perf_counter() - started
     widths = [len(c) for c in inputs.latency_problem().candidates]
     started = time.perf_counter()
-    latency_plan(inputs, speedup=2.0, bins=2000)  # JIT compile, cost tables, exact frontiers: once
+    latency_plan(inputs, inputs.resolve(BudgetRequest(speedup=2.0)), bins=2000)  # JIT compile, cost tables, exact frontiers: once
     first_s = time.perf_counter() - started
     rows, runs = [], []
     for bins in GOALS_MS:
         for speedup in (1.5, 2.0):
             solves, finals, plan = [], [], None
             for _ in range(repeats):
-                plan = latency_plan(inputs, speedup=speedup, bins=bins)
+                plan = latency_plan(inputs, inputs.resolve(BudgetRequest(speedup=speedup)), bins=bins)
                 solves.append(plan.solver["solve_s"] * 1000)
                 finals.append(plan.solver["dp_s"] * 1000)
             run = {"bins": bins, "speedup": speedup, "budget_ms": plan.budget_ms, "predicted_ms": plan.predicted_ms,

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from benchmarks.common import markdown_table, write_result
 from latprune.models import load_model
-from latprune.profiler.runner import ProfileSettings, profile_model
-from latprune.profiler.store import ProfileStore
+from latprune.profiler.api import ProfileSettings, ProfileStore, profile_model
 
 GOAL_S = 600
 

@@ -20,6 +20,7 @@ import torch
 
 from benchmarks.common import SHARED, markdown_table, write_result
 from latprune.data import calibration_tensor, image_folder
+from latprune.analysis import analyse
 from latprune.models import load_model
 from latprune.planner.api import prepare, uniform_plan
 from latprune.planner.widths import WidthPolicy
@@ -53,9 +54,9 @@ def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> 
     return float((predictions == labels).float().mean())
 
 
-def uniform_for_macs(loaded, level: float, step: int = 4):
+def uniform_for_macs(analysis, level: float, step: int = 4):
     """The largest uniform keep ratio (widths in multiples of ``step``) whose MACs are at most ``level`` x dense."""
-    inputs = prepare(loaded, "l2", policy=WidthPolicy(step=step))
+    inputs = prepare(analysis, "l2", policy=WidthPolicy(step=step))
     dense = inputs.macs.cost_of_widths(inputs.full_widths)
     low, high = 0.01, 1.0
     for _ in range(30):
@@ -79,11 +80,12 @@ def run(suite: str, models: list[str], quick: bool) -> None:
         calib = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
                                    size=256 if quick else 1024, seed=0)
         dense_top1 = top1(loaded.model, images, labels)
+        analysis = analyse(loaded)
         cases = []
         if suite in ("structured", "all"):
             for level in MACS_LEVELS:
-                plan, macs = uniform_for_macs(loaded, level)
-                pruned = prune_loaded(loaded, plan.kept())
+                plan, macs = uniform_for_macs(analysis, level)
+                pruned = prune_loaded(analysis, plan.kept())
                 label = f"{level:g}x MACs (keep {plan.solver['ratio']:.2f}, {macs:.3f}x)"
                 cases.append(("structured", label, pruned, STRUCTURED))
         if suite in ("unstructured", "all"):
@@ -96,7 +98,7 @@ def run(suite: str, models: list[str], quick: bool) -> None:
         for kind, label, pruned, recipes in cases:
             for recipe in recipes:
                 started = time.perf_counter()
-                recovered, report = recover(loaded, pruned, recipe, calib)
+                recovered, report = recover(analysis, pruned, recipe, calib)
                 seconds = time.perf_counter() - started
                 accuracy = top1(recovered.model, images, labels)
                 record = {

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
 from latprune.graph import LayerSlice, layer_slices
 from latprune.groups import ChannelGroup
@@ -22,9 +23,9 @@ from latprune.groups import ChannelGroup
 Layout = dict[str, list[LayerSlice]]
 
 
-def group_layout(model: nn.Module, example_input: torch.Tensor, groups: Sequence[ChannelGroup]) -> Layout:
-    """For each group, every named layer's channel indices, in root-relative order."""
-    return layer_slices(model, example_input, {g.id: list(range(g.width)) for g in groups})
+def group_layout(model: nn.Module, graph: tp.DependencyGraph, groups: Sequence[ChannelGroup]) -> Layout:
+    """For each group, every named layer's channel indices, in root-relative order (``graph``: ``model``'s)."""
+    return layer_slices(model, graph, {g.id: list(range(g.width)) for g in groups})
 
 
 def weight_rows(module: nn.Module, layer_slice: LayerSlice) -> torch.Tensor | None:

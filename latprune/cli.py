@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from latprune.defaults import IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
+from latprune.defaults import IMPORTANCE_CALIB_SIZE, PLANNERS, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
 
 Command = Callable[[argparse.Namespace], dict]
@@ -44,7 +44,7 @@ def _cell(value) -> str:
     return str(value)
 
 
-# ---------------------------------------------------------------- shared options
+# ---------------------------------------------------------------- argument -> request helpers
 
 
 def add_model_options(parser: argparse.ArgumentParser, pruned: bool = False, required: bool = True) -> None:
@@ -56,22 +56,48 @@ def add_model_options(parser: argparse.ArgumentParser, pruned: bool = False, req
         parser.add_argument("--pruned", metavar="FILE", help="a pruned model saved by latprune")
 
 
-def model_from_args(args: argparse.Namespace):
-    """Load the model the options name: a pruned file, or a spec with optional weights."""
-    from latprune.models import load_model, parse_input_shape
-    from latprune.pruned_file import load_pruned
+def _model(args: argparse.Namespace):
+    from latprune import pipeline
 
-    if getattr(args, "pruned", None):
-        if args.weights:
-            raise LatpruneError("--weights and --pruned exclude each other (a pruned file holds its weights)")
-        pruned = load_pruned(args.pruned)
-        if args.model and args.model != pruned.spec:
-            raise LatpruneError(f"--model {args.model} does not match the pruned file's model {pruned.spec}")
-        return pruned
-    if not args.model:
-        raise LatpruneError("name a model with --model SPEC (or a pruned model with --pruned FILE)")
-    shape = parse_input_shape(args.input_shape) if args.input_shape else None
-    return load_model(args.model, weights=args.weights, input_shape=shape)
+    return pipeline.load_pruned_or_dense(args.model, args.weights, args.input_shape, getattr(args, "pruned", None))
+
+
+def _dense(args: argparse.Namespace):
+    from latprune import pipeline
+
+    return pipeline.load(args.model, args.weights, args.input_shape)
+
+
+def _budget(args: argparse.Namespace, margin: float = 0.0):
+    from latprune.budget import BudgetRequest
+
+    return BudgetRequest(budget_ms=args.budget_ms, speedup=args.speedup, margin=margin)
+
+
+def _plan_settings(args: argparse.Namespace, method: str = "latency"):
+    from latprune.pipeline import PlanSettings
+
+    return PlanSettings(method=method, importance=args.importance, widths=args.widths, step=args.step,
+                        min_width=args.min_width, bins=getattr(args, "bins", 2000),
+                        max_macs=getattr(args, "max_macs", None))
+
+
+def _importance_images(args: argparse.Namespace, loaded):
+    from latprune import pipeline
+
+    if not args.calib:
+        return None
+    return pipeline.calibration_images(args.calib, loaded, args.calib_size or IMPORTANCE_CALIB_SIZE)
+
+
+def _recovery_request(args: argparse.Namespace):
+    from latprune.pipeline import RecoveryRequest
+    from latprune.recovery import FinetuneSettings
+
+    tuning = FinetuneSettings(**{k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "expansion")
+                                 if getattr(args, k) is not None})
+    return RecoveryRequest(recipe=args.recovery, calib=args.calib, train=args.train, calib_size=args.calib_size,
+                           tuning=tuning)
 
 
 # ---------------------------------------------------------------- commands
@@ -92,11 +118,10 @@ def _format_groups(result: dict) -> str:
 @command("groups", _format_groups)
 def cmd_groups(args: argparse.Namespace) -> dict:
     """List the model's prunable channel groups."""
-    from latprune.groups import find_channel_groups
+    from latprune import pipeline
 
-    loaded = model_from_args(args)
-    analysis = find_channel_groups(loaded.model, loaded.example_input())
-    return {"model": loaded.spec, "input_shape": list(loaded.input_shape), **analysis.to_json()}
+    loaded = _model(args)
+    return {"model": loaded.spec, "input_shape": list(loaded.input_shape), **pipeline.analyse(loaded).to_json()}
 
 
 def _format_eval(result: dict) -> str:
@@ -106,16 +131,12 @@ def _format_eval(result: dict) -> str:
 @command("eval", _format_eval)
 def cmd_eval(args: argparse.Namespace) -> dict:
     """Top-1 accuracy on an ImageFolder dataset."""
-    from torch.utils.data import Subset
+    from latprune import pipeline
 
-    from latprune.data import evaluate_top1, image_folder
-
-    loaded = model_from_args(args)
-    dataset = image_folder(args.data, loaded.family, loaded.input_shape)
-    if args.limit:
-        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
-    top1 = evaluate_top1(loaded.model, dataset, batch_size=args.batch_size)
-    return {"model": loaded.spec, "data": args.data, "images": len(dataset), "top1": top1}
+    loaded = _model(args)
+    top1, images = pipeline.evaluate(loaded.model, args.data, loaded.family, loaded.input_shape, limit=args.limit,
+                                     batch_size=args.batch_size)
+    return {"model": loaded.spec, "data": args.data, "images": images, "top1": top1}
 
 
 def _format_export(result: dict) -> str:
@@ -126,10 +147,10 @@ def _format_export(result: dict) -> str:
 @command("export", _format_export)
 def cmd_export(args: argparse.Namespace) -> dict:
     """Export to ONNX and check ONNX Runtime's output against PyTorch's."""
-    from latprune.onnx_export import export_checked
+    from latprune import pipeline
 
-    loaded = model_from_args(args)
-    diff = export_checked(loaded.model, loaded.input_shape, args.out, opset=args.opset)
+    loaded = _model(args)
+    diff = pipeline.export(loaded.model, loaded.input_shape, args.out, opset=args.opset)
     return {"model": loaded.spec, "onnx": args.out, "opset": args.opset, "max_abs_diff": diff}
 
 
@@ -150,14 +171,14 @@ def _format_profile(result: dict) -> str:
 @command("profile", _format_profile)
 def cmd_profile(args: argparse.Namespace) -> dict:
     """Time every prunable layer inside pruned variants of the model; resumes if interrupted."""
-    from latprune.profiler.runner import ProfileSettings, profile_model
+    from latprune import pipeline
+    from latprune.profiler.api import ProfileSettings
 
-    loaded = model_from_args(args)
     settings = ProfileSettings(widths=args.widths, variants=args.variants, rounds=args.rounds, runs=args.runs,
                                profiled_runs=args.runs, warmup=args.warmup, step=args.step,
                                global_warmup_s=args.global_warmup)
-    report = profile_model(loaded, args.backend, db=args.db, settings=settings, threads=args.threads)
-    return report.to_json()
+    analysis = pipeline.analyse(_dense(args))
+    return pipeline.profile(analysis, args.backend, db=args.db, settings=settings, threads=args.threads).to_json()
 
 
 def _format_measure(result: dict) -> str:
@@ -169,14 +190,14 @@ def _format_measure(result: dict) -> str:
 @command("measure", _format_measure)
 def cmd_measure(args: argparse.Namespace) -> dict:
     """Whole-model latency on a backend (median, p10, p90 over shuffled rounds)."""
-    from latprune.profiler.measure import measure_models
+    from latprune import pipeline
 
-    loaded = model_from_args(args)
-    (measurement,), device = measure_models([loaded.model], loaded.input_shape, args.backend, rounds=args.rounds,
-                                            runs=args.runs, threads=args.threads,
-                                            global_warmup_s=args.global_warmup)
+    loaded = _model(args)
+    (measurement,), device = pipeline.measure([loaded.model], loaded.input_shape, args.backend, rounds=args.rounds,
+                                              runs=args.runs, threads=args.threads,
+                                              global_warmup_s=args.global_warmup)
     return {"model": loaded.spec, "backend": args.backend, "input_shape": list(loaded.input_shape),
-            **measurement.to_json(), "device": device}
+            **measurement.to_json(samples=True), "device": device}
 
 
 def _format_devices(result: dict) -> str:
@@ -190,7 +211,7 @@ def cmd_devices(args: argparse.Namespace) -> dict:
     """Devices and backends in a profile database, with row counts."""
     from dataclasses import asdict
 
-    from latprune.profiler.store import ProfileStore
+    from latprune.profiler.api import ProfileStore
 
     with ProfileStore(args.db) as store:
         return {"db": str(store.path), "devices": [asdict(s) for s in store.summaries()]}
@@ -207,22 +228,12 @@ def _format_fit(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _perf_model_for(args: argparse.Namespace):
-    from latprune.perfmodel.api import current_perf_model
-
-    return current_perf_model(args.db, args.backend, args.threads)
-
-
 @command("fit", _format_fit)
 def cmd_fit(args: argparse.Namespace) -> dict:
     """Fit the performance model of this device and backend on its profile (and store it)."""
-    from latprune.perfmodel.api import device_id_for, fit_perf_model
-    from latprune.profiler.store import ProfileStore
+    from latprune import pipeline
 
-    with ProfileStore(args.db) as store:
-        device_id, device = device_id_for(store, args.backend, args.threads)
-        _, summary = fit_perf_model(store, device_id, args.backend, estimator=args.estimator, device=device)
-    return summary.to_json()
+    return pipeline.fit(args.db, args.backend, args.threads, estimator=args.estimator)[1].to_json()
 
 
 def _format_predict(result: dict) -> str:
@@ -235,23 +246,12 @@ def _format_predict(result: dict) -> str:
 @command("predict", _format_predict)
 def cmd_predict(args: argparse.Namespace) -> dict:
     """Predicted latency of a dense or pruned model from the fitted performance model."""
-    from latprune.profiler.structure import network_signatures
-    from latprune.profiler.runner import model_key
+    from latprune import pipeline
 
-    loaded = model_from_args(args)
-    perf, summary = _perf_model_for(args)
-    key = model_key(loaded)
-    predicted = perf.predict(key, network_signatures(loaded.model, loaded.input_shape, args.backend))
-    result = {"model": loaded.spec, "backend": args.backend, "predicted_ms": predicted,
-              "perf_model": summary.status, "overhead_fitted": perf.knows(key)}
-    if getattr(args, "pruned", None):
-        from latprune.models import load_model
-
-        dense = load_model(loaded.spec, input_shape=loaded.input_shape)
-        result["dense_predicted_ms"] = perf.predict(key, network_signatures(dense.model, dense.input_shape,
-                                                                             args.backend))
-        result["predicted_speedup"] = result["dense_predicted_ms"] / predicted
-    return result
+    loaded = _model(args)
+    perf, fitted = pipeline.fit(args.db, args.backend, args.threads)
+    return {"model": loaded.spec, "backend": args.backend, **pipeline.predict(perf, loaded, args.backend),
+            "perf_model": fitted.status}
 
 
 def _format_validate(result: dict) -> str:
@@ -269,40 +269,15 @@ def _format_validate(result: dict) -> str:
 @command("validate", _format_validate)
 def cmd_validate(args: argparse.Namespace) -> dict:
     """Predict and measure random pruned variants (interleaved with the dense model)."""
+    from latprune import pipeline
     from latprune.perfmodel.validate import validate_model
 
-    loaded = model_from_args(args)
-    perf, summary = _perf_model_for(args)
-    result = validate_model(loaded, args.backend, perf, summary.alignment_step, variants=args.variants, rounds=args.rounds,
-                            threads=args.threads, out_dir=args.out)
-    result["perf_model"] = summary.status
+    analysis = pipeline.analyse(_dense(args))
+    perf, fitted = pipeline.fit(args.db, args.backend, args.threads)
+    result = validate_model(analysis, args.backend, perf, fitted.alignment_step, variants=args.variants,
+                            rounds=args.rounds, threads=args.threads, out_dir=args.out)
+    result["perf_model"] = fitted.status
     return result
-
-
-def _planning_inputs(args: argparse.Namespace, loaded, with_latency: bool = True):
-    from latprune.planner.api import prepare
-    from latprune.planner.widths import WidthPolicy
-    from latprune.profiler.runner import model_key
-
-    perf = summary = None
-    step = args.step
-    if with_latency:
-        perf, summary = _perf_model_for(args)
-        step = step or summary.alignment_step
-    policy = WidthPolicy(step=step or 16, aligned=args.widths == "aligned", min_fraction=args.min_width)
-    calib = _calibration(args, loaded)
-    return prepare(loaded, importance=args.importance, calib=calib, policy=policy, perf=perf,
-                   model_key=model_key(loaded), backend=getattr(args, "backend", "") or "",
-                   device=summary.device if summary else "")
-
-
-def _calibration(args: argparse.Namespace, loaded):
-    if not getattr(args, "calib", None):
-        return None
-    from latprune.data import calibration_tensor
-
-    return calibration_tensor(args.calib, loaded.family, loaded.input_shape,
-                              size=args.calib_size or IMPORTANCE_CALIB_SIZE)
 
 
 def _format_plan(result: dict) -> str:
@@ -323,25 +298,17 @@ def _format_plan(result: dict) -> str:
     return "\n".join(lines)
 
 
-PLANNERS = ("latency", "flops", "uniform", "tp-global")
-
-
 @command("plan", _format_plan)
 def cmd_plan(args: argparse.Namespace) -> dict:
-    """Choose per-group widths that keep the most importance within a latency budget."""
-    from latprune.planner import api
+    """Choose per-group widths that keep the most importance within a budget on predicted latency."""
+    from latprune import pipeline
 
-    loaded = model_from_args(args)
-    inputs = _planning_inputs(args, loaded)
-    budget = {"budget_ms": args.budget_ms, "speedup": args.speedup}
-    if args.method == "latency":
-        plan = api.latency_plan(inputs, **budget, bins=args.bins, max_macs=args.max_macs)
-    elif args.method == "flops":
-        plan = api.flops_plan(inputs, **budget, bins=args.bins)
-    elif args.method == "uniform":
-        plan = api.uniform_plan_for_budget(inputs, **budget)
-    else:
-        plan = api.tp_global_plan(inputs, **budget)
+    request, settings = _budget(args), _plan_settings(args, args.method)
+    loaded = _dense(args)
+    analysis = pipeline.analyse(loaded)
+    perf, fitted = pipeline.fit(args.db, args.backend, args.threads)
+    plan = pipeline.plan(analysis, request, perf, fitted, args.backend, settings,
+                         calib=_importance_images(args, loaded))
     if args.out:
         plan.save(args.out)
     return {**plan.to_json(), "out": args.out}
@@ -366,89 +333,52 @@ def _format_recovered(result: dict) -> str:
 @command("prune", _format_recovered)
 def cmd_prune(args: argparse.Namespace) -> dict:
     """Build the pruned network of a plan (or a uniform keep ratio) and save it."""
-    from latprune.planner.api import uniform_plan
+    from latprune import pipeline
     from latprune.planner.plan import Plan
-    from latprune.pruned_file import prune_loaded, save_pruned
+    from latprune.pruned_file import save_pruned
     from latprune.surgery import count_parameters
 
     if (args.plan is None) == (args.uniform is None):
         raise LatpruneError("give exactly one of --plan FILE and --uniform RATIO")
-    loaded = model_from_args(args)
-    if args.plan:
-        plan = Plan.load(args.plan)
-        if plan.model != loaded.spec or tuple(plan.input_shape) != tuple(loaded.input_shape):
-            raise LatpruneError(f"plan {args.plan} is for {plan.model} at {plan.input_shape}, not {loaded.spec} at "
-                                f"{list(loaded.input_shape)}")
-    else:
-        plan = uniform_plan(_planning_inputs(args, loaded, with_latency=False), args.uniform)
-    pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": plan.header()})
-    pruned, report = _recover(args, loaded, pruned)
+    recovery = _recovery_request(args)
+    plan = Plan.load(args.plan) if args.plan else None
+    loaded = _dense(args)
+    analysis = pipeline.analyse(loaded)
+    if plan is None:
+        plan = pipeline.uniform(analysis, args.uniform, _plan_settings(args), calib=_importance_images(args, loaded))
+    pruned = pipeline.prune(analysis, plan)
+    pruned, report = pipeline.repair(analysis, pruned, recovery, progress=not args.json)
     save_pruned(pruned, args.out)
     return {"model": loaded.spec, "out": args.out, "widths": pruned.widths, "params": count_parameters(pruned.model),
             "dense_params": count_parameters(loaded.model), "method": plan.method,
             "recovery": report.to_dict() if report else None}
 
 
-def _recover(args: argparse.Namespace, loaded, pruned):
-    """Apply ``--recovery`` (if any) to images from ``--calib`` or ``--train``; the model and the report."""
-    from latprune.recovery import FINETUNES, FinetuneSettings, parse_recipe, recover
-
-    steps = parse_recipe(args.recovery)
-    if not steps:
-        return pruned, None
-    tunes = any(s in FINETUNES for s in steps)
-    if args.train and not tunes:
-        raise LatpruneError("--train (labelled images) is read by the fine-tuning methods finetune and overparam; "
-                            "post-training recovery takes unlabeled --calib DIR")
-    if args.train and args.calib:
-        raise LatpruneError("give one of --calib DIR (unlabeled) and --train DIR (labelled)")
-    if not (args.calib or args.train):
-        hint = " or labelled --train DIR" if tunes else ""
-        raise LatpruneError(f"--recovery {args.recovery} needs unlabeled calibration images: --calib DIR{hint}")
-    size = args.calib_size or (None if tunes else RECOVERY_CALIB_SIZE)
-    labels = None
-    if args.train:
-        from latprune.data import labelled_tensors
-
-        images, labels = labelled_tensors(args.train, loaded.family, loaded.input_shape, size=size)
-    else:
-        from latprune.data import calibration_tensor
-
-        images = calibration_tensor(args.calib, loaded.family, loaded.input_shape, size=size)
-    tuning = FinetuneSettings(**{k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "expansion")
-                                 if getattr(args, k) is not None})
-    return recover(loaded, pruned, args.recovery, images, progress=not args.json, labels=labels, tuning=tuning)
-
-
 @command("recover", _format_recovered)
 def cmd_recover(args: argparse.Namespace) -> dict:
     """Repair a pruned (or sparsified) model toward its dense original from unlabeled images."""
-    from latprune.models import load_model, parse_input_shape
+    from latprune import pipeline
     from latprune.pruned_file import load_pruned, save_pruned
 
+    recovery = _recovery_request(args)
     pruned = load_pruned(args.pruned)
-    if args.model != pruned.spec:
-        raise LatpruneError(f"--model {args.model} does not match the pruned file's model {pruned.spec}")
-    shape = parse_input_shape(args.input_shape) if args.input_shape else pruned.input_shape
-    dense = load_model(args.model, weights=args.weights, input_shape=shape)
-    recovered, report = _recover(args, dense, pruned)
+    analysis = pipeline.analyse(pipeline.load_dense_for(pruned, args.model, args.weights, args.input_shape))
+    recovered, report = pipeline.repair(analysis, pruned, recovery, progress=not args.json)
     save_pruned(recovered, args.out)
-    return {"model": dense.spec, "out": args.out, "recovery": report.to_dict() if report else None}
+    return {"model": analysis.spec, "out": args.out, "recovery": report.to_dict() if report else None}
 
 
 @command("sparsify", lambda r: (f"{r['model']}: {100 * r['sparsity']:.1f}% of conv/linear weights zeroed "
                                 f"(global magnitude); wrote {r['out']}"))
 def cmd_sparsify(args: argparse.Namespace) -> dict:
     """Zero the smallest-magnitude weights network-wide (unstructured; shapes unchanged)."""
-    from latprune.pruned_file import PrunedModel, save_pruned
-    from latprune.sparsity import global_magnitude_sparsify, weight_sparsity
+    from latprune import pipeline
+    from latprune.pruned_file import save_pruned
+    from latprune.sparsity import weight_sparsity
 
-    loaded = model_from_args(args)
-    global_magnitude_sparsify(loaded.model, args.sparsity)
-    pruned = PrunedModel(loaded.model, loaded.spec, loaded.input_shape, {}, loaded.family,
-                         {"sparsity": args.sparsity, "method": "global-magnitude"})
-    save_pruned(pruned, args.out)
-    return {"model": loaded.spec, "out": args.out, "sparsity": weight_sparsity(loaded.model)}
+    sparse = pipeline.sparsify(_dense(args), args.sparsity)
+    save_pruned(sparse, args.out)
+    return {"model": sparse.spec, "out": args.out, "sparsity": weight_sparsity(sparse.model)}
 
 
 def _format_run(result: dict) -> str:
@@ -488,10 +418,10 @@ def cmd_run(args: argparse.Namespace) -> dict:
         configs = default_jobs(args.out, backend=args.backend, db=args.db, progress=progress)
     else:
         configs = [JobConfig(
-            model=args.model, budget_ms=args.budget_ms, speedup=args.speedup, backend=args.backend,
-            weights=args.weights, input_shape=parse_input_shape(args.input_shape) if args.input_shape else None,
-            calib=args.calib, eval=args.eval, recovery=args.recovery, importance=args.importance,
-            calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads, margin=args.margin)]
+            model=args.model, budget=_budget(args, args.margin), backend=args.backend, weights=args.weights,
+            input_shape=parse_input_shape(args.input_shape) if args.input_shape else None, calib=args.calib,
+            eval=args.eval, recovery=args.recovery, importance=args.importance,
+            calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads)]
     return run_jobs(configs, args.out, progress=progress)
 
 
@@ -566,8 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_options(p)
     _db_option(p)
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--budget-ms", type=float, metavar="MS", help="predicted latency budget")
-    budget.add_argument("--speedup", type=float, metavar="S", help="budget = dense predicted latency / S")
+    budget.add_argument("--budget-ms", type=float, metavar="MS",
+                        help="latency budget in milliseconds, met as predicted by the performance model")
+    budget.add_argument("--speedup", type=float, metavar="S", help="budget = predicted dense latency / S")
     p.add_argument("--max-macs", type=float, metavar="N", help="also cap multiply-accumulates")
     p.add_argument("--method", choices=PLANNERS, default="latency",
                    help="latency DP (default) or a baseline: FLOPs DP, uniform ratio, Torch-Pruning global magnitude")
@@ -605,8 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description=cmd_run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p, required=False)
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-ms", type=float, metavar="X", help="latency budget in milliseconds")
-    budget.add_argument("--speedup", type=float, metavar="S", help="budget as a speedup over the dense model")
+    budget.add_argument("--budget-ms", type=float, metavar="X",
+                        help="latency budget in milliseconds, judged against the pruned model's measured latency")
+    budget.add_argument("--speedup", type=float, metavar="S",
+                        help="budget = dense latency / S: planned on the predicted dense latency, judged against "
+                             "the dense model measured in the same rounds")
     p.add_argument("--backend", default="ort-cpu", help="torch-cpu, torch-cuda, ort-cpu or ort-cuda (default ort-cpu)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
     p.add_argument("--calib", metavar="DIR", help="unlabeled images for importance and recovery (any folder layout)")

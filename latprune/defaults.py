@@ -3,3 +3,4 @@
 IMPORTANCE_CALIB_SIZE = 256  # images scored for data-driven channel importance
 RECOVERY_CALIB_SIZE = 1024  # images for post-training recovery
 DEFAULT_RECOVERY = "two-stage"  # the best post-training recovery in benchmarks/results/recovery_structured.md
+PLANNERS = ("latency", "flops", "uniform", "tp-global")  # the latency DP and its baselines, by CLI name

@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch_pruning import ops
 
 from latprune.errors import LatpruneError
+from latprune.network.tracing import first_line, run_model
 
 ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Conv3d, nn.Linear)
 
@@ -33,20 +34,6 @@ class RawGroup:
     divisor: int
 
 
-def run_model(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` once without gradients; errors become one-line user errors."""
-    try:
-        with torch.no_grad():
-            out = model(example_input)
-    except Exception as exc:
-        raise LatpruneError(
-            f"model failed on an input of shape {tuple(example_input.shape)}: {_first_line(exc)}"
-        ) from None
-    if not isinstance(out, torch.Tensor):
-        raise LatpruneError(f"model returns {type(out).__name__}; latprune needs a model that returns one tensor")
-    return out
-
-
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     """Trace ``model`` into a dependency graph, as a user-facing error if it cannot be traced."""
     try:
@@ -54,7 +41,7 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyG
             warnings.simplefilter("ignore")
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     except Exception as exc:
-        raise LatpruneError(f"cannot trace the model's channel dependencies: {_first_line(exc)}") from None
+        raise LatpruneError(f"cannot trace the model's channel dependencies: {first_line(exc)}") from None
 
 
 def output_layers(model: nn.Module, example_input: torch.Tensor) -> list[nn.Module]:
@@ -122,13 +109,13 @@ class LayerSlice:
 
 
 def layer_slices(
-    model: nn.Module, example_input: torch.Tensor, removals: Mapping[str, Sequence[int]]
+    model: nn.Module, graph: tp.DependencyGraph, removals: Mapping[str, Sequence[int]]
 ) -> dict[str, list[LayerSlice]]:
     """For each root in ``removals``, every named layer's channels that removal would touch.
 
     Indices are mapped through concatenations and splits, so they are the layer's own.
+    ``graph`` is ``model``'s dependency graph (:func:`build_graph`).
     """
-    graph = build_graph(model, example_input)
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
     result: dict[str, list[LayerSlice]] = {}
@@ -149,7 +136,11 @@ def layer_slices(
 
 
 def remove_channels(model: nn.Module, example_input: torch.Tensor, removals: Mapping[str, Sequence[int]]) -> None:
-    """Physically remove channels in place: ``removals`` maps root layer name -> indices to drop."""
+    """Physically remove channels in place: ``removals`` maps root layer name -> indices to drop.
+
+    Torch-Pruning edits the modules its graph was traced from, so this traces ``model`` itself:
+    always a copy being pruned, never the dense model that was analysed.
+    """
     if not removals:
         return
     graph = build_graph(model, example_input)
@@ -162,14 +153,8 @@ def remove_channels(model: nn.Module, example_input: torch.Tensor, removals: Map
         graph.get_pruning_group(module, pruner.prune_out_channels, sorted(int(i) for i in idxs)).prune()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def magnitude_importance(model: nn.Module, example_input: torch.Tensor, roots: Sequence[str]) -> dict[str, torch.Tensor]:
+def magnitude_importance(model: nn.Module, graph: tp.DependencyGraph, roots: Sequence[str]) -> dict[str, torch.Tensor]:
     """Torch-Pruning's group L2 magnitude importance (mean-normalised) of every channel of each root's group."""
-    graph = build_graph(model, example_input)
     modules = dict(model.named_modules())
     importance = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
     scores = {}

@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
 from latprune.errors import LatpruneError
-from latprune.graph import RawGroup, build_graph, output_layers, raw_groups, remove_channels, run_model
+from latprune.graph import RawGroup, build_graph, output_layers, raw_groups, remove_channels
+from latprune.network import run_model
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,11 @@ def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     return macs
 
 
-def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> GroupAnalysis:
-    """Find and verify every prunable channel group of ``model``."""
+def find_channel_groups(model: nn.Module, example_input: torch.Tensor, graph: tp.DependencyGraph | None = None
+                        ) -> GroupAnalysis:
+    """Find and verify every prunable channel group of ``model`` (``graph``: its dependency graph, if built)."""
     reference = run_model(model, example_input)
-    graph = build_graph(model, example_input)
+    graph = graph if graph is not None else build_graph(model, example_input)
     classifier = output_layers(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     excluded = [

@@ -8,7 +8,6 @@ fitted performance model, the plan file, the pruned model.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -17,9 +16,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
-from latprune.profiler.runner import ProfileSettings
+from latprune.pipeline import RecoveryRequest
+from latprune.profiler.api import ProfileSettings
+from latprune.pruned_file import save_pruned
 
 MEASURE_ROUNDS = 15  # interleaved rounds of dense and pruned: this host's outliers need many
 
@@ -27,8 +31,7 @@ MEASURE_ROUNDS = 15  # interleaved rounds of dense and pruned: this host's outli
 @dataclass
 class JobConfig:
     model: str
-    budget_ms: float | None = None
-    speedup: float | None = None
+    budget: BudgetRequest
     backend: str = "ort-cpu"
     weights: str | None = None
     input_shape: tuple[int, ...] | None = None
@@ -40,7 +43,6 @@ class JobConfig:
     db: str | None = None
     threads: int | None = None
     bins: int = 2000
-    margin: float = 0.03  # plan to budget / (1 + margin): headroom for measurement noise and prediction error
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     name: str = ""  # sub-folder of the output folder for this run's files
     notes: list[str] = field(default_factory=list)
@@ -50,10 +52,18 @@ class JobConfig:
             return self.importance
         return "taylor" if self.calib else "l2"
 
-    def recipe(self) -> str:
-        if self.recovery is not None:
-            return self.recovery
-        return DEFAULT_RECOVERY if self.calib else "none"
+    def recovery_request(self) -> RecoveryRequest:
+        """The recovery this job runs: ``recovery``, else two-stage with calibration images, else none."""
+        recipe = self.recovery if self.recovery is not None else (DEFAULT_RECOVERY if self.calib else "none")
+        return RecoveryRequest(recipe=recipe, calib=self.calib, calib_size=self.calib_size)
+
+    def check(self) -> None:
+        """Every mistake in the request, before the minutes of profiling."""
+        if self.eval and not os.path.isdir(self.eval):
+            raise LatpruneError(f"evaluation folder not found: {self.eval}")
+        if self.calib_size < 1:
+            raise LatpruneError(f"--calib-size must be at least 1, got {self.calib_size}")
+        self.recovery_request()
 
 
 class _Stages:
@@ -74,103 +84,79 @@ class _Stages:
             self.seconds[name] = round(time.perf_counter() - began, 2)
 
 
-def _check_config(config: JobConfig) -> None:
-    if (config.budget_ms is None) == (config.speedup is None):
-        raise LatpruneError("give exactly one of --budget-ms and --speedup")
-    if config.eval and not os.path.isdir(config.eval):
-        raise LatpruneError(f"evaluation folder not found: {config.eval}")
-    if not 0 <= config.margin < 1:
-        raise LatpruneError(f"--margin must be in [0, 1), got {config.margin}")
-    if config.calib_size < 1:
-        raise LatpruneError(f"--calib-size must be at least 1, got {config.calib_size}")
-    from latprune.recovery import parse_recipe
-
-    if parse_recipe(config.recipe()) and not config.calib:
-        raise LatpruneError(f"recovery {config.recipe()} needs unlabeled calibration images: --calib DIR")
-
-
 def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Run the whole pipeline for one model; writes plan.json, pruned.pt and pruned.onnx; returns the summary."""
-    from latprune.data import calibration_tensor, evaluate_top1, image_folder
-    from latprune.models import load_model
-    from latprune.onnx_export import export_checked
-    from latprune.perfmodel.api import current_perf_model
-    from latprune.planner.api import latency_plan, prepare
-    from latprune.planner.widths import WidthPolicy
-    from latprune.profiler.measure import measure_models
-    from latprune.profiler.runner import model_key, profile_model
-    from latprune.pruned_file import prune_loaded, save_pruned
-    from latprune.recovery import parse_recipe, recover
+    from latprune import pipeline
 
-    _check_config(config)
+    config.check()
+    recovery = config.recovery_request()
     folder = Path(out_dir) / config.name
     folder.mkdir(parents=True, exist_ok=True)
     stage = _Stages(config.name or config.model, progress)
     with stage("load"):
-        loaded = load_model(config.model, weights=config.weights, input_shape=config.input_shape)
-        calib = None
-        if config.calib:
-            calib = calibration_tensor(config.calib, loaded.family, loaded.input_shape, size=config.calib_size)
+        loaded = pipeline.load(config.model, config.weights, config.input_shape)
+        analysis = pipeline.analyse(loaded)
+        images = recovery.images(loaded) if config.calib else None
     with stage("profile"):
-        profiled = profile_model(loaded, config.backend, db=config.db, settings=config.profile,
-                                 threads=config.threads, progress=progress)
+        profiled = pipeline.profile(analysis, config.backend, db=config.db, settings=config.profile,
+                                    threads=config.threads, progress=progress)
     with stage("fit"):
-        perf, fit = current_perf_model(profiled.db, config.backend, config.threads)
+        perf, fitted = pipeline.fit(profiled.db, config.backend, config.threads)
     with stage("plan"):
-        scoring = None if calib is None else calib[:IMPORTANCE_CALIB_SIZE]
-        inputs = prepare(loaded, config.importance_criterion(), calib=scoring,
-                         policy=WidthPolicy(step=fit.alignment_step), perf=perf, model_key=model_key(loaded),
-                         backend=config.backend, device=fit.device)
-        budget = inputs.budget(config.budget_ms, config.speedup)
-        plan = latency_plan(inputs, budget / (1 + config.margin), bins=config.bins)
+        scoring = None if images is None else images[0][:IMPORTANCE_CALIB_SIZE]
+        settings = pipeline.PlanSettings(importance=config.importance_criterion(), bins=config.bins)
+        plan = pipeline.plan(analysis, config.budget, perf, fitted, config.backend, settings, calib=scoring)
         plan.save(folder / "plan.json")
     with stage("prune"):
-        pruned = prune_loaded(loaded, plan.kept(), metadata={"plan": plan.header()})
-    recipe, report, final = config.recipe(), None, pruned
-    if parse_recipe(recipe):
+        pruned = pipeline.prune(analysis, plan)
+    report, final = None, pruned
+    if recovery.steps:
         with stage("recover"):
-            final, report = recover(loaded, pruned, recipe, calib, progress=progress)
+            final, report = pipeline.repair(analysis, pruned, recovery, images, progress=progress)
     with stage("export"):
         save_pruned(final, folder / "pruned.pt")
-        onnx_diff = export_checked(final.model, loaded.input_shape, folder / "pruned.onnx")
+        onnx_diff = pipeline.export(final.model, loaded.input_shape, folder / "pruned.onnx")
     with stage("measure"):
-        (dense_m, pruned_m), device = measure_models([loaded.model, final.model], loaded.input_shape, config.backend,
-                                                     rounds=MEASURE_ROUNDS, runs=10, threads=config.threads)
+        (dense_m, pruned_m), device = pipeline.measure([loaded.model, final.model], loaded.input_shape,
+                                                       config.backend, rounds=MEASURE_ROUNDS, runs=10,
+                                                       threads=config.threads)
     accuracy = None
     if config.eval:
         with stage("evaluate"):
-            dataset = image_folder(config.eval, loaded.family, loaded.input_shape)
-            accuracy = {"images": len(dataset),
-                        "dense": evaluate_top1(loaded.model, dataset, progress=progress),
-                        "pruned": evaluate_top1(pruned.model, dataset, progress=progress) if report else None,
-                        "recovered": evaluate_top1(final.model, dataset, progress=progress)}
-    # A speedup is a ratio to the dense model, so it is judged against the dense model measured in the same
-    # rounds; the plan itself had to use the predicted dense latency.
-    target = dense_m.median_ms / config.speedup if config.speedup is not None else budget
+            def top1(model: torch.nn.Module) -> tuple[float, int]:
+                return pipeline.evaluate(model, config.eval, loaded.family, loaded.input_shape, progress=progress)
+
+            dense_top1, images_scored = top1(loaded.model)
+            accuracy = {"images": images_scored, "dense": dense_top1,
+                        "pruned": top1(pruned.model)[0] if report else None, "recovered": top1(final.model)[0]}
+    # A speedup is a ratio to the dense model, so the result is judged against the dense model measured in
+    # the same rounds; the plan itself had to use the predicted dense latency.
+    planned = Budget.from_json(plan.budget)
+    judged = config.budget.resolve(dense_m.median_ms, "measured dense")
     latency = {
-        "backend": config.backend, "budget_ms": target, "planned_ms": plan.budget_ms, "margin": config.margin,
-        "budget_basis": (f"measured dense / {config.speedup:g}" if config.speedup is not None else "given"),
-        "speedup_requested": config.speedup, "budget_from_prediction_ms": budget,
+        "backend": config.backend, "budget_ms": judged.ms, "planned_ms": planned.target_ms,
+        "margin": judged.margin, "budget_basis": judged.describe(), "budget": judged.to_json(),
+        "plan_budget": planned.to_json(),
         "dense": _latency_entry(plan.dense_predicted_ms, dense_m),
         "pruned": _latency_entry(plan.predicted_ms, pruned_m),
         "measured_speedup": dense_m.median_ms / pruned_m.median_ms,
         "predicted_speedup": plan.predicted_speedup,
-        "measured_over_budget": pruned_m.median_ms / target,
+        "measured_over_budget": pruned_m.median_ms / judged.ms,
         "measured_over_predicted": pruned_m.median_ms / plan.predicted_ms,
-        "meets_budget": pruned_m.median_ms <= target,
+        "meets_budget": pruned_m.median_ms <= judged.ms,
         "noise": max(dense_m.spread, pruned_m.spread),
     }
     plan_json = plan.to_json()
     plan_json["groups"] = [{"id": g.id, "full_width": g.full_width, "width": g.width} for g in plan.groups]
     return {
         "name": config.name or config.model, "model": config.model, "weights": config.weights,
-        "input_shape": list(loaded.input_shape), "device": device.get("fingerprint", fit.device),
+        "input_shape": list(loaded.input_shape), "device": device.get("fingerprint", fitted.device),
         "plan": plan_json, "latency": latency, "accuracy": accuracy,
         "recovery": report.to_dict() if report else None, "onnx_max_abs_diff": onnx_diff,
         "profile": {"variants_timed": profiled.variants_timed, "new_layer_rows": profiled.new_layer_rows,
                     "alignment_step": profiled.alignment_step, "noise": profiled.noise_round_spread,
                     "db": profiled.db},
-        "perf_model": fit.status, "stages_s": stage.seconds, "notes": list(config.notes),
+        "perf_model": fitted.status, "stages_s": stage.seconds, "notes": list(config.notes),
         "files": {k: str(folder / f) for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"),
                                                   ("onnx", "pruned.onnx"))},
     }
@@ -184,7 +170,7 @@ def _latency_entry(predicted_ms: float, measured) -> dict:
 def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress: bool = True) -> dict:
     """Run each job into ``out_dir`` and write ``summary.json`` and ``report.html`` there."""
     from latprune import __version__
-    from latprune.report import write_report
+    from latprune.pipeline import report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -192,11 +178,7 @@ def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress:
                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": []}
     for config in configs:
         summary["runs"].append(run_job(config, out, progress))
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "summary.json")
-    write_report(summary, out / "report.html")
-    summary["files"] = {"summary": str(out / "summary.json"), "report": str(out / "report.html")}
+    summary["files"] = report(summary, out)
     return summary
 
 
@@ -216,9 +198,10 @@ def default_jobs(out_dir: str | os.PathLike, backend: str = "ort-cpu", db: str |
         notes.append(f"digits CNN trained here: {trained['epochs']} epochs on {trained['train_images']} images in "
                      f"{time.perf_counter() - began:.0f} s")
     return [
-        JobConfig(model="torchvision:resnet18", speedup=1.5, backend=backend, db=db, name="resnet18",
+        JobConfig(model="torchvision:resnet18", budget=BudgetRequest(speedup=1.5, margin=0.03), backend=backend, db=db, name="resnet18",
                   notes=["random weights (nothing is downloaded): latency only"]),
-        JobConfig(model=DIGITS_SPEC, weights=str(weights), speedup=1.5, backend=backend, db=db, calib=str(train),
+        JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.5, margin=0.03),
+                  backend=backend, db=db, calib=str(train),
                   eval=str(test), name="digits", calib_size=512, profile=ProfileSettings(widths=16, variants=24),
                   notes=notes + ["scikit-learn's 8x8 handwritten digits, upscaled to 32x32; calibration reads the "
                                  "training images without labels, accuracy on the held-out quarter"]),

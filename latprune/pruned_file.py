@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from latprune.errors import LatpruneError
-from latprune.groups import find_channel_groups
+from latprune.analysis import ModelAnalysis, as_analysis
 from latprune.models import LoadedModel, apply_state_dict, load_model
 from latprune.surgery import prune_channels
 
@@ -43,14 +43,25 @@ class PrunedModel:
         generator = torch.Generator().manual_seed(seed)
         return torch.randn(self.input_shape, generator=generator)
 
+    def check_made_from(self, spec: str) -> None:
+        """Refuse a dense model other than the one this pruned model was made from."""
+        if spec != self.spec:
+            raise LatpruneError(f"the pruned model was made from {self.spec}, not from {spec}")
 
-def prune_loaded(loaded: LoadedModel, kept: Mapping[str, Sequence[int]], metadata: dict | None = None) -> PrunedModel:
-    """Prune a loaded model to ``kept`` channels per group."""
-    x = loaded.example_input()
-    analysis = find_channel_groups(loaded.model, x)
-    model = prune_channels(loaded.model, x, analysis.groups, kept)
+
+def prune_loaded(model: LoadedModel | ModelAnalysis, kept: Mapping[str, Sequence[int]],
+                 metadata: dict | None = None, weights_from: nn.Module | None = None) -> PrunedModel:
+    """Prune a dense model to ``kept`` channels per group (analysed here unless an analysis is given).
+
+    ``weights_from``: a network of the same architecture whose weights to prune instead of the
+    analysed model's (two-stage reconstruction prunes its phase-1 network this way).
+    """
+    analysis = as_analysis(model)
+    loaded = analysis.loaded
+    source = weights_from if weights_from is not None else loaded.model
+    pruned = prune_channels(source, loaded.example_input(), analysis.groups, kept)
     return PrunedModel(
-        model=model,
+        model=pruned,
         spec=loaded.spec,
         input_shape=loaded.input_shape,
         kept={gid: sorted(int(i) for i in idxs) for gid, idxs in kept.items()},

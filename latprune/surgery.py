@@ -42,10 +42,5 @@ def prune_channels(
     return pruned.eval()
 
 
-def widths_of(kept: Mapping[str, Sequence[int]]) -> dict[str, int]:
-    """The width of each group in a kept-indices mapping."""
-    return {gid: len(idxs) for gid, idxs in kept.items()}
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

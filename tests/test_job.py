@@ -8,7 +8,8 @@ import pytest
 from latprune.cli import main
 from latprune.demo import DIGITS_SPEC, train_digits_cnn, write_digits
 from latprune.job import JobConfig, run_jobs
-from latprune.profiler.runner import ProfileSettings
+from latprune.budget import BudgetRequest
+from latprune.profiler.api import ProfileSettings
 
 FAST_PROFILE = ProfileSettings(widths=6, variants=8, rounds=2, runs=3, profiled_runs=3, warmup=1, min_round_ms=5,
                                global_warmup_s=0.0)
@@ -37,7 +38,8 @@ def test_digits_are_written_as_image_folders_once(tmp_path):
 
 def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     train, test, weights = digits
-    config = JobConfig(model=DIGITS_SPEC, weights=str(weights), speedup=1.2, backend="torch-cpu",
+    config = JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.2, margin=0.03),
+                       backend="torch-cpu",
                        db=str(tmp_path / "p.sqlite"), calib=str(train), eval=str(test), recovery="bn", calib_size=64,
                        profile=FAST_PROFILE, name="digits")
     summary = run_jobs([config], tmp_path / "out", progress=False)

@@ -1,6 +1,10 @@
 """Performance model: reproduces measurements, learns staircases, never uses a stale fit."""
 
+import json
+import os
+import pickle
 import sqlite3
+import zipfile
 
 import numpy as np
 import pytest
@@ -8,11 +12,12 @@ import pytest
 from latprune.errors import LatpruneError
 from latprune.models import load_model
 from latprune.perfmodel.api import device_id_for, fit_perf_model, load_perf_model
+from latprune.perfmodel.persistence import fit_path
 from latprune.perfmodel.estimator import LayerLatencyModel
-from latprune.profiler.runner import model_key
-from latprune.profiler.signature import LayerSignature, Measurement
+from latprune.network import model_key
+from latprune.network import LayerSignature, Measurement
 from latprune.profiler.store import NetworkTiming, ProfileStore
-from latprune.profiler.structure import network_signatures
+from latprune.network import network_signatures
 
 @pytest.fixture
 def profiled(profiled_resnet20):
@@ -35,7 +40,11 @@ def test_prediction_at_a_measured_point_reproduces_the_measurement(profiled):
         timings = store.layer_timings(device_id, "torch-cpu")
         networks = store.network_timings(device_id, "torch-cpu")
     predicted = model.layers.predict([t.signature for t in timings])
-    assert np.array_equal(predicted, [t.measurement.median_ms for t in timings])
+    measured = np.array([t.measurement.median_ms for t in timings])
+    # A segment whose overhead correction left 0 ms is answered with the documented floor: half the
+    # smallest positive measurement (log-scale fits need positive times); every other one exactly.
+    floor = 0.5 * measured[measured > 0].min()
+    assert np.array_equal(predicted, np.maximum(measured, floor))
     by_key = {t.signature.key(): t.signature for t in timings}
     residuals, noise = [], []
     for n in networks:
@@ -73,16 +82,67 @@ def test_changed_profile_triggers_a_refit(profile_copy):
 def test_fit_from_other_library_versions_is_refitted_or_refused(profile_copy):
     db = profile_copy
     with ProfileStore(db) as store:
-        device_id, _ = device_id_for(store, "torch-cpu")
+        device_id, device = device_id_for(store, "torch-cpu")
         fit_perf_model(store, device_id, "torch-cpu")
-    with sqlite3.connect(db) as conn:
-        conn.execute("""UPDATE perf_models SET versions = json_set(versions, '$."scikit-learn"', '0.1')""")
+    path = fit_path(db, device, "torch-cpu")
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    state = json.loads(entries["fit.json"])
+    state["versions"]["scikit-learn"] = "0.1"
+    entries["fit.json"] = json.dumps(state).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
     with ProfileStore(db) as store:
         with pytest.raises(LatpruneError, match=r"other library versions \(scikit-learn 0.1 -> "):
             load_perf_model(store, device_id, "torch-cpu", refit=False)
         _, summary = load_perf_model(store, device_id, "torch-cpu")
         assert summary.status.startswith("refitted: fitted under other library versions")
         assert load_perf_model(store, device_id, "torch-cpu")[1].status == "loaded"
+
+
+def test_stored_fit_lives_beside_the_profile_and_predicts_exactly_as_fitted(profile_copy):
+    loaded = load_model("cifar:resnet20")
+    signatures = network_signatures(loaded.model, loaded.input_shape, "torch-cpu")
+    unseen = [LayerSignature("conv", 24, 40, (3, 3), (1, 1), (1, 1), 1, (1, 1), 16, 16, 1, "float32", "torch-cpu",
+                             "batch_norm+relu")]
+    with ProfileStore(profile_copy) as store:
+        device_id, device = device_id_for(store, "torch-cpu")
+        fitted, _ = fit_perf_model(store, device_id, "torch-cpu")
+        loaded_fit, summary = load_perf_model(store, device_id, "torch-cpu")
+    assert summary.status == "loaded"
+    assert fit_path(profile_copy, device, "torch-cpu").is_file()
+    with sqlite3.connect(profile_copy) as conn:  # the profiler's database holds timings only
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert not any("perf" in t for t in tables)
+    key = model_key(loaded)
+    assert loaded_fit.predict(key, signatures) == fitted.predict(key, signatures)
+    assert loaded_fit.layers.predict(unseen, use_measured=False)[0] == fitted.layers.predict(unseen,
+                                                                                            use_measured=False)[0]
+
+
+def test_a_crafted_fit_file_runs_no_code_and_is_refitted(profile_copy, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with ProfileStore(profile_copy) as store:
+        device_id, device = device_id_for(store, "torch-cpu")
+        fit_perf_model(store, device_id, "torch-cpu")
+        path = fit_path(profile_copy, device, "torch-cpu")
+        with zipfile.ZipFile(path) as archive:
+            entries = {name: archive.read(name) for name in archive.namelist()}
+        for name in entries:
+            if name.endswith(".skops"):
+                entries[name] = pickle.dumps(Exploit())
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in entries.items():
+                archive.writestr(name, data)
+        _, summary = load_perf_model(store, device_id, "torch-cpu")
+    assert not marker.exists()
+    assert summary.status.startswith("refitted: the stored fit is unreadable")
 
 
 def test_step_aware_features_learn_a_latency_staircase():

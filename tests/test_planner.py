@@ -14,13 +14,14 @@ from latprune.groups import ChannelGroup
 from latprune.models import load_model
 from latprune.planner.api import flops_plan, latency_plan, prepare, tp_global_plan, uniform_plan_for_budget
 from latprune.planner.importance import channel_importance
-from latprune.channels import group_layout
+from latprune.analysis import analyse
+from latprune.budget import Budget, BudgetRequest
+from latprune.perfmodel import CostTerms
 from latprune.planner.plan import Plan
 from latprune.planner.problem import LayerTerm, PlanningProblem
 from latprune.planner.solver import Infeasible, solve
 from latprune.planner.widths import WidthPolicy, kept_channels
 from latprune.perfmodel.api import current_perf_model
-from latprune.profiler.runner import model_key
 from latprune.pruned_file import prune_loaded
 
 
@@ -144,12 +145,8 @@ def test_grouped_layers_keep_the_same_offsets_in_every_slice():
 
 @pytest.fixture(scope="module")
 def resnet20():
-    loaded = load_model("cifar:resnet20")
-    x = loaded.example_input()
-    from latprune.groups import find_channel_groups
-
-    groups = find_channel_groups(loaded.model, x).groups
-    return loaded, groups, group_layout(loaded.model, x, groups)
+    analysis = analyse(load_model("cifar:resnet20"))
+    return analysis.loaded, analysis.groups, analysis.layout
 
 
 @pytest.mark.parametrize("name", ["l1", "l2", "bn"])
@@ -197,8 +194,8 @@ class MacsLatency:
     def predict(self, signatures):
         return np.array([s.macs * 1e-6 * (1 + 0.3 * (s.cout % 16 != 0 or s.cin % 16 != 0)) for s in signatures])
 
-    def affine(self, model_key):
-        return 0.2, 1.0
+    def cost_terms(self, model_key):
+        return CostTerms(constant_ms=0.2, layer_ms=self.predict)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +207,7 @@ def resnet18_inputs():
 def test_resnet18_plan_is_exact_on_its_residual_structure(resnet18_inputs):
     inputs = resnet18_inputs
     budget = 0.6 * inputs.dense_ms()
-    plan = latency_plan(inputs, budget_ms=budget, bins=20000)
+    plan = latency_plan(inputs, Budget(budget, "given"), bins=20000)
     assert plan.solver["method"] == "exact hub-chain DP" and plan.solver["hubs"] == 4
     assert plan.predicted_ms <= budget
     problem = inputs.latency_problem()
@@ -221,15 +218,15 @@ def test_resnet18_plan_is_exact_on_its_residual_structure(resnet18_inputs):
 def test_baselines_meet_the_same_budget(resnet18_inputs):
     inputs = resnet18_inputs
     budget = 0.7 * inputs.dense_ms()
-    dp = latency_plan(inputs, budget_ms=budget)
+    dp = latency_plan(inputs, Budget(budget, "given"))
     for planner in (flops_plan, uniform_plan_for_budget, tp_global_plan):
-        plan = planner(inputs, budget_ms=budget)
+        plan = planner(inputs, Budget(budget, "given"))
         assert plan.predicted_ms <= budget
         assert plan.importance_kept <= dp.importance_kept + 1e-9 or planner is tp_global_plan
 
 
 def test_plan_builds_a_network_of_the_planned_widths(resnet18_inputs, tmp_path):
-    plan = latency_plan(resnet18_inputs, speedup=1.5)
+    plan = latency_plan(resnet18_inputs, resnet18_inputs.resolve(BudgetRequest(speedup=1.5)))
     path = tmp_path / "plan.json"
     plan.save(path)
     again = Plan.load(path)
@@ -254,7 +251,7 @@ def test_plan_and_prune_commands_on_a_real_profile(capsys, profiled_resnet20, tm
     common = ["--model", "cifar:resnet20", "--backend", "torch-cpu", "--db", str(profiled_resnet20)]
     perf, _ = current_perf_model(profiled_resnet20, "torch-cpu")  # the budget: halfway from fastest to dense
     loaded = load_model("cifar:resnet20")
-    problem = prepare(loaded, perf=perf, model_key=model_key(loaded), backend="torch-cpu").latency_problem()
+    problem = prepare(loaded, perf=perf, backend="torch-cpu").latency_problem()
     budget = (problem.total_cost(problem.fastest()) + problem.total_cost(problem.full())) / 2
     assert main(["plan", *common, "--budget-ms", str(budget), "--out", str(plan_path), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)

@@ -18,9 +18,9 @@ from latprune.models import load_model
 from latprune.profiler.alignment import detect_alignment_step
 from latprune.profiler.backends import get_backend
 from latprune.profiler.runner import ProfileSettings, profile_model
-from latprune.profiler.signature import LayerSignature, Measurement
+from latprune.network import LayerSignature, Measurement
 from latprune.profiler.store import ProfileStore
-from latprune.profiler.structure import trace_layers
+from latprune.network import trace_layers
 from latprune.profiler.variants import candidate_widths, design_variants
 
 FAST = ProfileSettings(widths=8, variants=6, rounds=3, runs=2, profiled_runs=2, warmup=1, min_round_ms=5,
@@ -125,7 +125,7 @@ def test_database_from_a_newer_schema_is_refused(tmp_path):
 
 WRITER = """
 import sys
-from latprune.profiler.signature import LayerSignature, Measurement
+from latprune.network import LayerSignature, Measurement
 from latprune.profiler.store import NetworkTiming, ProfileStore
 store = ProfileStore(sys.argv[1])
 device = store.device_id("dev", {"cpu": "test"})

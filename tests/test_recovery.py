@@ -8,7 +8,7 @@ import torch.nn as nn
 from PIL import Image
 
 from latprune.cli import main
-from latprune.channels import group_layout
+from latprune.analysis import analyse
 from latprune.data import calibration_tensor
 from latprune.errors import LatpruneError
 from latprune.groups import find_channel_groups
@@ -80,7 +80,7 @@ def test_phase_two_lowers_the_layer_reconstruction_error(resnet20, pruned20, cal
     x = resnet20.example_input()
     taps = find_taps(resnet20.model, x)
     groups = find_channel_groups(resnet20.model, x).groups
-    kept = kept_output_channels(group_layout(resnet20.model, x, groups), groups, pruned20.kept)
+    kept = kept_output_channels(analyse(resnet20).layout, groups, pruned20.kept)
     model = copy.deepcopy(pruned20.model)
     before = tap_errors(model, resnet20.model, taps, kept, calib)
     history = phase_two(model, resnet20.model, taps, kept, calib, ReconstructionSettings(phase2_epochs=3,
@@ -118,7 +118,7 @@ def test_taps_pair_each_convolution_with_its_batchnorm(resnet20, pruned20):
     assert all(t.norm == t.layer.replace("conv", "bn") for t in taps[:-1])
     x = resnet20.example_input()
     groups = find_channel_groups(resnet20.model, x).groups
-    kept = kept_output_channels(group_layout(resnet20.model, x, groups), groups, pruned20.kept)
+    kept = kept_output_channels(analyse(resnet20).layout, groups, pruned20.kept)
     modules = dict(pruned20.model.named_modules())
     assert kept and all(len(idx) == modules[layer].weight.shape[0] for layer, idx in kept.items())
     assert kept["layer1.0.conv1"].tolist() == list(range(0, 16, 2))

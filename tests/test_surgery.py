@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from conftest import random_kept
-from latprune.graph import layer_slices
+from latprune.graph import build_graph, layer_slices
 from latprune.groups import find_channel_groups
 from latprune.models import load_model
 from latprune.onnx_export import export_onnx, run_onnx
@@ -57,7 +57,7 @@ def masked_copy(model: nn.Module, x: torch.Tensor, groups, kept) -> nn.Module:
     masked = copy.deepcopy(model)
     modules = dict(masked.named_modules())
     with torch.no_grad():
-        for slices in layer_slices(masked, x, removals).values():
+        for slices in layer_slices(masked, build_graph(masked, x), removals).values():
             for s in slices:
                 module = modules[s.layer]
                 if s.side == "out" and s.idxs:

@@ -1,27 +1,29 @@
 """Fit, persist and use the performance model of a device and backend.
 
-The fitted model is stored in the profile database beside the timings it came from,
-with a hash of those timings and the library versions it was fitted under. Loading it
-when the profile has changed or the versions differ refits it (or, with ``refit=False``,
-refuses with a clear message): a stale model is never silently used.
+The fit reads the profile's timings through the profiler's public store, and is kept
+in a file of its own beside the profile (:mod:`latprune.perfmodel.persistence`) with a
+hash of those timings and the library versions it was fitted under. Loading it when the
+profile has changed or the versions differ refits it (or, with ``refit=False``, refuses
+with a clear message): a stale model is never silently used.
 """
 
 from __future__ import annotations
 
-import pickle
 import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import sklearn
+
 import latprune
 from latprune.errors import LatpruneError
 from latprune.perfmodel.estimator import LayerLatencyModel, NetworkLatencyModel
-from latprune.profiler.backends import get_backend
-from latprune.profiler.device import fingerprint
-from latprune.profiler.store import ProfileStore
+from latprune.perfmodel.persistence import UnreadableFit, fit_path, load_fit, save_fit
+from latprune.profiler.api import ProfileStore, describe_device, fingerprint
+
 
 def library_versions() -> dict:
     return {"latprune": latprune.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
@@ -46,13 +48,8 @@ class FitSummary:
 
 
 def device_id_for(store: ProfileStore, backend_name: str, threads: int | None = None) -> tuple[int, str]:
-    """The stored device matching this machine and backend, or a clear error."""
-    backend = get_backend(backend_name, threads)
-    try:
-        description = backend.description()
-    finally:
-        backend.close()
-    key = fingerprint(description)
+    """The stored device matching this machine and backend (no backend is started), or a clear error."""
+    key = fingerprint(describe_device(backend_name, threads))
     device_id = store.find_device(key)
     if device_id is None or not store.layer_timings(device_id, backend_name):
         raise LatpruneError(
@@ -70,6 +67,7 @@ def current_perf_model(db, backend: str, threads: int | None = None) -> tuple[Ne
 
 def fit_perf_model(store: ProfileStore, device_id: int, backend: str, estimator: str = "auto",
                    device: str = "") -> tuple[NetworkLatencyModel, FitSummary]:
+    """Fit on the profile rows of ``device_id`` and ``backend``, and store the fit beside the profile."""
     started = time.time()
     timings = store.layer_timings(device_id, backend)
     if not timings:
@@ -83,24 +81,29 @@ def fit_perf_model(store: ProfileStore, device_id: int, backend: str, estimator:
         (n.model_key, [by_key[k] for k in n.layer_signatures.values() if k in by_key], n.measurement.median_ms)
         for n in networks if n.layer_signatures
     ])
+    device = device or store.device_fingerprint(device_id)
     summary = FitSummary(backend=backend, device=device, status="fitted", layer_rows=len(timings),
                          network_rows=len(networks), alignment_step=step, chosen=layers.chosen_,
                          selection=layers.selection_, overhead={k: list(v) for k, v in model.overhead_.items()},
                          fit_s=time.time() - started)
-    store.save_perf_model(device_id, backend, store.profile_hash(device_id, backend), library_versions(),
-                          summary.to_json(), pickle.dumps(model))
+    save_fit(_fit_file(store, device, backend), model, store.profile_hash(device_id, backend), library_versions(),
+             summary.to_json())
     return model, summary
 
 
 def load_perf_model(store: ProfileStore, device_id: int, backend: str, refit: bool = True,
                     device: str = "") -> tuple[NetworkLatencyModel, FitSummary]:
     """The stored fit if it is current; otherwise refit it (or refuse when ``refit`` is false)."""
-    stored = store.perf_model(device_id, backend)
+    device = device or store.device_fingerprint(device_id)
     reason = None
+    try:
+        stored = load_fit(_fit_file(store, device, backend))
+    except UnreadableFit as exc:
+        stored, reason = None, f"the stored fit is unreadable ({exc})"
     if stored is None:
-        reason = "no fitted model yet"
+        reason = reason or "no fitted model yet"
     else:
-        profile_hash, versions, summary, blob = stored
+        profile_hash, versions, summary, model = stored
         if versions != library_versions():
             changed = sorted(k for k in set(versions) | set(library_versions())
                              if versions.get(k) != library_versions().get(k))
@@ -109,8 +112,7 @@ def load_perf_model(store: ProfileStore, device_id: int, backend: str, refit: bo
         elif profile_hash != store.profile_hash(device_id, backend):
             reason = "the profile changed since the fit"
         else:
-            summary = FitSummary(**{**summary, "status": "loaded"})
-            return pickle.loads(blob), summary
+            return model, FitSummary(**{**summary, "status": "loaded"})
     if not refit:
         raise LatpruneError(f"the stored {backend} performance model is stale: {reason}; run `latprune fit`")
     print(f"latprune: refitting the {backend} performance model: {reason}", file=sys.stderr)
@@ -118,3 +120,6 @@ def load_perf_model(store: ProfileStore, device_id: int, backend: str, refit: bo
     summary.status = f"refitted: {reason}"
     return model, summary
 
+
+def _fit_file(store: ProfileStore, device: str, backend: str) -> Path:
+    return fit_path(store.path, device, backend)

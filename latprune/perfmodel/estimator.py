@@ -11,13 +11,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 
 from latprune.perfmodel.features import bytes_moved, feature_matrix
-from latprune.profiler.alignment import padded_macs
-from latprune.profiler.signature import LayerSignature
+from latprune.network import LayerSignature
+
+
+@dataclass(frozen=True)
+class CostTerms:
+    """A whole-network latency prediction split into what the planner sums: a constant and per-layer costs."""
+
+    constant_ms: float
+    layer_ms: Callable[[Sequence[LayerSignature]], np.ndarray]
 
 
 def _relative_lstsq(design: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -26,7 +34,7 @@ def _relative_lstsq(design: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(design * weights[:, None], y * weights, rcond=None)[0]
 
 
-class _LogTarget:
+class LogTarget:
     """Wrap a regressor to fit log(ms): relative errors matter at every scale."""
 
     def __init__(self, make: Callable[[], object], step: int):
@@ -41,7 +49,7 @@ class _LogTarget:
 
 
 
-class _FamilyLinear:
+class FamilyLinear:
     """Per layer family (all but the widths fixed): ms ~ linear in padded MACs, bytes and misalignment.
 
     Families with too few points, and unseen ones, fall back to gradient boosting.
@@ -53,11 +61,11 @@ class _FamilyLinear:
         self.step = step
 
     def _design(self, signatures) -> np.ndarray:
-        return np.array([[1.0, padded_macs(s, self.step) * 1e-6, bytes_moved(s) * 1e-6,
+        return np.array([[1.0, s.padded_macs(self.step) * 1e-6, bytes_moved(s) * 1e-6,
                           float(s.cin % self.step != 0), float(s.cout % self.step != 0)] for s in signatures])
 
     def fit(self, signatures, ms):
-        self.fallback_ = _LogTarget(_hist_gbm, self.step).fit(signatures, ms)
+        self.fallback_ = LogTarget(_hist_gbm, self.step).fit(signatures, ms)
         groups = defaultdict(list)
         for i, s in enumerate(signatures):
             groups[s.family()].append(i)
@@ -89,9 +97,9 @@ def _random_forest():
 
 
 CANDIDATES: dict[str, Callable[[int], object]] = {
-    "hist-gbm": lambda step: _LogTarget(_hist_gbm, step),
-    "random-forest": lambda step: _LogTarget(_random_forest, step),
-    "family-linear": lambda step: _FamilyLinear(step),
+    "hist-gbm": lambda step: LogTarget(_hist_gbm, step),
+    "random-forest": lambda step: LogTarget(_random_forest, step),
+    "family-linear": lambda step: FamilyLinear(step),
 }
 
 
@@ -187,6 +195,12 @@ class NetworkLatencyModel:
     def predict(self, model_key: str, signatures: Sequence[LayerSignature], use_measured: bool = True) -> float:
         a, b = self.affine(model_key)
         return a + b * float(self.layers.predict(signatures, use_measured=use_measured).sum())
+
+    def cost_terms(self, model_key: str) -> CostTerms:
+        """The prediction for ``model_key`` as a constant plus a cost per layer, for the planner:
+        ``predict(key, signatures) == constant_ms + layer_ms(signatures).sum()``."""
+        a, b = self.affine(model_key)
+        return CostTerms(constant_ms=a, layer_ms=lambda signatures: b * self.layers.predict(signatures))
 
     def affine(self, model_key: str) -> tuple[float, float]:
         """(a, b) with whole-network ms = a + b * sum of layer predictions."""

@@ -11,8 +11,7 @@ import math
 
 import numpy as np
 
-from latprune.profiler.alignment import padded_macs
-from latprune.profiler.signature import LayerSignature
+from latprune.network import LayerSignature
 
 EPILOGUE_OPS = ("add", "relu", "relu6", "hardswish", "silu", "sigmoid", "hardsigmoid", "mul", "max_pool2d",
                 "avg_pool2d", "adaptive_avg_pool2d", "cat", "batch_norm", "pad", "gelu")
@@ -44,7 +43,7 @@ def layer_features(signature: LayerSignature, step: int) -> np.ndarray:
         math.log(signature.groups),
         float(signature.depthwise),
         math.log(max(signature.macs, 1)),
-        math.log(max(padded_macs(signature, step), 1)),
+        math.log(max(signature.padded_macs(step), 1)),
         math.log(bytes_moved(signature)),
         float(signature.cin % step != 0),
         float(signature.cout % step != 0),

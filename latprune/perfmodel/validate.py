@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import kendalltau
 
-from latprune.groups import ChannelGroup, find_channel_groups
+from latprune.analysis import ModelAnalysis, as_analysis
+from latprune.groups import ChannelGroup
 from latprune.models import LoadedModel
+from latprune.network import layer_signatures
 from latprune.perfmodel.estimator import NetworkLatencyModel
-from latprune.profiler.structure import network_signatures
-from latprune.profiler.measure import measure_models
-from latprune.profiler.runner import model_key
+from latprune.profiler.api import measure_models
 from latprune.surgery import prune_channels
 
 
@@ -29,21 +29,22 @@ def random_widths(groups: list[ChannelGroup], rng: random.Random, on_grid: bool,
     return widths
 
 
-def validate_model(loaded: LoadedModel, backend: str, perf: NetworkLatencyModel, step: int, variants: int = 20,
+def validate_model(model: LoadedModel | ModelAnalysis, backend: str, perf: NetworkLatencyModel, step: int, variants: int = 20,
                    rounds: int = 5, runs: int = 10, seed: int = 0, threads: int | None = None,
                    out_dir: str | Path | None = None) -> dict:
     """Predict and measure ``variants`` random pruned variants interleaved with the dense model."""
+    analysis = as_analysis(model)
+    loaded, key, groups = analysis.loaded, analysis.key, list(analysis.groups)
     x = loaded.example_input()
-    groups = list(find_channel_groups(loaded.model, x).groups)
     rng = random.Random(seed)
-    key = model_key(loaded)
     models, rows = [loaded.model], []
     for i in range(variants):
         widths = random_widths(groups, rng, on_grid=i % 2 == 0, step=step)
         kept = {g.id: g.leading_channels(widths[g.id]) for g in groups if widths[g.id] < g.width}
         models.append(prune_channels(loaded.model, x, groups, kept))
         rows.append({"variant": i, "on_grid": i % 2 == 0, "widths": widths})
-    predicted = [perf.predict(key, network_signatures(m, loaded.input_shape, backend)) for m in models]
+    batch = loaded.input_shape[0]
+    predicted = [perf.predict(key, list(layer_signatures(m, analysis.layers, batch, backend).values())) for m in models]
     measured, device = measure_models(models, loaded.input_shape, backend, rounds=rounds, runs=runs, threads=threads,
                                       seed=seed)
     pred = np.array(predicted[1:])

@@ -18,26 +18,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from latprune.channels import group_layout
 from latprune.errors import LatpruneError
-from latprune.graph import magnitude_importance
-from latprune.groups import ChannelGroup, find_channel_groups
+from latprune.analysis import ModelAnalysis, as_analysis
+from latprune.budget import Budget, BudgetRequest
+from latprune.groups import ChannelGroup
 from latprune.models import LoadedModel
 from latprune.perfmodel.estimator import NetworkLatencyModel
 from latprune.planner.costs import latency_problem, macs_problem
 from latprune.planner.importance import channel_importance
 from latprune.planner.plan import GroupPlan, Plan
 from latprune.planner.problem import PlanningProblem
-from latprune.planner.solver import Infeasible, Solution, solve
+from latprune.planner.solver import Infeasible, Solution, check_reachable, solve
 from latprune.planner.widths import WidthPolicy, kept_channels, kept_value, uniform_width
-from latprune.profiler.structure import trace_layers
 
 BISECTION_STEPS = 24
 
 
 @dataclass
 class PlanningInputs:
-    loaded: LoadedModel
+    analysis: ModelAnalysis
     groups: tuple[ChannelGroup, ...]
     scores: dict[str, np.ndarray]
     importance: str
@@ -59,40 +58,33 @@ class PlanningInputs:
             raise LatpruneError("latency planning needs a fitted performance model (--backend)")
         return self.latency
 
-    def budget(self, budget_ms: float | None, speedup: float | None) -> float:
-        if (budget_ms is None) == (speedup is None):
-            raise LatpruneError("give exactly one of --budget-ms and --speedup")
-        if speedup is not None:
-            if speedup < 1:
-                raise LatpruneError(f"--speedup must be at least 1 (got {speedup})")
-            return self.dense_ms() / speedup
-        if budget_ms <= 0:
-            raise LatpruneError(f"--budget-ms must be positive (got {budget_ms})")
-        return budget_ms
+    def resolve(self, request: BudgetRequest) -> Budget:
+        """A budget request in milliseconds: a speedup divides the *predicted* dense latency."""
+        return request.resolve(self.dense_ms(), "predicted dense")
 
 
-def prepare(loaded: LoadedModel, importance: str = "l2", calib: torch.Tensor | None = None,
-            policy: WidthPolicy | None = None, perf: NetworkLatencyModel | None = None, model_key: str = "",
-            backend: str = "", device: str = "") -> PlanningInputs:
-    """Groups, channel scores and cost problems of ``loaded`` (latency only with ``perf``)."""
+def prepare(model: LoadedModel | ModelAnalysis, importance: str = "l2", calib: torch.Tensor | None = None,
+            policy: WidthPolicy | None = None, perf: NetworkLatencyModel | None = None, backend: str = "",
+            device: str = "") -> PlanningInputs:
+    """Channel scores, candidate widths and cost problems of a model (latency only with ``perf``)."""
+    analysis = as_analysis(model)
     policy = policy or WidthPolicy()
-    x = loaded.example_input()
-    groups = find_channel_groups(loaded.model, x).groups
+    groups = analysis.groups
     if not groups:
-        raise LatpruneError(f"{loaded.spec} has no prunable channel groups")
-    layout = group_layout(loaded.model, x, groups)
-    scores = channel_importance(importance, loaded.model, groups, layout, calib)
+        raise LatpruneError(f"{analysis.spec} has no prunable channel groups")
+    scores = channel_importance(importance, analysis.model, groups, analysis.layout, calib)
     candidates = [policy.candidates(g) for g in groups]
     values = [kept_value(g, scores[g.id], c) for g, c in zip(groups, candidates)]
-    layers, batch = trace_layers(loaded.model, x), loaded.input_shape[0]
-    macs = macs_problem(layers, batch, groups, candidates, values)
+    batch = analysis.input_shape[0]
+    macs = macs_problem(analysis.layers, batch, groups, candidates, values)
     latency = None
     if perf is not None:
-        latency = latency_problem(layers, batch, groups, candidates, values, perf, model_key, backend)
-    return PlanningInputs(loaded, groups, scores, importance, policy, macs, latency, backend, device)
+        latency = latency_problem(analysis.layers, batch, groups, candidates, values, perf.cost_terms(analysis.key),
+                                  backend)
+    return PlanningInputs(analysis, groups, scores, importance, policy, macs, latency, backend, device)
 
 
-def build_plan(inputs: PlanningInputs, widths: list[int], method: str, budget_ms: float | None,
+def build_plan(inputs: PlanningInputs, widths: list[int], method: str, budget: Budget | None,
                solver: dict | None = None, kept: dict[str, list[int]] | None = None, cost: str = "latency") -> Plan:
     """A plan for explicit widths; kept channels are the best-scoring unless given."""
     kept = kept or {g.id: kept_channels(g, inputs.scores[g.id], w) for g, w in zip(inputs.groups, widths)}
@@ -102,47 +94,46 @@ def build_plan(inputs: PlanningInputs, widths: list[int], method: str, budget_ms
     if inputs.latency is not None:
         predicted, dense = inputs.latency.cost_of_widths(widths), inputs.dense_ms()
     return Plan(
-        model=inputs.loaded.spec, input_shape=list(inputs.loaded.input_shape), backend=inputs.backend, cost=cost,
-        method=method, importance=inputs.importance, budget_ms=budget_ms, predicted_ms=predicted,
+        model=inputs.analysis.spec, input_shape=list(inputs.analysis.input_shape), backend=inputs.backend, cost=cost,
+        method=method, importance=inputs.importance, budget_ms=budget.target_ms if budget else None,
+        predicted_ms=predicted,
         dense_predicted_ms=dense, importance_kept=retained / max(total, 1e-12),
         macs=int(round(inputs.macs.cost_of_widths(widths) * 1e6)),
         dense_macs=int(round(inputs.macs.cost_of_widths(inputs.full_widths) * 1e6)),
         groups=[GroupPlan(g.id, int(w), g.width, sorted(int(i) for i in kept[g.id]))
                 for g, w in zip(inputs.groups, widths)],
-        solver=dict(solver or {}), device=inputs.device,
+        solver=dict(solver or {}), device=inputs.device, budget=budget.to_json() if budget else {},
     )
 
 
-def latency_plan(inputs: PlanningInputs, budget_ms: float | None = None, speedup: float | None = None,
-                 bins: int = 2000, max_macs: float | None = None) -> Plan:
+def latency_plan(inputs: PlanningInputs, budget: Budget, bins: int = 2000, max_macs: float | None = None) -> Plan:
     """The most important plan whose predicted latency meets the budget (and MACs cap, if any).
 
-    A MACs cap is met by bisecting the latency budget down until the plan fits it, so with a
-    cap the plan is optimal for the latency it ends at, not jointly.
+    The plan aims at ``budget.target_ms``. A MACs cap is met by bisecting the latency budget
+    down until the plan fits it, so with a cap the plan is optimal for the latency it ends at,
+    not jointly.
     """
     problem = inputs.latency_problem()
-    budget = inputs.budget(budget_ms, speedup)
-    _check_reachable(problem, budget, "ms")
-    solution = solve(problem, budget, bins)
+    target = budget.target_ms
+    solution = solve(problem, target, bins)
     if max_macs is not None and inputs.macs.total_cost(solution.choice) * 1e6 > max_macs:
         solution = _largest_fitting(
             lambda b: solve(problem, b, bins),
             lambda s: inputs.macs.total_cost(s.choice) * 1e6 <= max_macs,
-            low=problem.total_cost(problem.fastest()), high=budget, what=f"{max_macs:.4g} MACs")
+            low=problem.total_cost(problem.fastest()), high=target, what=f"{max_macs:.4g} MACs")
     return build_plan(inputs, problem.widths(solution.choice), "latency-dp", budget, _stats(solution, bins))
 
 
-def flops_plan(inputs: PlanningInputs, budget_ms: float | None = None, speedup: float | None = None,
-               bins: int = 2000) -> Plan:
+def flops_plan(inputs: PlanningInputs, budget: Budget, bins: int = 2000) -> Plan:
     """The FLOPs baseline: the same DP with MACs as the cost, at the largest MACs budget whose
     plan's *predicted latency* meets the latency budget."""
     problem = inputs.latency_problem()
-    budget = inputs.budget(budget_ms, speedup)
-    _check_reachable(problem, budget, "ms")
+    target = budget.target_ms
+    check_reachable(problem, target)
     macs = inputs.macs
-    solution = _largest_fitting(lambda m: solve(macs, m, bins), lambda s: problem.total_cost(s.choice) <= budget,
+    solution = _largest_fitting(lambda m: solve(macs, m, bins), lambda s: problem.total_cost(s.choice) <= target,
                                 low=macs.total_cost(macs.fastest()), high=macs.total_cost(macs.full()),
-                                what=f"{budget:.4g} ms")
+                                what=f"{target:.4g} ms")
     return build_plan(inputs, macs.widths(solution.choice), "flops-dp", budget, _stats(solution, bins))
 
 
@@ -154,27 +145,24 @@ def uniform_plan(inputs: PlanningInputs, ratio: float) -> Plan:
     return build_plan(inputs, widths, "uniform", None, {"ratio": ratio})
 
 
-def uniform_plan_for_budget(inputs: PlanningInputs, budget_ms: float | None = None,
-                            speedup: float | None = None) -> Plan:
+def uniform_plan_for_budget(inputs: PlanningInputs, budget: Budget) -> Plan:
     """The largest uniform ratio whose predicted latency meets the budget."""
-    budget = inputs.budget(budget_ms, speedup)
+    target = budget.target_ms
     problem = inputs.latency_problem()
-    def fits(ratio: float) -> bool:
-        return problem.cost_of_widths([uniform_width(g, ratio, inputs.policy.unit(g)) for g in inputs.groups]) <= budget
 
-    ratio = _largest_ratio(fits, what=f"{budget:.4g} ms")
-    plan = uniform_plan(inputs, ratio)
-    plan.budget_ms = budget
-    return plan
+    def widths_at(ratio: float) -> list[int]:
+        return [uniform_width(g, ratio, inputs.policy.unit(g)) for g in inputs.groups]
+
+    ratio = _largest_ratio(lambda r: problem.cost_of_widths(widths_at(r)) <= target, what=f"{target:.4g} ms")
+    return build_plan(inputs, widths_at(ratio), "uniform", budget, {"ratio": ratio})
 
 
-def tp_global_plan(inputs: PlanningInputs, budget_ms: float | None = None, speedup: float | None = None) -> Plan:
+def tp_global_plan(inputs: PlanningInputs, budget: Budget) -> Plan:
     """Torch-Pruning global magnitude pruning: one threshold on TP's group-L2 scores over all groups,
     the pruned fraction bisected until the predicted latency meets the budget. Widths are not aligned."""
-    budget = inputs.budget(budget_ms, speedup)
+    target = budget.target_ms
     problem = inputs.latency_problem()
-    loaded = inputs.loaded
-    raw = magnitude_importance(loaded.model, loaded.example_input(), [g.id for g in inputs.groups])
+    raw = inputs.analysis.magnitude_scores()
     scores = {g.id: raw[g.id].numpy().astype(float) for g in inputs.groups}
     everything = np.concatenate(list(scores.values()))
 
@@ -189,19 +177,12 @@ def tp_global_plan(inputs: PlanningInputs, budget_ms: float | None = None, speed
         return kept
 
     def fits(ratio: float) -> bool:
-        return problem.cost_of_widths([len(v) for v in kept_at(ratio).values()]) <= budget
+        return problem.cost_of_widths([len(v) for v in kept_at(ratio).values()]) <= target
 
-    ratio = _largest_ratio(fits, what=f"{budget:.4g} ms")
+    ratio = _largest_ratio(fits, what=f"{target:.4g} ms")
     kept = kept_at(ratio)
     return build_plan(inputs, [len(kept[g.id]) for g in inputs.groups], "tp-global-magnitude", budget,
                       {"kept_ratio": ratio, "importance": "torch-pruning GroupMagnitudeImportance(p=2)"}, kept=kept)
-
-
-def _check_reachable(problem: PlanningProblem, budget: float, unit: str) -> None:
-    fastest = problem.total_cost(problem.fastest())
-    if budget < fastest:
-        raise LatpruneError(f"budget {budget:.4g} {unit} is below the fastest achievable plan: {fastest:.4g} {unit} "
-                            f"with every group at its narrowest candidate width")
 
 
 def _largest_fitting(solve_at: Callable[[float], Solution], fits: Callable[[Solution], bool], low: float,

@@ -1,7 +1,7 @@
 """Build planning problems from a network: which groups set each layer's widths, and what a layer costs.
 
-Cost models: predicted latency (the fitted performance model, whole-network affine terms
-included) or MACs (the FLOPs baseline).
+Cost models: predicted latency (the performance model's own cost terms: a constant plus
+one cost per layer) or MACs (the FLOPs baseline).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from latprune.groups import ChannelGroup
-from latprune.perfmodel.estimator import NetworkLatencyModel
+from latprune.perfmodel import CostTerms
 from latprune.planner.problem import LayerTerm, PlanningProblem
-from latprune.profiler.signature import LayerSignature
-from latprune.profiler.structure import DTYPE, LayerInfo
+from latprune.network import LayerSignature
+from latprune.network import DTYPE, LayerInfo
 
 
 def layer_terms(layers: Mapping[str, LayerInfo], groups: Sequence[ChannelGroup]) -> list[LayerTerm]:
@@ -36,7 +36,8 @@ def layer_terms(layers: Mapping[str, LayerInfo], groups: Sequence[ChannelGroup])
 
 def signature_problem(layers: Mapping[str, LayerInfo], batch: int, groups: Sequence[ChannelGroup],
                       candidates: list[np.ndarray], values: list[np.ndarray], backend: str,
-                      cost_of: Callable[[list[LayerSignature]], np.ndarray], constant: float = 0.0) -> PlanningProblem:
+                      cost_of: Callable[[list[LayerSignature]], np.ndarray], constant: float = 0.0,
+                      unit: str = "ms") -> PlanningProblem:
     """A problem whose layer cost is ``cost_of`` the layers' signatures at the given widths."""
     infos = list(layers.values())
 
@@ -44,20 +45,19 @@ def signature_problem(layers: Mapping[str, LayerInfo], batch: int, groups: Seque
         return cost_of([infos[i].signature(cin, cout, batch, DTYPE, backend) for i, cin, cout in rows])
 
     return PlanningProblem([g.id for g in groups], candidates, values, layer_terms(layers, groups), cost,
-                           constant=constant)
+                           constant=constant, unit=unit)
 
 
 def latency_problem(layers: Mapping[str, LayerInfo], batch: int, groups: Sequence[ChannelGroup],
-                    candidates: list[np.ndarray], values: list[np.ndarray], perf: NetworkLatencyModel,
-                    model_key: str, backend: str) -> PlanningProblem:
-    """Cost = the performance model's whole-network latency prediction (ms)."""
-    a, b = perf.affine(model_key)
-    return signature_problem(layers, batch, groups, candidates, values, backend,
-                             lambda signatures: b * perf.layers.predict(signatures), constant=a)
+                    candidates: list[np.ndarray], values: list[np.ndarray], terms: CostTerms,
+                    backend: str) -> PlanningProblem:
+    """Cost = the performance model's whole-network latency prediction (ms), from its own cost terms."""
+    return signature_problem(layers, batch, groups, candidates, values, backend, terms.layer_ms,
+                             constant=terms.constant_ms)
 
 
 def macs_problem(layers: Mapping[str, LayerInfo], batch: int, groups: Sequence[ChannelGroup],
                  candidates: list[np.ndarray], values: list[np.ndarray]) -> PlanningProblem:
     """Cost = multiply-accumulates (millions) of the conv/linear layers."""
     return signature_problem(layers, batch, groups, candidates, values, "macs",
-                             lambda signatures: np.array([s.macs * 1e-6 for s in signatures]))
+                             lambda signatures: np.array([s.macs * 1e-6 for s in signatures]), unit="M MACs")

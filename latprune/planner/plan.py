@@ -40,6 +40,7 @@ class Plan:
     groups: list[GroupPlan]
     solver: dict = field(default_factory=dict)
     device: str = ""
+    budget: dict = field(default_factory=dict)  # the resolved Budget the plan was made for (latprune.budget)
 
     @property
     def predicted_speedup(self) -> float | None:
@@ -64,7 +65,7 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Plan":
-        if data.get("format") != FORMAT:
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             raise LatpruneError("not a latprune plan file")
         if int(data.get("version", 0)) > FORMAT_VERSION:
             raise LatpruneError(f"plan format {data['version']} is newer than this latprune reads ({FORMAT_VERSION})")

@@ -43,6 +43,7 @@ class PlanningProblem:
     layers: list[LayerTerm]
     layer_cost: LayerCostFn
     constant: float = 0.0
+    unit: str = "ms"  # what a cost is measured in, for messages
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple[int, int, int], float] = {}

@@ -37,6 +37,14 @@ class Infeasible(LatpruneError):
     """No plan meets the budget."""
 
 
+def check_reachable(problem: PlanningProblem, budget: float) -> None:
+    """Raise :class:`Infeasible` when even the narrowest plan costs more than ``budget``."""
+    fastest = problem.total_cost(problem.fastest())
+    if budget < fastest:
+        raise Infeasible(f"budget {budget:.4g} {problem.unit} is below the fastest achievable plan ({fastest:.4g} "
+                         f"{problem.unit}, every group at its narrowest candidate width)")
+
+
 def solve(problem: PlanningProblem, budget: float, bins: int = 2000) -> Solution:
     """The most important plan whose cost is at most ``budget`` (exact up to cost rounding).
 
@@ -44,10 +52,7 @@ def solve(problem: PlanningProblem, budget: float, bins: int = 2000) -> Solution
     fallback, recorded in ``stats["method"]``. The decomposition and each item's exact
     Pareto frontier depend only on the problem, so they are built once and reused.
     """
-    fastest = problem.total_cost(problem.fastest())
-    if budget < fastest:
-        raise Infeasible(f"budget {budget:.4g} is below the fastest achievable plan ({fastest:.4g}, every group "
-                         f"at its smallest candidate width)")
+    check_reachable(problem, budget)
     started = time.perf_counter()
     prepared = problem.solver_cache
     if prepared is None:

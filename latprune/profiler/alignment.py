@@ -9,28 +9,15 @@ residuals is the detected alignment (1 means no staircase).
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
 
-from latprune.profiler.signature import LayerSignature
+from latprune.network import LayerSignature
 
 CANDIDATE_STEPS = (1, 2, 4, 8, 16, 32)
-
-
-def padded_macs(signature: LayerSignature, step: int) -> float:
-    """MACs with input and output channels rounded up to a multiple of ``step``."""
-    def up(c: int) -> int:
-        return math.ceil(c / step) * step
-
-    cin, cout = up(signature.cin), up(signature.cout)
-    groups = cin if signature.depthwise else signature.groups
-    ratio = (cin // max(groups, 1)) * cout / max((signature.cin // signature.groups) * signature.cout, 1)
-    return signature.macs * ratio
-
 
 
 def detect_alignment_step(
@@ -53,7 +40,7 @@ def detect_alignment_step(
     for step in CANDIDATE_STEPS:
         errors = []
         for family in usable:
-            x = np.array([padded_macs(s, step) for s, _ in family])
+            x = np.array([s.padded_macs(step) for s, _ in family])
             y = np.array([ms for _, ms in family])
             design = np.stack([np.ones_like(x), x], axis=1)
             coef, *_ = np.linalg.lstsq(design, y, rcond=None)

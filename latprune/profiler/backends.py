@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from latprune.errors import LatpruneError
 from latprune.profiler.device import cpu_model, physical_cores
-from latprune.profiler.structure import TIMED_TYPES
+from latprune.network import TIMED_TYPES
 
 
 @dataclass
@@ -88,11 +88,20 @@ def register(name: str):
 
 def get_backend(name: str, threads: int | None = None) -> Backend:
     """The backend registered as ``name``, checked to be usable on this machine."""
-    if name not in BACKENDS:
-        raise LatpruneError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    backend = BACKENDS[name](threads)
+    backend = _construct(name, threads)
     backend.check_available()
     return backend
+
+
+def describe_device(name: str, threads: int | None = None) -> dict:
+    """The description (and so the fingerprint) of this machine for backend ``name``, without starting it."""
+    return _construct(name, threads).description()
+
+
+def _construct(name: str, threads: int | None) -> Backend:
+    if name not in BACKENDS:
+        raise LatpruneError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[name](threads)
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -227,11 +236,10 @@ class _OrtBackend(Backend):
                 f"backend {self.name} needs ONNX Runtime's {self.provider} (install onnxruntime-gpu for CUDA); "
                 f"available here: {', '.join(info['providers'])}"
             )
-        self._ort_version = info["onnxruntime"]
 
     def description(self) -> dict:
         info = super().description()
-        info.update(onnxruntime=self._ort_version, provider=self.provider)
+        info.update(onnxruntime=_onnxruntime_version(), provider=self.provider)
         if self.provider == "CUDAExecutionProvider" and torch.cuda.is_available():
             info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
         return info
@@ -264,6 +272,18 @@ class _OrtBackend(Backend):
             self._worker.stdin.close()
             self._worker.wait(timeout=10)
             self._worker = None
+
+
+def _onnxruntime_version() -> str:
+    """The installed ONNX Runtime's version, read from package metadata (no import, no worker)."""
+    from importlib import metadata
+
+    for distribution in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "missing"
 
 
 @register("ort-cpu")

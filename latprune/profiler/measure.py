@@ -1,10 +1,8 @@
-"""Whole-network latency with the profiler's method: warm-up, shuffled interleaved rounds."""
+"""Whole-network latency with the profiler's method (:class:`~latprune.profiler.timer.Timer`)."""
 
 from __future__ import annotations
 
-import random
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,8 +11,9 @@ import torch.nn as nn
 
 from latprune.profiler.backends import get_backend
 from latprune.profiler.device import fingerprint
-from latprune.profiler.signature import Measurement
-from latprune.profiler.structure import trace_layers
+from latprune.network import Measurement
+from latprune.profiler.timer import Timer
+from latprune.network import trace_layers
 
 
 def measure_models(
@@ -40,19 +39,11 @@ def measure_models(
             for i, model in enumerate(models):
                 layers = list(trace_layers(model, torch.zeros(input_shape)))
                 prepared.append(backend.prepare(model, input_shape, layers, Path(work) / f"m{i}.bin"))
-            deadline = time.time() + global_warmup_s
-            while time.time() < deadline:
-                for p in prepared:
-                    backend.time(p, warmup=1, runs=2, profiled_runs=0)
-            samples: list[list[list[float]]] = [[] for _ in prepared]
-            order = list(range(len(prepared)))
-            rng = random.Random(seed)
-            for _ in range(rounds):
-                rng.shuffle(order)
-                for i in order:
-                    samples[i].append(backend.time(prepared[i], warmup, runs, profiled_runs=0).plain_ms)
+            timer = Timer(backend, warmup=warmup, seed=seed)
+            timer.warm_up(prepared, global_warmup_s)
+            measurements = timer.interleaved(prepared, rounds, runs)
             description = backend.description()
     finally:
         backend.close()
     description["fingerprint"] = fingerprint(description)
-    return [Measurement.from_samples(s) for s in samples], description
+    return measurements, description

@@ -10,7 +10,6 @@ re-timed every few minutes to record drift.
 
 from __future__ import annotations
 
-import random
 import statistics
 import sys
 import tempfile
@@ -19,14 +18,15 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from latprune.groups import find_channel_groups
+from latprune.analysis import ModelAnalysis, as_analysis
 from latprune.models import LoadedModel
 from latprune.profiler.alignment import detect_alignment_step
 from latprune.profiler.backends import Backend, Prepared, RoundSample, get_backend
 from latprune.profiler.device import fingerprint
-from latprune.profiler.signature import LayerSignature, Measurement
+from latprune.network import LayerSignature, Measurement
 from latprune.profiler.store import NetworkTiming, ProfileStore
-from latprune.profiler.structure import layer_signatures, trace_layers
+from latprune.profiler.timer import Timer
+from latprune.network import layer_signatures
 from latprune.profiler.variants import Variant, design_variants
 from latprune.surgery import prune_channels
 
@@ -73,11 +73,6 @@ class ProfileReport:
         return asdict(self)
 
 
-def model_key(loaded: LoadedModel) -> str:
-    """Architecture identity for timing purposes: spec and input shape (not weights)."""
-    return f"{loaded.spec}@{'x'.join(map(str, loaded.input_shape))}"
-
-
 @dataclass
 class _Job:
     variant: Variant
@@ -97,32 +92,31 @@ def _progress(iterable=None, **kwargs):
 
 
 def profile_model(
-    loaded: LoadedModel,
+    model: LoadedModel | ModelAnalysis,
     backend_name: str,
     db: str | Path | None = None,
     settings: ProfileSettings = ProfileSettings(),
     threads: int | None = None,
     progress: bool = True,
 ) -> ProfileReport:
-    """Profile ``loaded`` on ``backend_name`` into the database ``db`` (resuming if interrupted)."""
+    """Profile a model on ``backend_name`` into the database ``db`` (resuming if interrupted)."""
     started = time.time()
+    analysis = as_analysis(model)
     backend = get_backend(backend_name, threads)
     try:
         with ProfileStore(db) as store:
-            return _profile(loaded, backend, store, settings, progress, started)
+            return _profile(analysis, backend, store, settings, progress, started)
     finally:
         backend.close()
 
 
-def _profile(loaded, backend: Backend, store: ProfileStore, settings: ProfileSettings, progress: bool,
-             started: float) -> ProfileReport:
+def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, settings: ProfileSettings,
+             progress: bool, started: float) -> ProfileReport:
     description = backend.description()
     device = fingerprint(description)
     device_id = store.device_id(device, description)
-    key = model_key(loaded)
+    loaded, key, layers = analysis.loaded, analysis.key, analysis.layers
     x = loaded.example_input()
-    analysis = find_channel_groups(loaded.model, x)
-    layers = trace_layers(loaded.model, x)
     variants = design_variants(analysis.groups, settings.widths, settings.variants, settings.step, settings.seed)
 
     known_elsewhere = store.known_signatures(device_id, backend.name, exclude_model=key)
@@ -182,13 +176,12 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
                settings: ProfileSettings, progress: bool) -> float:
     """Run the rounds; returns the largest relative drift of the reference network."""
     reference = jobs[0].prepared
-    deadline = time.time() + settings.global_warmup_s
-    while time.time() < deadline:
-        backend.time(reference, warmup=1, runs=3, profiled_runs=0)
+    timer = Timer(backend, warmup=settings.warmup, seed=settings.seed)
+    timer.warm_up([reference], settings.global_warmup_s)
 
     def check_drift() -> tuple[float, float]:
         """Re-time the reference: (largest drift so far, its median now)."""
-        sample = backend.time(reference, warmup=settings.warmup, runs=2 * settings.runs, profiled_runs=0)
+        sample = timer.sample(reference, runs=2 * settings.runs)
         median = statistics.median(sample.plain_ms)
         store.record_drift_check(device_id, backend.name, key, median)
         checks = store.drift_checks(device_id, backend.name, key)
@@ -199,7 +192,6 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
     scale = max(1.0, settings.min_round_ms / max(dense_ms, 1e-3) / (settings.runs + settings.profiled_runs))
     runs, profiled_runs = round(settings.runs * scale), round(settings.profiled_runs * scale)
     finished: set[str] = set()
-    rng = random.Random(settings.seed)
     total = sum(max(0, settings.rounds - len(j.rounds)) for j in jobs)
     bar = _progress(total=total, desc=f"profile {backend.name}", unit="run", disable=not progress)
     for round_index in range(settings.rounds + settings.max_extra_rounds):
@@ -210,9 +202,8 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
         ]
         if round_index >= settings.rounds:
             bar.total += len(todo)
-        rng.shuffle(todo)
-        for job in todo:
-            sample = backend.time(job.prepared, settings.warmup, runs, profiled_runs)
+        for job in timer.shuffled(todo):
+            sample = timer.sample(job.prepared, runs, profiled_runs)
             job.rounds[round_index] = sample.to_json()
             store.save_round(device_id, backend.name, key, job.variant.key, round_index, job.rounds[round_index])
             complete = len(job.rounds) >= settings.rounds

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from latprune.errors import LatpruneError
-from latprune.profiler.signature import LayerSignature, Measurement
+from latprune.network import LayerSignature, Measurement
 
 SCHEMA_VERSION = 1
 
@@ -62,12 +62,6 @@ CREATE TABLE IF NOT EXISTS pending_rounds (
 CREATE TABLE IF NOT EXISTS drift_checks (
     device_id INTEGER NOT NULL, backend TEXT NOT NULL, model_key TEXT NOT NULL,
     at REAL NOT NULL, median_ms REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS perf_models (
-    device_id INTEGER NOT NULL, backend TEXT NOT NULL,
-    profile_hash TEXT NOT NULL, versions TEXT NOT NULL, summary TEXT NOT NULL,
-    model BLOB NOT NULL, created REAL NOT NULL,
-    PRIMARY KEY (device_id, backend)
 );
 CREATE TABLE IF NOT EXISTS backend_facts (
     device_id INTEGER NOT NULL, backend TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
@@ -265,7 +259,7 @@ class ProfileStore:
             pending.setdefault(variant_key, {})[round_index] = json.loads(data)
         return pending
 
-    # -------------------------------------------------------------- fitted performance models
+    # -------------------------------------------------------------- profile identity
 
     def profile_hash(self, device_id: int, backend: str) -> str:
         """Changes whenever the timings of this device and backend change."""
@@ -276,23 +270,15 @@ class ProfileStore:
                 "WHERE device_id = ? AND backend = ?", (device_id, backend)).fetchone())
         return json.dumps(parts)
 
-    def save_perf_model(self, device_id: int, backend: str, profile_hash: str, versions: dict, summary: dict,
-                        blob: bytes) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO perf_models VALUES (?,?,?,?,?,?,?)",
-                         (device_id, backend, profile_hash, json.dumps(versions, sort_keys=True),
-                          json.dumps(summary), blob, time.time()))
-
-    def perf_model(self, device_id: int, backend: str) -> tuple[str, dict, dict, bytes] | None:
-        """(profile hash, versions, summary, pickled model) of the stored fit, if any."""
-        row = self._conn.execute(
-            "SELECT profile_hash, versions, summary, model FROM perf_models WHERE device_id = ? AND backend = ?",
-            (device_id, backend)).fetchone()
-        return (row[0], json.loads(row[1]), json.loads(row[2]), row[3]) if row else None
-
     def find_device(self, fingerprint: str) -> int | None:
         row = self._conn.execute("SELECT id FROM devices WHERE fingerprint = ?", (fingerprint,)).fetchone()
         return row[0] if row else None
+
+    def device_fingerprint(self, device_id: int) -> str:
+        row = self._conn.execute("SELECT fingerprint FROM devices WHERE id = ?", (device_id,)).fetchone()
+        if row is None:
+            raise LatpruneError(f"no device {device_id} in {self.path}")
+        return row[0]
 
     # -------------------------------------------------------------- drift and facts
 

@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from latprune.channels import Layout, group_layout
+from latprune.analysis import ModelAnalysis, as_analysis
+from latprune.channels import Layout
 from latprune.errors import LatpruneError
 from latprune.graph import LayerSlice
-from latprune.groups import ChannelGroup, find_channel_groups
+from latprune.groups import ChannelGroup
 from latprune.models import LoadedModel
 from latprune.pruned_file import PrunedModel, prune_loaded
 from latprune.recovery.batchnorm import recalibrate_batchnorm, restate_batchnorm
@@ -75,7 +76,7 @@ def parse_recipe(recipe: str) -> list[str]:
 
 @dataclass
 class _Context:
-    dense: LoadedModel
+    analysis: ModelAnalysis  # of the dense model
     taps: list[Tap]
     pruned_groups: list[ChannelGroup]
     layout: Layout  # where the pruned groups' channels live in each dense layer
@@ -88,7 +89,7 @@ class _Context:
 
 
 def recover(
-    dense: LoadedModel,
+    dense: LoadedModel | ModelAnalysis,
     pruned: PrunedModel,
     recipe: str,
     calib: torch.Tensor,
@@ -105,26 +106,26 @@ def recover(
     they distil the dense network's outputs.
     """
     steps = parse_recipe(recipe)
-    _check_inputs(dense, pruned, calib, labels, steps)
+    analysis = as_analysis(dense)
+    _check_inputs(analysis.loaded, pruned, calib, labels, steps)
     settings = settings or ReconstructionSettings()
-    x = dense.example_input()
-    dense.model.eval()
-    pruned_groups = [g for g in find_channel_groups(dense.model, x).groups if g.id in pruned.kept]
-    layout = group_layout(dense.model, x, pruned_groups) if pruned_groups else {}
-    ctx = _Context(dense, find_taps(dense.model, x), pruned_groups, layout,
+    dense_model = analysis.model.eval()
+    pruned_groups = analysis.groups_named(list(pruned.kept))
+    layout = {g.id: analysis.layout[g.id] for g in pruned_groups}
+    ctx = _Context(analysis, find_taps(dense_model, analysis.example_input()), pruned_groups, layout,
                    kept_output_channels(layout, pruned_groups, pruned.kept), calib, labels, settings,
                    tuning or FinetuneSettings(), progress)
     report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib))
     started = time.perf_counter()
     result = PrunedModel(copy.deepcopy(pruned.model), pruned.spec, pruned.input_shape, dict(pruned.kept),
                          pruned.family, copy.deepcopy(pruned.metadata))
-    report.error_before = tap_errors(result.model, dense.model, ctx.taps, ctx.kept, calib)
+    report.error_before = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib)
     for step in steps:
         began = time.perf_counter()
         details = STEPS[step](ctx, result)
         report.steps.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **details})
     result.model.eval()
-    report.error_after = tap_errors(result.model, dense.model, ctx.taps, ctx.kept, calib)
+    report.error_after = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib)
     report.seconds = round(time.perf_counter() - started, 3)
     result.metadata["recovery"] = report.to_dict()
     return result, report
@@ -133,8 +134,7 @@ def recover(
 def _check_inputs(
     dense: LoadedModel, pruned: PrunedModel, calib: torch.Tensor, labels: torch.Tensor | None, steps: list[str]
 ) -> None:
-    if dense.spec != pruned.spec:
-        raise LatpruneError(f"the pruned model was made from {pruned.spec}, not from {dense.spec}")
+    pruned.check_made_from(dense.spec)
     if tuple(calib.shape[1:]) != tuple(dense.input_shape[1:]):
         raise LatpruneError(f"calibration images have shape {tuple(calib.shape[1:])}, the model expects "
                             f"{tuple(dense.input_shape[1:])}")
@@ -157,7 +157,7 @@ def _bn(ctx: _Context, result: PrunedModel) -> dict:
 def _correction(rule: str) -> Callable[[_Context, PrunedModel], dict]:
     def step(ctx: _Context, result: PrunedModel) -> dict:
         recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
-        summary = correct_outputs(result.model, ctx.dense.model, ctx.taps, ctx.kept, ctx.calib, rule,
+        summary = correct_outputs(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, rule,
                                   progress=ctx.progress)
         recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
         return summary
@@ -166,34 +166,33 @@ def _correction(rule: str) -> Callable[[_Context, PrunedModel], dict]:
 
 
 def _two_stage(ctx: _Context, result: PrunedModel) -> dict:
-    full = copy.deepcopy(ctx.dense.model)
-    phase1 = phase_one(full, ctx.dense.model, ctx.taps, ctx.kept, _removed_slices(ctx, result.kept),
+    full = copy.deepcopy(ctx.analysis.model)
+    phase1 = phase_one(full, ctx.analysis.model, ctx.taps, ctx.kept, _removed_slices(ctx, result.kept),
                        ctx.calib, ctx.settings, ctx.progress)
-    squeezed = LoadedModel(full, ctx.dense.spec, ctx.dense.family, ctx.dense.input_shape)
-    result.model = prune_loaded(squeezed, result.kept).model
-    phase2 = phase_two(result.model, ctx.dense.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress)
+    result.model = prune_loaded(ctx.analysis, result.kept, weights_from=full).model
+    phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress)
     restate_batchnorm(result.model, ctx.calib)
     return {"phase1_loss": [round(v, 5) for v in phase1], "phase2_loss": [round(v, 5) for v in phase2]}
 
 
 def _ridge(ctx: _Context, result: PrunedModel) -> dict:
-    result.model = prune_loaded(ctx.dense, result.kept).model
-    summary = ridge_reconstruct(result.model, ctx.dense.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings,
+    result.model = prune_loaded(ctx.analysis, result.kept).model
+    summary = ridge_reconstruct(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings,
                                 ctx.progress)
     restate_batchnorm(result.model, ctx.calib)
     return summary
 
 
 def _finetune(ctx: _Context, result: PrunedModel) -> dict:
-    history = finetune(result.model, ctx.dense.model, ctx.calib, ctx.labels, ctx.tuning, progress=ctx.progress)
+    history = finetune(result.model, ctx.analysis.model, ctx.calib, ctx.labels, ctx.tuning, progress=ctx.progress)
     recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
     return {"loss": [round(v, 5) for v in history], "labels": ctx.labels is not None}
 
 
 def _overparam(ctx: _Context, result: PrunedModel) -> dict:
-    sp_layers = stage_outputs(ctx.dense.model, ctx.dense.example_input())
+    sp_layers = stage_outputs(ctx.analysis.model, ctx.analysis.example_input())
     expanded = expand_network(result.model, ctx.tuning.expansion, ctx.tuning.seed)
-    history = finetune(result.model, ctx.dense.model, ctx.calib, ctx.labels, ctx.tuning, sp_layers, ctx.progress)
+    history = finetune(result.model, ctx.analysis.model, ctx.calib, ctx.labels, ctx.tuning, sp_layers, ctx.progress)
     merge_network(result.model)
     recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
     return {"loss": [round(v, 5) for v in history], "labels": ctx.labels is not None,

@@ -1,10 +1,10 @@
-"""Plain data objects of the profiler: layer signatures and timing measurements."""
+"""``LayerSignature``: everything a conv/linear layer's in-network latency depends on."""
 
 from __future__ import annotations
 
 import json
-import statistics
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 
@@ -67,40 +67,12 @@ class LayerSignature:
         per_output = (self.cin // self.groups) * self.kernel[0] * self.kernel[1]
         return self.batch * self.cout * out_h * out_w * per_output
 
+    def padded_macs(self, step: int) -> float:
+        """MACs with input and output channels rounded up to a multiple of ``step``."""
+        def up(c: int) -> int:
+            return math.ceil(c / step) * step
 
-@dataclass(frozen=True)
-class Measurement:
-    """Summary of repeated timings of one thing, in milliseconds."""
-
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    runs: int
-    spread: float  # relative disagreement between round medians: (max - min) / median
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_samples(cls, rounds: Sequence[Sequence[float]]) -> "Measurement":
-        """Summarise timings grouped by round (each round's samples taken together)."""
-        samples = sorted(t for r in rounds for t in r)
-        if not samples:
-            raise ValueError("no timing samples")
-        median = statistics.median(samples)
-        round_medians = [statistics.median(r) for r in rounds if r]
-        spread = (max(round_medians) - min(round_medians)) / median if median > 0 else 0.0
-        return cls(
-            median_ms=median,
-            p10_ms=_quantile(samples, 0.1),
-            p90_ms=_quantile(samples, 0.9),
-            runs=len(samples),
-            spread=spread,
-        )
-
-
-def _quantile(sorted_samples: Sequence[float], q: float) -> float:
-    position = q * (len(sorted_samples) - 1)
-    low = int(position)
-    high = min(low + 1, len(sorted_samples) - 1)
-    return sorted_samples[low] + (sorted_samples[high] - sorted_samples[low]) * (position - low)
+        cin, cout = up(self.cin), up(self.cout)
+        groups = cin if self.depthwise else self.groups
+        ratio = (cin // max(groups, 1)) * cout / max((self.cin // self.groups) * self.cout, 1)
+        return self.macs * ratio

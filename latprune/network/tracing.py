@@ -12,11 +12,32 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from latprune.graph import run_model
-from latprune.profiler.signature import LayerSignature
+from latprune.errors import LatpruneError
+from latprune.network.signature import LayerSignature
 
 TIMED_TYPES = (nn.Conv2d, nn.Linear)
 DTYPE = "float32"
+
+
+def run_model(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` once without gradients; errors become one-line user errors."""
+    try:
+        with torch.no_grad():
+            out = model(example_input)
+    except Exception as exc:
+        raise LatpruneError(
+            f"model failed on an input of shape {tuple(example_input.shape)}: {first_line(exc)}"
+        ) from None
+    if not isinstance(out, torch.Tensor):
+        raise LatpruneError(f"model returns {type(out).__name__}; latprune needs a model that returns one tensor")
+    return out
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if empty): for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
 
 # Calls that move no data (shape queries, views, attribute reads) say nothing about cost.
 _FREE_OPS = {

@@ -1,0 +1,83 @@
+"""``ModelAnalysis``: everything latprune learns about a dense model, built once and handed on.
+
+One dependency graph of the dense model gives its verified channel groups and where each
+group's channels live in every layer; one traced forward pass gives the layers' static
+facts. Profiling, planning, pruning and recovery all read this one object instead of
+re-analysing the model. (Physical pruning still traces the *copy* it prunes: Torch-Pruning
+edits the modules its graph was traced from.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+
+from latprune.channels import Layout, group_layout
+from latprune.graph import build_graph, magnitude_importance
+from latprune.groups import ChannelGroup, ExcludedGroup, find_channel_groups
+from latprune.models import LoadedModel
+from latprune.network import LayerInfo, model_key, trace_layers
+
+
+@dataclass
+class ModelAnalysis:
+    """A loaded dense model with its channel groups, channel layout, traced layers and model key."""
+
+    loaded: LoadedModel
+    groups: tuple[ChannelGroup, ...]
+    excluded: tuple[ExcludedGroup, ...]
+    total_macs: int
+    layout: Layout  # group id -> every named layer's channel indices, root-relative order
+    layers: dict[str, LayerInfo]  # conv/linear layers in execution order
+    key: str  # model key: spec @ input shape
+    graph: tp.DependencyGraph = field(repr=False)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def spec(self) -> str:
+        return self.loaded.spec
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.loaded.input_shape
+
+    def example_input(self) -> torch.Tensor:
+        return self.loaded.example_input()
+
+    def by_id(self) -> dict[str, ChannelGroup]:
+        return {g.id: g for g in self.groups}
+
+    def groups_named(self, ids: Sequence[str]) -> list[ChannelGroup]:
+        """The groups whose ids are in ``ids``, in analysis order."""
+        wanted = set(ids)
+        return [g for g in self.groups if g.id in wanted]
+
+    def magnitude_scores(self) -> dict[str, torch.Tensor]:
+        """Torch-Pruning's group-L2 magnitude of every channel of every group (the TP baseline's criterion)."""
+        return magnitude_importance(self.model, self.graph, [g.id for g in self.groups])
+
+    def to_json(self) -> dict:
+        return {"total_macs": self.total_macs, "groups": [g.to_json() for g in self.groups],
+                "excluded": [e.to_json() for e in self.excluded]}
+
+
+def analyse(loaded: LoadedModel) -> ModelAnalysis:
+    """Trace ``loaded`` once: dependency graph, verified groups, channel layout, layer facts."""
+    x = loaded.example_input()
+    graph = build_graph(loaded.model, x)
+    found = find_channel_groups(loaded.model, x, graph)
+    layout = group_layout(loaded.model, graph, found.groups) if found.groups else {}
+    return ModelAnalysis(loaded=loaded, groups=found.groups, excluded=found.excluded, total_macs=found.total_macs,
+                         layout=layout, layers=trace_layers(loaded.model, x), key=model_key(loaded), graph=graph)
+
+
+def as_analysis(model: LoadedModel | ModelAnalysis) -> ModelAnalysis:
+    """Accept either a loaded model (analysed here) or an analysis already made."""
+    return model if isinstance(model, ModelAnalysis) else analyse(model)
+

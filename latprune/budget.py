@@ -1,0 +1,71 @@
+"""Latency budgets: what the user asked for, checked once, and the milliseconds it resolves to.
+
+A request is either milliseconds or a speedup over the dense model. A speedup only becomes
+milliseconds against a dense latency: the *predicted* one when a plan is made, the one
+*measured* in the same rounds as the pruned model when a result is judged. ``margin`` is
+headroom: plans aim at ``ms / (1 + margin)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from latprune.errors import LatpruneError
+
+BASES = ("given", "predicted dense", "measured dense")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A resolved budget: ``ms`` is what the result must meet, ``target_ms`` what a plan aims at."""
+
+    ms: float
+    basis: str  # one of BASES: given in ms, or a speedup over the predicted / measured dense latency
+    margin: float = 0.0
+    speedup: float | None = None
+    dense_ms: float | None = None  # the dense latency a speedup divides
+
+    @property
+    def target_ms(self) -> float:
+        return self.ms / (1 + self.margin)
+
+    def describe(self) -> str:
+        if self.speedup is None:
+            return "given"
+        return f"{self.basis} / {self.speedup:g}"
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "target_ms": self.target_ms, "description": self.describe()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Budget":
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
+
+@dataclass(frozen=True)
+class BudgetRequest:
+    """Exactly one of ``budget_ms`` and ``speedup``, validated on construction."""
+
+    budget_ms: float | None = None
+    speedup: float | None = None
+    margin: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.budget_ms is None) == (self.speedup is None):
+            raise LatpruneError("give exactly one of --budget-ms and --speedup")
+        if self.speedup is not None and not (math.isfinite(self.speedup) and self.speedup >= 1):
+            raise LatpruneError(f"--speedup must be at least 1 (got {self.speedup})")
+        if self.budget_ms is not None and not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
+            raise LatpruneError(f"--budget-ms must be positive (got {self.budget_ms})")
+        if not (math.isfinite(self.margin) and 0 <= self.margin < 1):
+            raise LatpruneError(f"--margin must be in [0, 1), got {self.margin}")
+
+    def resolve(self, dense_ms: float, basis: str) -> Budget:
+        """Milliseconds of this request against a dense latency (``basis``: predicted or measured dense)."""
+        if basis not in BASES[1:]:
+            raise ValueError(f"basis must be one of {BASES[1:]}, got {basis!r}")
+        if self.speedup is None:
+            return Budget(ms=float(self.budget_ms), basis="given", margin=self.margin)
+        return Budget(ms=dense_ms / self.speedup, basis=basis, margin=self.margin, speedup=self.speedup,
+                      dense_ms=dense_ms)

@@ -1,0 +1,22 @@
+"""The network vocabulary every stage shares: layer signatures, measurements, layer tracing, model keys.
+
+This package sits at the bottom: it imports no stage (profiler, perfmodel, planner,
+recovery), and every stage imports it.
+"""
+
+from latprune.network.keys import model_key
+from latprune.network.measurement import Measurement
+from latprune.network.signature import LayerSignature
+from latprune.network.tracing import (
+    DTYPE,
+    TIMED_TYPES,
+    LayerInfo,
+    layer_signatures,
+    layer_widths,
+    network_signatures,
+    run_model,
+    trace_layers,
+)
+
+__all__ = ["DTYPE", "TIMED_TYPES", "LayerInfo", "LayerSignature", "Measurement", "layer_signatures", "layer_widths",
+           "model_key", "network_signatures", "run_model", "trace_layers"]

@@ -1,0 +1,294 @@
+"""The pipeline's stages, called by ``latprune run`` and by every single-step command alike.
+
+model -> analysis -> profile -> performance model -> plan -> pruned model -> recovered model
+-> ONNX / measurement / accuracy -> report. Each stage takes plain objects and files and
+returns what the next one reads; a request (:class:`~latprune.budget.BudgetRequest`,
+:class:`RecoveryRequest`) is validated when it is made, before any slow stage runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from latprune.analysis import ModelAnalysis
+from latprune.analysis import analyse as analyse_loaded
+from latprune.budget import Budget, BudgetRequest
+from latprune.defaults import IMPORTANCE_CALIB_SIZE, PLANNERS, RECOVERY_CALIB_SIZE
+from latprune.errors import LatpruneError
+from latprune.models import LoadedModel, load_model, parse_input_shape
+from latprune.network import Measurement, model_key, network_signatures
+from latprune.perfmodel import NetworkLatencyModel
+from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for, fit_perf_model
+from latprune.planner import api as planner
+from latprune.planner.plan import Plan
+from latprune.planner.widths import WidthPolicy
+from latprune.profiler.api import ProfileReport, ProfileSettings, ProfileStore, measure_models, profile_model
+from latprune.pruned_file import PrunedModel, load_pruned, prune_loaded
+from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse_recipe, recover
+
+__all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
+           "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure", "plan", "predict",
+           "profile",
+           "prune", "repair", "report", "sparsify", "uniform"]
+
+
+# ---------------------------------------------------------------- load and analyse
+
+
+def load(spec: str, weights: str | None = None, input_shape: str | Sequence[int] | None = None) -> LoadedModel:
+    """The dense model named by ``spec`` (``input_shape`` as ``NxCxHxW`` text or a tuple)."""
+    if isinstance(input_shape, str):
+        input_shape = parse_input_shape(input_shape)
+    return load_model(spec, weights=weights, input_shape=tuple(input_shape) if input_shape else None)
+
+
+def load_pruned_or_dense(spec: str | None, weights: str | None = None, input_shape: str | None = None,
+                         pruned: str | None = None) -> LoadedModel | PrunedModel:
+    """A pruned file (checked against ``spec`` when both are named) or a dense model."""
+    if pruned:
+        if weights:
+            raise LatpruneError("--weights and --pruned exclude each other (a pruned file holds its weights)")
+        model = load_pruned(pruned)
+        if spec:
+            model.check_made_from(spec)
+        return model
+    if not spec:
+        raise LatpruneError("name a model with --model SPEC (or a pruned model with --pruned FILE)")
+    return load(spec, weights, input_shape)
+
+
+def load_dense_for(pruned: PrunedModel, spec: str, weights: str | None, input_shape: str | None = None
+                   ) -> LoadedModel:
+    """The dense model a pruned model was made from, as the reference recovery repairs toward."""
+    pruned.check_made_from(spec)
+    return load(spec, weights, input_shape or pruned.input_shape)
+
+
+def analyse(model: LoadedModel | PrunedModel) -> ModelAnalysis:
+    """The one analysis of a model (a pruned model is analysed as the smaller network it is)."""
+    if isinstance(model, PrunedModel):
+        model = LoadedModel(model.model, model.spec, model.family, model.input_shape)
+    return analyse_loaded(model)
+
+
+# ---------------------------------------------------------------- profile, fit, predict
+
+
+def profile(analysis: ModelAnalysis, backend: str, db: str | os.PathLike | None = None,
+            settings: ProfileSettings = ProfileSettings(), threads: int | None = None,
+            progress: bool = True) -> ProfileReport:
+    """Time the model's layers in-network on ``backend`` into the profile database (resuming)."""
+    return profile_model(analysis, backend, db=db, settings=settings, threads=threads, progress=progress)
+
+
+def fit(db: str | os.PathLike | None, backend: str, threads: int | None = None, estimator: str | None = None
+        ) -> tuple[NetworkLatencyModel, FitSummary]:
+    """The performance model of this machine and ``backend``: the stored fit if current, else refitted.
+
+    ``estimator`` forces a fresh fit with that estimator (``auto`` picks by held-out error).
+    """
+    if estimator is None:
+        return current_perf_model(db, backend, threads)
+    with ProfileStore(db) as store:
+        device_id, device = device_id_for(store, backend, threads)
+        return fit_perf_model(store, device_id, backend, estimator=estimator, device=device)
+
+
+def predict(perf: NetworkLatencyModel, model: LoadedModel | PrunedModel, backend: str) -> dict:
+    """Predicted latency of a model; for a pruned one also its dense original's and the speedup."""
+    key = model_key(model)
+    result = {"predicted_ms": perf.predict(key, network_signatures(model.model, model.input_shape, backend)),
+              "overhead_fitted": perf.knows(key)}
+    if isinstance(model, PrunedModel):
+        dense = load_model(model.spec, input_shape=model.input_shape)
+        result["dense_predicted_ms"] = perf.predict(key, network_signatures(dense.model, dense.input_shape, backend))
+        result["predicted_speedup"] = result["dense_predicted_ms"] / result["predicted_ms"]
+    return result
+
+
+# ---------------------------------------------------------------- plan
+
+
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """How to plan: method, importance criterion, width grid and solver resolution."""
+
+    method: str = "latency"
+    importance: str = "l2"
+    widths: str = "aligned"  # "aligned" to the profile's step, or "any"
+    step: int | None = None  # alignment step; None: the profile's detected step
+    min_width: float = 0.1
+    bins: int = 2000
+    max_macs: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in PLANNERS:
+            raise LatpruneError(f"unknown planning method {self.method!r}; choose one of {', '.join(PLANNERS)}")
+        if self.max_macs is not None and self.method != "latency":
+            raise LatpruneError("--max-macs applies to the latency planner only")
+
+    def policy(self, profile_step: int | None) -> WidthPolicy:
+        return WidthPolicy(step=self.step or profile_step or 16, aligned=self.widths == "aligned",
+                           min_fraction=self.min_width)
+
+
+def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyModel, fitted: FitSummary,
+         backend: str, settings: PlanSettings = PlanSettings(), calib: torch.Tensor | None = None) -> Plan:
+    """Per-group widths within the budget as predicted; a speedup divides the predicted dense latency."""
+    inputs = planner.prepare(analysis, importance=settings.importance, calib=calib,
+                             policy=settings.policy(fitted.alignment_step), perf=perf, backend=backend,
+                             device=fitted.device)
+    budget = inputs.resolve(request)
+    if settings.method == "latency":
+        return planner.latency_plan(inputs, budget, bins=settings.bins, max_macs=settings.max_macs)
+    if settings.method == "flops":
+        return planner.flops_plan(inputs, budget, bins=settings.bins)
+    if settings.method == "uniform":
+        return planner.uniform_plan_for_budget(inputs, budget)
+    return planner.tp_global_plan(inputs, budget)
+
+
+def uniform(analysis: ModelAnalysis, ratio: float, settings: PlanSettings = PlanSettings(),
+            calib: torch.Tensor | None = None) -> Plan:
+    """Keep the fraction ``ratio`` of every group (no performance model needed)."""
+    inputs = planner.prepare(analysis, importance=settings.importance, calib=calib, policy=settings.policy(None))
+    return planner.uniform_plan(inputs, ratio)
+
+
+# ---------------------------------------------------------------- prune and recover
+
+
+def prune(analysis: ModelAnalysis, chosen: Plan) -> PrunedModel:
+    """The real, smaller network of a plan (checked to be for this model and input shape)."""
+    if chosen.model != analysis.spec or tuple(chosen.input_shape) != tuple(analysis.input_shape):
+        raise LatpruneError(f"the plan is for {chosen.model} at {chosen.input_shape}, not {analysis.spec} at "
+                            f"{list(analysis.input_shape)}")
+    return prune_loaded(analysis, chosen.kept(), metadata={"plan": chosen.header()})
+
+
+def sparsify(loaded: LoadedModel, sparsity: float) -> PrunedModel:
+    """Unstructured global magnitude sparsity (shapes unchanged), saved like a pruned model."""
+    from latprune.sparsity import global_magnitude_sparsify
+
+    global_magnitude_sparsify(loaded.model, sparsity)
+    return PrunedModel(loaded.model, loaded.spec, loaded.input_shape, {}, loaded.family,
+                       {"sparsity": sparsity, "method": "global-magnitude"})
+
+
+@dataclass(frozen=True)
+class RecoveryRequest:
+    """A recovery recipe and the images it reads, checked when made.
+
+    Post-training steps read unlabeled ``calib`` images; fine-tuning (finetune, overparam)
+    reads ``calib`` (distilling the dense model) or labelled ``train`` folders.
+    """
+
+    recipe: str = "none"
+    calib: str | None = None
+    train: str | None = None
+    calib_size: int | None = None  # None: RECOVERY_CALIB_SIZE, or every image for fine-tuning
+    tuning: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    def __post_init__(self) -> None:
+        steps = parse_recipe(self.recipe)
+        tunes = any(s in FINETUNES for s in steps)
+        if self.train and not tunes:
+            raise LatpruneError("--train (labelled images) is read by the fine-tuning methods finetune and "
+                                "overparam; post-training recovery takes unlabeled --calib DIR")
+        if self.train and self.calib:
+            raise LatpruneError("give one of --calib DIR (unlabeled) and --train DIR (labelled)")
+        if steps and not (self.calib or self.train):
+            hint = " or labelled --train DIR" if tunes else ""
+            raise LatpruneError(f"recovery {self.recipe} needs unlabeled calibration images: --calib DIR{hint}")
+        if self.calib_size is not None and self.calib_size < 1:
+            raise LatpruneError(f"--calib-size must be at least 1, got {self.calib_size}")
+
+    @property
+    def steps(self) -> list[str]:
+        return parse_recipe(self.recipe)
+
+    def images(self, loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The images (and labels, from ``train``) the recipe reads, at the model's input size."""
+        tunes = any(s in FINETUNES for s in self.steps)
+        size = self.calib_size or (None if tunes else RECOVERY_CALIB_SIZE)
+        if self.train:
+            from latprune.data import labelled_tensors
+
+            return labelled_tensors(self.train, loaded.family, loaded.input_shape, size=size)
+        return calibration_images(self.calib, loaded, size), None
+
+
+def calibration_images(folder: str, loaded: LoadedModel, size: int | None = IMPORTANCE_CALIB_SIZE) -> torch.Tensor:
+    """Unlabeled images from any folder layout, preprocessed for ``loaded`` (labels are never read)."""
+    from latprune.data import calibration_tensor
+
+    return calibration_tensor(folder, loaded.family, loaded.input_shape, size=size)
+
+
+def repair(analysis: ModelAnalysis, pruned: PrunedModel, request: RecoveryRequest,
+           images: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+           progress: bool = True) -> tuple[PrunedModel, RecoveryReport | None]:
+    """Apply the request's recipe toward the dense model; (``pruned``, None) when the recipe is none.
+
+    ``images``: the (images, labels) already read for this request, if any; else read here.
+    """
+    if not request.steps:
+        return pruned, None
+    calib, labels = images if images is not None else request.images(analysis.loaded)
+    return recover(analysis, pruned, request.recipe, calib, progress=progress, labels=labels,
+                   tuning=request.tuning)
+
+
+# ---------------------------------------------------------------- export, measure, evaluate
+
+
+def export(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, opset: int = 17) -> float:
+    """Write ONNX and return ONNX Runtime's max abs difference from PyTorch on a fixed input."""
+    from latprune.onnx_export import export_checked
+
+    return export_checked(model, tuple(input_shape), path, opset=opset)
+
+
+def measure(models: Sequence[nn.Module], input_shape: Sequence[int], backend: str, rounds: int = 5, runs: int = 10,
+            threads: int | None = None, global_warmup_s: float = 5.0) -> tuple[list[Measurement], dict]:
+    """Latency of each model, timed interleaved in shuffled rounds in one process; and the device."""
+    return measure_models(list(models), tuple(input_shape), backend, rounds=rounds, runs=runs, threads=threads,
+                          global_warmup_s=global_warmup_s)
+
+
+def evaluate(model: nn.Module, folder: str, family: str, input_shape: Sequence[int], limit: int | None = None,
+             batch_size: int = 256, progress: bool = True) -> tuple[float, int]:
+    """Top-1 accuracy on an ImageFolder (``limit``: the first N images); (top-1, images)."""
+    from torch.utils.data import Subset
+
+    from latprune.data import evaluate_top1, image_folder
+
+    dataset = image_folder(folder, family, tuple(input_shape))
+    if limit:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    return evaluate_top1(model, dataset, batch_size=batch_size, progress=progress), len(dataset)
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(summary: dict, out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write ``summary.json`` (atomically) and the self-contained ``report.html``; their paths."""
+    import json
+    from pathlib import Path
+
+    from latprune.report import write_report
+
+    out = Path(out_dir)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / "summary.json")
+    write_report(summary, out / "report.html")
+    return {"summary": str(out / "summary.json"), "report": str(out / "report.html")}

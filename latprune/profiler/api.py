@@ -1,0 +1,16 @@
+"""The profiler's public entry points: what other stages, the pipeline and the benchmarks may use.
+
+Everything else in ``latprune.profiler`` is internal. (This module imports PyTorch; the
+package ``__init__`` stays import-free so the ONNX Runtime worker starts without it.)
+"""
+
+from latprune.profiler.backends import BACKENDS, describe_device, get_backend
+from latprune.profiler.device import cpu_model, fingerprint, physical_cores
+from latprune.profiler.measure import measure_models
+from latprune.profiler.runner import ProfileReport, ProfileSettings, profile_model
+from latprune.profiler.store import DeviceSummary, LayerTiming, NetworkTiming, ProfileStore, default_db_path
+from latprune.profiler.timer import Timer
+
+__all__ = ["BACKENDS", "DeviceSummary", "LayerTiming", "NetworkTiming", "ProfileReport", "ProfileSettings",
+           "ProfileStore", "Timer", "cpu_model", "default_db_path", "describe_device", "fingerprint", "get_backend",
+           "measure_models", "physical_cores", "profile_model"]
