@@ -1,0 +1,191 @@
+"""The pipeline's shape: one analysis per command, budgets resolved once, stage boundaries, one timer."""
+
+import ast
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch_pruning as tp
+
+import latprune.analysis
+from latprune.budget import Budget, BudgetRequest
+from latprune.cli import main
+from latprune.errors import LatpruneError
+from latprune.models import load_model
+from latprune.network import Measurement
+from latprune.profiler.backends import Prepared, RoundSample
+from latprune.profiler.timer import Timer
+
+PACKAGE = Path(latprune.analysis.__file__).parent
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture
+def graph_builds(monkeypatch):
+    """Counts dependency graphs built per model object, and whole analyses."""
+    counts = {"analyses": 0, "graphs": {}}
+    build = tp.DependencyGraph.build_dependency
+    analyse = latprune.analysis.find_channel_groups
+
+    def counting_build(self, model, *args, **kwargs):
+        counts["graphs"][id(model)] = counts["graphs"].get(id(model), 0) + 1
+        return build(self, model, *args, **kwargs)
+
+    def counting_analyse(*args, **kwargs):
+        counts["analyses"] += 1
+        return analyse(*args, **kwargs)
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", counting_build)
+    monkeypatch.setattr(latprune.analysis, "find_channel_groups", counting_analyse)
+    return counts
+
+
+def _dense_model_graphs(counts: dict, model) -> int:
+    return counts["graphs"].get(id(model), 0)
+
+
+def test_prune_with_recovery_analyses_the_dense_model_once(graph_builds, monkeypatch, tmp_path):
+    """prune -> recover in one command: one analysis, one graph of the dense model (copies being
+    pruned are traced themselves, since Torch-Pruning edits the modules its graph came from)."""
+    loaded_models = []
+    real_load = load_model
+
+    def remember(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        loaded_models.append(loaded.model)
+        return loaded
+
+    monkeypatch.setattr("latprune.pipeline.load_model", remember)
+    images = tmp_path / "calib"
+    images.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (32, 32), (40 * i, 80, 120)).save(images / f"{i}.png")
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", "--model", "cifar:resnet20", "--uniform", "0.5", "--recovery", "bn", "--calib",
+                 str(images), "--out", str(out), "--json"]) == 0
+    assert graph_builds["analyses"] == 1
+    assert len(loaded_models) == 1 and _dense_model_graphs(graph_builds, loaded_models[0]) == 1
+
+
+def test_plan_command_analyses_once(graph_builds, monkeypatch, profiled_resnet20, tmp_path, capsys):
+    loaded_models = []
+    real_load = load_model
+
+    def remember(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        loaded_models.append(loaded.model)
+        return loaded
+
+    monkeypatch.setattr("latprune.pipeline.load_model", remember)
+    assert main(["plan", "--model", "cifar:resnet20", "--backend", "torch-cpu", "--db", str(profiled_resnet20),
+                 "--speedup", "1.3", "--method", "tp-global", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["budget"]["basis"] == "predicted dense" and plan["budget"]["speedup"] == 1.3
+    assert graph_builds["analyses"] == 1
+    assert _dense_model_graphs(graph_builds, loaded_models[0]) == 1
+
+
+def test_budget_request_is_checked_once_when_made():
+    with pytest.raises(LatpruneError, match="exactly one of --budget-ms and --speedup"):
+        BudgetRequest()
+    with pytest.raises(LatpruneError, match="exactly one"):
+        BudgetRequest(budget_ms=1.0, speedup=2.0)
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(LatpruneError, match="--budget-ms must be positive"):
+            BudgetRequest(budget_ms=bad)
+    for bad in (0.5, math.nan, math.inf):
+        with pytest.raises(LatpruneError, match="--speedup must be at least 1"):
+            BudgetRequest(speedup=bad)
+    with pytest.raises(LatpruneError, match="--margin"):
+        BudgetRequest(speedup=2.0, margin=1.0)
+
+
+def test_budget_resolves_a_speedup_against_the_dense_latency_it_names():
+    request = BudgetRequest(speedup=2.0, margin=0.25)
+    planned = request.resolve(10.0, "predicted dense")
+    judged = request.resolve(12.0, "measured dense")
+    assert (planned.ms, planned.target_ms, planned.basis) == (5.0, 4.0, "predicted dense")
+    assert (judged.ms, judged.dense_ms, judged.describe()) == (6.0, 12.0, "measured dense / 2")
+    given = BudgetRequest(budget_ms=3.0).resolve(10.0, "measured dense")
+    assert (given.ms, given.basis, given.dense_ms) == (3.0, "given", None)
+    assert Budget.from_json(json.loads(json.dumps(planned.to_json()))) == planned
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_only_the_profilers_public_entry_points_are_imported_from_outside_it():
+    outside = [p for p in PACKAGE.rglob("*.py") if "profiler" not in p.relative_to(PACKAGE).parts]
+    outside += list((PACKAGE.parent / "benchmarks").glob("*.py"))
+    offenders = {f"{p.name}: {m}" for p in outside for m in _imports(p)
+                 if m.startswith("latprune.profiler") and m not in ("latprune.profiler", "latprune.profiler.api")}
+    assert not offenders
+
+
+def test_the_network_vocabulary_imports_no_stage():
+    stages = ("latprune.profiler", "latprune.perfmodel", "latprune.planner", "latprune.recovery",
+              "latprune.pipeline", "latprune.job")
+    for path in (PACKAGE / "network").glob("*.py"):
+        assert not [m for m in _imports(path) if m.startswith(stages)], path.name
+
+
+def test_cli_holds_no_stage_logic():
+    """cli.py parses and formats: it reaches the stages through latprune.pipeline (and job for run)."""
+    allowed = {"latprune.pipeline", "latprune.job", "latprune.errors", "latprune.defaults", "latprune.budget",
+               "latprune", "latprune.models", "latprune.planner.plan", "latprune.pruned_file", "latprune.surgery",
+               "latprune.sparsity", "latprune.recovery", "latprune.planner.importance", "latprune.profiler.api",
+               "latprune.perfmodel.validate"}
+    used = {m for m in _imports(PACKAGE / "cli.py") if m.startswith("latprune")}
+    assert used <= allowed, used - allowed
+
+
+class _FakeBackend:
+    """Returns run times that identify the network and the visit, so the timer's bookkeeping is checkable."""
+
+    def __init__(self):
+        self.visits: list[str] = []
+
+    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int) -> RoundSample:
+        self.visits.append(prepared.path.name)
+        base = float(prepared.path.name[1:])
+        return RoundSample([base + i / 100 for i in range(runs)], [], [], {})
+
+
+def test_timer_interleaves_shuffled_rounds_and_keeps_raw_samples():
+    backend = _FakeBackend()
+    prepared = [Prepared(Path(f"m{i}"), ()) for i in (1, 2, 3)]
+    timer = Timer(backend, warmup=0, seed=0)
+    measurements = timer.interleaved(prepared, rounds=4, runs=3)
+    assert [m.median_ms for m in measurements] == pytest.approx([1.01, 2.01, 3.01])
+    assert all(m.rounds == ((b, b + 0.01, b + 0.02),) * 4 for m, b in zip(measurements, (1.0, 2.0, 3.0)))
+    rounds = [backend.visits[i:i + 3] for i in range(0, 12, 3)]
+    assert all(sorted(r) == ["m1", "m2", "m3"] for r in rounds)  # every round visits each network once
+    assert len({tuple(r) for r in rounds}) > 1  # in a new order
+    assert Measurement.from_samples([[1.0]]) == Measurement(1.0, 1.0, 1.0, 1, 0.0)  # samples do not change equality
+    assert "rounds" not in measurements[0].to_json() and measurements[0].to_json(samples=True)["rounds"][0] == [
+        1.0, 1.01, 1.02]
+
+
+def test_device_identity_needs_no_running_backend(monkeypatch):
+    import latprune.profiler.backends as backends
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a timing backend was started")
+
+    monkeypatch.setattr(backends._OrtBackend, "_request", refuse)
+    from latprune.profiler.api import describe_device, fingerprint
+
+    description = describe_device("ort-cpu")
+    assert description["backend"] == "ort-cpu" and description["provider"] == "CPUExecutionProvider"
+    assert len(fingerprint(description)) == 16
