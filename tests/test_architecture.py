@@ -41,22 +41,27 @@ def graph_builds(monkeypatch):
     return counts
 
 
+@pytest.fixture
+def loaded_models(monkeypatch):
+    """The dense networks the pipeline loads during a command."""
+    models = []
+
+    def remember(*args, **kwargs):
+        loaded = load_model(*args, **kwargs)
+        models.append(loaded.model)
+        return loaded
+
+    monkeypatch.setattr("latprune.pipeline.load_model", remember)
+    return models
+
+
 def _dense_model_graphs(counts: dict, model) -> int:
     return counts["graphs"].get(id(model), 0)
 
 
-def test_prune_with_recovery_analyses_the_dense_model_once(graph_builds, monkeypatch, tmp_path):
+def test_prune_with_recovery_analyses_the_dense_model_once(graph_builds, loaded_models, tmp_path):
     """prune -> recover in one command: one analysis, one graph of the dense model (copies being
     pruned are traced themselves, since Torch-Pruning edits the modules its graph came from)."""
-    loaded_models = []
-    real_load = load_model
-
-    def remember(*args, **kwargs):
-        loaded = real_load(*args, **kwargs)
-        loaded_models.append(loaded.model)
-        return loaded
-
-    monkeypatch.setattr("latprune.pipeline.load_model", remember)
     images = tmp_path / "calib"
     images.mkdir()
     from PIL import Image
@@ -70,16 +75,7 @@ def test_prune_with_recovery_analyses_the_dense_model_once(graph_builds, monkeyp
     assert len(loaded_models) == 1 and _dense_model_graphs(graph_builds, loaded_models[0]) == 1
 
 
-def test_plan_command_analyses_once(graph_builds, monkeypatch, profiled_resnet20, tmp_path, capsys):
-    loaded_models = []
-    real_load = load_model
-
-    def remember(*args, **kwargs):
-        loaded = real_load(*args, **kwargs)
-        loaded_models.append(loaded.model)
-        return loaded
-
-    monkeypatch.setattr("latprune.pipeline.load_model", remember)
+def test_plan_command_analyses_once(graph_builds, loaded_models, profiled_resnet20, capsys):
     assert main(["plan", "--model", "cifar:resnet20", "--backend", "torch-cpu", "--db", str(profiled_resnet20),
                  "--speedup", "1.3", "--method", "tp-global", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)

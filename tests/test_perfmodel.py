@@ -84,21 +84,29 @@ def test_fit_from_other_library_versions_is_refitted_or_refused(profile_copy):
     with ProfileStore(db) as store:
         device_id, device = device_id_for(store, "torch-cpu")
         fit_perf_model(store, device_id, "torch-cpu")
-    path = fit_path(db, device, "torch-cpu")
-    with zipfile.ZipFile(path) as archive:
-        entries = {name: archive.read(name) for name in archive.namelist()}
-    state = json.loads(entries["fit.json"])
-    state["versions"]["scikit-learn"] = "0.1"
-    entries["fit.json"] = json.dumps(state).encode()
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
+    def older_sklearn(name: str, data: bytes) -> bytes:
+        if name != "fit.json":
+            return data
+        state = json.loads(data)
+        state["versions"]["scikit-learn"] = "0.1"
+        return json.dumps(state).encode()
+
+    _rewrite_entries(fit_path(db, device, "torch-cpu"), older_sklearn)
     with ProfileStore(db) as store:
         with pytest.raises(LatpruneError, match=r"other library versions \(scikit-learn 0.1 -> "):
             load_perf_model(store, device_id, "torch-cpu", refit=False)
         _, summary = load_perf_model(store, device_id, "torch-cpu")
         assert summary.status.startswith("refitted: fitted under other library versions")
         assert load_perf_model(store, device_id, "torch-cpu")[1].status == "loaded"
+
+
+def _rewrite_entries(path, change) -> None:
+    """Rewrite every entry of a stored fit's zip through ``change(name, data) -> data``."""
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, change(name, data))
 
 
 def test_stored_fit_lives_beside_the_profile_and_predicts_exactly_as_fitted(profile_copy):
@@ -131,15 +139,8 @@ def test_a_crafted_fit_file_runs_no_code_and_is_refitted(profile_copy, tmp_path)
     with ProfileStore(profile_copy) as store:
         device_id, device = device_id_for(store, "torch-cpu")
         fit_perf_model(store, device_id, "torch-cpu")
-        path = fit_path(profile_copy, device, "torch-cpu")
-        with zipfile.ZipFile(path) as archive:
-            entries = {name: archive.read(name) for name in archive.namelist()}
-        for name in entries:
-            if name.endswith(".skops"):
-                entries[name] = pickle.dumps(Exploit())
-        with zipfile.ZipFile(path, "w") as archive:
-            for name, data in entries.items():
-                archive.writestr(name, data)
+        _rewrite_entries(fit_path(profile_copy, device, "torch-cpu"),
+                         lambda name, data: pickle.dumps(Exploit()) if name.endswith(".skops") else data)
         _, summary = load_perf_model(store, device_id, "torch-cpu")
     assert not marker.exists()
     assert summary.status.startswith("refitted: the stored fit is unreadable")
