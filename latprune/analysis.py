@@ -19,7 +19,7 @@ from latprune.channels import Layout, group_layout
 from latprune.graph import build_graph, magnitude_importance
 from latprune.groups import ChannelGroup, ExcludedGroup, find_channel_groups
 from latprune.models import LoadedModel
-from latprune.network import LayerInfo, model_key, trace_layers
+from latprune.network import LayerInfo, model_key, run_model, trace_layers
 
 
 @dataclass
@@ -70,6 +70,7 @@ class ModelAnalysis:
 def analyse(loaded: LoadedModel) -> ModelAnalysis:
     """Trace ``loaded`` once: dependency graph, verified groups, channel layout, layer facts."""
     x = loaded.example_input()
+    run_model(loaded.model, x)  # a model that cannot run this input says so before any tracing
     graph = build_graph(loaded.model, x)
     found = find_channel_groups(loaded.model, x, graph)
     layout = group_layout(loaded.model, graph, found.groups) if found.groups else {}

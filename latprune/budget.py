@@ -54,10 +54,10 @@ class BudgetRequest:
     def __post_init__(self) -> None:
         if (self.budget_ms is None) == (self.speedup is None):
             raise LatpruneError("give exactly one of --budget-ms and --speedup")
-        if self.speedup is not None and not (math.isfinite(self.speedup) and self.speedup >= 1):
-            raise LatpruneError(f"--speedup must be at least 1 (got {self.speedup})")
+        if self.speedup is not None and not (math.isfinite(self.speedup) and self.speedup > 1):
+            raise LatpruneError(f"--speedup must be a finite number greater than 1 (got {self.speedup})")
         if self.budget_ms is not None and not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
-            raise LatpruneError(f"--budget-ms must be positive (got {self.budget_ms})")
+            raise LatpruneError(f"--budget-ms must be a positive finite number (got {self.budget_ms})")
         if not (math.isfinite(self.margin) and 0 <= self.margin < 1):
             raise LatpruneError(f"--margin must be in [0, 1), got {self.margin}")
 

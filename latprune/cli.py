@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
 from latprune.defaults import IMPORTANCE_CALIB_SIZE, PLANNERS, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
+from latprune.outputs import check_output, check_output_folder
 
 Command = Callable[[argparse.Namespace], dict]
 
@@ -149,6 +152,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
     """Export to ONNX and check ONNX Runtime's output against PyTorch's."""
     from latprune import pipeline
 
+    check_output(args.out, [args.weights, args.pruned], args.force)
     loaded = _model(args)
     diff = pipeline.export(loaded.model, loaded.input_shape, args.out, opset=args.opset)
     return {"model": loaded.spec, "onnx": args.out, "opset": args.opset, "max_abs_diff": diff}
@@ -213,7 +217,7 @@ def cmd_devices(args: argparse.Namespace) -> dict:
 
     from latprune.profiler.api import ProfileStore
 
-    with ProfileStore(args.db) as store:
+    with ProfileStore(args.db, readonly=True) as store:
         return {"db": str(store.path), "devices": [asdict(s) for s in store.summaries()]}
 
 
@@ -304,6 +308,8 @@ def cmd_plan(args: argparse.Namespace) -> dict:
     from latprune import pipeline
 
     request, settings = _budget(args), _plan_settings(args, args.method)
+    if args.out:
+        check_output(args.out, [args.weights, args.db], args.force)
     loaded = _dense(args)
     analysis = pipeline.analyse(loaded)
     perf, fitted = pipeline.fit(args.db, args.backend, args.threads)
@@ -341,6 +347,7 @@ def cmd_prune(args: argparse.Namespace) -> dict:
     if (args.plan is None) == (args.uniform is None):
         raise LatpruneError("give exactly one of --plan FILE and --uniform RATIO")
     recovery = _recovery_request(args)
+    check_output(args.out, [args.weights, args.plan], args.force)
     plan = Plan.load(args.plan) if args.plan else None
     loaded = _dense(args)
     analysis = pipeline.analyse(loaded)
@@ -361,6 +368,7 @@ def cmd_recover(args: argparse.Namespace) -> dict:
     from latprune.pruned_file import load_pruned, save_pruned
 
     recovery = _recovery_request(args)
+    check_output(args.out, [args.pruned, args.weights], args.force)
     pruned = load_pruned(args.pruned)
     analysis = pipeline.analyse(pipeline.load_dense_for(pruned, args.model, args.weights, args.input_shape))
     recovered, report = pipeline.repair(analysis, pruned, recovery, progress=not args.json)
@@ -376,6 +384,7 @@ def cmd_sparsify(args: argparse.Namespace) -> dict:
     from latprune.pruned_file import save_pruned
     from latprune.sparsity import weight_sparsity
 
+    check_output(args.out, [args.weights], args.force)
     sparse = pipeline.sparsify(_dense(args), args.sparsity)
     save_pruned(sparse, args.out)
     return {"model": sparse.spec, "out": args.out, "sparsity": weight_sparsity(sparse.model)}
@@ -415,6 +424,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
                                                      "eval", "recovery") if getattr(args, k) is not None]
         if given:
             raise LatpruneError(f"{', '.join(given)} need --model SPEC (without --model, run runs its built-in demo)")
+        check_output_folder(args.out, "summary.json", args.force)
         configs = default_jobs(args.out, backend=args.backend, db=args.db, progress=progress)
     else:
         configs = [JobConfig(
@@ -422,14 +432,23 @@ def cmd_run(args: argparse.Namespace) -> dict:
             input_shape=parse_input_shape(args.input_shape) if args.input_shape else None, calib=args.calib,
             eval=args.eval, recovery=args.recovery, importance=args.importance,
             calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads)]
+        configs[0].check()
+        check_output_folder(args.out, "summary.json", args.force)
     return run_jobs(configs, args.out, progress=progress)
 
 
 # ---------------------------------------------------------------- parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one line (and exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latprune", description="Latency-aware pruning for CNNs.")
+    parser = _Parser(prog="latprune", description="Latency-aware pruning for CNNs.")
     parser.add_argument("--version", action="version", version=f"latprune {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -440,14 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="top-1 accuracy on an ImageFolder dataset", description=cmd_eval.__doc__)
     add_model_options(p, pruned=True)
     p.add_argument("--data", required=True, metavar="DIR", help="ImageFolder root (<class>/<image>)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--limit", type=positive_int, metavar="N", help="evaluate only the first N images")
     _json_option(p)
 
     p = sub.add_parser("export", help="export to ONNX and verify with ONNX Runtime", description=cmd_export.__doc__)
     add_model_options(p, pruned=True)
     p.add_argument("--out", required=True, metavar="FILE.onnx")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=positive_int, default=17)
+    _force_option(p)
     _json_option(p)
 
     p = sub.add_parser("profile", help="time layers in-network into the profile database",
@@ -455,19 +475,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     _backend_options(p)
     _db_option(p)
-    p.add_argument("--widths", type=int, default=32, help="candidate widths per group (default 32)")
-    p.add_argument("--variants", type=int, default=64, help="pruned variants to time (default 64)")
-    p.add_argument("--rounds", type=int, default=3, help="timing rounds, shuffled order each (default 3)")
-    p.add_argument("--runs", type=int, default=8, help="timed runs per round, plain and profiled each (default 8)")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up runs before each timing (default 3)")
-    p.add_argument("--step", type=int, default=16, help="grid of aligned widths to cover (default 16)")
+    p.add_argument("--widths", type=positive_int, default=32, help="candidate widths per group (default 32)")
+    p.add_argument("--variants", type=positive_int, default=64, help="pruned variants to time (default 64)")
+    p.add_argument("--rounds", type=positive_int, default=3, help="timing rounds, shuffled order each (default 3)")
+    p.add_argument("--runs", type=positive_int, default=8, help="timed runs per round, plain and profiled each (default 8)")
+    p.add_argument("--warmup", type=natural_int, default=3, help="warm-up runs before each timing (default 3)")
+    p.add_argument("--step", type=positive_int, default=16, help="grid of aligned widths to cover (default 16)")
     _json_option(p)
 
     p = sub.add_parser("measure", help="whole-model latency", description=cmd_measure.__doc__)
     add_model_options(p, pruned=True)
     _backend_options(p)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--runs", type=int, default=10, help="timed runs per round (default 10)")
+    p.add_argument("--rounds", type=positive_int, default=5)
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per round (default 10)")
     _json_option(p)
 
     p = sub.add_parser("fit", help="fit the performance model on the profile", description=cmd_fit.__doc__)
@@ -486,8 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     _backend_options(p)
     _db_option(p)
-    p.add_argument("--variants", type=int, default=20, help="random pruned variants (default 20)")
-    p.add_argument("--rounds", type=int, default=5, help="measurement rounds (default 5)")
+    p.add_argument("--variants", type=positive_int, default=20, help="random pruned variants (default 20)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="measurement rounds (default 5)")
     p.add_argument("--out", metavar="DIR", help="write the JSON and a PNG scatter plot here")
     _json_option(p)
 
@@ -496,24 +516,26 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_options(p)
     _db_option(p)
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--budget-ms", type=float, metavar="MS",
+    budget.add_argument("--budget-ms", type=finite_float, metavar="MS",
                         help="latency budget in milliseconds, met as predicted by the performance model")
-    budget.add_argument("--speedup", type=float, metavar="S", help="budget = predicted dense latency / S")
-    p.add_argument("--max-macs", type=float, metavar="N", help="also cap multiply-accumulates")
+    budget.add_argument("--speedup", type=finite_float, metavar="S", help="budget = predicted dense latency / S")
+    p.add_argument("--max-macs", type=finite_float, metavar="N", help="also cap multiply-accumulates")
     p.add_argument("--method", choices=PLANNERS, default="latency",
                    help="latency DP (default) or a baseline: FLOPs DP, uniform ratio, Torch-Pruning global magnitude")
     _planning_options(p)
-    p.add_argument("--bins", type=int, default=2000, help="cost bins of the DP (default 2000)")
+    p.add_argument("--bins", type=positive_int, default=2000, help="cost bins of the DP (default 2000)")
     p.add_argument("--out", metavar="plan.json", help="write the plan here")
+    _force_option(p)
     _json_option(p)
 
     p = sub.add_parser("prune", help="build a pruned model from a plan", description=cmd_prune.__doc__)
     add_model_options(p)
     p.add_argument("--plan", metavar="FILE", help="a plan written by `latprune plan`")
-    p.add_argument("--uniform", type=float, metavar="R", help="keep the fraction R of every group instead")
+    p.add_argument("--uniform", type=finite_float, metavar="R", help="keep the fraction R of every group instead")
     _planning_options(p)
     _recovery_option(p)
     p.add_argument("--out", required=True, metavar="pruned.pt")
+    _force_option(p)
     _json_option(p)
 
     p = sub.add_parser("recover", help="repair a pruned model from unlabeled images", description=cmd_recover.__doc__)
@@ -521,30 +543,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     _recovery_option(p, required=True)
     p.add_argument("--calib", metavar="DIR", help="unlabeled calibration images (any folder layout)")
-    p.add_argument("--calib-size", type=int, metavar="N",
+    p.add_argument("--calib-size", type=positive_int, metavar="N",
                    help=f"images to use (default {RECOVERY_CALIB_SIZE}; all of them for fine-tuning)")
     p.add_argument("--out", required=True, metavar="recovered.pt")
+    _force_option(p)
     _json_option(p)
 
     p = sub.add_parser("sparsify", help="global magnitude sparsity (unstructured)", description=cmd_sparsify.__doc__)
     add_model_options(p)
-    p.add_argument("--sparsity", type=float, required=True, metavar="S", help="fraction of weights to zero, [0, 1)")
+    p.add_argument("--sparsity", type=finite_float, required=True, metavar="S", help="fraction of weights to zero, [0, 1)")
     p.add_argument("--out", required=True, metavar="sparse.pt")
+    _force_option(p)
     _json_option(p)
 
     p = sub.add_parser("run", help="the whole job: profile -> plan -> prune -> recover -> measure -> report",
                        description=cmd_run.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(p, required=False)
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--budget-ms", type=float, metavar="X",
+    budget.add_argument("--budget-ms", type=finite_float, metavar="X",
                         help="latency budget in milliseconds, judged against the pruned model's measured latency")
-    budget.add_argument("--speedup", type=float, metavar="S",
+    budget.add_argument("--speedup", type=finite_float, metavar="S",
                         help="budget = dense latency / S: planned on the predicted dense latency, judged against "
                              "the dense model measured in the same rounds")
     p.add_argument("--backend", default="ort-cpu", help="torch-cpu, torch-cuda, ort-cpu or ort-cuda (default ort-cpu)")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
+    p.add_argument("--threads", type=positive_int, help="intra-op threads (default: physical cores)")
     p.add_argument("--calib", metavar="DIR", help="unlabeled images for importance and recovery (any folder layout)")
-    p.add_argument("--calib-size", type=int, metavar="N", help=f"calibration images (default {RECOVERY_CALIB_SIZE})")
+    p.add_argument("--calib-size", type=positive_int, metavar="N", help=f"calibration images (default {RECOVERY_CALIB_SIZE})")
     p.add_argument("--eval", metavar="DIR", help="labelled images (<class>/<image> folders): accuracy before and after")
     p.add_argument("--recovery", metavar="METHOD",
                    help="recovery recipe (default two-stage with --calib, none without); see `latprune prune`")
@@ -552,11 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--importance", choices=list(CRITERIA),
                    help="channel importance (default: taylor with --calib, l2 without)")
-    p.add_argument("--margin", type=float, default=0.03,
+    p.add_argument("--margin", type=finite_float, default=0.03,
                    help="plan to budget/(1+margin), headroom for measurement noise (default 0.03)")
     _db_option(p)
     p.add_argument("--out", default="latprune-run", metavar="DIR",
                    help="output folder: report.html, summary.json, plan, pruned model, ONNX (default latprune-run)")
+    _force_option(p)
     _json_option(p)
 
     p = sub.add_parser("devices", help="devices and backends in a profile database", description=cmd_devices.__doc__)
@@ -567,8 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", required=True, help="torch-cpu, torch-cuda, ort-cpu or ort-cuda")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default: physical cores)")
-    parser.add_argument("--global-warmup", type=float, default=5.0, metavar="SECONDS",
+    parser.add_argument("--threads", type=positive_int, help="intra-op threads (default: physical cores)")
+    parser.add_argument("--global-warmup", type=finite_float, default=5.0, metavar="SECONDS",
                         help="steady load before timing starts (default 5)")
 
 
@@ -578,13 +603,13 @@ def _planning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--importance", default="l2", choices=list(CRITERIA),
                         help="channel importance (default l2); taylor and sensitivity need --calib")
     parser.add_argument("--calib", metavar="DIR", help="unlabeled calibration images (any folder layout)")
-    parser.add_argument("--calib-size", type=int, metavar="N",
+    parser.add_argument("--calib-size", type=positive_int, metavar="N",
                         help=f"calibration images (default {IMPORTANCE_CALIB_SIZE} for importance, "
                              f"{RECOVERY_CALIB_SIZE} for recovery)")
     parser.add_argument("--widths", choices=("aligned", "any"), default="aligned",
                         help="multiples of the alignment step (default) or any width")
-    parser.add_argument("--step", type=int, help="alignment step (default: the profile's detected step)")
-    parser.add_argument("--min-width", type=float, default=0.1, metavar="FRACTION",
+    parser.add_argument("--step", type=positive_int, help="alignment step (default: the profile's detected step)")
+    parser.add_argument("--min-width", type=finite_float, default=0.1, metavar="FRACTION",
                         help="narrowest width per group as a fraction (default 0.1)")
 
 
@@ -597,10 +622,44 @@ def _recovery_option(parser: argparse.ArgumentParser, required: bool = False) ->
     parser.add_argument("--train", metavar="DIR",
                         help="labelled images (<class>/<image> folders) for finetune/overparam: cross-entropy is "
                              "added; without labels they distil the dense model")
-    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 3)")
-    parser.add_argument("--lr", type=float, help="fine-tuning learning rate, SGD with cosine decay (default 0.01)")
-    parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (default 64)")
-    parser.add_argument("--expansion", type=int, help="overparam: width factor inside each expanded layer (default 2)")
+    parser.add_argument("--epochs", type=positive_int, help="fine-tuning epochs (default 3)")
+    parser.add_argument("--lr", type=finite_float, help="fine-tuning learning rate, SGD with cosine decay (default 0.01)")
+    parser.add_argument("--batch-size", type=positive_int, help="fine-tuning batch size (default 64)")
+    parser.add_argument("--expansion", type=positive_int, help="overparam: width factor inside each expanded layer (default 2)")
+
+
+def _force_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="replace an existing output (never one of the inputs)")
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = _int_at_least(1)
+natural_int = _int_at_least(0)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:
@@ -617,6 +676,25 @@ def _version() -> str:
     return __version__
 
 
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread so that every ``finally`` (temporary files) runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _finite(value):
+    """``value`` with non-finite floats as None: the JSON printed is always valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -624,6 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     func, formatter = COMMANDS[args.command]
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = func(args)
     except LatpruneError as exc:
@@ -632,7 +711,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"latprune {args.command}: interrupted", file=sys.stderr)
         return 130
-    print(json.dumps(result) if args.json else formatter(result))
+    except _Terminated:
+        print(f"latprune {args.command}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(json.dumps(_finite(result), allow_nan=False) if args.json else formatter(result))
     return 0
 
 

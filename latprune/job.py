@@ -172,6 +172,8 @@ def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress:
     from latprune import __version__
     from latprune.pipeline import report
 
+    for config in configs:  # every request's mistakes before any folder is made or minute spent
+        config.check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"format": "latprune-run", "version": 1, "latprune": __version__,

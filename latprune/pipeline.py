@@ -32,7 +32,7 @@ from latprune.pruned_file import PrunedModel, load_pruned, prune_loaded
 from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse_recipe, recover
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
-           "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure", "plan", "predict",
+           "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure", "plan", "predict",
            "profile",
            "prune", "repair", "report", "sparsify", "uniform"]
 
@@ -62,10 +62,45 @@ def load_pruned_or_dense(spec: str | None, weights: str | None = None, input_sha
     return load(spec, weights, input_shape)
 
 
+def dense_origin(loaded: LoadedModel) -> dict:
+    """What a pruned model records of the dense model it was made from: its weights file and their hash."""
+    if loaded.weights is None:
+        return {"weights": None, "sha256": None}
+    return {"weights": loaded.weights, "sha256": file_sha256(loaded.weights)}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def load_dense_for(pruned: PrunedModel, spec: str, weights: str | None, input_shape: str | None = None
                    ) -> LoadedModel:
-    """The dense model a pruned model was made from, as the reference recovery repairs toward."""
+    """The dense model a pruned model was made from, as the reference recovery repairs toward.
+
+    Without ``weights``, the weights file the pruned model records (when it still holds the same
+    bytes); a pruned model made from randomly initialised weights, or one that records nothing, is
+    refused: repairing toward a freshly initialised network would destroy it.
+    """
     pruned.check_made_from(spec)
+    origin = pruned.metadata.get("dense") or {}
+    recorded, digest = origin.get("weights"), origin.get("sha256")
+    if weights is None:
+        if not recorded:
+            raise LatpruneError(f"recovery needs the dense weights the pruned model was made from: pass --weights "
+                                f"FILE (the pruned file records {'random initial weights' if origin else 'none'})")
+        if not os.path.isfile(recorded) or file_sha256(recorded) != digest:
+            raise LatpruneError(f"the dense weights the pruned model was made from ({recorded}) are missing or "
+                                f"changed; pass them with --weights FILE")
+        weights = recorded
+    elif digest and file_sha256(weights) != digest:
+        raise LatpruneError(f"--weights {weights} are not the weights the pruned model was made from ({recorded}, "
+                            f"sha256 {digest[:12]}...)")
     return load(spec, weights, input_shape or pruned.input_shape)
 
 
@@ -94,7 +129,7 @@ def fit(db: str | os.PathLike | None, backend: str, threads: int | None = None, 
     """
     if estimator is None:
         return current_perf_model(db, backend, threads)
-    with ProfileStore(db) as store:
+    with ProfileStore(db, readonly=True) as store:
         device_id, device = device_id_for(store, backend, threads)
         return fit_perf_model(store, device_id, backend, estimator=estimator, device=device)
 
@@ -170,7 +205,7 @@ def prune(analysis: ModelAnalysis, chosen: Plan) -> PrunedModel:
     if chosen.model != analysis.spec or tuple(chosen.input_shape) != tuple(analysis.input_shape):
         raise LatpruneError(f"the plan is for {chosen.model} at {chosen.input_shape}, not {analysis.spec} at "
                             f"{list(analysis.input_shape)}")
-    return prune_loaded(analysis, chosen.kept(), metadata={"plan": chosen.header()})
+    return prune_loaded(analysis, chosen.kept(), metadata={"plan": chosen.header(), "dense": dense_origin(analysis.loaded)})
 
 
 def sparsify(loaded: LoadedModel, sparsity: float) -> PrunedModel:
@@ -179,7 +214,7 @@ def sparsify(loaded: LoadedModel, sparsity: float) -> PrunedModel:
 
     global_magnitude_sparsify(loaded.model, sparsity)
     return PrunedModel(loaded.model, loaded.spec, loaded.input_shape, {}, loaded.family,
-                       {"sparsity": sparsity, "method": "global-magnitude"})
+                       {"sparsity": sparsity, "method": "global-magnitude", "dense": dense_origin(loaded)})
 
 
 @dataclass(frozen=True)
@@ -252,8 +287,10 @@ def repair(analysis: ModelAnalysis, pruned: PrunedModel, request: RecoveryReques
 def export(model: nn.Module, input_shape: Sequence[int], path: str | os.PathLike, opset: int = 17) -> float:
     """Write ONNX and return ONNX Runtime's max abs difference from PyTorch on a fixed input."""
     from latprune.onnx_export import export_checked
+    from latprune.outputs import atomic_path
 
-    return export_checked(model, tuple(input_shape), path, opset=opset)
+    with atomic_path(path) as tmp:
+        return export_checked(model, tuple(input_shape), tmp, opset=opset)
 
 
 def measure(models: Sequence[nn.Module], input_shape: Sequence[int], backend: str, rounds: int = 5, runs: int = 10,
@@ -271,9 +308,23 @@ def evaluate(model: nn.Module, folder: str, family: str, input_shape: Sequence[i
     from latprune.data import evaluate_top1, image_folder
 
     dataset = image_folder(folder, family, tuple(input_shape))
-    if limit:
+    _warn_on_class_mismatch(model, dataset.classes, folder, input_shape)
+    if limit is not None:
+        if limit < 1:
+            raise LatpruneError(f"--limit must be at least 1, got {limit}")
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     return evaluate_top1(model, dataset, batch_size=batch_size, progress=progress), len(dataset)
+
+
+def _warn_on_class_mismatch(model: nn.Module, classes: Sequence[str], folder: str, input_shape: Sequence[int]) -> None:
+    """Say so when the folder's classes cannot be the model's (labels are folder indices in sorted order)."""
+    import sys
+
+    with torch.no_grad():
+        outputs = model.eval()(torch.zeros(1, *tuple(input_shape)[1:])).shape[-1]
+    if outputs != len(classes):
+        print(f"latprune: warning: {folder} has {len(classes)} class folders but the model has {outputs} outputs; "
+              f"top-1 assumes class folder i (sorted by name) is output i", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- report
@@ -284,11 +335,11 @@ def report(summary: dict, out_dir: str | os.PathLike) -> dict[str, str]:
     import json
     from pathlib import Path
 
+    from latprune.outputs import atomic_path
     from latprune.report import write_report
 
     out = Path(out_dir)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "summary.json")
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
     write_report(summary, out / "report.html")
     return {"summary": str(out / "summary.json"), "report": str(out / "report.html")}

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from latprune.errors import LatpruneError
+from latprune.outputs import atomic_path
 from latprune.analysis import ModelAnalysis, as_analysis
 from latprune.models import LoadedModel, apply_state_dict, load_model
 from latprune.surgery import prune_channels
@@ -81,9 +82,8 @@ def save_pruned(pruned: PrunedModel, path: str | os.PathLike) -> None:
         "metadata": pruned.metadata,
         "state_dict": {k: v.detach().cpu() for k, v in pruned.model.state_dict().items()},
     }
-    tmp = f"{path}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_pruned(path: str | os.PathLike) -> PrunedModel:

@@ -8,6 +8,8 @@ import io
 import os
 from collections.abc import Sequence
 
+from latprune.outputs import atomic_path
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.3em; border-bottom: 1px solid #ccc; margin-top: 2em; }
@@ -148,8 +150,6 @@ def write_report(summary: dict, path: str | os.PathLike) -> str:
 {sections}
 </body></html>
 """
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(page, encoding="utf-8")
     return str(path)

@@ -35,6 +35,7 @@ class LoadedModel:
     spec: str
     family: str
     input_shape: tuple[int, ...]
+    weights: str | None = None  # the weights file loaded, if any (absolute path)
 
     def example_input(self, seed: int = 0) -> torch.Tensor:
         """A deterministic random input of the model's input shape."""
@@ -74,8 +75,10 @@ def _cifar_factory(name: str) -> Callable[[], nn.Module]:
 def _custom_factory(module_name: str, attr: str) -> Callable[[], nn.Module]:
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise LatpruneError(f"cannot import module {module_name!r} for model spec: {exc}") from None
+    except Exception as exc:  # ImportError, SyntaxError, or anything the module raises while loading
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise LatpruneError(f"cannot import module {module_name!r} for model spec: {type(exc).__name__}: "
+                            f"{text}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise LatpruneError(f"module {module_name!r} has no callable {attr!r}")
@@ -161,7 +164,8 @@ def load_model(
     if weights is not None:
         apply_state_dict(model, load_state_dict_file(weights), str(weights), spec)
     shape = tuple(input_shape) if input_shape else _default_input_shape(family, spec, model)
-    return LoadedModel(model=model.eval(), spec=spec, family=family, input_shape=shape)
+    return LoadedModel(model=model.eval(), spec=spec, family=family, input_shape=shape,
+                       weights=os.path.abspath(weights) if weights is not None else None)
 
 
 def _default_input_shape(family: str, spec: str, model: Any) -> tuple[int, ...]:

@@ -60,7 +60,7 @@ def device_id_for(store: ProfileStore, backend_name: str, threads: int | None = 
 
 def current_perf_model(db, backend: str, threads: int | None = None) -> tuple[NetworkLatencyModel, FitSummary]:
     """The up-to-date performance model of this machine and ``backend`` from the database at ``db``."""
-    with ProfileStore(db) as store:
+    with ProfileStore(db, readonly=True) as store:
         device_id, device = device_id_for(store, backend, threads)
         return load_perf_model(store, device_id, backend, device=device)
 
@@ -86,8 +86,12 @@ def fit_perf_model(store: ProfileStore, device_id: int, backend: str, estimator:
                          network_rows=len(networks), alignment_step=step, chosen=layers.chosen_,
                          selection=layers.selection_, overhead={k: list(v) for k, v in model.overhead_.items()},
                          fit_s=time.time() - started)
-    save_fit(_fit_file(store, device, backend), model, store.profile_hash(device_id, backend), library_versions(),
-             summary.to_json())
+    try:
+        save_fit(_fit_file(store, device, backend), model, store.profile_hash(device_id, backend),
+                 library_versions(), summary.to_json())
+    except OSError as exc:  # a read-only profile folder: the fit is used, just not kept
+        print(f"latprune: the {backend} performance model could not be stored ({exc.strerror or exc}); it will be "
+              f"refitted next time", file=sys.stderr)
     return model, summary
 
 

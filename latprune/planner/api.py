@@ -59,8 +59,14 @@ class PlanningInputs:
         return self.latency
 
     def resolve(self, request: BudgetRequest) -> Budget:
-        """A budget request in milliseconds: a speedup divides the *predicted* dense latency."""
-        return request.resolve(self.dense_ms(), "predicted dense")
+        """A budget request in milliseconds: a speedup divides the *predicted* dense latency.
+
+        A budget the dense model already meets is refused: there would be nothing to prune."""
+        budget = request.resolve(self.dense_ms(), "predicted dense")
+        if budget.target_ms >= self.dense_ms():
+            raise LatpruneError(f"the dense model already meets a budget of {budget.target_ms:.4g} ms (predicted "
+                                f"{self.dense_ms():.4g} ms): nothing to prune")
+        return budget
 
 
 def prepare(model: LoadedModel | ModelAnalysis, importance: str = "l2", calib: torch.Tensor | None = None,

@@ -21,6 +21,8 @@ from latprune.errors import LatpruneError
 from latprune.network import LayerSignature, Measurement
 
 SCHEMA_VERSION = 1
+# How long a locked database is waited for before giving up with a clear message.
+LOCK_TIMEOUT_S = float(os.environ.get("LATPRUNE_DB_TIMEOUT_S", "30"))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -105,20 +107,48 @@ class DeviceSummary:
     network_rows: int
 
 
+def _database_error(path: Path, exc: Exception) -> LatpruneError:
+    """One clear line for what SQLite (or the file system) said."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return LatpruneError(f"profile database {path} is locked by another process (waited {LOCK_TIMEOUT_S:g} s); "
+                             "try again when it has finished")
+    if "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
+        return LatpruneError(f"profile database {path} is read-only here; profile into a writable --db")
+    if "unable to open" in text:
+        return LatpruneError(f"cannot open profile database {path}: check the path and its folder's permissions")
+    return LatpruneError(f"profile database {path} is unreadable or corrupt: {text}")
+
+
 class ProfileStore:
     """Timings of one database file. Use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, readonly: bool = False):
+        """Open (``readonly``: only read; the file must exist) or create a profile database.
+
+        A file that is not a latprune database, or one of a newer schema, is refused before
+        anything in it is changed. A database locked by another writer is waited for ``LOCK_TIMEOUT_S``
+        (``$LATPRUNE_DB_TIMEOUT_S``, default 30 s).
+        """
         self.path = Path(path) if path else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
+        if self.path.is_dir():
+            raise LatpruneError(f"profile database {self.path} is a folder")
+        if readonly and not self.path.is_file():
+            raise LatpruneError(f"no profile database at {self.path}; run `latprune profile` first")
         try:
-            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            self._conn.execute("PRAGMA busy_timeout = 30000")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise LatpruneError(f"profile database {self.path} is unreadable or corrupt: {exc}") from None
+            if not readonly:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(f"file:{self.path}{'?mode=ro' if readonly else ''}", uri=True,
+                                         timeout=LOCK_TIMEOUT_S, isolation_level=None)
+            self._conn.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
+            self._check_schema()
+            if not readonly:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise _database_error(self.path, exc) from None
 
     def __enter__(self) -> "ProfileStore":
         return self
@@ -131,24 +161,44 @@ class ProfileStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise _database_error(self.path, exc) from None
         try:
             yield self._conn
-        except BaseException:
+        except BaseException as exc:
             self._conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise _database_error(self.path, exc) from None
             raise
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise _database_error(self.path, exc) from None
+
+    def _check_schema(self) -> None:
+        """Refuse other programs' databases and newer schemas without writing anything."""
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            if self.readonly:
+                raise LatpruneError(f"{self.path} holds no profile yet; run `latprune profile` first")
+            return  # a new database
+        row = None
+        if "meta" in tables:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not {"devices", "layer_timings"} <= tables:
+            raise LatpruneError(f"{self.path} is not a latprune profile database (it was left unchanged)")
+        if int(row[0]) > SCHEMA_VERSION:
+            raise LatpruneError(
+                f"profile database {self.path} has schema {row[0]}, newer than this latprune ({SCHEMA_VERSION})"
+            )
 
     def _migrate(self) -> None:
         self._conn.executescript(_SCHEMA)  # idempotent; executescript manages its own commit
         with self._transaction() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
+            if conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise LatpruneError(
-                    f"profile database {self.path} has schema {row[0]}, newer than this latprune ({SCHEMA_VERSION})"
-                )
 
     # -------------------------------------------------------------- devices
 
