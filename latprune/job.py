@@ -200,11 +200,10 @@ def default_jobs(out_dir: str | os.PathLike, backend: str = "ort-cpu", db: str |
         notes.append(f"digits CNN trained here: {trained['epochs']} epochs on {trained['train_images']} images in "
                      f"{time.perf_counter() - began:.0f} s")
     return [
-        JobConfig(model="torchvision:resnet18", budget=BudgetRequest(speedup=1.5, margin=0.03), backend=backend, db=db, name="resnet18",
-                  notes=["random weights (nothing is downloaded): latency only"]),
+        JobConfig(model="torchvision:resnet18", budget=BudgetRequest(speedup=1.5, margin=0.03), backend=backend,
+                  db=db, name="resnet18", notes=["random weights (nothing is downloaded): latency only"]),
         JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.5, margin=0.03),
-                  backend=backend, db=db, calib=str(train),
-                  eval=str(test), name="digits", calib_size=512, profile=ProfileSettings(widths=16, variants=24),
+                  backend=backend, db=db, calib=str(train), eval=str(test), name="digits", calib_size=512, profile=ProfileSettings(widths=16, variants=24),
                   notes=notes + ["scikit-learn's 8x8 handwritten digits, upscaled to 32x32; calibration reads the "
                                  "training images without labels, accuracy on the held-out quarter"]),
     ]

@@ -32,9 +32,8 @@ from latprune.pruned_file import PrunedModel, load_pruned, prune_loaded
 from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse_recipe, recover
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
-           "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure", "plan", "predict",
-           "profile",
-           "prune", "repair", "report", "sparsify", "uniform"]
+           "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
+           "plan", "predict", "profile", "prune", "repair", "report", "sparsify", "uniform"]
 
 
 # ---------------------------------------------------------------- load and analyse
@@ -205,7 +204,8 @@ def prune(analysis: ModelAnalysis, chosen: Plan) -> PrunedModel:
     if chosen.model != analysis.spec or tuple(chosen.input_shape) != tuple(analysis.input_shape):
         raise LatpruneError(f"the plan is for {chosen.model} at {chosen.input_shape}, not {analysis.spec} at "
                             f"{list(analysis.input_shape)}")
-    return prune_loaded(analysis, chosen.kept(), metadata={"plan": chosen.header(), "dense": dense_origin(analysis.loaded)})
+    return prune_loaded(analysis, chosen.kept(),
+                        metadata={"plan": chosen.header(), "dense": dense_origin(analysis.loaded)})
 
 
 def sparsify(loaded: LoadedModel, sparsity: float) -> PrunedModel:

@@ -46,11 +46,14 @@ def workspace(tmp_path_factory, profiled_resnet20):
     (root / "raising_mod.py").write_text("raise RuntimeError('boom at import')\n")
     (root / "good_mod.py").write_text("import torch\n\ndef make():\n    return torch.nn.Conv2d(3, 4, 3)\n")
     shutil.copy(profiled_resnet20, root / "profile.sqlite")
-    with sqlite3.connect(root / "other.sqlite") as conn:
-        conn.execute("CREATE TABLE t (x)")
-    ProfileStore(root / "newer.sqlite").close()
-    with sqlite3.connect(root / "newer.sqlite") as conn:
-        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    for name, statement in (("other.sqlite", "CREATE TABLE t (x)"),
+                            ("newer.sqlite", "UPDATE meta SET value = '99' WHERE key = 'schema_version'")):
+        if name == "newer.sqlite":
+            ProfileStore(root / name).close()
+        conn = sqlite3.connect(root / name)
+        with conn:
+            conn.execute(statement)
+        conn.close()  # closed now, so the files do not change later when a checkpoint would run
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     for args in (["--weights", "w20.th", "--out", "p.pt"], ["--out", "random_p.pt"]):
         subprocess.run([*LATPRUNE, "prune", "--model", "cifar:resnet20", "--uniform", "0.5", *args], cwd=root,
@@ -309,3 +312,18 @@ def test_kill_9_during_a_write_never_leaves_a_partial_file_under_the_final_name(
         for leftover in root.glob(".killed.pt.*.tmp"):  # what a killed writer may leave: never the final name
             leftover.unlink()
     assert outcomes
+
+
+def test_ctrl_c_during_an_onnx_runtime_profile_prints_one_line(workspace, tmp_path):
+    """Ctrl-C reaches the whole process group, the ONNX Runtime worker included: only 'interrupted' is said."""
+    root, env = workspace
+    process = subprocess.Popen([*LATPRUNE, "profile", *R20, "--backend", "ort-cpu", "--db", str(tmp_path / "p.sqlite"),
+                                "--variants", "4", "--widths", "4", "--global-warmup", "0"], cwd=root, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _wait_for(process, "profile ort-cpu")
+    os.killpg(process.pid, signal.SIGINT)
+    _, rest = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in rest and rest.strip().splitlines()[-1] == "latprune profile: interrupted"
+    with ProfileStore(tmp_path / "p.sqlite", readonly=True) as store:  # what was committed is intact
+        assert store.summaries() is not None

@@ -266,5 +266,7 @@ def test_plan_and_prune_commands_on_a_real_profile(capsys, profiled_resnet20, tm
 
     assert main(["plan", *common, "--budget-ms", "0.0001"]) == 1
     assert "below the fastest achievable plan" in capsys.readouterr().err
-    assert main(["prune", "--model", "cifar:resnet20", "--uniform", "0.5", "--out", str(pruned_path)]) == 0
+    assert main(["prune", "--model", "cifar:resnet20", "--uniform", "0.5", "--out", str(pruned_path)]) == 1
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(["prune", "--model", "cifar:resnet20", "--uniform", "0.5", "--out", str(pruned_path), "--force"]) == 0
     assert "pruned cifar:resnet20" in capsys.readouterr().out

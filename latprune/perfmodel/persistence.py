@@ -120,7 +120,8 @@ def _estimator_from_state(state: dict | None, archive: zipfile.ZipFile):
         return estimator
     if state["type"] == "family-linear":
         estimator = FamilyLinear(int(state["step"]))
-        estimator.coef_ = {tuple(tuple(pair) for pair in family): np.asarray(coef, dtype=float) for family, coef in state["coef"]}
+        estimator.coef_ = {tuple(tuple(pair) for pair in family): np.asarray(coef, dtype=float)
+                           for family, coef in state["coef"]}
         estimator.fallback_ = _estimator_from_state(state["fallback"], archive)
         return estimator
     raise UnreadableFit(f"unknown estimator type {state['type']!r}")

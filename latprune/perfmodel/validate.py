@@ -29,8 +29,8 @@ def random_widths(groups: list[ChannelGroup], rng: random.Random, on_grid: bool,
     return widths
 
 
-def validate_model(model: LoadedModel | ModelAnalysis, backend: str, perf: NetworkLatencyModel, step: int, variants: int = 20,
-                   rounds: int = 5, runs: int = 10, seed: int = 0, threads: int | None = None,
+def validate_model(model: LoadedModel | ModelAnalysis, backend: str, perf: NetworkLatencyModel, step: int,
+                   variants: int = 20, rounds: int = 5, runs: int = 10, seed: int = 0, threads: int | None = None,
                    out_dir: str | Path | None = None) -> dict:
     """Predict and measure ``variants`` random pruned variants interleaved with the dense model."""
     analysis = as_analysis(model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -84,6 +85,8 @@ def info(provider: str) -> dict:
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group; the parent reports it and closes this worker's stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for line in sys.stdin:
         request = json.loads(line)
         try:
@@ -97,7 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it, once
-        sys.exit(130)
+    main()

@@ -193,32 +193,31 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
     runs, profiled_runs = round(settings.runs * scale), round(settings.profiled_runs * scale)
     finished: set[str] = set()
     total = sum(max(0, settings.rounds - len(j.rounds)) for j in jobs)
-    bar = _progress(total=total, desc=f"profile {backend.name}", unit="run", disable=not progress)
-    for round_index in range(settings.rounds + settings.max_extra_rounds):
-        todo = [
-            j for j in jobs
-            if j.variant.key not in finished and round_index not in j.rounds
-            and (round_index < settings.rounds or j.spread() > settings.retime_spread)
-        ]
-        if round_index >= settings.rounds:
-            bar.total += len(todo)
-        for job in timer.shuffled(todo):
-            sample = timer.sample(job.prepared, runs, profiled_runs)
-            job.rounds[round_index] = sample.to_json()
-            store.save_round(device_id, backend.name, key, job.variant.key, round_index, job.rounds[round_index])
-            complete = len(job.rounds) >= settings.rounds
-            if complete and (job.spread() <= settings.retime_spread
-                             or len(job.rounds) >= settings.rounds + settings.max_extra_rounds):
+    with _progress(total=total, desc=f"profile {backend.name}", unit="run", disable=not progress) as bar:
+        for round_index in range(settings.rounds + settings.max_extra_rounds):
+            todo = [
+                j for j in jobs
+                if j.variant.key not in finished and round_index not in j.rounds
+                and (round_index < settings.rounds or j.spread() > settings.retime_spread)
+            ]
+            if round_index >= settings.rounds:
+                bar.total += len(todo)
+            for job in timer.shuffled(todo):
+                sample = timer.sample(job.prepared, runs, profiled_runs)
+                job.rounds[round_index] = sample.to_json()
+                store.save_round(device_id, backend.name, key, job.variant.key, round_index, job.rounds[round_index])
+                complete = len(job.rounds) >= settings.rounds
+                if complete and (job.spread() <= settings.retime_spread
+                                 or len(job.rounds) >= settings.rounds + settings.max_extra_rounds):
+                    job.new_rows = _finish(job, store, device_id, backend.name, key)
+                    finished.add(job.variant.key)
+                bar.update(1)
+                if time.time() - last_check > settings.drift_interval_s:
+                    drift = max(drift, check_drift()[0])
+                    last_check = time.time()
+        for job in jobs:  # jobs still above the spread limit after all extra rounds
+            if job.variant.key not in finished:
                 job.new_rows = _finish(job, store, device_id, backend.name, key)
-                finished.add(job.variant.key)
-            bar.update(1)
-            if time.time() - last_check > settings.drift_interval_s:
-                drift = max(drift, check_drift()[0])
-                last_check = time.time()
-    for job in jobs:  # jobs still above the spread limit after all extra rounds
-        if job.variant.key not in finished:
-            job.new_rows = _finish(job, store, device_id, backend.name, key)
-    bar.close()
     return drift
 
 
