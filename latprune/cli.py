@@ -365,13 +365,13 @@ def cmd_prune(args: argparse.Namespace) -> dict:
 def cmd_recover(args: argparse.Namespace) -> dict:
     """Repair a pruned (or sparsified) model toward its dense original from unlabeled images."""
     from latprune import pipeline
-    from latprune.pruned_file import load_pruned, save_pruned
+    from latprune.pruned_file import read_pruned, save_pruned
 
     recovery = _recovery_request(args)
     check_output(args.out, [args.pruned, args.weights], args.force)
-    pruned = load_pruned(args.pruned)
-    analysis = pipeline.analyse(pipeline.load_dense_for(pruned, args.model, args.weights, args.input_shape))
-    recovered, report = pipeline.repair(analysis, pruned, recovery, progress=not args.json)
+    saved = read_pruned(args.pruned)
+    analysis = pipeline.analyse(pipeline.load_dense_for(saved, args.model, args.weights, args.input_shape))
+    recovered, report = pipeline.repair(analysis, saved.build(analysis), recovery, progress=not args.json)
     save_pruned(recovered, args.out)
     return {"model": analysis.spec, "out": args.out, "recovery": report.to_dict() if report else None}
 

@@ -28,7 +28,7 @@ from latprune.planner import api as planner
 from latprune.planner.plan import Plan
 from latprune.planner.widths import WidthPolicy
 from latprune.profiler.api import ProfileReport, ProfileSettings, ProfileStore, measure_models, profile_model
-from latprune.pruned_file import PrunedModel, load_pruned, prune_loaded
+from latprune.pruned_file import PrunedModel, SavedPruned, load_pruned, prune_loaded
 from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse_recipe, recover
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
@@ -78,7 +78,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def load_dense_for(pruned: PrunedModel, spec: str, weights: str | None, input_shape: str | None = None
+def load_dense_for(pruned: PrunedModel | SavedPruned, spec: str, weights: str | None, input_shape: str | None = None
                    ) -> LoadedModel:
     """The dense model a pruned model was made from, as the reference recovery repairs toward.
 

@@ -46,8 +46,12 @@ class PrunedModel:
 
     def check_made_from(self, spec: str) -> None:
         """Refuse a dense model other than the one this pruned model was made from."""
-        if spec != self.spec:
-            raise LatpruneError(f"the pruned model was made from {self.spec}, not from {spec}")
+        _check_made_from(self.spec, spec)
+
+
+def _check_made_from(made_from: str, spec: str) -> None:
+    if spec != made_from:
+        raise LatpruneError(f"the pruned model was made from {made_from}, not from {spec}")
 
 
 def prune_loaded(model: LoadedModel | ModelAnalysis, kept: Mapping[str, Sequence[int]],
@@ -86,8 +90,34 @@ def save_pruned(pruned: PrunedModel, path: str | os.PathLike) -> None:
         torch.save(payload, tmp)
 
 
-def load_pruned(path: str | os.PathLike) -> PrunedModel:
-    """Rebuild a pruned model saved by :func:`save_pruned`."""
+@dataclass(frozen=True)
+class SavedPruned:
+    """A pruned model file as read, before its network is rebuilt."""
+
+    path: str
+    spec: str
+    input_shape: tuple[int, ...]
+    kept: dict[str, list[int]]
+    metadata: dict
+    state_dict: dict[str, torch.Tensor]
+
+    def check_made_from(self, spec: str) -> None:
+        """Refuse a dense model other than the one this pruned model was made from."""
+        _check_made_from(self.spec, spec)
+
+    def build(self, base: ModelAnalysis | None = None) -> PrunedModel:
+        """The pruned network with its saved weights. ``base``: an analysis of the dense architecture at the
+        saved input shape to reuse (its weights are replaced); without one, the spec is loaded and analysed."""
+        if base is None or base.spec != self.spec or tuple(base.input_shape) != self.input_shape:
+            base = as_analysis(load_model(self.spec, input_shape=self.input_shape))
+        pruned = prune_loaded(base, self.kept, self.metadata)
+        apply_state_dict(pruned.model, self.state_dict, self.path, f"the pruned {self.spec}")
+        pruned.model.eval()
+        return pruned
+
+
+def read_pruned(path: str | os.PathLike) -> SavedPruned:
+    """Read a file saved by :func:`save_pruned` (``weights_only``: no pickled code) without rebuilding it."""
     if not os.path.isfile(path):
         raise LatpruneError(f"pruned model file not found: {path}")
     try:
@@ -100,8 +130,10 @@ def load_pruned(path: str | os.PathLike) -> PrunedModel:
         raise LatpruneError(
             f"{path} was written by a newer latprune (format {payload['version']}, this one reads up to {FORMAT_VERSION})"
         )
-    loaded = load_model(payload["spec"], input_shape=tuple(payload["input_shape"]))
-    pruned = prune_loaded(loaded, payload["kept"], payload.get("metadata"))
-    apply_state_dict(pruned.model, payload["state_dict"], str(path), f"the pruned {payload['spec']}")
-    pruned.model.eval()
-    return pruned
+    return SavedPruned(str(path), payload["spec"], tuple(payload["input_shape"]), payload["kept"],
+                       payload.get("metadata") or {}, payload["state_dict"])
+
+
+def load_pruned(path: str | os.PathLike) -> PrunedModel:
+    """Rebuild a pruned model saved by :func:`save_pruned`."""
+    return read_pruned(path).build()

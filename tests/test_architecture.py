@@ -75,6 +75,27 @@ def test_prune_with_recovery_analyses_the_dense_model_once(graph_builds, loaded_
     assert len(loaded_models) == 1 and _dense_model_graphs(graph_builds, loaded_models[0]) == 1
 
 
+def test_recover_command_analyses_the_dense_model_once(graph_builds, loaded_models, tmp_path):
+    """The pruned file's network is rebuilt on the dense model's analysis, not on a second one."""
+    import torch
+    from PIL import Image
+
+    images = tmp_path / "calib"
+    images.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 32), (40 * i, 80, 120)).save(images / f"{i}.png")
+    weights, pruned = tmp_path / "w.pt", tmp_path / "pruned.pt"
+    torch.save(load_model("cifar:resnet20").model.state_dict(), weights)
+    assert main(["prune", "--model", "cifar:resnet20", "--weights", str(weights), "--uniform", "0.5", "--out",
+                 str(pruned), "--json"]) == 0
+    graph_builds["analyses"] = 0
+    loaded_models.clear()
+    assert main(["recover", "--pruned", str(pruned), "--model", "cifar:resnet20", "--recovery", "bn", "--calib",
+                 str(images), "--out", str(tmp_path / "r.pt"), "--json"]) == 0
+    assert graph_builds["analyses"] == 1
+    assert len(loaded_models) == 1 and _dense_model_graphs(graph_builds, loaded_models[0]) == 1
+
+
 def test_plan_command_analyses_once(graph_builds, loaded_models, profiled_resnet20, capsys):
     assert main(["plan", "--model", "cifar:resnet20", "--backend", "torch-cpu", "--db", str(profiled_resnet20),
                  "--speedup", "1.3", "--method", "tp-global", "--json"]) == 0
