@@ -39,7 +39,8 @@ def main(argv=None) -> None:
     prepare_s = time.perf_counter() - started
     widths = [len(c) for c in inputs.latency_problem().candidates]
     started = time.perf_counter()
-    latency_plan(inputs, inputs.resolve(BudgetRequest(speedup=2.0)), bins=2000)  # JIT compile, cost tables, exact frontiers: once
+    # JIT compile, cost tables, exact frontiers: once
+    latency_plan(inputs, inputs.resolve(BudgetRequest(speedup=2.0)), bins=2000)
     first_s = time.perf_counter() - started
     rows, runs = [], []
     for bins in GOALS_MS:

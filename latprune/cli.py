@@ -478,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", type=positive_int, default=32, help="candidate widths per group (default 32)")
     p.add_argument("--variants", type=positive_int, default=64, help="pruned variants to time (default 64)")
     p.add_argument("--rounds", type=positive_int, default=3, help="timing rounds, shuffled order each (default 3)")
-    p.add_argument("--runs", type=positive_int, default=8, help="timed runs per round, plain and profiled each (default 8)")
+    p.add_argument("--runs", type=positive_int, default=8,
+                   help="timed runs per round, plain and profiled each (default 8)")
     p.add_argument("--warmup", type=natural_int, default=3, help="warm-up runs before each timing (default 3)")
     p.add_argument("--step", type=positive_int, default=16, help="grid of aligned widths to cover (default 16)")
     _json_option(p)
@@ -551,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sparsify", help="global magnitude sparsity (unstructured)", description=cmd_sparsify.__doc__)
     add_model_options(p)
-    p.add_argument("--sparsity", type=finite_float, required=True, metavar="S", help="fraction of weights to zero, [0, 1)")
+    p.add_argument("--sparsity", type=finite_float, required=True, metavar="S",
+                   help="fraction of weights to zero, [0, 1)")
     p.add_argument("--out", required=True, metavar="sparse.pt")
     _force_option(p)
     _json_option(p)
@@ -568,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="ort-cpu", help="torch-cpu, torch-cuda, ort-cpu or ort-cuda (default ort-cpu)")
     p.add_argument("--threads", type=positive_int, help="intra-op threads (default: physical cores)")
     p.add_argument("--calib", metavar="DIR", help="unlabeled images for importance and recovery (any folder layout)")
-    p.add_argument("--calib-size", type=positive_int, metavar="N", help=f"calibration images (default {RECOVERY_CALIB_SIZE})")
+    p.add_argument("--calib-size", type=positive_int, metavar="N",
+                   help=f"calibration images (default {RECOVERY_CALIB_SIZE})")
     p.add_argument("--eval", metavar="DIR", help="labelled images (<class>/<image> folders): accuracy before and after")
     p.add_argument("--recovery", metavar="METHOD",
                    help="recovery recipe (default two-stage with --calib, none without); see `latprune prune`")
@@ -623,9 +626,11 @@ def _recovery_option(parser: argparse.ArgumentParser, required: bool = False) ->
                         help="labelled images (<class>/<image> folders) for finetune/overparam: cross-entropy is "
                              "added; without labels they distil the dense model")
     parser.add_argument("--epochs", type=positive_int, help="fine-tuning epochs (default 3)")
-    parser.add_argument("--lr", type=finite_float, help="fine-tuning learning rate, SGD with cosine decay (default 0.01)")
+    parser.add_argument("--lr", type=finite_float,
+                        help="fine-tuning learning rate, SGD with cosine decay (default 0.01)")
     parser.add_argument("--batch-size", type=positive_int, help="fine-tuning batch size (default 64)")
-    parser.add_argument("--expansion", type=positive_int, help="overparam: width factor inside each expanded layer (default 2)")
+    parser.add_argument("--expansion", type=positive_int,
+                        help="overparam: width factor inside each expanded layer (default 2)")
 
 
 def _force_option(parser: argparse.ArgumentParser) -> None:

@@ -61,9 +61,7 @@ class JobConfig:
         """Every mistake in the request, before the minutes of profiling."""
         if self.eval and not os.path.isdir(self.eval):
             raise LatpruneError(f"evaluation folder not found: {self.eval}")
-        if self.calib_size < 1:
-            raise LatpruneError(f"--calib-size must be at least 1, got {self.calib_size}")
-        self.recovery_request()
+        self.recovery_request()  # the recipe, its images and --calib-size
 
 
 class _Stages:
@@ -85,10 +83,11 @@ class _Stages:
 
 
 def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
-    """Run the whole pipeline for one model; writes plan.json, pruned.pt and pruned.onnx; returns the summary."""
+    """Run the whole pipeline for one model; writes plan.json, pruned.pt and pruned.onnx; returns the summary.
+
+    ``config`` has been checked (:meth:`JobConfig.check`, done by :func:`run_jobs`)."""
     from latprune import pipeline
 
-    config.check()
     recovery = config.recovery_request()
     folder = Path(out_dir) / config.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +202,8 @@ def default_jobs(out_dir: str | os.PathLike, backend: str = "ort-cpu", db: str |
         JobConfig(model="torchvision:resnet18", budget=BudgetRequest(speedup=1.5, margin=0.03), backend=backend,
                   db=db, name="resnet18", notes=["random weights (nothing is downloaded): latency only"]),
         JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.5, margin=0.03),
-                  backend=backend, db=db, calib=str(train), eval=str(test), name="digits", calib_size=512, profile=ProfileSettings(widths=16, variants=24),
+                  backend=backend, db=db, calib=str(train), eval=str(test), name="digits", calib_size=512,
+                  profile=ProfileSettings(widths=16, variants=24),
                   notes=notes + ["scikit-learn's 8x8 handwritten digits, upscaled to 32x32; calibration reads the "
                                  "training images without labels, accuracy on the held-out quarter"]),
     ]

@@ -291,7 +291,7 @@ def test_sigterm_during_recovery_leaves_no_output_and_one_line(workspace):
     assert not any(p.name.startswith(("sigterm.pt", ".sigterm.pt")) for p in root.iterdir())
 
 
-def test_kill_9_during_a_write_never_leaves_a_partial_file_under_the_final_name(workspace, monkeypatch):
+def test_kill_9_during_a_write_never_leaves_a_partial_file_under_the_final_name(workspace):
     """The pruned file is written to a temporary name and renamed: a process killed at any moment leaves
     either no file or a complete one."""
     root = workspace[0]

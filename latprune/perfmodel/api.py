@@ -89,9 +89,9 @@ def fit_perf_model(store: ProfileStore, device_id: int, backend: str, estimator:
     try:
         save_fit(_fit_file(store, device, backend), model, store.profile_hash(device_id, backend),
                  library_versions(), summary.to_json())
-    except OSError as exc:  # a read-only profile folder: the fit is used, just not kept
-        print(f"latprune: the {backend} performance model could not be stored ({exc.strerror or exc}); it will be "
-              f"refitted next time", file=sys.stderr)
+    except (OSError, LatpruneError) as exc:  # a read-only profile folder: the fit is used, just not kept
+        print(f"latprune: the {backend} performance model could not be stored ({exc}); it will be refitted next "
+              f"time", file=sys.stderr)
     return model, summary
 
 

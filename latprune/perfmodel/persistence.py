@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import skops.io
 
+from latprune.outputs import atomic_path
 from latprune.perfmodel.estimator import FamilyLinear, LayerLatencyModel, LogTarget, NetworkLatencyModel
 
 FORMAT = "latprune-perfmodel"
@@ -42,17 +42,10 @@ def save_fit(path: Path, model: NetworkLatencyModel, profile_hash: str, versions
     blobs: dict[str, bytes] = {}
     state = {"format": FORMAT, "version": FORMAT_VERSION, "profile_hash": profile_hash, "versions": versions,
              "summary": summary, "model": _network_state(model, blobs)}
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("fit.json", json.dumps(state))
-            for name, blob in blobs.items():
-                archive.writestr(name, blob)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("fit.json", json.dumps(state))
+        for name, blob in blobs.items():
+            archive.writestr(name, blob)
 
 
 def load_fit(path: Path) -> tuple[str, dict, dict, NetworkLatencyModel] | None:
@@ -77,9 +70,7 @@ def load_fit(path: Path) -> tuple[str, dict, dict, NetworkLatencyModel] | None:
 
 def _network_state(model: NetworkLatencyModel, blobs: dict[str, bytes]) -> dict:
     layers = model.layers
-    kinds = {}
-    for kind, estimator in layers.models_.items():
-        kinds[kind] = _estimator_state(estimator, kind, blobs)
+    kinds = {kind: _estimator_state(estimator, kind, blobs) for kind, estimator in layers.models_.items()}
     return {
         "settings": {"estimator": layers.estimator, "step": layers.step, "holdout": layers.holdout,
                      "seed": layers.seed},

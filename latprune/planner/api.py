@@ -62,10 +62,11 @@ class PlanningInputs:
         """A budget request in milliseconds: a speedup divides the *predicted* dense latency.
 
         A budget the dense model already meets is refused: there would be nothing to prune."""
-        budget = request.resolve(self.dense_ms(), "predicted dense")
-        if budget.target_ms >= self.dense_ms():
+        dense = self.dense_ms()
+        budget = request.resolve(dense, "predicted dense")
+        if budget.target_ms >= dense:
             raise LatpruneError(f"the dense model already meets a budget of {budget.target_ms:.4g} ms (predicted "
-                                f"{self.dense_ms():.4g} ms): nothing to prune")
+                                f"{dense:.4g} ms): nothing to prune")
         return budget
 
 
@@ -143,24 +144,24 @@ def flops_plan(inputs: PlanningInputs, budget: Budget, bins: int = 2000) -> Plan
     return build_plan(inputs, macs.widths(solution.choice), "flops-dp", budget, _stats(solution, bins))
 
 
+def _uniform_widths(inputs: PlanningInputs, ratio: float) -> list[int]:
+    return [uniform_width(g, ratio, inputs.policy.unit(g)) for g in inputs.groups]
+
+
 def uniform_plan(inputs: PlanningInputs, ratio: float) -> Plan:
     """Keep ``ratio`` of every group, rounded to the alignment step."""
     if not 0 < ratio <= 1:
         raise LatpruneError(f"--uniform takes a keep ratio in (0, 1], got {ratio}")
-    widths = [uniform_width(g, ratio, inputs.policy.unit(g)) for g in inputs.groups]
-    return build_plan(inputs, widths, "uniform", None, {"ratio": ratio})
+    return build_plan(inputs, _uniform_widths(inputs, ratio), "uniform", None, {"ratio": ratio})
 
 
 def uniform_plan_for_budget(inputs: PlanningInputs, budget: Budget) -> Plan:
     """The largest uniform ratio whose predicted latency meets the budget."""
     target = budget.target_ms
     problem = inputs.latency_problem()
-
-    def widths_at(ratio: float) -> list[int]:
-        return [uniform_width(g, ratio, inputs.policy.unit(g)) for g in inputs.groups]
-
-    ratio = _largest_ratio(lambda r: problem.cost_of_widths(widths_at(r)) <= target, what=f"{target:.4g} ms")
-    return build_plan(inputs, widths_at(ratio), "uniform", budget, {"ratio": ratio})
+    ratio = _largest_ratio(lambda r: problem.cost_of_widths(_uniform_widths(inputs, r)) <= target,
+                           what=f"{target:.4g} ms")
+    return build_plan(inputs, _uniform_widths(inputs, ratio), "uniform", budget, {"ratio": ratio})
 
 
 def tp_global_plan(inputs: PlanningInputs, budget: Budget) -> Plan:

@@ -13,8 +13,7 @@ import numpy as np
 from latprune.groups import ChannelGroup
 from latprune.perfmodel import CostTerms
 from latprune.planner.problem import LayerTerm, PlanningProblem
-from latprune.network import LayerSignature
-from latprune.network import DTYPE, LayerInfo
+from latprune.network import DTYPE, LayerInfo, LayerSignature
 
 
 def layer_terms(layers: Mapping[str, LayerInfo], groups: Sequence[ChannelGroup]) -> list[LayerTerm]:

@@ -161,18 +161,14 @@ class ProfileStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; SQLite's errors (locked, read-only, corrupt) become one clear line."""
         try:
             self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.DatabaseError as exc:
-            raise _database_error(self.path, exc) from None
-        try:
-            yield self._conn
-        except BaseException as exc:
-            self._conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise _database_error(self.path, exc) from None
-            raise
-        try:
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
             self._conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise _database_error(self.path, exc) from None
