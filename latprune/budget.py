@@ -3,7 +3,8 @@
 A request is either milliseconds or a speedup over the dense model. A speedup only becomes
 milliseconds against a dense latency: the *predicted* one when a plan is made, the one
 *measured* in the same rounds as the pruned model when a result is judged. ``margin`` is
-headroom: plans aim at ``ms / (1 + margin)``.
+headroom: plans aim at ``ms / (1 + margin)``; the closed planning loop
+(:mod:`latprune.planner.closed_loop`) moves that aim by what the device measured.
 """
 
 from __future__ import annotations
@@ -25,10 +26,19 @@ class Budget:
     margin: float = 0.0
     speedup: float | None = None
     dense_ms: float | None = None  # the dense latency a speedup divides
+    # The fraction of the ceiling a plan aims at in the performance model's milliseconds: 1 for an
+    # open-loop plan; set by the closed loop to the band's centre over the measured/predicted correction.
+    aim: float = 1.0
+
+    @property
+    def ceiling_ms(self) -> float:
+        """What a plan may measure at most: ``ms`` less the headroom ``margin``."""
+        return self.ms / (1 + self.margin)
 
     @property
     def target_ms(self) -> float:
-        return self.ms / (1 + self.margin)
+        """What a plan aims at in predicted milliseconds."""
+        return self.ceiling_ms * self.aim
 
     def describe(self) -> str:
         if self.speedup is None:
@@ -36,7 +46,8 @@ class Budget:
         return f"{self.basis} / {self.speedup:g}"
 
     def to_json(self) -> dict:
-        return {**asdict(self), "target_ms": self.target_ms, "description": self.describe()}
+        return {**asdict(self), "ceiling_ms": self.ceiling_ms, "target_ms": self.target_ms,
+                "description": self.describe()}
 
     @classmethod
     def from_json(cls, data: dict) -> "Budget":

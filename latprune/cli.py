@@ -77,6 +77,13 @@ def _budget(args: argparse.Namespace, margin: float = 0.0):
     return BudgetRequest(budget_ms=args.budget_ms, speedup=args.speedup, margin=margin)
 
 
+def _margin(args: argparse.Namespace) -> float:
+    """Headroom below the budget: none needed when the plan is measured, 3% when only predicted."""
+    if args.margin is not None:
+        return args.margin
+    return 0.03 if args.no_verify else 0.0
+
+
 def _plan_settings(args: argparse.Namespace, method: str = "latency"):
     from latprune.pipeline import PlanSettings
 
@@ -297,24 +304,49 @@ def _format_plan(result: dict) -> str:
     if "method" in solver:
         lines.append(f"solver: {solver['method']}, {solver.get('bins')} bins, {solver.get('live_states', 0)} states, "
                      f"DP {1000 * solver.get('dp_s', 0):.1f} ms")
+    lines += _verification_lines(result.get("verification") or {})
     if result.get("out"):
         lines.append(f"wrote {result['out']}")
     return "\n".join(lines)
 
 
+def _verification_lines(verification: dict) -> list[str]:
+    """The closed loop's rounds as a table and a verdict (or why the plan was not verified)."""
+    if not verification:
+        return []
+    if not verification.get("verified"):
+        return [f"not verified on the device: {verification.get('reason', 'unknown')}"]
+    rows = [(r["round"], f"{r['aim_ms']:.4g}", f"{r['predicted_ms']:.4g}", f"{r['measured_ms']:.4g}",
+             f"{r['p10_ms']:.4g}-{r['p90_ms']:.4g}", f"{r['band_ms'][0]:.4g}-{r['band_ms'][1]:.4g}",
+             f"{r['correction']:.3f}", "in band" if r["in_band"] else "met" if r["meets"] else "over",
+             f"{r.get('seconds', 0):.1f}") for r in verification["rounds"]]
+    low, high = verification["band_ms"]
+    return [table(["round", "aim ms", "predicted ms", "measured ms", "p10-p90 ms", "band ms", "correction", "result",
+                   "seconds"], rows),
+            f"verified on this device: measured {verification['measured_ms']:.4g} ms (dense "
+            f"{verification['dense_measured_ms']:.4g} ms, band {low:.4g}-{high:.4g} ms): {verification['status']}, "
+            f"round {verification['chosen_round']} of {verification['rounds_used']}, {verification['seconds']:.1f} s"]
+
+
 @command("plan", _format_plan)
 def cmd_plan(args: argparse.Namespace) -> dict:
-    """Choose per-group widths that keep the most importance within a budget on predicted latency."""
+    """Choose per-group widths that keep the most importance within a latency budget.
+
+    On this machine's profile the plan is verified by a closed loop: each plan is measured on the
+    device next to the dense model, its layers are added to the profile, the performance model is
+    refitted and corrected, and the budget is re-planned until the measured latency lies within
+    [(1 - tol) x budget, budget] (--no-verify trusts the prediction instead).
+    """
     from latprune import pipeline
 
-    request, settings = _budget(args), _plan_settings(args, args.method)
+    request, settings, verify = _budget(args), _plan_settings(args, args.method), _verification(args)
     if args.out:
         check_output(args.out, [args.weights, args.db], args.force)
     loaded = _dense(args)
     analysis = pipeline.analyse(loaded)
-    perf, fitted = pipeline.fit(args.db, args.backend, args.threads)
+    perf, fitted = pipeline.fit(args.db, args.backend, args.threads, device=args.device)
     plan = pipeline.plan(analysis, request, perf, fitted, args.backend, settings,
-                         calib=_importance_images(args, loaded))
+                         calib=_importance_images(args, loaded), verify=verify)
     if args.out:
         plan.save(args.out)
     return {**plan.to_json(), "out": args.out}
@@ -425,13 +457,15 @@ def cmd_run(args: argparse.Namespace) -> dict:
         if given:
             raise LatpruneError(f"{', '.join(given)} need --model SPEC (without --model, run runs its built-in demo)")
         check_output_folder(args.out, "summary.json", args.force)
-        configs = default_jobs(args.out, backend=args.backend, db=args.db, progress=progress)
+        configs = default_jobs(args.out, backend=args.backend, db=args.db, progress=progress,
+                               verify=_verification(args), margin=_margin(args))
     else:
         configs = [JobConfig(
-            model=args.model, budget=_budget(args, args.margin), backend=args.backend, weights=args.weights,
+            model=args.model, budget=_budget(args, _margin(args)), backend=args.backend, weights=args.weights,
             input_shape=parse_input_shape(args.input_shape) if args.input_shape else None, calib=args.calib,
             eval=args.eval, recovery=args.recovery, importance=args.importance,
-            calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads)]
+            calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads,
+            verify=_verification(args))]
         configs[0].check()
         check_output_folder(args.out, "summary.json", args.force)
     return run_jobs(configs, args.out, progress=progress)
@@ -518,8 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
     _db_option(p)
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-ms", type=finite_float, metavar="MS",
-                        help="latency budget in milliseconds, met as predicted by the performance model")
-    budget.add_argument("--speedup", type=finite_float, metavar="S", help="budget = predicted dense latency / S")
+                        help="latency budget in milliseconds, met as measured on this device (as predicted with "
+                             "--no-verify or another device's profile)")
+    budget.add_argument("--speedup", type=finite_float, metavar="S",
+                        help="budget = dense latency / S (planned on the predicted dense latency, verified against "
+                             "the dense model measured in the same rounds)")
+    _verify_options(p)
+    p.add_argument("--device", metavar="FINGERPRINT",
+                   help="plan from another device's profile in the database (`latprune devices`); not verified")
     p.add_argument("--max-macs", type=finite_float, metavar="N", help="also cap multiply-accumulates")
     p.add_argument("--method", choices=PLANNERS, default="latency",
                    help="latency DP (default) or a baseline: FLOPs DP, uniform ratio, Torch-Pruning global magnitude")
@@ -579,8 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--importance", choices=list(CRITERIA),
                    help="channel importance (default: taylor with --calib, l2 without)")
-    p.add_argument("--margin", type=finite_float, default=0.03,
-                   help="plan to budget/(1+margin), headroom for measurement noise (default 0.03)")
+    p.add_argument("--margin", type=finite_float,
+                   help="plan to budget/(1+margin), headroom for measurement noise (default 0, or 0.03 with "
+                        "--no-verify)")
+    _verify_options(p)
     _db_option(p)
     p.add_argument("--out", default="latprune-run", metavar="DIR",
                    help="output folder: report.html, summary.json, plan, pruned model, ONNX (default latprune-run)")
@@ -665,6 +707,25 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
+
+
+def _verify_options(parser: argparse.ArgumentParser) -> None:
+    from latprune.pipeline import LoopSettings
+
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the closed loop: trust the performance model instead of measuring the plan")
+    parser.add_argument("--tol", type=finite_float, default=LoopSettings.tol, metavar="FRACTION",
+                        help=f"the closed loop stops when measured latency lies in [(1 - tol) x budget, budget] "
+                             f"(default {LoopSettings.tol})")
+    parser.add_argument("--verify-rounds", type=positive_int, default=LoopSettings.max_rounds, metavar="N",
+                        help=f"most plans the closed loop measures (default {LoopSettings.max_rounds})")
+
+
+def _verification(args: argparse.Namespace):
+    from latprune.pipeline import LoopSettings, Verification
+
+    return Verification(enabled=not args.no_verify, db=args.db, threads=args.threads,
+                        loop=LoopSettings(tol=args.tol, max_rounds=args.verify_rounds), progress=not args.json)
 
 
 def _db_option(parser: argparse.ArgumentParser) -> None:

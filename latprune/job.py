@@ -8,6 +8,7 @@ fitted performance model, the plan file, the pruned model.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ import torch
 from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
-from latprune.pipeline import RecoveryRequest
+from latprune.pipeline import RecoveryRequest, Verification
 from latprune.profiler.api import ProfileSettings
 from latprune.pruned_file import save_pruned
 
@@ -44,6 +45,7 @@ class JobConfig:
     threads: int | None = None
     bins: int = 2000
     profile: ProfileSettings = field(default_factory=ProfileSettings)
+    verify: Verification = field(default_factory=Verification)  # its db and threads are the job's
     name: str = ""  # sub-folder of the output folder for this run's files
     notes: list[str] = field(default_factory=list)
 
@@ -104,7 +106,10 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     with stage("plan"):
         scoring = None if images is None else images[0][:IMPORTANCE_CALIB_SIZE]
         settings = pipeline.PlanSettings(importance=config.importance_criterion(), bins=config.bins)
-        plan = pipeline.plan(analysis, config.budget, perf, fitted, config.backend, settings, calib=scoring)
+        verify = dataclasses.replace(config.verify, db=profiled.db, threads=config.threads, timing=config.profile,
+                                     progress=config.verify.progress and progress)
+        plan = pipeline.plan(analysis, config.budget, perf, fitted, config.backend, settings, calib=scoring,
+                             verify=verify)
         plan.save(folder / "plan.json")
     with stage("prune"):
         pruned = pipeline.prune(analysis, plan)
@@ -144,6 +149,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         "measured_over_predicted": pruned_m.median_ms / plan.predicted_ms,
         "meets_budget": pruned_m.median_ms <= judged.ms,
         "noise": max(dense_m.spread, pruned_m.spread),
+        "verification": plan.verification,
     }
     plan_json = plan.to_json()
     plan_json["groups"] = [{"id": g.id, "full_width": g.full_width, "width": g.width} for g in plan.groups]
@@ -184,7 +190,8 @@ def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress:
 
 
 def default_jobs(out_dir: str | os.PathLike, backend: str = "ort-cpu", db: str | None = None,
-                 progress: bool = True) -> list[JobConfig]:
+                 progress: bool = True, verify: Verification = Verification(), margin: float = 0.0
+                 ) -> list[JobConfig]:
     """The built-in demonstration: latency planning for torchvision ResNet-18 (random weights, 1.5x
     faster), and accuracy on scikit-learn's digits with a small CNN trained here (1.5x faster)."""
     from latprune.demo import DIGITS_SPEC, train_digits_cnn, write_digits
@@ -199,10 +206,10 @@ def default_jobs(out_dir: str | os.PathLike, backend: str = "ort-cpu", db: str |
         notes.append(f"digits CNN trained here: {trained['epochs']} epochs on {trained['train_images']} images in "
                      f"{time.perf_counter() - began:.0f} s")
     return [
-        JobConfig(model="torchvision:resnet18", budget=BudgetRequest(speedup=1.5, margin=0.03), backend=backend,
-                  db=db, name="resnet18", notes=["random weights (nothing is downloaded): latency only"]),
-        JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.5, margin=0.03),
-                  backend=backend, db=db, calib=str(train), eval=str(test), name="digits", calib_size=512,
+        JobConfig(model="torchvision:resnet18", budget=BudgetRequest(speedup=1.5, margin=margin), backend=backend,
+                  db=db, name="resnet18", verify=verify, notes=["random weights (nothing is downloaded): latency only"]),
+        JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.5, margin=margin),
+                  backend=backend, db=db, verify=verify, calib=str(train), eval=str(test), name="digits", calib_size=512,
                   profile=ProfileSettings(widths=16, variants=24),
                   notes=notes + ["scikit-learn's 8x8 handwritten digits, upscaled to 32x32; calibration reads the "
                                  "training images without labels, accuracy on the held-out quarter"]),

@@ -9,6 +9,7 @@ returns what the next one reads; a request (:class:`~latprune.budget.BudgetReque
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -25,15 +26,18 @@ from latprune.network import Measurement, model_key, network_signatures
 from latprune.perfmodel import NetworkLatencyModel
 from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for, fit_perf_model
 from latprune.planner import api as planner
+from latprune.planner.closed_loop import LoopSettings, closed_loop
 from latprune.planner.plan import Plan
 from latprune.planner.widths import WidthPolicy
-from latprune.profiler.api import ProfileReport, ProfileSettings, ProfileStore, measure_models, profile_model
+from latprune.profiler.api import (ProfileReport, ProfileSettings, ProfileStore, VariantTimer, describe_device,
+                                  fingerprint, measure_models, profile_model)
 from latprune.pruned_file import PrunedModel, SavedPruned, load_pruned, prune_loaded
 from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse_recipe, recover
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
            "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
-           "plan", "predict", "profile", "prune", "repair", "report", "sparsify", "uniform"]
+           "plan", "predict", "profile", "prune", "repair", "report", "sparsify", "this_device", "uniform",
+           "LoopSettings", "Verification"]
 
 
 # ---------------------------------------------------------------- load and analyse
@@ -120,17 +124,23 @@ def profile(analysis: ModelAnalysis, backend: str, db: str | os.PathLike | None 
     return profile_model(analysis, backend, db=db, settings=settings, threads=threads, progress=progress)
 
 
-def fit(db: str | os.PathLike | None, backend: str, threads: int | None = None, estimator: str | None = None
-        ) -> tuple[NetworkLatencyModel, FitSummary]:
-    """The performance model of this machine and ``backend``: the stored fit if current, else refitted.
+def fit(db: str | os.PathLike | None, backend: str, threads: int | None = None, estimator: str | None = None,
+        device: str | None = None) -> tuple[NetworkLatencyModel, FitSummary]:
+    """The performance model of ``device`` (a stored fingerprint; default: this machine) and ``backend``:
+    the stored fit if current, else refitted.
 
     ``estimator`` forces a fresh fit with that estimator (``auto`` picks by held-out error).
     """
     if estimator is None:
-        return current_perf_model(db, backend, threads)
+        return current_perf_model(db, backend, threads, device)
     with ProfileStore(db, readonly=True) as store:
-        device_id, device = device_id_for(store, backend, threads)
+        device_id, device = device_id_for(store, backend, threads, device)
         return fit_perf_model(store, device_id, backend, estimator=estimator, device=device)
+
+
+def this_device(backend: str, threads: int | None = None) -> str:
+    """This machine's fingerprint for ``backend`` (no backend is started)."""
+    return fingerprint(describe_device(backend, threads))
 
 
 def predict(perf: NetworkLatencyModel, model: LoadedModel | PrunedModel, backend: str) -> dict:
@@ -146,8 +156,6 @@ def predict(perf: NetworkLatencyModel, model: LoadedModel | PrunedModel, backend
 
 
 # ---------------------------------------------------------------- plan
-
-
 
 
 @dataclass(frozen=True)
@@ -173,13 +181,53 @@ class PlanSettings:
                            min_fraction=self.min_width)
 
 
+@dataclass(frozen=True)
+class Verification:
+    """Whether a plan is checked on the device by the closed loop, and where its timings go.
+
+    On by default; it runs only when the performance model is this machine's (a plan made
+    from another device's profile is labelled as not verified).
+    """
+
+    enabled: bool = True
+    db: str | os.PathLike | None = None
+    threads: int | None = None
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    timing: ProfileSettings = field(default_factory=ProfileSettings)  # the profiler's timing method, per plan
+    progress: bool = True
+
+
 def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyModel, fitted: FitSummary,
-         backend: str, settings: PlanSettings = PlanSettings(), calib: torch.Tensor | None = None) -> Plan:
-    """Per-group widths within the budget as predicted; a speedup divides the predicted dense latency."""
+         backend: str, settings: PlanSettings = PlanSettings(), calib: torch.Tensor | None = None,
+         verify: Verification = Verification(enabled=False)) -> Plan:
+    """Per-group widths within the budget; a speedup divides the predicted dense latency.
+
+    With ``verify`` enabled on the profiled device, the closed loop measures each plan on the
+    device and re-plans until the *measured* latency lies in the band (see
+    :mod:`latprune.planner.closed_loop`); otherwise the plan meets the budget as predicted.
+    """
     inputs = planner.prepare(analysis, importance=settings.importance, calib=calib,
                              policy=settings.policy(fitted.alignment_step), perf=perf, backend=backend,
                              device=fitted.device)
     budget = inputs.resolve(request)
+    here = this_device(backend, verify.threads)
+    if not verify.enabled or fitted.device != here:
+        chosen = _solve(inputs, budget, settings)
+        chosen.verification = {"verified": False, "reason": "--no-verify" if not verify.enabled else (
+            f"the performance model is device {fitted.device}'s, not this machine's ({here}): not verified on the "
+            f"device")}
+        return chosen
+    began = time.perf_counter()
+    with VariantTimer(analysis, backend, db=verify.db, threads=verify.threads, rounds=verify.loop.timing_rounds,
+                      settings=verify.timing) as timer:
+        session = _LoopSession(inputs, settings, timer, verify)
+        chosen = closed_loop(session, timer, request, budget, verify.loop,
+                             on_round=_announce_round if verify.progress else None)
+    chosen.verification["seconds"] = time.perf_counter() - began  # with the timer's start and warm-up
+    return chosen
+
+
+def _solve(inputs: planner.PlanningInputs, budget: Budget, settings: PlanSettings) -> Plan:
     if settings.method == "latency":
         return planner.latency_plan(inputs, budget, bins=settings.bins, max_macs=settings.max_macs)
     if settings.method == "flops":
@@ -187,6 +235,35 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
     if settings.method == "uniform":
         return planner.uniform_plan_for_budget(inputs, budget)
     return planner.tp_global_plan(inputs, budget)
+
+
+def _announce_round(record: dict) -> None:
+    import sys
+
+    low, high = record["band_ms"]
+    verdict = "in band" if record["in_band"] else ("over budget" if not record["meets"] else
+                                                   "over the band" if record["measured_ms"] > high else "below band")
+    print(f"latprune: verify round {record['round']}: predicted {record['predicted_ms']:.4g} ms, measured "
+          f"{record['measured_ms']:.4g} ms (band {low:.4g}-{high:.4g} ms): {verdict}", file=sys.stderr, flush=True)
+
+
+class _LoopSession:
+    """The closed loop's view of the planner and the performance model (:class:`closed_loop.LoopModel`)."""
+
+    def __init__(self, inputs: planner.PlanningInputs, settings: PlanSettings, timer: VariantTimer,
+                 verify: Verification):
+        self.inputs, self.settings, self.timer, self.verify = inputs, settings, timer, verify
+
+    def solve(self, budget: Budget) -> Plan:
+        return _solve(self.inputs, budget, self.settings)
+
+    def predict(self, chosen: Plan) -> float:
+        widths = chosen.widths()
+        return self.inputs.latency_problem().cost_of_widths([widths[g.id] for g in self.inputs.groups])
+
+    def learn(self) -> None:
+        perf, _ = fit(self.timer.db, self.inputs.backend, self.verify.threads, estimator="auto")
+        self.inputs = planner.with_perf(self.inputs, perf)
 
 
 def uniform(analysis: ModelAnalysis, ratio: float, settings: PlanSettings = PlanSettings(),

@@ -47,21 +47,24 @@ class FitSummary:
         return asdict(self)
 
 
-def device_id_for(store: ProfileStore, backend_name: str, threads: int | None = None) -> tuple[int, str]:
-    """The stored device matching this machine and backend (no backend is started), or a clear error."""
-    key = fingerprint(describe_device(backend_name, threads))
+def device_id_for(store: ProfileStore, backend_name: str, threads: int | None = None,
+                  device: str | None = None) -> tuple[int, str]:
+    """The stored device ``device`` (a fingerprint; default: this machine, found without starting a
+    backend) with a ``backend_name`` profile, or a clear error."""
+    key = device or fingerprint(describe_device(backend_name, threads))
     device_id = store.find_device(key)
     if device_id is None or not store.layer_timings(device_id, backend_name):
-        raise LatpruneError(
-            f"no {backend_name} profile for this device ({key}) in {store.path}; run `latprune profile` first"
-        )
+        whose = f"device {key}" if device else f"this device ({key})"
+        hint = "`latprune devices` lists the stored ones" if device else "run `latprune profile` first"
+        raise LatpruneError(f"no {backend_name} profile for {whose} in {store.path}; {hint}")
     return device_id, key
 
 
-def current_perf_model(db, backend: str, threads: int | None = None) -> tuple[NetworkLatencyModel, FitSummary]:
-    """The up-to-date performance model of this machine and ``backend`` from the database at ``db``."""
+def current_perf_model(db, backend: str, threads: int | None = None,
+                       device: str | None = None) -> tuple[NetworkLatencyModel, FitSummary]:
+    """The up-to-date performance model of ``device`` (default: this machine) and ``backend`` from ``db``."""
     with ProfileStore(db, readonly=True) as store:
-        device_id, device = device_id_for(store, backend, threads)
+        device_id, device = device_id_for(store, backend, threads, device)
         return load_perf_model(store, device_id, backend, device=device)
 
 

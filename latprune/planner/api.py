@@ -11,6 +11,7 @@ widths, latency and MACs problems); each planner then returns a :class:`Plan`:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,6 +90,14 @@ def prepare(model: LoadedModel | ModelAnalysis, importance: str = "l2", calib: t
         latency = latency_problem(analysis.layers, batch, groups, candidates, values, perf.cost_terms(analysis.key),
                                   backend)
     return PlanningInputs(analysis, groups, scores, importance, policy, macs, latency, backend, device)
+
+
+def with_perf(inputs: PlanningInputs, perf: NetworkLatencyModel) -> PlanningInputs:
+    """The same inputs with the latency problem rebuilt on another performance model (scores are kept)."""
+    analysis, macs = inputs.analysis, inputs.macs
+    latency = latency_problem(analysis.layers, analysis.input_shape[0], inputs.groups, macs.candidates, macs.values,
+                              perf.cost_terms(analysis.key), inputs.backend)
+    return dataclasses.replace(inputs, latency=latency)
 
 
 def build_plan(inputs: PlanningInputs, widths: list[int], method: str, budget: Budget | None,

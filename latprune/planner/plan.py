@@ -42,6 +42,8 @@ class Plan:
     solver: dict = field(default_factory=dict)
     device: str = ""
     budget: dict = field(default_factory=dict)  # the resolved Budget the plan was made for (latprune.budget)
+    # How the plan was checked on the device: the closed loop's rounds (latprune.planner.closed_loop), or why not.
+    verification: dict = field(default_factory=dict)
 
     @property
     def predicted_speedup(self) -> float | None:

@@ -10,7 +10,8 @@ from latprune.profiler.measure import measure_models
 from latprune.profiler.runner import ProfileReport, ProfileSettings, profile_model
 from latprune.profiler.store import DeviceSummary, LayerTiming, NetworkTiming, ProfileStore, default_db_path
 from latprune.profiler.timer import Timer
+from latprune.profiler.variant_timer import VariantTimer, VariantTiming
 
 __all__ = ["BACKENDS", "DeviceSummary", "LayerTiming", "NetworkTiming", "ProfileReport", "ProfileSettings",
-           "ProfileStore", "Timer", "cpu_model", "default_db_path", "describe_device", "fingerprint", "get_backend",
+           "ProfileStore", "Timer", "VariantTimer", "VariantTiming", "cpu_model", "default_db_path", "describe_device", "fingerprint", "get_backend",
            "measure_models", "physical_cores", "profile_model"]

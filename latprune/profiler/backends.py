@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from latprune.errors import LatpruneError
-from latprune.profiler.device import cpu_model, physical_cores
+from latprune.profiler.device import cpu_identity, cpu_model, physical_cores
 from latprune.network import TIMED_TYPES
 
 
@@ -61,7 +61,8 @@ class Backend:
 
     def description(self) -> dict:
         """Facts that decide whether timings are comparable (part of the device fingerprint)."""
-        return {"backend": self.name, "cpu": cpu_model(), "cores": physical_cores(), "threads": self.threads,
+        return {"backend": self.name, "cpu": cpu_model(), **cpu_identity(), "cores": physical_cores(),
+                "threads": self.threads,
                 "torch": torch.__version__.split("+")[0]}
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str], path: Path) -> Prepared:

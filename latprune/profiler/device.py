@@ -19,6 +19,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Vector and matrix extensions that change which kernels a runtime picks (and so every timing).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
+             "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "sve2")
+
+
+def cpu_identity() -> dict:
+    """What ``model name`` leaves out: the CPU family/model numbers and its vector extensions.
+
+    Two machines sold under one name (a virtual "AMD EPYC" on Zen 3 with AVX2 one day, on Zen 5
+    with AVX-512 the next) time the same network up to 2.5x apart, so both go into the fingerprint.
+    """
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor describes them all
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return {"cpu_id": platform.machine(), "isa": ""}
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    ident = " ".join(f"{k} {fields[k]}" for k in ("vendor_id", "cpu family", "model", "CPU implementer", "CPU part")
+                     if k in fields)
+    return {"cpu_id": ident or platform.machine(), "isa": " ".join(f for f in ISA_FLAGS if f in flags)}
+
+
 def physical_cores() -> int:
     """Distinct (socket, core) pairs in /proc/cpuinfo, limited to the CPUs we may use."""
     cores = set()

@@ -189,8 +189,7 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
 
     drift, dense_ms = check_drift()
     last_check = time.time()
-    scale = max(1.0, settings.min_round_ms / max(dense_ms, 1e-3) / (settings.runs + settings.profiled_runs))
-    runs, profiled_runs = round(settings.runs * scale), round(settings.profiled_runs * scale)
+    runs, profiled_runs = _round_runs(settings, dense_ms)
     finished: set[str] = set()
     total = sum(max(0, settings.rounds - len(j.rounds)) for j in jobs)
     with _progress(total=total, desc=f"profile {backend.name}", unit="run", disable=not progress) as bar:
@@ -219,6 +218,12 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
             if job.variant.key not in finished:
                 job.new_rows = _finish(job, store, device_id, backend.name, key)
     return drift
+
+
+def _round_runs(settings: ProfileSettings, network_ms: float) -> tuple[int, int]:
+    """(plain, profiled) runs per visit: more for fast networks, so a visit lasts ``min_round_ms``."""
+    scale = max(1.0, settings.min_round_ms / max(network_ms, 1e-3) / (settings.runs + settings.profiled_runs))
+    return round(settings.runs * scale), round(settings.profiled_runs * scale)
 
 
 def _finish(job: _Job, store: ProfileStore, device_id: int, backend: str, key: str) -> int:

@@ -1,0 +1,150 @@
+"""Closed-loop planning: solve, measure the plan on the device, learn from it, solve again.
+
+A performance model is accurate where it was profiled and least accurate at the edge of the
+width space, which is where an optimiser under a tight budget goes. So a plan is only
+trusted once measured: each round solves under the current model, times the plan on the
+target interleaved with the dense network, stores the plan's in-network layer times as
+profile rows and refits the model on them (the model learns where plans live), then
+corrects what the refit still misses by the plan's measured/predicted ratio and solves
+again, aiming at the centre of the band ``[(1 - tol) x ceiling, ceiling]``. It stops in the
+band, when the solver returns a plan already measured, or after ``max_rounds``.
+
+The loop is written against two small interfaces, so it is checked without a device:
+a :class:`LoopModel` (solve, predict, learn) and a :class:`LoopDevice` (time a plan).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from latprune.budget import Budget, BudgetRequest
+from latprune.errors import LatpruneError
+from latprune.network import Measurement
+from latprune.planner.plan import Plan
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The band's relative width ``tol``, the round limit, and the timing rounds per plan."""
+
+    tol: float = 0.03
+    max_rounds: int = 4
+    timing_rounds: int = 7
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tol < 0.5:
+            raise LatpruneError(f"--tol must be in (0, 0.5), got {self.tol}")
+        if self.max_rounds < 1:
+            raise LatpruneError(f"--verify-rounds must be at least 1, got {self.max_rounds}")
+        if self.timing_rounds < 2:
+            raise LatpruneError(f"timing rounds must be at least 2, got {self.timing_rounds}")
+
+
+class Timing(Protocol):
+    variant: Measurement
+    dense: Measurement
+    new_layer_rows: int
+    seconds: float
+
+
+class LoopDevice(Protocol):
+    device: str
+
+    def time(self, widths: Mapping[str, int]) -> Timing:
+        """The plan's and the dense network's latency, timed in the same rounds (and recorded)."""
+
+
+class LoopModel(Protocol):
+    def solve(self, budget: Budget) -> Plan:
+        """A plan aiming at ``budget.target_ms`` under the current performance model."""
+
+    def predict(self, plan: Plan) -> float:
+        """The current performance model's latency of ``plan``."""
+
+    def learn(self) -> None:
+        """Refit the performance model on everything measured so far."""
+
+
+def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, first: Budget,
+                settings: LoopSettings = LoopSettings(), on_round: Callable[[dict], None] | None = None) -> Plan:
+    """The plan whose measured latency lies in the band, else the fastest-to-budget plan that met it.
+
+    ``first`` is the budget as resolved for planning (a speedup over the *predicted* dense
+    latency); each round re-resolves the request against the dense latency measured in its
+    own rounds. The returned plan's ``verification`` records every round (each also passed to
+    ``on_round`` when measured, for progress). Raises
+    :class:`LatpruneError` when no measured plan met the budget (with the fastest measured).
+    """
+    began = time.perf_counter()
+    centre = 1 - settings.tol / 2
+    budget = dataclasses.replace(first, aim=centre)
+    rounds: list[dict] = []
+    plans: list[Plan] = []
+    seen: set[tuple] = set()
+    correction, stop = 1.0, f"round limit ({settings.max_rounds})"
+    for index in range(settings.max_rounds):
+        started = time.perf_counter()
+        try:
+            plan = model.solve(budget)
+        except LatpruneError as exc:
+            if not rounds:
+                raise  # the budget is out of reach before anything was measured
+            stop = f"no plan under the corrected aim {budget.target_ms:.4g} ms: {exc}"
+            break
+        key = tuple(sorted(plan.widths().items()))
+        if key in seen:
+            stop = "the solver chose an already measured plan (no other plan lies nearer the band under the model)"
+            break
+        seen.add(key)
+        timing = device.time(plan.widths())
+        measured = timing.variant.median_ms
+        judged = request.resolve(timing.dense.median_ms, "measured dense")
+        band = ((1 - settings.tol) * judged.ceiling_ms, judged.ceiling_ms)
+        record = {"round": index + 1, "aim_ms": budget.target_ms, "correction": correction,
+                  "predicted_ms": plan.predicted_ms, "measured_ms": measured, "p10_ms": timing.variant.p10_ms,
+                  "p90_ms": timing.variant.p90_ms, "spread": timing.variant.spread,
+                  "dense_measured_ms": timing.dense.median_ms, "budget_ms": judged.ms, "band_ms": list(band),
+                  "meets": measured <= judged.ms, "in_band": band[0] <= measured <= band[1],
+                  "new_layer_rows": timing.new_layer_rows, "timing_s": timing.seconds}
+        rounds.append(record)
+        plans.append(plan)
+        if on_round is not None:
+            on_round(record)
+        if record["in_band"]:
+            record["seconds"] = time.perf_counter() - started
+            stop = "in band"
+            break
+        if index + 1 < settings.max_rounds:
+            learned = time.perf_counter()
+            model.learn()
+            record["learn_s"] = time.perf_counter() - learned
+            correction = measured / model.predict(plan)
+            budget = dataclasses.replace(judged, aim=centre / correction)
+        record["seconds"] = time.perf_counter() - started
+    return _chosen(plans, rounds, stop, device.device, settings, time.perf_counter() - began)
+
+
+def _chosen(plans: list[Plan], rounds: list[dict], stop: str, device: str, settings: LoopSettings,
+            seconds: float) -> Plan:
+    """The in-band plan, else the met plan measured slowest (nearest the budget); never one over it."""
+    met = [i for i, r in enumerate(rounds) if r["meets"]]
+    if not met:
+        fastest = min(rounds, key=lambda r: r["measured_ms"])
+        raise LatpruneError(
+            f"no plan met the budget as measured on this device in {len(rounds)} round(s): the fastest measured "
+            f"{fastest['measured_ms']:.4g} ms against a budget of {fastest['budget_ms']:.4g} ms (predicted "
+            f"{fastest['predicted_ms']:.4g} ms; {stop}); raise the budget or --verify-rounds")
+    in_band = [i for i in met if rounds[i]["in_band"]]
+    best = in_band[0] if in_band else max(met, key=lambda i: rounds[i]["measured_ms"])
+    chosen, record = plans[best], rounds[best]
+    chosen.verification = {
+        "verified": True, "device": device, "status": "in band" if in_band else "met the budget, outside the band",
+        "tol": settings.tol, "band_ms": record["band_ms"], "budget_ms": record["budget_ms"],
+        "measured_ms": record["measured_ms"], "dense_measured_ms": record["dense_measured_ms"],
+        "chosen_round": best + 1, "rounds_used": len(rounds), "stop": stop, "seconds": seconds, "rounds": rounds,
+    }
+    return chosen

@@ -1,0 +1,233 @@
+"""The closed planning loop: stops in band, learns a biased device, never returns a plan over budget."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from latprune.budget import Budget, BudgetRequest
+from latprune.errors import LatpruneError
+from latprune.network import Measurement
+from latprune.planner.closed_loop import LoopSettings, closed_loop
+from latprune.planner.plan import GroupPlan, Plan
+
+# ---------------------------------------------------------------- the loop against fakes
+
+
+@dataclass
+class _Timing:
+    variant: Measurement
+    dense: Measurement
+    new_layer_rows: int = 0
+    seconds: float = 0.0
+
+
+def _measured(ms: float) -> Measurement:
+    return Measurement.from_samples([[ms]])
+
+
+class _LinearModel:
+    """One group of width 1..1000; the model predicts ``unit`` ms per channel (``learn`` may move it)."""
+
+    def __init__(self, unit: float = 0.01, learns_to: float | None = None):
+        self.unit, self.learns_to, self.solved, self.learned = unit, learns_to, [], 0
+
+    def solve(self, budget: Budget) -> Plan:
+        width = int(budget.target_ms / self.unit)
+        if width < 1:
+            raise LatpruneError(f"budget {budget.target_ms:.4g} ms is below the fastest achievable plan")
+        width = min(width, 1000)
+        self.solved.append(budget.target_ms)
+        return _plan(width, width * self.unit)
+
+    def predict(self, plan: Plan) -> float:
+        return plan.groups[0].width * self.unit
+
+    def learn(self) -> None:
+        self.learned += 1
+        if self.learns_to is not None:
+            self.unit = self.learns_to
+
+
+class _Device:
+    """True latency: ``offset`` + ``per_channel`` ms per channel (or an override by width); dense 10 ms."""
+
+    device = "fake"
+
+    def __init__(self, per_channel: float, overrides: dict[int, float] | None = None, offset: float = 0.0):
+        self.per_channel, self.overrides, self.offset, self.timed = per_channel, overrides or {}, offset, []
+
+    def time(self, widths):
+        width = widths["g"]
+        self.timed.append(width)
+        return _Timing(_measured(self.overrides.get(width, self.offset + width * self.per_channel)), _measured(10.0))
+
+
+def _plan(width: int, predicted: float) -> Plan:
+    return Plan(model="m", input_shape=[1, 3, 8, 8], backend="fake", cost="latency", method="latency-dp",
+                importance="l2", budget_ms=None, predicted_ms=predicted, dense_predicted_ms=10.0, importance_kept=1.0,
+                macs=0, dense_macs=0, groups=[GroupPlan("g", width, 1000, list(range(width)))])
+
+
+def _loop(model, device, budget_ms: float = 5.0, **settings) -> Plan:
+    request = BudgetRequest(budget_ms=budget_ms)
+    return closed_loop(model, device, request, request.resolve(10.0, "predicted dense"), LoopSettings(**settings))
+
+
+def test_the_loop_stops_at_the_first_plan_in_band():
+    device = _Device(per_channel=0.01)  # the model is exact
+    plan = _loop(_LinearModel(), device)
+    assert device.timed == [492] and plan.groups[0].width == 492  # aimed at the band's centre, 0.985 x 5 ms
+    assert plan.verification["status"] == "in band" and plan.verification["rounds_used"] == 1
+    assert plan.verification["band_ms"] == pytest.approx([4.85, 5.0])
+
+
+def test_a_device_ten_percent_slower_than_predicted_converges_below_budget():
+    device = _Device(per_channel=0.011)
+    model = _LinearModel()
+    plan = _loop(model, device)
+    verification = plan.verification
+    assert verification["rounds_used"] <= 3 and verification["status"] == "in band"
+    assert 4.85 <= verification["measured_ms"] <= 5.0
+    first, second = verification["rounds"][:2]
+    assert not first["meets"] and first["measured_ms"] == pytest.approx(1.1 * first["predicted_ms"])
+    assert second["correction"] == pytest.approx(1.1, rel=1e-3)  # measured / predicted of the first plan
+    assert model.learned == 1  # refitted once between the two rounds
+
+
+def test_a_model_that_learns_the_device_needs_no_correction():
+    device = _Device(per_channel=0.011)
+    plan = _loop(_LinearModel(learns_to=0.011), device)
+    assert plan.verification["rounds"][1]["correction"] == pytest.approx(1.0)
+    assert plan.verification["status"] == "in band"
+
+
+def test_no_plan_over_budget_is_returned_when_a_measured_plan_met_it():
+    # Round 1 lands below the band; every later plan measures over budget (a slow kernel at those widths).
+    device = _Device(per_channel=0.009, overrides={w: 5.3 for w in range(500, 1001)})
+    plan = _loop(_LinearModel(), device, max_rounds=4)
+    verification = plan.verification
+    assert verification["status"] == "met the budget, outside the band"
+    assert verification["measured_ms"] <= 5.0 and plan.groups[0].width == device.timed[0]
+    assert any(not r["meets"] for r in verification["rounds"])
+
+
+def test_no_measured_plan_meeting_the_budget_is_an_error_naming_the_fastest():
+    device = _Device(per_channel=0.001, offset=6.0)  # a 6 ms floor the model does not know
+    with pytest.raises(LatpruneError, match=r"no plan met the budget as measured.*fastest measured 6\.3\d+ ms"):
+        _loop(_LinearModel(), device, max_rounds=2)
+
+
+def test_the_loop_stops_when_the_solver_repeats_a_measured_plan():
+    class Stuck(_LinearModel):
+        def solve(self, budget):
+            return _plan(400, 4.0)
+
+    plan = _loop(Stuck(), _Device(per_channel=0.01))
+    assert plan.verification["rounds_used"] == 1 and "already measured" in plan.verification["stop"]
+    assert plan.verification["status"] == "met the budget, outside the band"
+
+
+def test_a_speedup_is_judged_against_the_dense_model_measured_in_the_same_rounds():
+    class SlowDense(_Device):
+        def time(self, widths):
+            return _Timing(super().time(widths).variant, _measured(12.0))
+
+    request = BudgetRequest(speedup=2.0)
+    plan = closed_loop(_LinearModel(), SlowDense(per_channel=0.01), request, request.resolve(10.0, "predicted dense"),
+                       LoopSettings())
+    assert plan.verification["budget_ms"] == pytest.approx(6.0)  # 12 ms measured dense / 2, not 10 / 2
+    assert plan.verification["status"] == "in band"
+
+
+def test_loop_settings_are_checked():
+    for bad in ({"tol": 0}, {"tol": 0.6}, {"max_rounds": 0}, {"timing_rounds": 1}):
+        with pytest.raises(LatpruneError):
+            LoopSettings(**bad)
+
+
+# ---------------------------------------------------------------- the whole stage on a synthetic backend
+
+
+@pytest.fixture
+def synthetic_backend(monkeypatch):
+    """A registered backend whose layer times are a smooth function of the layer's MACs, times ``scale``."""
+    from latprune.network import trace_layers
+    from latprune.profiler import backends
+    from latprune.profiler.backends import Backend, Prepared, RoundSample
+
+    class Synthetic(Backend):
+        name = "synthetic"
+        scale = 1.0
+        networks: dict[str, dict[str, float]] = {}
+
+        def description(self) -> dict:
+            return {"backend": self.name, "cpu": "synthetic", "threads": 1}
+
+        def prepare(self, model, input_shape, layers, path):
+            infos = trace_layers(model, torch.zeros(input_shape))
+            Synthetic.networks[str(path)] = {
+                name: 0.002 + 2e-8 * infos[name].signature(infos[name].cin, infos[name].cout, input_shape[0], "float32",
+                                                           self.name).macs for name in layers if name in infos}
+            return Prepared(Path(path), tuple(layers))
+
+        def time(self, prepared, warmup, runs, profiled_runs):
+            segments = {k: v * Synthetic.scale for k, v in Synthetic.networks[str(prepared.path)].items()}
+            whole = 0.01 + sum(segments.values())
+            return RoundSample([whole] * runs, [whole] * profiled_runs, [dict(segments)] * profiled_runs,
+                               {k: 1 for k in segments})
+
+    monkeypatch.setitem(backends.BACKENDS, "synthetic", lambda threads=None: Synthetic(threads))
+    return Synthetic
+
+
+def test_the_pipeline_loop_learns_a_device_ten_percent_slower_than_its_profile(synthetic_backend, tmp_path):
+    from latprune import pipeline
+    from latprune.profiler.api import ProfileSettings, ProfileStore
+
+    fast = ProfileSettings(widths=8, variants=16, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
+                           global_warmup_s=0.0, anchors=16)
+    db = tmp_path / "p.sqlite"
+    analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
+    pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
+    perf, fitted = pipeline.fit(db, "synthetic")
+    dense_ms = pipeline.predict(perf, analysis.loaded, "synthetic")["predicted_ms"]
+    synthetic_backend.scale = 1.1  # the device is now 10% slower than everything profiled
+    request = BudgetRequest(budget_ms=dense_ms / 1.3)
+    verify = pipeline.Verification(db=db, timing=fast, progress=False)
+    plan = pipeline.plan(analysis, request, perf, fitted, "synthetic", verify=verify)
+    verification = plan.verification
+    assert verification["verified"] and verification["rounds_used"] <= 3
+    assert verification["measured_ms"] <= verification["budget_ms"]
+    first = verification["rounds"][0]
+    assert first["measured_ms"] > first["budget_ms"]  # trusting the profile would have missed
+    assert verification["rounds"][-1]["new_layer_rows"] >= 0 and first["new_layer_rows"] > 0  # rows were stored
+    with ProfileStore(db, readonly=True) as store:
+        keys = {n.variant_key for n in store.network_timings(store.find_device(fitted.device), "synthetic")}
+    assert len(keys) >= 16 + len(verification["rounds"])  # every measured plan is a profile row now
+    json.dumps(plan.to_json(), allow_nan=False)
+
+
+def test_no_verify_and_foreign_profiles_are_labelled(synthetic_backend, tmp_path):
+    import dataclasses
+
+    from latprune import pipeline
+    from latprune.profiler.api import ProfileSettings
+
+    fast = ProfileSettings(widths=6, variants=8, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
+                           global_warmup_s=0.0)
+    db = tmp_path / "p.sqlite"
+    analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
+    pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
+    perf, fitted = pipeline.fit(db, "synthetic")
+    request = BudgetRequest(speedup=1.2)
+    plan = pipeline.plan(analysis, request, perf, fitted, "synthetic",
+                         verify=pipeline.Verification(enabled=False))
+    assert plan.verification == {"verified": False, "reason": "--no-verify"}
+    elsewhere = dataclasses.replace(fitted, device="0123456789abcdef")
+    plan = pipeline.plan(analysis, request, perf, elsewhere, "synthetic", verify=pipeline.Verification(db=db))
+    assert not plan.verification["verified"] and "not verified on the device" in plan.verification["reason"]
