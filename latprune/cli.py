@@ -266,27 +266,41 @@ def cmd_predict(args: argparse.Namespace) -> dict:
 
 
 def _format_validate(result: dict) -> str:
-    rows = [(r["variant"], "grid" if r["on_grid"] else "any", f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
+    def kind(r: dict) -> str:
+        if r["kind"] == "plan":
+            return f"plan at {r['budget_fraction']:g}x"
+        return "random, " + ("grid" if r["on_grid"] else "any")
+
+    def errors(name: str, e: dict) -> str:
+        if not e or not e.get("n"):
+            return f"{name}: none"
+        return (f"{name} ({e['n']}): MAPE {100 * e['mape']:.2f}% (mean {100 * e['mean_error']:+.2f}%), max |error| "
+                f"{e['max_abs_pct_error']:.1f}%, within 8%: {100 * e['within_8pct']:.0f}%, speedup MAPE "
+                f"{100 * e['speedup_mape']:.2f}%, Kendall tau {e['kendall_tau']:.3f}")
+
+    rows = [(r["variant"], kind(r), f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
              f"{100 * r['error']:+.1f}%", f"{100 * r['speedup_error']:+.1f}%") for r in result["per_variant"]]
     return "\n".join([
-        table(["variant", "widths", "predicted ms", "measured ms", "error", "speedup error"], rows),
-        f"MAPE {100 * result['mape']:.2f}%, max |error| {result['max_abs_pct_error']:.1f}%, within 8%: "
-        f"{100 * result['within_8pct']:.0f}%, speedup MAPE {100 * result['speedup_mape']:.2f}%, "
-        f"Kendall tau {result['kendall_tau']:.3f}; measurement noise (round spread) {100 * result['noise']:.1f}%",
+        table(["variant", "kind", "predicted ms", "measured ms", "error", "speedup error"], rows),
+        errors("random variants", result),
+        errors("plan-like variants", result.get("plan_like") or {}),
+        f"measurement noise (round spread) {100 * result['noise']:.1f}%",
         *(f"wrote {f}" for f in result.get("files", [])),
     ])
 
 
 @command("validate", _format_validate)
 def cmd_validate(args: argparse.Namespace) -> dict:
-    """Predict and measure random pruned variants (interleaved with the dense model)."""
+    """Predict and measure random pruned variants and the planner's own choices at 0.35-0.9x of the
+    dense latency (interleaved with the dense model); errors of the two kinds are reported apart."""
     from latprune import pipeline
     from latprune.perfmodel.validate import validate_model
 
     analysis = pipeline.analyse(_dense(args))
     perf, fitted = pipeline.fit(args.db, args.backend, args.threads)
+    plan_like = pipeline.plan_like_widths(analysis, perf, fitted, args.backend) if args.plan_like else ()
     result = validate_model(analysis, args.backend, perf, fitted.alignment_step, variants=args.variants,
-                            rounds=args.rounds, threads=args.threads, out_dir=args.out)
+                            rounds=args.rounds, threads=args.threads, out_dir=args.out, plan_like=plan_like)
     result["perf_model"] = fitted.status
     return result
 
@@ -542,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_options(p)
     _db_option(p)
     p.add_argument("--variants", type=positive_int, default=20, help="random pruned variants (default 20)")
+    p.add_argument("--no-plan-like", dest="plan_like", action="store_false",
+                   help="leave out the planner's own choices at 0.35-0.9x of the dense latency")
     p.add_argument("--rounds", type=positive_int, default=5, help="measurement rounds (default 5)")
     p.add_argument("--out", metavar="DIR", help="write the JSON and a PNG scatter plot here")
     _json_option(p)

@@ -36,7 +36,7 @@ from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
            "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
-           "plan", "predict", "profile", "prune", "repair", "report", "sparsify", "this_device", "uniform",
+           "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify", "this_device", "uniform",
            "LoopSettings", "Verification"]
 
 
@@ -264,6 +264,25 @@ class _LoopSession:
     def learn(self) -> None:
         perf, _ = fit(self.timer.db, self.inputs.backend, self.verify.threads, estimator="auto")
         self.inputs = planner.with_perf(self.inputs, perf)
+
+
+PLAN_LIKE_FRACTIONS = (0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def plan_like_widths(analysis: ModelAnalysis, perf: NetworkLatencyModel, fitted: FitSummary, backend: str,
+                     fractions: Sequence[float] = PLAN_LIKE_FRACTIONS) -> list[tuple[float, dict[str, int]]]:
+    """The widths the latency planner chooses (open loop, l2) at these fractions of the predicted dense
+    latency: the networks a performance model must get right. Unreachable fractions are left out."""
+    inputs = planner.prepare(analysis, policy=PlanSettings().policy(fitted.alignment_step), perf=perf,
+                             backend=backend, device=fitted.device)
+    dense = inputs.dense_ms()
+    chosen = []
+    for fraction in fractions:
+        try:
+            chosen.append((fraction, planner.latency_plan(inputs, Budget(fraction * dense, "given")).widths()))
+        except LatpruneError:
+            continue
+    return chosen
 
 
 def uniform(analysis: ModelAnalysis, ratio: float, settings: PlanSettings = PlanSettings(),

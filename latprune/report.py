@@ -101,6 +101,26 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def verification_section(verification: dict) -> str:
+    """The closed loop's rounds: what each plan was predicted and measured at, against the band."""
+    if not verification:
+        return ""
+    if not verification.get("verified"):
+        return f"<p>The plan was not verified on the device: {html.escape(verification.get('reason', ''))}.</p>"
+    low, high = verification["band_ms"]
+    rows = [[r["round"], _ms(r["aim_ms"]), _ms(r["predicted_ms"]), _ms(r["measured_ms"]),
+             f"{_ms(r['p10_ms'])}-{_ms(r['p90_ms'])}", f"{_ms(r['band_ms'][0])}-{_ms(r['band_ms'][1])}",
+             f"{r['correction']:.3f}", "in band" if r["in_band"] else "met, outside band" if r["meets"] else "over budget",
+             f"{r.get('seconds', 0):.1f}"] for r in verification["rounds"]]
+    return (f"<p>Closed loop: each plan was measured on the device next to the dense model, learned, and re-planned "
+            f"until the measured latency lay in the band {low:.3f}-{high:.3f} ms (tolerance "
+            f"{100 * verification['tol']:.0f}%): {html.escape(verification['status'])}, round "
+            f"{verification['chosen_round']} of {verification['rounds_used']} ({html.escape(verification['stop'])}), "
+            f"{verification['seconds']:.1f} s.</p>"
+            + _table(["round", "aim ms", "predicted ms", "measured ms", "p10-p90 ms", "band ms", "correction",
+                      "result", "seconds"], rows))
+
+
 def run_section(run: dict) -> str:
     latency, accuracy, plan = run["latency"], run.get("accuracy"), run["plan"]
     met = latency["meets_budget"]
@@ -123,6 +143,7 @@ def run_section(run: dict) -> str:
     group_rows = [[g["id"], g["full_width"], g["width"], f"{100 * g['width'] / g['full_width']:.0f}%"]
                   for g in plan["groups"]]
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in run.get("notes", []))
+    loop = verification_section(latency.get("verification") or {})
     return f"""
 <h2>{html.escape(run['model'])} on {html.escape(latency['backend'])}</h2>
 <p>Budget {latency['budget_ms']:.3f} ms ({html.escape(latency['budget_basis'])}; planned to
@@ -131,6 +152,7 @@ measured {latency['pruned']['measured_ms']:.3f} ms (dense {latency['dense']['mea
 predicted {latency['pruned']['predicted_ms']:.3f} ms): {verdict}.
 Measurement noise (round spread): {100 * latency['noise']:.1f}%.</p>
 {_table(["model", "predicted ms", "measured ms", "MMACs", "top-1"], rows)}
+{loop}
 <ul>{notes}</ul>
 <div class="plots">{images}</div>
 <details><summary>Plan per group ({len(plan['groups'])} groups, {html.escape(plan['method'])},

@@ -231,3 +231,27 @@ def test_no_verify_and_foreign_profiles_are_labelled(synthetic_backend, tmp_path
     elsewhere = dataclasses.replace(fitted, device="0123456789abcdef")
     plan = pipeline.plan(analysis, request, perf, elsewhere, "synthetic", verify=pipeline.Verification(db=db))
     assert not plan.verification["verified"] and "not verified on the device" in plan.verification["reason"]
+
+
+def test_validation_reports_the_planners_choices_apart_from_random_variants(synthetic_backend, tmp_path):
+    from latprune import pipeline
+    from latprune.perfmodel.validate import validate_model
+    from latprune.profiler.api import ProfileSettings
+
+    fast = ProfileSettings(widths=6, variants=8, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
+                           global_warmup_s=0.0)
+    db = tmp_path / "p.sqlite"
+    analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
+    pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
+    perf, fitted = pipeline.fit(db, "synthetic")
+    plan_like = pipeline.plan_like_widths(analysis, perf, fitted, "synthetic")
+    assert [f for f, _ in plan_like] == [f for f in pipeline.PLAN_LIKE_FRACTIONS if f >= plan_like[0][0]]
+    assert all(set(w) == {g.id for g in analysis.groups} for _, w in plan_like)
+    result = validate_model(analysis, "synthetic", perf, fitted.alignment_step, variants=4, rounds=2, runs=2,
+                            plan_like=plan_like, out_dir=tmp_path / "v")
+    kinds = [r["kind"] for r in result["per_variant"]]
+    assert kinds == ["random"] * 4 + ["plan"] * len(plan_like)
+    assert result["n"] == 4 and result["plan_like"]["n"] == len(plan_like)
+    plan_errors = [abs(r["error"]) for r in result["per_variant"] if r["kind"] == "plan"]
+    assert result["plan_like"]["mape"] == pytest.approx(sum(plan_errors) / len(plan_errors))
+    assert (tmp_path / "v").is_dir() and len(list((tmp_path / "v").glob("*.png"))) == 1

@@ -49,8 +49,13 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     assert list(run["stages_s"]) == ["load", "profile", "fit", "plan", "prune", "recover", "export", "measure",
                                      "evaluate"]
     latency = run["latency"]
-    assert latency["planned_ms"] == pytest.approx(latency["dense"]["predicted_ms"] / 1.2 / 1.03)
     assert latency["pruned"]["predicted_ms"] <= latency["planned_ms"] + 1e-9
+    # verified by the closed loop: round 1 aims at the band's centre under the profile's prediction
+    loop = latency["verification"]
+    assert loop["verified"] and 1 <= loop["rounds_used"] <= 4 and loop["measured_ms"] <= loop["budget_ms"]
+    first = loop["rounds"][0]
+    assert first["correction"] == 1.0 and first["aim_ms"] <= first["band_ms"][1] * 1.5
+    assert loop["band_ms"][1] == pytest.approx(loop["dense_measured_ms"] / 1.2 / 1.03)
     # a speedup is judged against the dense model measured in the same rounds
     assert latency["budget_ms"] == pytest.approx(latency["dense"]["measured_ms"] / 1.2)
     assert latency["meets_budget"] == (latency["measured_speedup"] >= 1.2)
@@ -65,7 +70,7 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     assert len(images) == 4  # widths, latency, accuracy, stages
     for image in images:
         assert base64.b64decode(image.split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "latprune.demo:digits_cnn" in page and "<script" not in page
+    assert "latprune.demo:digits_cnn" in page and "<script" not in page and "Closed loop:" in page
 
 
 def test_run_reports_bad_input_clearly(tmp_path, capsys):
