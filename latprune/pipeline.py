@@ -26,7 +26,7 @@ from latprune.network import Measurement, model_key, network_signatures
 from latprune.perfmodel import NetworkLatencyModel
 from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for, fit_perf_model
 from latprune.planner import api as planner
-from latprune.planner.closed_loop import LoopSettings, closed_loop
+from latprune.planner.closed_loop import LoopSettings, closed_loop, verdict
 from latprune.planner.plan import Plan
 from latprune.planner.widths import WidthPolicy
 from latprune.profiler.api import (ProfileReport, ProfileSettings, ProfileStore, VariantTimer, describe_device,
@@ -36,8 +36,8 @@ from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
            "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
-           "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify", "this_device", "uniform",
-           "LoopSettings", "Verification"]
+           "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify",
+           "this_device", "uniform", "LoopSettings", "Verification", "verdict"]
 
 
 # ---------------------------------------------------------------- load and analyse
@@ -213,9 +213,10 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
     here = this_device(backend, verify.threads)
     if not verify.enabled or fitted.device != here:
         chosen = _solve(inputs, budget, settings)
-        chosen.verification = {"verified": False, "reason": "--no-verify" if not verify.enabled else (
-            f"the performance model is device {fitted.device}'s, not this machine's ({here}): not verified on the "
-            f"device")}
+        reason = ("verification off (--no-verify)" if not verify.enabled else
+                  f"the performance model is device {fitted.device}'s, not this machine's ({here}): not verified on "
+                  f"the device")
+        chosen.verification = {"verified": False, "reason": reason}
         return chosen
     began = time.perf_counter()
     with VariantTimer(analysis, backend, db=verify.db, threads=verify.threads, rounds=verify.loop.timing_rounds,
@@ -241,10 +242,9 @@ def _announce_round(record: dict) -> None:
     import sys
 
     low, high = record["band_ms"]
-    verdict = "in band" if record["in_band"] else ("over budget" if not record["meets"] else
-                                                   "over the band" if record["measured_ms"] > high else "below band")
     print(f"latprune: verify round {record['round']}: predicted {record['predicted_ms']:.4g} ms, measured "
-          f"{record['measured_ms']:.4g} ms (band {low:.4g}-{high:.4g} ms): {verdict}", file=sys.stderr, flush=True)
+          f"{record['measured_ms']:.4g} ms (band {low:.4g}-{high:.4g} ms): {verdict(record)}", file=sys.stderr,
+          flush=True)
 
 
 class _LoopSession:
@@ -260,6 +260,10 @@ class _LoopSession:
     def predict(self, chosen: Plan) -> float:
         widths = chosen.widths()
         return self.inputs.latency_problem().cost_of_widths([widths[g.id] for g in self.inputs.groups])
+
+    def fastest_ms(self) -> float:
+        problem = self.inputs.latency_problem()
+        return problem.total_cost(problem.fastest())
 
     def learn(self) -> None:
         perf, _ = fit(self.timer.db, self.inputs.backend, self.verify.threads, estimator="auto")

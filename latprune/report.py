@@ -107,11 +107,12 @@ def verification_section(verification: dict) -> str:
         return ""
     if not verification.get("verified"):
         return f"<p>The plan was not verified on the device: {html.escape(verification.get('reason', ''))}.</p>"
+    from latprune.planner.closed_loop import verdict
+
     low, high = verification["band_ms"]
     rows = [[r["round"], _ms(r["aim_ms"]), _ms(r["predicted_ms"]), _ms(r["measured_ms"]),
              f"{_ms(r['p10_ms'])}-{_ms(r['p90_ms'])}", f"{_ms(r['band_ms'][0])}-{_ms(r['band_ms'][1])}",
-             f"{r['correction']:.3f}", "in band" if r["in_band"] else "met, outside band" if r["meets"] else "over budget",
-             f"{r.get('seconds', 0):.1f}"] for r in verification["rounds"]]
+             f"{r['correction']:.3f}", verdict(r), f"{r.get('seconds', 0):.1f}"] for r in verification["rounds"]]
     return (f"<p>Closed loop: each plan was measured on the device next to the dense model, learned, and re-planned "
             f"until the measured latency lay in the band {low:.3f}-{high:.3f} ms (tolerance "
             f"{100 * verification['tol']:.0f}%): {html.escape(verification['status'])}, round "

@@ -47,6 +47,9 @@ class _LinearModel:
     def predict(self, plan: Plan) -> float:
         return plan.groups[0].width * self.unit
 
+    def fastest_ms(self) -> float:
+        return self.unit
+
     def learn(self) -> None:
         self.learned += 1
         if self.learns_to is not None:
@@ -116,10 +119,40 @@ def test_no_plan_over_budget_is_returned_when_a_measured_plan_met_it():
     assert any(not r["meets"] for r in verification["rounds"])
 
 
+def test_when_the_correction_asks_for_less_than_the_fastest_plan_the_fastest_plan_is_measured():
+    class Narrowest400(_LinearModel):
+        def solve(self, budget):
+            if budget.target_ms < 400 * self.unit - 1e-12:
+                raise LatpruneError(f"budget {budget.target_ms:.4g} ms is below the fastest achievable plan")
+            return super().solve(budget)
+
+        def fastest_ms(self) -> float:
+            return 400 * self.unit
+
+    device = _Device(per_channel=0.0125)  # round 1 measures 25% over; the corrected aim lies below width 400
+    plan = _loop(Narrowest400(), device)
+    assert device.timed == [492, 400] and plan.groups[0].width == 400
+    assert plan.verification["status"] == "in band" and plan.verification["measured_ms"] == pytest.approx(5.0)
+
+
 def test_no_measured_plan_meeting_the_budget_is_an_error_naming_the_fastest():
     device = _Device(per_channel=0.001, offset=6.0)  # a 6 ms floor the model does not know
     with pytest.raises(LatpruneError, match=r"no plan met the budget as measured.*fastest measured 6\.3\d+ ms"):
         _loop(_LinearModel(), device, max_rounds=2)
+
+
+def test_below_the_band_a_coarse_width_grid_is_tried_at_the_band_top():
+    class Grid50(_LinearModel):
+        """Widths in steps of 50 channels only (0.5 ms): the band's centre may fall between two widths."""
+
+        def solve(self, budget):
+            width = min(1000, int(budget.target_ms / self.unit) // 50 * 50)
+            return _plan(width, width * self.unit)
+
+    device = _Device(per_channel=0.0099)  # width 450 measures 4.455 ms: below the band [4.85, 5]
+    plan = _loop(Grid50(), device, budget_ms=5.0, tol=0.03)
+    assert device.timed == [450, 500] and plan.groups[0].width == 500  # 4.95 ms: in band once aimed at the top
+    assert plan.verification["status"] == "in band"
 
 
 def test_the_loop_stops_when_the_solver_repeats_a_measured_plan():
@@ -227,7 +260,7 @@ def test_no_verify_and_foreign_profiles_are_labelled(synthetic_backend, tmp_path
     request = BudgetRequest(speedup=1.2)
     plan = pipeline.plan(analysis, request, perf, fitted, "synthetic",
                          verify=pipeline.Verification(enabled=False))
-    assert plan.verification == {"verified": False, "reason": "--no-verify"}
+    assert plan.verification == {"verified": False, "reason": "verification off (--no-verify)"}
     elsewhere = dataclasses.replace(fitted, device="0123456789abcdef")
     plan = pipeline.plan(analysis, request, perf, elsewhere, "synthetic", verify=pipeline.Verification(db=db))
     assert not plan.verification["verified"] and "not verified on the device" in plan.verification["reason"]
@@ -255,3 +288,32 @@ def test_validation_reports_the_planners_choices_apart_from_random_variants(synt
     plan_errors = [abs(r["error"]) for r in result["per_variant"] if r["kind"] == "plan"]
     assert result["plan_like"]["mape"] == pytest.approx(sum(plan_errors) / len(plan_errors))
     assert (tmp_path / "v").is_dir() and len(list((tmp_path / "v").glob("*.png"))) == 1
+
+
+def test_a_slow_spell_of_the_host_cancels_in_the_paired_ratio():
+    from latprune.network import paired_ratio
+
+    # A 2x slow spell starts during round 2, after the dense visit and before the plan's, and lasts.
+    dense = Measurement.from_samples([[10.0, 10.2], [10.1, 10.1], [20.0, 20.4]])
+    plan = Measurement.from_samples([[5.0, 5.1], [10.0, 10.2], [10.1, 10.1]])
+    assert paired_ratio(plan, dense) == pytest.approx(0.5, rel=0.01)
+    assert plan.median_ms / dense.median_ms == pytest.approx(1.0, rel=0.02)  # pooled medians: no speedup at all
+    assert paired_ratio(Measurement.from_samples([[4.0]]), dense) == pytest.approx(4.0 / dense.median_ms)
+
+
+def test_a_speedup_budget_is_judged_by_the_paired_ratio():
+    class SpellyDevice(_Device):
+        """A 2x slow spell begins in round 2 between the plan's visit and the dense model's."""
+
+        def time(self, widths):
+            ms = widths["g"] * self.per_channel
+            return _Timing(Measurement.from_samples([[ms], [ms], [2 * ms]]),
+                           Measurement.from_samples([[10.0], [20.0], [20.0]]))
+
+    request = BudgetRequest(speedup=2.0)
+    plan = closed_loop(_LinearModel(), SpellyDevice(per_channel=0.01), request,
+                       request.resolve(10.0, "predicted dense"), LoopSettings())
+    first = plan.verification["rounds"][0]
+    assert first["relative_to_dense"] == pytest.approx(0.492)  # 4.92 ms against 10 ms, round by round
+    assert first["raw_median_ms"] / first["dense_measured_ms"] == pytest.approx(0.246)  # pooled: half of that
+    assert plan.verification["status"] == "in band" and plan.verification["rounds_used"] == 1

@@ -5,7 +5,7 @@ recovery), and every stage imports it.
 """
 
 from latprune.network.keys import model_key
-from latprune.network.measurement import Measurement
+from latprune.network.measurement import Measurement, paired_ratio
 from latprune.network.signature import LayerSignature
 from latprune.network.tracing import (
     DTYPE,
@@ -18,5 +18,5 @@ from latprune.network.tracing import (
     trace_layers,
 )
 
-__all__ = ["DTYPE", "TIMED_TYPES", "LayerInfo", "LayerSignature", "Measurement", "layer_signatures", "layer_widths",
+__all__ = ["DTYPE", "TIMED_TYPES", "LayerInfo", "LayerSignature", "Measurement", "paired_ratio", "layer_signatures", "layer_widths",
            "model_key", "network_signatures", "run_model", "trace_layers"]

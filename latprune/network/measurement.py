@@ -48,6 +48,19 @@ class Measurement:
         )
 
 
+def paired_ratio(network: Measurement, reference: Measurement) -> float:
+    """Median over rounds of ``network``'s round median over ``reference``'s, both timed in the same rounds.
+
+    A host that slows down for a while (seconds to minutes, as shared virtual machines do)
+    slows both networks of a round alike, so the per-round ratio cancels what the pooled
+    medians keep. Falls back to the ratio of medians when the rounds do not pair up.
+    """
+    if not network.rounds or len(network.rounds) != len(reference.rounds):
+        return network.median_ms / reference.median_ms
+    return statistics.median(statistics.median(a) / statistics.median(b)
+                             for a, b in zip(network.rounds, reference.rounds) if a and b)
+
+
 def _quantile(sorted_samples: Sequence[float], q: float) -> float:
     position = q * (len(sorted_samples) - 1)
     low = int(position)

@@ -7,7 +7,13 @@ target interleaved with the dense network, stores the plan's in-network layer ti
 profile rows and refits the model on them (the model learns where plans live), then
 corrects what the refit still misses by the plan's measured/predicted ratio and solves
 again, aiming at the centre of the band ``[(1 - tol) x ceiling, ceiling]``. It stops in the
-band, when the solver returns a plan already measured, or after ``max_rounds``.
+band, when the solver returns a plan already measured (after one try at the band's top when
+the last plan measured below the band: the width grid may hold nothing nearer the centre), or
+after ``max_rounds``.
+
+A speedup is judged by the plan's latency relative to the dense network, paired round by
+round (:func:`~latprune.network.paired_ratio`): a host that slows down for a while slows both
+alike. A budget in milliseconds can only be judged by the plan's own median.
 
 The loop is written against two small interfaces, so it is checked without a device:
 a :class:`LoopModel` (solve, predict, learn) and a :class:`LoopDevice` (time a plan).
@@ -23,7 +29,7 @@ from typing import Protocol
 
 from latprune.budget import Budget, BudgetRequest
 from latprune.errors import LatpruneError
-from latprune.network import Measurement
+from latprune.network import Measurement, paired_ratio
 from latprune.planner.plan import Plan
 
 
@@ -68,6 +74,9 @@ class LoopModel(Protocol):
     def learn(self) -> None:
         """Refit the performance model on everything measured so far."""
 
+    def fastest_ms(self) -> float:
+        """The current model's latency of the fastest plan it can make (every group at its narrowest)."""
+
 
 def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, first: Budget,
                 settings: LoopSettings = LoopSettings(), on_round: Callable[[dict], None] | None = None) -> Plan:
@@ -94,23 +103,37 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
         except LatpruneError as exc:
             if not rounds:
                 raise  # the budget is out of reach before anything was measured
-            stop = f"no plan under the corrected aim {budget.target_ms:.4g} ms: {exc}"
-            break
+            try:  # the correction asks for less than the fastest plan: measure the fastest plan itself
+                plan = model.solve(dataclasses.replace(budget, aim=model.fastest_ms() / budget.ceiling_ms))
+            except LatpruneError:
+                stop = f"no plan under the corrected aim {budget.target_ms:.4g} ms: {exc}"
+                break
         key = tuple(sorted(plan.widths().items()))
-        if key in seen:
+        if key in seen and rounds and not rounds[-1]["meets"]:
             stop = "the solver chose an already measured plan (no other plan lies nearer the band under the model)"
             break
+        if key in seen:  # below the band, and the width grid has no plan nearer its centre: try its top
+            try:
+                plan = model.solve(dataclasses.replace(budget, aim=budget.aim / centre))
+            except LatpruneError:
+                pass
+            key = tuple(sorted(plan.widths().items()))
+            if key in seen:
+                stop = "the solver chose an already measured plan (no other plan lies nearer the band under the model)"
+                break
         seen.add(key)
         timing = device.time(plan.widths())
         dense_rounds.extend(timing.dense.rounds)
         dense = Measurement.from_samples(dense_rounds)
-        measured = timing.variant.median_ms
+        relative = paired_ratio(timing.variant, timing.dense)
+        measured = _measured_ms(request, timing.variant, relative, dense)
         judged = request.resolve(dense.median_ms, "measured dense")
         record = {"round": index + 1, "aim_ms": budget.target_ms, "correction": correction,
-                  "predicted_ms": plan.predicted_ms, "measured_ms": measured, "p10_ms": timing.variant.p10_ms,
+                  "predicted_ms": plan.predicted_ms, "measured_ms": measured, "raw_median_ms": timing.variant.median_ms,
+                  "relative_to_dense": relative, "p10_ms": timing.variant.p10_ms,
                   "p90_ms": timing.variant.p90_ms, "spread": timing.variant.spread,
-                  **_judgement(measured, judged, dense.median_ms, settings.tol), "new_layer_rows": timing.new_layer_rows,
-                  "timing_s": timing.seconds}
+                  **_judgement(measured, judged, dense.median_ms, settings.tol),
+                  "new_layer_rows": timing.new_layer_rows, "timing_s": timing.seconds}
         rounds.append(record)
         plans.append(plan)
         if on_round is not None:
@@ -126,9 +149,28 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
             correction = measured / model.predict(plan)
             budget = dataclasses.replace(judged, aim=centre / correction)
         record["seconds"] = time.perf_counter() - started
-    final = [{**r, **_judgement(r["measured_ms"], request.resolve(dense.median_ms, "measured dense"), dense.median_ms,
-                                settings.tol)} for r in rounds] if rounds else []
+    final = []
+    for r in rounds:
+        measured = r["relative_to_dense"] * dense.median_ms if request.speedup is not None else r["measured_ms"]
+        final.append({**r, "measured_ms": measured,
+                      **_judgement(measured, request.resolve(dense.median_ms, "measured dense"), dense.median_ms,
+                                   settings.tol)})
     return _chosen(plans, final, rounds, stop, device.device, settings, time.perf_counter() - began)
+
+
+def _measured_ms(request: BudgetRequest, variant: Measurement, relative: float, dense: Measurement) -> float:
+    """The plan's latency as judged: its median for a budget in ms; for a speedup, its latency relative
+    to the dense network paired round by round, at the dense latency pooled over the loop."""
+    return relative * dense.median_ms if request.speedup is not None else variant.median_ms
+
+
+def verdict(record: dict) -> str:
+    """A round's outcome in words: in band, below band, over the band (yet within budget), over budget."""
+    if record["in_band"]:
+        return "in band"
+    if not record["meets"]:
+        return "over budget"
+    return "over the band" if record["measured_ms"] > record["band_ms"][1] else "below band"
 
 
 def _judgement(measured_ms: float, judged: Budget, dense_ms: float, tol: float) -> dict:

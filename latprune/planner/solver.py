@@ -191,7 +191,8 @@ def _rest_bounds(chain: HubChain, fronts: list, hub_sizes: list[int], slope: flo
         bounds[index] = rest
         cost, value, _, count = fronts[index]
         valid = np.arange(cost.shape[-1]) < count[..., None]
-        best = np.where(valid, value - slope * cost, -np.inf).max(axis=-1)
+        with np.errstate(invalid="ignore"):  # padding beyond ``count`` may hold inf costs; masked out here
+            best = np.where(valid, value - slope * cost, -np.inf).max(axis=-1)
         if len(chain.items[index].hubs) == 2:
             rest = (best + rest[None, :]).max(axis=1)
         else:

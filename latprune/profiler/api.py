@@ -13,5 +13,6 @@ from latprune.profiler.timer import Timer
 from latprune.profiler.variant_timer import VariantTimer, VariantTiming
 
 __all__ = ["BACKENDS", "DeviceSummary", "LayerTiming", "NetworkTiming", "ProfileReport", "ProfileSettings",
-           "ProfileStore", "Timer", "VariantTimer", "VariantTiming", "cpu_model", "default_db_path", "describe_device", "fingerprint", "get_backend",
+           "ProfileStore", "Timer", "VariantTimer", "VariantTiming", "cpu_model", "default_db_path", "describe_device",
+           "fingerprint", "get_backend",
            "measure_models", "physical_cores", "profile_model"]
