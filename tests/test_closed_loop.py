@@ -218,9 +218,20 @@ def synthetic_backend(monkeypatch):
     return Synthetic
 
 
-def test_the_pipeline_loop_learns_a_device_ten_percent_slower_than_its_profile(synthetic_backend, tmp_path):
+@dataclass
+class _Profiled:
+    analysis: object
+    db: Path
+    perf: object
+    fitted: object
+    timing: object
+
+
+@pytest.fixture
+def profiled(synthetic_backend, tmp_path) -> _Profiled:
+    """cifar:resnet20 profiled on the synthetic backend (at scale 1), and its fitted performance model."""
     from latprune import pipeline
-    from latprune.profiler.api import ProfileSettings, ProfileStore
+    from latprune.profiler.api import ProfileSettings
 
     fast = ProfileSettings(widths=8, variants=16, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
                            global_warmup_s=0.0, anchors=16)
@@ -228,59 +239,54 @@ def test_the_pipeline_loop_learns_a_device_ten_percent_slower_than_its_profile(s
     analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
     pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
     perf, fitted = pipeline.fit(db, "synthetic")
-    dense_ms = pipeline.predict(perf, analysis.loaded, "synthetic")["predicted_ms"]
+    return _Profiled(analysis, db, perf, fitted, fast)
+
+
+def test_the_pipeline_loop_learns_a_device_ten_percent_slower_than_its_profile(profiled, synthetic_backend):
+    from latprune import pipeline
+    from latprune.profiler.api import ProfileStore
+
+    p = profiled
+    dense_ms = pipeline.predict(p.perf, p.analysis.loaded, "synthetic")["predicted_ms"]
     synthetic_backend.scale = 1.1  # the device is now 10% slower than everything profiled
     request = BudgetRequest(budget_ms=dense_ms / 1.3)
-    verify = pipeline.Verification(db=db, timing=fast, progress=False)
-    plan = pipeline.plan(analysis, request, perf, fitted, "synthetic", verify=verify)
+    verify = pipeline.Verification(db=p.db, timing=p.timing, progress=False)
+    plan = pipeline.plan(p.analysis, request, p.perf, p.fitted, "synthetic", verify=verify)
     verification = plan.verification
     assert verification["verified"] and verification["rounds_used"] <= 3
     assert verification["measured_ms"] <= verification["budget_ms"]
     first = verification["rounds"][0]
     assert first["measured_ms"] > first["budget_ms"]  # trusting the profile would have missed
-    assert verification["rounds"][-1]["new_layer_rows"] >= 0 and first["new_layer_rows"] > 0  # rows were stored
-    with ProfileStore(db, readonly=True) as store:
-        keys = {n.variant_key for n in store.network_timings(store.find_device(fitted.device), "synthetic")}
+    assert first["new_layer_rows"] > 0  # the plan's layers were stored
+    with ProfileStore(p.db, readonly=True) as store:
+        keys = {n.variant_key for n in store.network_timings(store.find_device(p.fitted.device), "synthetic")}
     assert len(keys) >= 16 + len(verification["rounds"])  # every measured plan is a profile row now
     json.dumps(plan.to_json(), allow_nan=False)
 
 
-def test_no_verify_and_foreign_profiles_are_labelled(synthetic_backend, tmp_path):
+def test_no_verify_and_foreign_profiles_are_labelled(profiled):
     import dataclasses
 
     from latprune import pipeline
-    from latprune.profiler.api import ProfileSettings
 
-    fast = ProfileSettings(widths=6, variants=8, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
-                           global_warmup_s=0.0)
-    db = tmp_path / "p.sqlite"
-    analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
-    pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
-    perf, fitted = pipeline.fit(db, "synthetic")
-    request = BudgetRequest(speedup=1.2)
-    plan = pipeline.plan(analysis, request, perf, fitted, "synthetic",
+    p, request = profiled, BudgetRequest(speedup=1.2)
+    plan = pipeline.plan(p.analysis, request, p.perf, p.fitted, "synthetic",
                          verify=pipeline.Verification(enabled=False))
     assert plan.verification == {"verified": False, "reason": "verification off (--no-verify)"}
-    elsewhere = dataclasses.replace(fitted, device="0123456789abcdef")
-    plan = pipeline.plan(analysis, request, perf, elsewhere, "synthetic", verify=pipeline.Verification(db=db))
+    elsewhere = dataclasses.replace(p.fitted, device="0123456789abcdef")
+    plan = pipeline.plan(p.analysis, request, p.perf, elsewhere, "synthetic", verify=pipeline.Verification(db=p.db))
     assert not plan.verification["verified"] and "not verified on the device" in plan.verification["reason"]
 
 
-def test_validation_reports_the_planners_choices_apart_from_random_variants(synthetic_backend, tmp_path):
+def test_validation_reports_the_planners_choices_apart_from_random_variants(profiled, tmp_path):
     from latprune import pipeline
     from latprune.perfmodel.validate import validate_model
-    from latprune.profiler.api import ProfileSettings
 
-    fast = ProfileSettings(widths=6, variants=8, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
-                           global_warmup_s=0.0)
-    db = tmp_path / "p.sqlite"
-    analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
-    pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
-    perf, fitted = pipeline.fit(db, "synthetic")
-    plan_like = pipeline.plan_like_widths(analysis, perf, fitted, "synthetic")
+    p = profiled
+    plan_like = pipeline.plan_like_widths(p.analysis, p.perf, p.fitted, "synthetic")
     assert [f for f, _ in plan_like] == [f for f in pipeline.PLAN_LIKE_FRACTIONS if f >= plan_like[0][0]]
-    assert all(set(w) == {g.id for g in analysis.groups} for _, w in plan_like)
-    result = validate_model(analysis, "synthetic", perf, fitted.alignment_step, variants=4, rounds=2, runs=2,
+    assert all(set(w) == {g.id for g in p.analysis.groups} for _, w in plan_like)
+    result = validate_model(p.analysis, "synthetic", p.perf, p.fitted.alignment_step, variants=4, rounds=2, runs=2,
                             plan_like=plan_like, out_dir=tmp_path / "v")
     kinds = [r["kind"] for r in result["per_variant"]]
     assert kinds == ["random"] * 4 + ["plan"] * len(plan_like)
@@ -317,3 +323,21 @@ def test_a_speedup_budget_is_judged_by_the_paired_ratio():
     assert first["relative_to_dense"] == pytest.approx(0.492)  # 4.92 ms against 10 ms, round by round
     assert first["raw_median_ms"] / first["dense_measured_ms"] == pytest.approx(0.246)  # pooled: half of that
     assert plan.verification["status"] == "in band" and plan.verification["rounds_used"] == 1
+
+
+def test_the_plan_command_verifies_by_default_and_prints_the_rounds(profiled, synthetic_backend, capsys):
+    from latprune import pipeline
+    from latprune.cli import main
+
+    p = profiled
+    dense_ms = pipeline.predict(p.perf, p.analysis.loaded, "synthetic")["predicted_ms"]
+    synthetic_backend.scale = 1.1
+    common = ["plan", "--model", "cifar:resnet20", "--backend", "synthetic", "--db", str(p.db),
+              "--budget-ms", str(dense_ms / 1.3)]
+    assert main(common) == 0
+    out = capsys.readouterr().out
+    assert "round  aim ms  predicted ms  measured ms" in out and "verified on this device: measured" in out
+    assert main(common + ["--no-verify"]) == 0
+    assert "not verified on the device: verification off (--no-verify)" in capsys.readouterr().out
+    assert main(common + ["--tol", "0.7"]) == 1  # refused before anything is loaded or timed
+    assert "--tol must be in (0, 0.5)" in capsys.readouterr().err
