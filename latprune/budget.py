@@ -72,6 +72,12 @@ class BudgetRequest:
         if not (math.isfinite(self.margin) and 0 <= self.margin < 1):
             raise LatpruneError(f"--margin must be in [0, 1), got {self.margin}")
 
+    def judged_ms(self, median_ms: float, relative_to_dense: float, dense_ms: float) -> float:
+        """The measured latency this request is judged by: the pruned model's median for a budget in
+        ms; for a speedup, its latency relative to the dense model paired round by round
+        (:func:`~latprune.network.paired_ratio`: a host's slow spell slows both alike) at ``dense_ms``."""
+        return relative_to_dense * dense_ms if self.speedup is not None else median_ms
+
     def resolve(self, dense_ms: float, basis: str) -> Budget:
         """Milliseconds of this request against a dense latency (``basis``: predicted or measured dense)."""
         if basis not in BASES[1:]:

@@ -330,14 +330,10 @@ def _verification_lines(verification: dict) -> list[str]:
         return []
     if not verification.get("verified"):
         return [f"not verified on the device: {verification.get('reason', 'unknown')}"]
-    from latprune.pipeline import verdict
+    from latprune.pipeline import ROUND_COLUMNS, round_cells
 
-    rows = [(r["round"], f"{r['aim_ms']:.4g}", f"{r['predicted_ms']:.4g}", f"{r['measured_ms']:.4g}",
-             f"{r['p10_ms']:.4g}-{r['p90_ms']:.4g}", f"{r['band_ms'][0]:.4g}-{r['band_ms'][1]:.4g}",
-             f"{r['correction']:.3f}", verdict(r), f"{r.get('seconds', 0):.1f}") for r in verification["rounds"]]
     low, high = verification["band_ms"]
-    return [table(["round", "aim ms", "predicted ms", "measured ms", "p10-p90 ms", "band ms", "correction", "result",
-                   "seconds"], rows),
+    return [table(ROUND_COLUMNS, [round_cells(r) for r in verification["rounds"]]),
             f"verified on this device: measured {verification['measured_ms']:.4g} ms (dense "
             f"{verification['dense_measured_ms']:.4g} ms, band {low:.4g}-{high:.4g} ms): {verification['status']}, "
             f"round {verification['chosen_round']} of {verification['rounds_used']}, {verification['seconds']:.1f} s"]

@@ -138,9 +138,8 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     # the same rounds (paired round by round); the plan itself had to use the predicted dense latency.
     planned = Budget.from_json(plan.budget)
     judged = config.budget.resolve(dense_m.median_ms, "measured dense")
-    # Round by round, the pruned model relative to the dense one: a host slowing down for a while slows both.
     relative = paired_ratio(pruned_m, dense_m)
-    judged_ms = relative * dense_m.median_ms if judged.speedup is not None else pruned_m.median_ms
+    judged_ms = config.budget.judged_ms(pruned_m.median_ms, relative, dense_m.median_ms)
     latency = {
         "backend": config.backend, "budget_ms": judged.ms, "planned_ms": planned.target_ms,
         "margin": judged.margin, "budget_basis": judged.describe(), "budget": judged.to_json(),

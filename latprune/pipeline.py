@@ -26,7 +26,7 @@ from latprune.network import Measurement, model_key, network_signatures
 from latprune.perfmodel import NetworkLatencyModel
 from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for, fit_perf_model
 from latprune.planner import api as planner
-from latprune.planner.closed_loop import LoopSettings, closed_loop, verdict
+from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loop, round_cells, verdict
 from latprune.planner.plan import Plan
 from latprune.planner.widths import WidthPolicy
 from latprune.profiler.api import (ProfileReport, ProfileSettings, ProfileStore, VariantTimer, describe_device,
@@ -37,7 +37,7 @@ from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
            "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
            "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify",
-           "this_device", "uniform", "LoopSettings", "Verification", "verdict"]
+           "this_device", "uniform", "LoopSettings", "ROUND_COLUMNS", "Verification", "round_cells", "verdict"]
 
 
 # ---------------------------------------------------------------- load and analyse

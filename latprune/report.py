@@ -107,19 +107,15 @@ def verification_section(verification: dict) -> str:
         return ""
     if not verification.get("verified"):
         return f"<p>The plan was not verified on the device: {html.escape(verification.get('reason', ''))}.</p>"
-    from latprune.planner.closed_loop import verdict
+    from latprune.planner.closed_loop import ROUND_COLUMNS, round_cells
 
     low, high = verification["band_ms"]
-    rows = [[r["round"], _ms(r["aim_ms"]), _ms(r["predicted_ms"]), _ms(r["measured_ms"]),
-             f"{_ms(r['p10_ms'])}-{_ms(r['p90_ms'])}", f"{_ms(r['band_ms'][0])}-{_ms(r['band_ms'][1])}",
-             f"{r['correction']:.3f}", verdict(r), f"{r.get('seconds', 0):.1f}"] for r in verification["rounds"]]
     return (f"<p>Closed loop: each plan was measured on the device next to the dense model, learned, and re-planned "
             f"until the measured latency lay in the band {low:.3f}-{high:.3f} ms (tolerance "
             f"{100 * verification['tol']:.0f}%): {html.escape(verification['status'])}, round "
             f"{verification['chosen_round']} of {verification['rounds_used']} ({html.escape(verification['stop'])}), "
             f"{verification['seconds']:.1f} s.</p>"
-            + _table(["round", "aim ms", "predicted ms", "measured ms", "p10-p90 ms", "band ms", "correction",
-                      "result", "seconds"], rows))
+            + _table(ROUND_COLUMNS, [round_cells(r) for r in verification["rounds"]]))
 
 
 def run_section(run: dict) -> str:

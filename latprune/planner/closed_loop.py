@@ -108,25 +108,21 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
             except LatpruneError:
                 stop = f"no plan under the corrected aim {budget.target_ms:.4g} ms: {exc}"
                 break
-        key = tuple(sorted(plan.widths().items()))
-        if key in seen and rounds and not rounds[-1]["meets"]:
-            stop = "the solver chose an already measured plan (no other plan lies nearer the band under the model)"
-            break
-        if key in seen:  # below the band, and the width grid has no plan nearer its centre: try its top
-            try:
+        if _widths_key(plan) in seen and verdict(rounds[-1]) == "below band":
+            try:  # the width grid has no plan nearer the band's centre: try its top
                 plan = model.solve(dataclasses.replace(budget, aim=budget.aim / centre))
             except LatpruneError:
                 pass
-            key = tuple(sorted(plan.widths().items()))
-            if key in seen:
-                stop = "the solver chose an already measured plan (no other plan lies nearer the band under the model)"
-                break
+        key = _widths_key(plan)
+        if key in seen:
+            stop = "the solver chose an already measured plan (no other plan lies nearer the band under the model)"
+            break
         seen.add(key)
         timing = device.time(plan.widths())
         dense_rounds.extend(timing.dense.rounds)
         dense = Measurement.from_samples(dense_rounds)
         relative = paired_ratio(timing.variant, timing.dense)
-        measured = _measured_ms(request, timing.variant, relative, dense)
+        measured = request.judged_ms(timing.variant.median_ms, relative, dense.median_ms)
         judged = request.resolve(dense.median_ms, "measured dense")
         record = {"round": index + 1, "aim_ms": budget.target_ms, "correction": correction,
                   "predicted_ms": plan.predicted_ms, "measured_ms": measured, "raw_median_ms": timing.variant.median_ms,
@@ -149,19 +145,28 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
             correction = measured / model.predict(plan)
             budget = dataclasses.replace(judged, aim=centre / correction)
         record["seconds"] = time.perf_counter() - started
+    judged = request.resolve(dense.median_ms, "measured dense")
     final = []
     for r in rounds:
-        measured = r["relative_to_dense"] * dense.median_ms if request.speedup is not None else r["measured_ms"]
-        final.append({**r, "measured_ms": measured,
-                      **_judgement(measured, request.resolve(dense.median_ms, "measured dense"), dense.median_ms,
-                                   settings.tol)})
+        measured = request.judged_ms(r["raw_median_ms"], r["relative_to_dense"], dense.median_ms)
+        final.append({**r, "measured_ms": measured, **_judgement(measured, judged, dense.median_ms, settings.tol)})
     return _chosen(plans, final, rounds, stop, device.device, settings, time.perf_counter() - began)
 
 
-def _measured_ms(request: BudgetRequest, variant: Measurement, relative: float, dense: Measurement) -> float:
-    """The plan's latency as judged: its median for a budget in ms; for a speedup, its latency relative
-    to the dense network paired round by round, at the dense latency pooled over the loop."""
-    return relative * dense.median_ms if request.speedup is not None else variant.median_ms
+def _widths_key(plan: Plan) -> tuple:
+    return tuple(sorted(plan.widths().items()))
+
+
+ROUND_COLUMNS = ("round", "aim ms", "predicted ms", "measured ms", "p10-p90 ms", "band ms", "correction", "result",
+                 "seconds")
+
+
+def round_cells(record: dict) -> list[str]:
+    """A round as table cells under :data:`ROUND_COLUMNS` (for the plan command and the run report)."""
+    return [str(record["round"]), f"{record['aim_ms']:.4g}", f"{record['predicted_ms']:.4g}",
+            f"{record['measured_ms']:.4g}", f"{record['p10_ms']:.4g}-{record['p90_ms']:.4g}",
+            f"{record['band_ms'][0]:.4g}-{record['band_ms'][1]:.4g}", f"{record['correction']:.3f}", verdict(record),
+            f"{record.get('seconds', 0):.1f}"]
 
 
 def verdict(record: dict) -> str:

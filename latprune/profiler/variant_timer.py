@@ -46,13 +46,14 @@ class VariantTimer:
 
     def __init__(self, analysis: ModelAnalysis, backend_name: str, db: str | Path | None = None,
                  threads: int | None = None, rounds: int = 7, settings: ProfileSettings = ProfileSettings()):
-        self.analysis, self.rounds, self.settings = analysis, rounds, settings
+        self.analysis, self.rounds = analysis, rounds
         self.backend = get_backend(backend_name, threads)
-        self.device = fingerprint(self.backend.description())
+        description = self.backend.description()
+        self.device = fingerprint(description)
         self._store = ProfileStore(db)
         self._work = tempfile.TemporaryDirectory(prefix="latprune-verify-")
         try:
-            self._device_id = self._store.device_id(self.device, self.backend.description())
+            self._device_id = self._store.device_id(self.device, description)
             self._timer = Timer(self.backend, warmup=settings.warmup, seed=settings.seed)
             loaded = analysis.loaded
             self._dense = self.backend.prepare(loaded.model, loaded.input_shape, list(analysis.layers),
