@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch_pruning as tp
 
+from latprune.channel_ops import ChannelOp, wrap_channel_ops
 from latprune.channels import Layout, group_layout
 from latprune.graph import build_graph, magnitude_importance
 from latprune.groups import ChannelGroup, ExcludedGroup, find_channel_groups
@@ -34,6 +35,7 @@ class ModelAnalysis:
     layers: dict[str, LayerInfo]  # conv/linear layers in execution order
     key: str  # model key: spec @ input shape
     graph: tp.DependencyGraph = field(repr=False)
+    channel_ops: tuple[ChannelOp, ...] = ()  # parameter-free channel ops wrapped as index maps
 
     @property
     def model(self) -> torch.nn.Module:
@@ -64,18 +66,26 @@ class ModelAnalysis:
 
     def to_json(self) -> dict:
         return {"total_macs": self.total_macs, "groups": [g.to_json() for g in self.groups],
-                "excluded": [e.to_json() for e in self.excluded]}
+                "excluded": [e.to_json() for e in self.excluded],
+                "channel_ops": [op.to_json() for op in self.channel_ops]}
 
 
 def analyse(loaded: LoadedModel) -> ModelAnalysis:
-    """Trace ``loaded`` once: dependency graph, verified groups, channel layout, layer facts."""
+    """Trace ``loaded`` once: dependency graph, verified groups, channel layout, layer facts.
+
+    Parameter-free channel ops (channel pads, slices...) are wrapped in ``loaded.model`` itself as
+    index maps (:mod:`latprune.channel_ops`), so groups reach through them; the wrapped model
+    computes exactly what it did and keeps its state dict.
+    """
     x = loaded.example_input()
     run_model(loaded.model, x)  # a model that cannot run this input says so before any tracing
+    channel_ops = wrap_channel_ops(loaded.model, x)
     graph = build_graph(loaded.model, x)
     found = find_channel_groups(loaded.model, x, graph)
     layout = group_layout(loaded.model, graph, found.groups) if found.groups else {}
     return ModelAnalysis(loaded=loaded, groups=found.groups, excluded=found.excluded, total_macs=found.total_macs,
-                         layout=layout, layers=trace_layers(loaded.model, x), key=model_key(loaded), graph=graph)
+                         layout=layout, layers=trace_layers(loaded.model, x), key=model_key(loaded), graph=graph,
+                         channel_ops=channel_ops)
 
 
 def as_analysis(model: LoadedModel | ModelAnalysis) -> ModelAnalysis:

@@ -89,7 +89,7 @@ def _plan_settings(args: argparse.Namespace, method: str = "latency"):
 
     return PlanSettings(method=method, importance=args.importance, widths=args.widths, step=args.step,
                         min_width=args.min_width, bins=getattr(args, "bins", 2000),
-                        max_macs=getattr(args, "max_macs", None))
+                        max_macs=getattr(args, "max_macs", None), hold=tuple(args.hold or ()))
 
 
 def _importance_images(args: argparse.Namespace, loaded):
@@ -120,6 +120,10 @@ def _format_groups(result: dict) -> str:
     ]
     text = table(["group", "width", "divisor", "producers", "consumers", "MACs touched"], rows)
     text += f"\n{len(result['groups'])} prunable groups, {result['total_macs'] / 1e6:.1f} M MACs in conv/linear layers"
+    crossing = [g for g in result["groups"] if g.get("crosses")]
+    if crossing:
+        text += "\nthrough parameter-free channel ops (rebuilt as index maps when pruned):\n" + "\n".join(
+            f"  {g['id']}: {'; '.join(g['crosses'])}" for g in crossing)
     if result["excluded"]:
         text += "\nnot prunable:\n" + "\n".join(f"  {e['id']} ({e['width']}): {e['reason']}" for e in result["excluded"])
     return text
@@ -669,6 +673,9 @@ def _planning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step", type=positive_int, help="alignment step (default: the profile's detected step)")
     parser.add_argument("--min-width", type=finite_float, default=0.1, metavar="FRACTION",
                         help="narrowest width per group as a fraction (default 0.1)")
+    parser.add_argument("--hold", type=_comma_list, metavar="GROUPS",
+                        help="comma-separated group ids to keep at full width; 'channel-ops' holds every group "
+                             "that crosses a parameter-free channel op (e.g. the residual streams of cifar ResNets)")
 
 
 def _recovery_option(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -709,6 +716,14 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = _int_at_least(1)
 natural_int = _int_at_least(0)
+
+
+def _comma_list(text: str) -> list[str]:
+    """An argparse type: comma-separated names (blanks dropped)."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated names")
+    return names
 
 
 def finite_float(text: str) -> float:

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops
 
+from latprune.channel_ops import CUSTOM_PRUNERS, opaque_channel_maps
 from latprune.errors import LatpruneError
 from latprune.network.tracing import first_line, run_model
 
@@ -35,11 +36,16 @@ class RawGroup:
 
 
 def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """Trace ``model`` into a dependency graph, as a user-facing error if it cannot be traced."""
+    """Trace ``model`` into a dependency graph, as a user-facing error if it cannot be traced.
+
+    Parameter-free channel ops wrapped as :class:`~latprune.channel_ops.ChannelMap` are layers to
+    Torch-Pruning, with their input and output channels pruned independently.
+    """
     try:
-        with warnings.catch_warnings(), torch.enable_grad():  # tracing follows autograd
+        with warnings.catch_warnings(), torch.enable_grad(), opaque_channel_maps():  # tracing follows autograd
             warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                         customized_pruners=CUSTOM_PRUNERS)
     except Exception as exc:
         raise LatpruneError(f"cannot trace the model's channel dependencies: {first_line(exc)}") from None
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from latprune.channel_ops import ChannelMap, wrap_channel_ops
 from latprune.errors import LatpruneError
 from latprune.graph import RawGroup, build_graph, output_layers, raw_groups, remove_channels
 from latprune.network import run_model
@@ -30,6 +31,8 @@ class ChannelGroup:
     input channels it sets. A width must be a multiple of ``divisor`` (grouped convs),
     and kept offsets must then repeat in each of the ``divisor`` equal slices.
     ``flops_share`` is the fraction of network MACs in conv/linear layers it touches.
+    ``crosses`` names the parameter-free channel ops (:mod:`latprune.channel_ops`) the group
+    reaches through, as ``"<module> (<op>, input|output side)"``.
     """
 
     id: str
@@ -38,6 +41,7 @@ class ChannelGroup:
     width: int
     divisor: int
     flops_share: float
+    crosses: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -51,6 +55,7 @@ class ChannelGroup:
             width=int(data["width"]),
             divisor=int(data["divisor"]),
             flops_share=float(data["flops_share"]),
+            crosses=tuple(data.get("crosses", ())),
         )
 
     def candidate_widths(self) -> list[int]:
@@ -134,9 +139,15 @@ def layer_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
 
 def find_channel_groups(model: nn.Module, example_input: torch.Tensor, graph: tp.DependencyGraph | None = None
                         ) -> GroupAnalysis:
-    """Find and verify every prunable channel group of ``model`` (``graph``: its dependency graph, if built)."""
+    """Find and verify every prunable channel group of ``model``.
+
+    ``graph``: its dependency graph, if built (after :func:`~latprune.channel_ops.wrap_channel_ops`);
+    without one, the model's parameter-free channel ops are wrapped in place and the graph is traced here.
+    """
     reference = run_model(model, example_input)
-    graph = graph if graph is not None else build_graph(model, example_input)
+    if graph is None:
+        wrap_channel_ops(model, example_input)
+        graph = build_graph(model, example_input)
     classifier = output_layers(model, example_input)
     names = {m: n for n, m in model.named_modules()}
     excluded = [
@@ -151,6 +162,7 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor, graph: tp
 
     macs = layer_macs(model, example_input)
     total = sum(macs.values())
+    modules = dict(model.named_modules())
     groups = tuple(
         ChannelGroup(
             id=g.root,
@@ -159,11 +171,19 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor, graph: tp
             width=g.width,
             divisor=g.divisor,
             flops_share=sum(macs.get(n, 0) for n in set(g.producers) | set(g.consumers)) / max(total, 1),
+            crosses=_crossed_ops(modules, g),
         )
         for g in candidates
         if g.root not in failures
     )
     return GroupAnalysis(groups=groups, excluded=tuple(excluded), total_macs=total)
+
+
+def _crossed_ops(modules: Mapping[str, nn.Module], group: RawGroup) -> tuple[str, ...]:
+    """The channel maps a group touches: on their output side (it sets their output) or input side."""
+    sides = [(n, "output") for n in group.producers] + [(n, "input") for n in group.consumers]
+    return tuple(f"{n} ({modules[n].description}, {side} side)" for n, side in sides
+                 if isinstance(modules.get(n), ChannelMap))
 
 
 def _out_width(module: nn.Module) -> int:

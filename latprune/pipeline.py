@@ -21,6 +21,7 @@ from latprune.analysis import analyse as analyse_loaded
 from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import IMPORTANCE_CALIB_SIZE, PLANNERS, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
+from latprune.groups import ChannelGroup
 from latprune.models import LoadedModel, load_model, parse_input_shape
 from latprune.network import Measurement, model_key, network_signatures
 from latprune.perfmodel import NetworkLatencyModel
@@ -169,6 +170,7 @@ class PlanSettings:
     min_width: float = 0.1
     bins: int = 2000
     max_macs: float | None = None
+    hold: tuple[str, ...] = ()  # group ids kept at full width; "channel-ops": every group crossing one
 
     def __post_init__(self) -> None:
         if self.method not in PLANNERS:
@@ -176,9 +178,27 @@ class PlanSettings:
         if self.max_macs is not None and self.method != "latency":
             raise LatpruneError("--max-macs applies to the latency planner only")
 
-    def policy(self, profile_step: int | None) -> WidthPolicy:
+    def policy(self, profile_step: int | None, groups: Sequence[ChannelGroup] = ()) -> WidthPolicy:
         return WidthPolicy(step=self.step or profile_step or 16, aligned=self.widths == "aligned",
-                           min_fraction=self.min_width)
+                           min_fraction=self.min_width, hold=held_groups(self.hold, groups))
+
+
+HOLD_CHANNEL_OPS = "channel-ops"
+
+
+def held_groups(names: Sequence[str], groups: Sequence[ChannelGroup]) -> frozenset[str]:
+    """Group ids to keep at full width: ``names`` are group ids, or ``channel-ops`` for every group that
+    crosses a parameter-free channel op (the residual streams of option-A ResNets)."""
+    known = {g.id for g in groups}
+    held = set()
+    for name in names:
+        if name == HOLD_CHANNEL_OPS:
+            held |= {g.id for g in groups if g.crosses}
+        elif name in known:
+            held.add(name)
+        else:
+            raise LatpruneError(f"--hold: unknown group {name!r}; run `latprune groups` to list them")
+    return frozenset(held)
 
 
 @dataclass(frozen=True)
@@ -207,8 +227,8 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
     :mod:`latprune.planner.closed_loop`); otherwise the plan meets the budget as predicted.
     """
     inputs = planner.prepare(analysis, importance=settings.importance, calib=calib,
-                             policy=settings.policy(fitted.alignment_step), perf=perf, backend=backend,
-                             device=fitted.device)
+                             policy=settings.policy(fitted.alignment_step, analysis.groups), perf=perf,
+                             backend=backend, device=fitted.device)
     budget = inputs.resolve(request)
     here = this_device(backend, verify.threads)
     if not verify.enabled or fitted.device != here:
@@ -292,7 +312,8 @@ def plan_like_widths(analysis: ModelAnalysis, perf: NetworkLatencyModel, fitted:
 def uniform(analysis: ModelAnalysis, ratio: float, settings: PlanSettings = PlanSettings(),
             calib: torch.Tensor | None = None) -> Plan:
     """Keep the fraction ``ratio`` of every group (no performance model needed)."""
-    inputs = planner.prepare(analysis, importance=settings.importance, calib=calib, policy=settings.policy(None))
+    inputs = planner.prepare(analysis, importance=settings.importance, calib=calib,
+                             policy=settings.policy(None, analysis.groups))
     return planner.uniform_plan(inputs, ratio)
 
 

@@ -21,14 +21,16 @@ def test_groups_json_is_one_object_on_stdout(capsys):
     assert code == 0
     result = json.loads(out)
     assert result["model"] == "cifar:resnet20"
-    assert len(result["groups"]) == 9
-    assert {"id", "producers", "consumers", "width", "divisor", "flops_share"} <= set(result["groups"][0])
+    assert len(result["groups"]) == 12  # 9 inner block groups + 3 residual streams (through the pad shortcuts)
+    assert {"id", "producers", "consumers", "width", "divisor", "flops_share", "crosses"} <= set(result["groups"][0])
+    assert [op["module"] for op in result["channel_ops"]] == ["layer2.0.shortcut", "layer3.0.shortcut"]
 
 
 def test_groups_table_lists_groups_and_exclusions(capsys):
     code, out, _ = run_cli(capsys, "groups", "--model", "cifar:resnet20")
     assert code == 0
-    assert "layer3.2.conv1" in out and "9 prunable groups" in out
+    assert "layer3.2.conv1" in out and "12 prunable groups" in out
+    assert "layer2.0.conv2: layer2.0.shortcut (pad on channels, output side)" in out
     assert "not prunable" in out and "linear" in out
 
 

@@ -56,6 +56,18 @@ class _LinearModel:
             self.unit = self.learns_to
 
 
+class _Narrowest400(_LinearModel):
+    """No plan narrower than 400 channels."""
+
+    def solve(self, budget):
+        if budget.target_ms < 400 * self.unit - 1e-12:
+            raise LatpruneError(f"budget {budget.target_ms:.4g} ms is below the fastest achievable plan")
+        return super().solve(budget)
+
+    def fastest_ms(self) -> float:
+        return 400 * self.unit
+
+
 class _Device:
     """True latency: ``offset`` + ``per_channel`` ms per channel (or an override by width); dense 10 ms."""
 
@@ -120,19 +132,18 @@ def test_no_plan_over_budget_is_returned_when_a_measured_plan_met_it():
 
 
 def test_when_the_correction_asks_for_less_than_the_fastest_plan_the_fastest_plan_is_measured():
-    class Narrowest400(_LinearModel):
-        def solve(self, budget):
-            if budget.target_ms < 400 * self.unit - 1e-12:
-                raise LatpruneError(f"budget {budget.target_ms:.4g} ms is below the fastest achievable plan")
-            return super().solve(budget)
-
-        def fastest_ms(self) -> float:
-            return 400 * self.unit
-
     device = _Device(per_channel=0.0125)  # round 1 measures 25% over; the corrected aim lies below width 400
-    plan = _loop(Narrowest400(), device)
+    plan = _loop(_Narrowest400(), device)
     assert device.timed == [492, 400] and plan.groups[0].width == 400
     assert plan.verification["status"] == "in band" and plan.verification["measured_ms"] == pytest.approx(5.0)
+
+
+def test_a_budget_just_below_the_predicted_fastest_plan_is_tried_on_the_device():
+    device = _Device(per_channel=0.008)  # the device is 20% faster than the model: width 400 takes 3.2 ms
+    plan = _loop(_Narrowest400(), device, budget_ms=3.5)  # predicted fastest 4 ms: 12.5% below, within reach
+    assert device.timed[0] == 400 and plan.verification["measured_ms"] <= 3.5
+    with pytest.raises(LatpruneError, match="below the fastest achievable plan"):
+        _loop(_Narrowest400(), _Device(per_channel=0.008), budget_ms=2.9)  # 27.5% below: refused unmeasured
 
 
 def test_no_measured_plan_meeting_the_budget_is_an_error_naming_the_fastest():
@@ -178,7 +189,7 @@ def test_a_speedup_is_judged_against_the_dense_model_measured_in_the_same_rounds
 
 
 def test_loop_settings_are_checked():
-    for bad in ({"tol": 0}, {"tol": 0.6}, {"max_rounds": 0}, {"timing_rounds": 1}):
+    for bad in ({"tol": 0}, {"tol": 0.6}, {"max_rounds": 0}, {"timing_rounds": 1}, {"reach": 1.0}):
         with pytest.raises(LatpruneError):
             LoopSettings(**bad)
 

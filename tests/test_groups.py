@@ -13,16 +13,35 @@ def analyse(spec, shape=None):
     return find_channel_groups(loaded.model, loaded.example_input())
 
 
-def test_cifar_resnet_prunes_inner_block_channels_only():
+def test_cifar_resnet_prunes_inner_block_channels_and_residual_streams():
     analysis = analyse("cifar:resnet20")
-    assert [g.id for g in analysis.groups] == [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
-    for group in analysis.groups:
+    inner = [g for g in analysis.groups if g.id.endswith(".conv1")]
+    assert [g.id for g in inner] == [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(3)]
+    for group in inner:
         block = group.id.rsplit(".", 1)[0]
         assert set(group.producers) == {f"{block}.conv1", f"{block}.bn1"}
         assert group.consumers == (f"{block}.conv2",)
-    excluded = {e.id: e.reason for e in analysis.excluded}
-    assert "output" in excluded["linear"]
-    assert "breaks the forward pass" in excluded["conv1"]  # the option-A padded residual
+    streams = [g.id for g in analysis.groups if g not in inner]
+    assert streams == ["conv1", "layer2.0.conv2", "layer3.0.conv2"]  # through the option-A pad shortcuts
+    assert {e.id: e.reason for e in analysis.excluded} == {"linear": "sets the network's output"}
+
+
+def test_a_channel_pad_inside_a_layers_forward_excludes_its_groups():
+    class InlinePad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.conv(x) + torch.nn.functional.pad(x, (0, 0, 0, 0, 2, 2))  # no submodule to wrap
+
+    model = InlinePad()
+    analysis = find_channel_groups(model, torch.randn(1, 3, 8, 8))
+    assert not analysis.groups  # the pad couples the stem's channels to the sum's, which removal breaks
+    assert [e.id for e in analysis.excluded] == ["conv"]
+    assert "breaks the forward pass" in analysis.excluded[0].reason
 
 
 def test_resnet18_couples_each_stage_across_its_residual_adds():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from latprune.errors import LatpruneError
+from latprune.groups import find_channel_groups
 from latprune.models import load_model
 from latprune.perfmodel.api import device_id_for, fit_perf_model, load_perf_model
 from latprune.perfmodel.persistence import fit_path
@@ -60,8 +61,8 @@ def test_dense_model_prediction_uses_its_profiled_layers(profiled):
     with ProfileStore(profiled) as store:
         device_id, _ = device_id_for(store, "torch-cpu")
         model, _ = load_perf_model(store, device_id, "torch-cpu")
-        dense = next(n for n in store.network_timings(device_id, "torch-cpu") if len(set(n.widths.values())) > 0
-                     and all(w == 16 * 2 ** (int(g[5]) - 1) for g, w in n.widths.items()))
+        full = {g.id: g.width for g in find_channel_groups(loaded.model, loaded.example_input()).groups}
+        dense = next(n for n in store.network_timings(device_id, "torch-cpu") if n.widths == full)
     predicted = model.predict(model_key(loaded), network_signatures(loaded.model, loaded.input_shape, "torch-cpu"))
     assert predicted == pytest.approx(dense.measurement.median_ms, rel=max(0.15, dense.measurement.spread))
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from conftest import random_kept
+from latprune.channel_ops import ChannelMap
 from latprune.graph import build_graph, layer_slices
 from latprune.groups import find_channel_groups
 from latprune.models import load_model
@@ -52,7 +53,8 @@ def realistic(loaded):
 
 
 def masked_copy(model: nn.Module, x: torch.Tensor, groups, kept) -> nn.Module:
-    """The dense model with every removed channel zeroed at each of its producers."""
+    """The dense model with every removed channel zeroed at each of its producers (weights, or the output
+    of a parameter-free channel map)."""
     removals = {g.id: [i for i in range(g.width) if i not in set(kept[g.id])] for g in groups}
     masked = copy.deepcopy(model)
     modules = dict(masked.named_modules())
@@ -61,11 +63,22 @@ def masked_copy(model: nn.Module, x: torch.Tensor, groups, kept) -> nn.Module:
             for s in slices:
                 module = modules[s.layer]
                 if s.side == "out" and s.idxs:
+                    if isinstance(module, ChannelMap):  # a parameter-free op: zero its removed outputs
+                        module.register_forward_hook(_zero_outputs(list(s.idxs)))
                     for name in ("weight", "bias"):
                         param = getattr(module, name, None)
                         if param is not None:
                             param[list(s.idxs)] = 0
     return masked
+
+
+def _zero_outputs(idxs):
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[:, idxs] = 0
+        return output
+
+    return hook
 
 
 @pytest.mark.parametrize("spec,shape", ARCHITECTURES, ids=[a[0].split(":")[1] for a in ARCHITECTURES])

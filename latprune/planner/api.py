@@ -154,7 +154,8 @@ def flops_plan(inputs: PlanningInputs, budget: Budget, bins: int = 2000) -> Plan
 
 
 def _uniform_widths(inputs: PlanningInputs, ratio: float) -> list[int]:
-    return [uniform_width(g, ratio, inputs.policy.unit(g)) for g in inputs.groups]
+    hold = inputs.policy.hold
+    return [g.width if g.id in hold else uniform_width(g, ratio, inputs.policy.unit(g)) for g in inputs.groups]
 
 
 def uniform_plan(inputs: PlanningInputs, ratio: float) -> Plan:
@@ -189,6 +190,7 @@ def tp_global_plan(inputs: PlanningInputs, budget: Budget) -> Plan:
             per_slice = g.width // g.divisor
             offsets = scores[g.id].reshape(g.divisor, -1).mean(0)
             count = min(per_slice, max(1, int((offsets >= threshold).sum())))
+            count = per_slice if g.id in inputs.policy.hold else count
             kept[g.id] = kept_channels(g, scores[g.id], count * g.divisor)
         return kept
 

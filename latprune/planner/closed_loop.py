@@ -9,7 +9,9 @@ corrects what the refit still misses by the plan's measured/predicted ratio and 
 again, aiming at the centre of the band ``[(1 - tol) x ceiling, ceiling]``. It stops in the
 band, when the solver returns a plan already measured (after one try at the band's top when
 the last plan measured below the band: the width grid may hold nothing nearer the centre), or
-after ``max_rounds``.
+after ``max_rounds``. A budget below the fastest plan *as predicted* is not refused at once
+when it lies within ``reach`` of it: the model is least sure at the narrowest widths, so the
+fastest plan is measured first and the device decides.
 
 A speedup is judged by the plan's latency relative to the dense network, paired round by
 round (:func:`~latprune.network.paired_ratio`): a host that slows down for a while slows both
@@ -35,11 +37,13 @@ from latprune.planner.plan import Plan
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """The band's relative width ``tol``, the round limit, and the timing rounds per plan."""
+    """The band's relative width ``tol``, the round limit, the timing rounds per plan, and ``reach``: how far
+    below the predicted latency of the fastest plan a budget may lie and still be tried on the device."""
 
     tol: float = 0.03
     max_rounds: int = 4
     timing_rounds: int = 7
+    reach: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0 < self.tol < 0.5:
@@ -48,6 +52,8 @@ class LoopSettings:
             raise LatpruneError(f"--verify-rounds must be at least 1, got {self.max_rounds}")
         if self.timing_rounds < 2:
             raise LatpruneError(f"timing rounds must be at least 2, got {self.timing_rounds}")
+        if not 0 <= self.reach < 1:
+            raise LatpruneError(f"reach must be in [0, 1), got {self.reach}")
 
 
 class Timing(Protocol):
@@ -101,11 +107,14 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
         try:
             plan = model.solve(budget)
         except LatpruneError as exc:
-            if not rounds:
-                raise  # the budget is out of reach before anything was measured
-            try:  # the correction asks for less than the fastest plan: measure the fastest plan itself
-                plan = model.solve(dataclasses.replace(budget, aim=model.fastest_ms() / budget.ceiling_ms))
+            fastest = model.fastest_ms()
+            if not rounds and budget.ceiling_ms < (1 - settings.reach) * fastest:
+                raise  # far below the fastest plan as predicted: not worth a measurement
+            try:  # the (corrected) aim asks for less than the fastest plan: measure the fastest plan itself
+                plan = model.solve(dataclasses.replace(budget, aim=fastest / budget.ceiling_ms))
             except LatpruneError:
+                if not rounds:
+                    raise exc from None
                 stop = f"no plan under the corrected aim {budget.target_ms:.4g} ms: {exc}"
                 break
         if _widths_key(plan) in seen and verdict(rounds[-1]) == "below band":

@@ -18,8 +18,8 @@ class WidthPolicy:
     group narrower than ``min_steps`` steps halves the step until it has that many, so a
     16-channel CIFAR layer is not frozen by a 16-channel grid);
     ``min_fraction``/``min_width``: the narrowest allowed width (default 10%, the profiler's
-    narrowest timed width); ``max_count``: evenly thinned to at most this many per group.
-    The full width is always a candidate.
+    narrowest timed width); ``max_count``: evenly thinned to at most this many per group;
+    ``hold``: ids of groups kept at full width. The full width is always a candidate.
     """
 
     step: int = 16
@@ -28,6 +28,7 @@ class WidthPolicy:
     min_width: int = 1
     max_count: int = 32
     min_steps: int = 8
+    hold: frozenset[str] = frozenset()
 
     def unit(self, group: ChannelGroup) -> int:
         """The width granularity of ``group``."""
@@ -39,6 +40,8 @@ class WidthPolicy:
         return math.lcm(max(step, 1), group.divisor)
 
     def candidates(self, group: ChannelGroup) -> np.ndarray:
+        if group.id in self.hold:
+            return np.array([group.width], dtype=np.int64)
         unit = self.unit(group)
         floor = max(math.ceil(self.min_fraction * group.width), self.min_width, 1)
         widths = [w for w in range(unit, group.width, unit) if w >= floor]
