@@ -177,9 +177,10 @@ def wrap_channel_ops(model: nn.Module, example_input: torch.Tensor) -> tuple[Cha
         if not name or any(name.startswith(p + ".") for p in wrapped_prefixes):
             continue
         record = calls.get(module)
-        if isinstance(module, ChannelMap):  # wrapped by an earlier call
+        if isinstance(module, ChannelMap):  # wrapped by an earlier call (the map itself holds index buffers)
             wrapped_prefixes.append(name)
-            source = _channel_source(module.op, record.input_shape) if record and record.count == 1 else None
+            inner = calls.get(module.op)
+            source = _channel_source(module.op, inner.input_shape) if inner and inner.count == 1 else None
             found.append(ChannelOp(name, module.description, int(module.in_index.numel()),
                                    int(module.out_index.numel()), source or ()))
             continue
