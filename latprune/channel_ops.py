@@ -54,10 +54,9 @@ class ChannelMap(nn.Module):
         self.op = op
         self.description = description
         self.in_width = in_channels  # channels the pruned input has
+        self.op_out_channels = out_channels  # channels the original op returns
         self.register_buffer("in_index", torch.arange(in_channels), persistent=False)
         self.register_buffer("out_index", torch.arange(out_channels), persistent=False)
-        self.full_input = True
-        self.full_output = True
 
     @property
     def out_width(self) -> int:
@@ -69,10 +68,10 @@ class ChannelMap(nn.Module):
         return self._mapped(x)
 
     def _mapped(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.full_input:
+        if self.in_width < self.in_index.numel():  # inputs removed: place the kept ones, zeros elsewhere
             x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, 1)).index_select(1, self.in_index)
         y = self.op(x)
-        if not self.full_output:
+        if self.out_width < self.op_out_channels:
             y = y.index_select(1, self.out_index)
         return y
 
@@ -86,13 +85,11 @@ class ChannelMap(nn.Module):
             [new_position.get(int(p), zero) for p in self.in_index.tolist()], dtype=torch.long,
             device=self.in_index.device)
         self.in_width = len(kept)
-        self.full_input = False
 
     def remove_outputs(self, idxs: Sequence[int]) -> None:
         """Drop output channels (positions in the current output)."""
         dropped = set(int(i) for i in idxs)
         self.out_index = self.out_index[[i for i in range(self.out_width) if i not in dropped]]
-        self.full_output = False
 
     def extra_repr(self) -> str:
         return f"{self.description}, in={self.in_width}, out={self.out_width}"
@@ -180,11 +177,11 @@ def wrap_channel_ops(model: nn.Module, example_input: torch.Tensor) -> tuple[Cha
         if isinstance(module, ChannelMap):  # wrapped by an earlier call (the map itself holds index buffers)
             wrapped_prefixes.append(name)
             inner = calls.get(module.op)
-            source = _channel_source(module.op, inner.input_shape) if inner and inner.count == 1 else None
-            found.append(ChannelOp(name, module.description, int(module.in_index.numel()),
-                                   int(module.out_index.numel()), source or ()))
+            source = _channel_source(module.op, inner.input_shape) if _wrappable(inner) else None
+            found.append(ChannelOp(name, module.description, int(module.in_index.numel()), module.op_out_channels,
+                                   source or ()))
             continue
-        if record is None or record.count != 1 or not _parameter_free(module):
+        if not _wrappable(record):
             continue
         source = _channel_source(module, record.input_shape)
         if source is None or (len(source) == record.input_shape[1] and source == tuple(range(len(source)))):
@@ -201,8 +198,13 @@ def wrap_channel_ops(model: nn.Module, example_input: torch.Tensor) -> tuple[Cha
 @dataclass
 class _Call:
     count: int
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # empty when a call was not one tensor (ndim >= 2) in, one of the same ndim out
     op_names: str
+
+
+def _wrappable(record: _Call | None) -> bool:
+    """Called once, with one tensor in and one out: a candidate for a channel map."""
+    return record is not None and record.count == 1 and bool(record.input_shape)
 
 
 def _parameter_free(module: nn.Module) -> bool:
@@ -210,21 +212,19 @@ def _parameter_free(module: nn.Module) -> bool:
 
 
 def _record_calls(model: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, _Call]:
-    """Every parameter-free submodule called with one tensor (ndim >= 2) returning one: how often,
-    its input shape, and the channel-moving autograd ops between its input and output."""
+    """Every parameter-free submodule's calls: how often, and for a call with one tensor (ndim >= 2) in and
+    one of the same ndim out, its input shape and the channel-moving autograd ops between the two."""
     calls: dict[nn.Module, _Call] = {}
 
     def hook(module, args, kwargs, output):
-        if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
-            calls[module] = _Call(2, (), "")  # not a single-tensor op: never wrapped
-            return
-        x = args[0]
-        if x.dim() < 2 or output.dim() != x.dim():
-            calls[module] = _Call(2, (), "")
-            return
         previous = calls.get(module)
-        names = _ops_between(x, output)
-        calls[module] = _Call((previous.count if previous else 0) + 1, tuple(x.shape), names)
+        count = (previous.count if previous else 0) + 1
+        x = args[0] if len(args) == 1 and not kwargs else None
+        if (isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor) and x.dim() >= 2
+                and output.dim() == x.dim()):
+            calls[module] = _Call(count, tuple(x.shape), _ops_between(x, output))
+        else:
+            calls[module] = _Call(count, (), "")
 
     hooks = [m.register_forward_hook(hook, with_kwargs=True) for m in model.modules()
              if m is not model and _parameter_free(m)]
