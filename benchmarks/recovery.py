@@ -32,12 +32,11 @@ from latprune import pipeline
 from latprune.budget import BudgetRequest
 from latprune.errors import LatpruneError
 from latprune.network import paired_ratio
-from latprune.planner.api import build_plan
 from latprune.profiler.api import measure_models
 from latprune.data import calibration_tensor, image_folder
 from latprune.analysis import analyse
 from latprune.models import load_model
-from latprune.planner.api import prepare, uniform_plan
+from latprune.planner.api import build_plan, prepare, uniform_plan
 from latprune.planner.widths import WidthPolicy
 from latprune.pruned_file import PrunedModel, prune_loaded
 from latprune.recovery import recover
@@ -56,6 +55,7 @@ LATENCY_PLANS = {  # label: (held groups, importance)
     "through shortcuts, sensitivity": ((), "sensitivity"),
     "inner channels only, l2": ((pipeline.HOLD_CHANNEL_OPS,), "l2"),
 }
+FASTEST = {"through shortcuts": (), "inner channels only": (pipeline.HOLD_CHANNEL_OPS,)}
 TIMING_ROUNDS = 7
 SPARSITIES = [0.5, 0.7, 0.8, 0.9]
 
@@ -98,23 +98,25 @@ def uniform_for_macs(analysis, level: float, step: int = 4):
     return plan, inputs.macs.cost_of_widths([plan.widths()[g.id] for g in inputs.groups]) / dense
 
 
+def _fastest_plan(analysis, hold: tuple[str, ...], step: int):
+    """Every group at its narrowest candidate width on the planner's grid (held groups at full width)."""
+    inputs = prepare(analysis, policy=pipeline.PlanSettings(hold=hold).policy(step, analysis.groups))
+    return build_plan(inputs, inputs.macs.widths(inputs.macs.fastest()), "fastest", None)
+
+
 def latency_cases(analysis, calib: torch.Tensor, db) -> tuple[list[tuple], dict]:
     """Closed-loop latency plans at 0.5x measured dense (through the shortcuts with l2 and with sensitivity
     importance, inner channels only with l2) and the fastest plan with and without the streams; returns the
     cases to recover and the timing record (one interleaved session)."""
-    perf_model_for(analysis, LATENCY_BACKEND, db)
-    plans, fastest, failures = {}, {}, {}
+    _, fitted = perf_model_for(analysis, LATENCY_BACKEND, db)
+    fastest = {label: _fastest_plan(analysis, hold, fitted.alignment_step) for label, hold in FASTEST.items()}
+    plans, failures = {}, {}
     for label, (hold, importance) in LATENCY_PLANS.items():
-        settings = pipeline.PlanSettings(importance=importance, hold=hold)
-        perf, fitted = pipeline.fit(db, LATENCY_BACKEND)
-        inputs = pipeline.planner.prepare(analysis, policy=settings.policy(fitted.alignment_step, analysis.groups),
-                                          perf=perf, backend=LATENCY_BACKEND)
-        narrowest = [int(c[0]) for c in inputs.macs.candidates]
-        fastest.setdefault(label.split(",")[0], build_plan(inputs, narrowest, "fastest", None))
+        perf, fitted = pipeline.fit(db, LATENCY_BACKEND)  # with what the previous loops measured
         try:
             plans[label] = pipeline.plan(analysis, BudgetRequest(speedup=1 / LATENCY_FRACTION), perf, fitted,
-                                         LATENCY_BACKEND, settings, calib=calib,
-                                         verify=pipeline.Verification(db=db, progress=False))
+                                         LATENCY_BACKEND, pipeline.PlanSettings(importance=importance, hold=hold),
+                                         calib=calib, verify=pipeline.Verification(db=db, progress=False))
         except LatpruneError as exc:
             failures[label] = str(exc)
             print(f"{analysis.spec} {label}: {exc}", flush=True)
