@@ -1,153 +1,201 @@
-"""Issue #8: accuracy vs measured latency (cifar resnet56), and latency-only curves (resnet50, mobilenet_v2).
+"""Issue #15: accuracy at equal *measured* latency (cifar resnet56 and resnet20, ort-cpu).
 
-Every method plans for the same ort-cpu budgets (fractions of the dense model's predicted
-latency) with the same channel importance (l2) and gets the same recovery where it
-applies, so the rows differ only in how widths are chosen:
+For each model and budget (a fraction of the dense model's measured latency):
 
-- ``latprune``: the exact latency DP, + two-stage recovery (the product's default);
-- ``uniform``: one keep ratio for all groups, bisected to the budget, + two-stage;
-- ``flops-dp``: the same DP on MACs, its MACs budget bisected to the latency budget, + two-stage;
-- ``tp-global``: Torch-Pruning global magnitude ranking, ratio bisected to the budget,
-  + BN recalibration (its usual post-training repair) and + two-stage.
+1. ``latprune``: the product's default with calibration images: the calibrated objective
+   (damage DP searched on calibration loss), verified by the closed loop on this device;
+2. every baseline is then re-planned, by the same closed loop, until its measured latency
+   (paired with the dense model round by round) lies within +-2% of latprune's:
+   ``latprune-l2`` (the latency DP on summed l2 importance), ``uniform`` (one keep ratio),
+   ``flops-dp`` (the DP on MACs) and ``tp-global`` (Torch-Pruning global magnitude);
+3. all plans of a budget are measured once more, interleaved with the dense model in one
+   process, and that measurement is the one reported (with whether it is within +-2%);
+4. recovery: two-stage for every method, and BN recalibration for tp-global (its usual repair),
+   all on the same 1,024 unlabeled train images; top-1 on all 10,000 CIFAR-10 test images.
 
-Accuracy: all 10,000 CIFAR-10 test images; recovery: 1,024 unlabeled train images. Every
-pruned model of a model is measured interleaved with its dense model in one process.
-Run: ``python -m benchmarks.pareto [--db PATH] [--quick]``.
+Interrupted runs resume: every finished budget's rows are kept in ``benchmarks/.cache/pareto_rows.json``.
+Run: ``python -m benchmarks.pareto [--models resnet56,resnet20] [--fractions 0.5,0.6,0.7,0.8] [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_DB, RESULTS, SHARED, markdown_table, measure_all, plan_all, write_result
+from benchmarks.common import DEFAULT_DB, RESULTS, SHARED, markdown_table, perf_model_for, write_result
 from benchmarks.recovery import test_tensors, top1
+from latprune import pipeline
+from latprune.budget import BudgetRequest
 from latprune.data import calibration_tensor
-from latprune.analysis import analyse
-from latprune.models import load_model
-from latprune.planner.api import flops_plan, latency_plan, tp_global_plan, uniform_plan_for_budget
+from latprune.defaults import IMPORTANCE_CALIB_SIZE
+from latprune.errors import LatpruneError
+from latprune.planner.closed_loop import LoopSettings
+from latprune.profiler.api import measure_models
 from latprune.recovery import recover
 
-PLANNERS = {"latprune": latency_plan, "uniform": uniform_plan_for_budget, "flops-dp": flops_plan,
-            "tp-global": tp_global_plan}
-RECOVERIES = {"latprune": ["two-stage"], "uniform": ["two-stage"], "flops-dp": ["two-stage"],
-              "tp-global": ["bn", "two-stage"]}
-ACCURACY_FRACTIONS = [0.5, 0.7, 0.8, 0.9]
-LATENCY_FRACTIONS = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
+BASELINES = {"latprune-l2": ("latency", "importance"), "uniform": ("uniform", "importance"),
+             "flops-dp": ("flops", "importance"), "tp-global": ("tp-global", "importance")}
+RECOVERIES = {"latprune": ["two-stage"], "latprune-l2": ["two-stage"], "uniform": ["two-stage"],
+              "flops-dp": ["two-stage"], "tp-global": ["two-stage", "bn"]}
+MATCH = 0.02  # baselines land within +-2% of latprune's measured latency
 
 
-def accuracy_curve(backend: str, db: Path, quick: bool, rounds: int) -> list[dict]:
-    loaded = load_model("cifar:resnet56", weights=str(SHARED / "models" / "cifar10" / "resnet56-4bfd9763.th"))
-    images, labels = test_tensors(1000 if quick else None)
+def _plan(analysis, perf, fitted, relative: float, method: str, objective: str, calib, tol: float, seconds: float):
+    """A plan whose measured latency / measured dense lies in [(1 - tol) x relative, relative]."""
+    settings = pipeline.PlanSettings(method=method, objective=objective,
+                                     search=pipeline.SearchSettings(seconds=seconds))
+    verify = pipeline.Verification(db=DEFAULT_DB, loop=LoopSettings(tol=tol, max_rounds=4), progress=True)
+    return pipeline.plan(analysis, BudgetRequest(speedup=1 / relative), perf, fitted, "ort-cpu", settings,
+                         calib=calib, verify=verify)
+
+
+def plans_at(analysis, perf, fitted, fraction: float, calib, seconds: float) -> dict:
+    """latprune's plan at ``fraction`` of measured dense, and every baseline re-planned to its measured latency."""
+    plans = {}
+    try:
+        ours = _plan(analysis, perf, fitted, fraction, "latency", "calibrated", calib, 0.03, seconds)
+    except LatpruneError as exc:
+        return {"latprune": str(exc)}
+    plans["latprune"] = ours
+    reached = ours.verification["measured_ms"] / ours.verification["dense_measured_ms"]
+    for name, (method, objective) in BASELINES.items():
+        try:
+            plans[name] = _plan(analysis, perf, fitted, reached * (1 + MATCH), method, objective, calib,
+                                1 - (1 - MATCH) / (1 + MATCH), seconds)
+        except LatpruneError as exc:
+            plans[name] = str(exc)
+    return plans
+
+
+def run_model(name: str, fractions: list[float], done: dict, quick: bool, seconds: float, rounds: int,
+              cache: Path) -> None:
+    loaded = pipeline.load(f"cifar:{name}", str(SHARED / "models" / "cifar10" / WEIGHTS[name]))
+    analysis = pipeline.analyse(loaded)
+    perf, fitted = perf_model_for(analysis, "ort-cpu", DEFAULT_DB)
     calib = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
                                size=256 if quick else 1024, seed=0)
-    fractions = [0.5, 0.8] if quick else ACCURACY_FRACTIONS
-    analysis = analyse(loaded)
-    cases, pruned = plan_all(analysis, backend, db, fractions, PLANNERS)
-    measure_all(loaded, backend, cases, [p.model for p in pruned], rounds)
+    images, labels = test_tensors(1000 if quick else None)
     dense_top1 = top1(loaded.model, images, labels)
-    rows, built = [], iter(pruned)
-    for case in cases:
-        if "infeasible" in case:
-            rows.append(case)
+    for fraction in fractions:
+        key = f"{name}@{fraction}"
+        if key in done:
             continue
-        model = next(built)
-        for recipe in RECOVERIES[case["method"]]:
-            recovered, report = recover(analysis, model, recipe, calib)
-            rows.append({**case, "recovery": recipe, "top1": top1(recovered.model, images, labels),
-                         "dense_top1": dense_top1, "recovery_s": report.seconds})
-    return rows
+        plans = plans_at(analysis, perf, fitted, fraction, calib[:IMPORTANCE_CALIB_SIZE], seconds)
+        feasible = {m: p for m, p in plans.items() if not isinstance(p, str)}
+        pruned = {m: pipeline.prune(analysis, p) for m, p in feasible.items()}
+        measured, _ = measure_models([loaded.model, *(p.model for p in pruned.values())], loaded.input_shape,
+                                     "ort-cpu", rounds=rounds, runs=10)
+        dense_m, ours_ratio = measured[0], None
+        rows = []
+        for (method, plan), m in zip(feasible.items(), measured[1:]):
+            ratio = m.median_ms / dense_m.median_ms
+            ours_ratio = ours_ratio or ratio
+            base = {"model": name, "fraction": fraction, "method": method, "objective": plan.objective,
+                    "dense_ms": dense_m.median_ms, "dense_spread": dense_m.spread, "measured_ms": m.median_ms,
+                    "spread": m.spread, "measured_over_dense": ratio, "vs_latprune": ratio / ours_ratio,
+                    "loop_measured_over_dense": plan.verification["measured_ms"]
+                    / plan.verification["dense_measured_ms"], "loop_status": plan.verification.get("status"),
+                    "macs_fraction": plan.macs / plan.dense_macs, "widths": plan.widths(), "search": plan.search,
+                    "dense_top1": dense_top1}
+            for recipe in RECOVERIES[method]:
+                recovered, report = recover(analysis, pruned[method], recipe, calib)
+                rows.append({**base, "recovery": recipe, "top1": top1(recovered.model, images, labels),
+                             "recovery_s": report.seconds})
+                print(json.dumps({k: rows[-1][k] for k in ("model", "fraction", "method", "recovery", "top1",
+                                                            "measured_over_dense")}), flush=True)
+        rows += [{"model": name, "fraction": fraction, "method": m, "infeasible": p} for m, p in plans.items()
+                 if isinstance(p, str)]
+        done[key] = rows
+        cache.write_text(json.dumps(done, indent=1))
 
 
-def latency_curves(backend: str, db: Path, quick: bool, rounds: int) -> list[dict]:
-    rows = []
-    for spec in (["torchvision:mobilenet_v2"] if quick else ["torchvision:resnet50", "torchvision:mobilenet_v2"]):
-        loaded = load_model(spec)
-        cases, pruned = plan_all(analyse(loaded), backend, db, [0.5, 0.8] if quick else LATENCY_FRACTIONS, PLANNERS)
-        measure_all(loaded, backend, cases, [p.model for p in pruned], rounds)
-        rows += cases
-    return rows
+def goal_lines(rows: list[dict]) -> list[str]:
+    """The acceptance checks of issue #15, each with its numbers and met / not met."""
+    lines = []
+    for (model, fraction) in sorted({(r["model"], r["fraction"]) for r in rows}):
+        at = [r for r in rows if r["model"] == model and r["fraction"] == fraction and "top1" in r]
+        ours = next((r["top1"] for r in at if r["method"] == "latprune" and r["recovery"] == "two-stage"), None)
+        if ours is None:
+            reason = next(r["infeasible"] for r in rows if r["model"] == model and r["fraction"] == fraction)
+            lines.append(f"- {model} at {fraction}x: latprune infeasible ({reason})")
+            continue
+        baselines = [r["top1"] for r in at if r["method"] != "latprune" and r["recovery"] == "two-stage"]
+        best = max(baselines, default=float("nan"))
+        tp_bn = next((r["top1"] for r in at if r["method"] == "tp-global" and r["recovery"] == "bn"), float("nan"))
+        need = 0.02 if fraction <= 0.7 else 0.0
+        margin, over_tp = 100 * (ours - best), 100 * (ours - tp_bn)
+        met = margin >= 100 * need and over_tp >= 5
+        lines.append(f"- {model} at {fraction}x: latprune + two-stage {100 * ours:.2f}%, best baseline + two-stage "
+                     f"{100 * best:.2f}% ({margin:+.2f} points, goal {100 * need:+.0f}), TP global + BN "
+                     f"{100 * tp_bn:.2f}% ({over_tp:+.2f}, goal +5): {'met' if met else 'NOT met'}")
+        if model == "resnet56" and fraction == 0.6:
+            dense = at[0]["dense_top1"]
+            lines.append(f"- resnet56 at 0.6x within 4 points of dense after two-stage: {100 * ours:.2f}% vs dense "
+                         f"{100 * dense:.2f}% ({100 * (ours - dense):+.2f}): "
+                         f"{'met' if dense - ours <= 0.04 else 'NOT met'}")
+    return lines
 
 
-def plot(accuracy_rows: list[dict], latency_rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    specs = sorted({r["model"] for r in latency_rows})
-    fig, axes = plt.subplots(1, 1 + len(specs), figsize=(5.5 * (1 + len(specs)), 4.2))
-    ax = axes[0]
-    for method, recipes in RECOVERIES.items():
-        for recipe in recipes:
-            points = sorted((r["measured_ms"], 100 * r["top1"]) for r in accuracy_rows
-                            if r.get("method") == method and r.get("recovery") == recipe)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=f"{method} + {recipe}")
-    dense = [r for r in accuracy_rows if "dense_top1" in r]
-    if dense:
-        ax.scatter([dense[0]["dense_measured_ms"]], [100 * dense[0]["dense_top1"]], color="black", marker="*", s=90,
-                   label="dense", zorder=4)
-    ax.set(xlabel="measured latency, ort-cpu (ms)", ylabel="top-1 (%)", title="cifar:resnet56, CIFAR-10 test")
-    ax.legend(fontsize=7)
-    for ax, spec in zip(axes[1:], specs):
-        for method in PLANNERS:
-            points = sorted((r["measured_ms"], 100 * r["importance_kept"]) for r in latency_rows
-                            if r["model"] == spec and r["method"] == method and "measured_ms" in r)
-            if points:
-                ax.plot(*zip(*points), marker="o", label=method)
-        ax.set(xlabel="measured latency, ort-cpu (ms)", ylabel="l2 importance kept (%)", title=spec)
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model and "top1" in r]
+        for method, recipes in RECOVERIES.items():
+            for recipe in recipes:
+                points = sorted((r["measured_over_dense"], 100 * r["top1"]) for r in mine
+                                if r["method"] == method and r["recovery"] == recipe)
+                if points:
+                    ax.plot(*zip(*points), marker="o", linestyle="-" if recipe == "two-stage" else ":",
+                            label=f"{method} + {recipe}")
+        if mine:
+            ax.axhline(100 * mine[0]["dense_top1"], color="black", linewidth=0.8, label="dense")
+        ax.set(xlabel="measured latency / measured dense (ort-cpu)", ylabel="top-1 (%)",
+               title=f"cifar:{model}, CIFAR-10 test (10,000)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def goal_check(rows: list[dict], fraction: float = 0.5) -> str:
-    at = [r for r in rows if r["fraction"] == fraction and "top1" in r]
-    ours = [r["top1"] for r in at if r["method"] == "latprune"]
-    if not ours:
-        return (f"Goal at {fraction}x dense latency: not measurable, the budget is below the fastest latprune plan "
-                f"({next((r['infeasible'] for r in rows if r['fraction'] == fraction), '')}).")
-    best_baseline = max((r["top1"] for r in at if r["method"] != "latprune"), default=float("nan"))
-    tp_bn = max((r["top1"] for r in at if r["method"] == "tp-global" and r["recovery"] == "bn"), default=float("nan"))
-    return (f"Goal at {fraction}x: latprune {100 * ours[0]:.2f}% vs best baseline {100 * best_baseline:.2f}% "
-            f"(goal +2) and TP global + BN {100 * tp_bn:.2f}% (goal +5).")
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="profile database (profiled if missing)")
-    parser.add_argument("--backend", default="ort-cpu")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="two budgets, 256 calibration / 1,000 test images")
+    parser.add_argument("--models", default="resnet56,resnet20")
+    parser.add_argument("--fractions", default="0.5,0.6,0.7,0.8")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds of the final measurement")
+    parser.add_argument("--search-seconds", type=float, default=pipeline.SearchSettings.seconds)
+    parser.add_argument("--quick", action="store_true", help="256 calibration / 1,000 test images")
+    parser.add_argument("--fresh", action="store_true", help="discard the rows of an interrupted run")
     args = parser.parse_args(argv)
-    accuracy_rows = accuracy_curve(args.backend, args.db, args.quick, args.rounds)
-    latency_rows = latency_curves(args.backend, args.db, args.quick, args.rounds)
     name = "pareto" + ("_quick" if args.quick else "")
-    plot(accuracy_rows, latency_rows, RESULTS / f"{name}.png")
-
-    def cells(r: dict, extra: list) -> list:
-        if "infeasible" in r:
-            return [r["model"], f"{r['fraction']:.1f}", f"{r['budget_ms']:.3f}", r["method"], "-", "-", "-", "-",
-                    *["-"] * len(extra), "below the fastest plan"]
-        return [r["model"], f"{r['fraction']:.1f}", f"{r['budget_ms']:.3f}", r["method"], f"{r['predicted_ms']:.3f}",
-                f"{r['measured_ms']:.3f}", f"{r['measured_over_budget']:.3f}", f"{r['macs_fraction']:.3f}", *extra,
-                f"{100 * r['spread']:.1f}%"]
-
-    head = ["model", "budget / dense", "budget ms", "method", "predicted ms", "measured ms", "measured / budget",
-            "MACs / dense"]
-    accuracy_table = markdown_table(head + ["recovery", "top-1 %", "noise"], [
-        cells(r, [r.get("recovery", "-"), f"{100 * r['top1']:.2f}" if "top1" in r else "-"]) for r in accuracy_rows])
-    latency_table = markdown_table(head + ["importance kept", "noise"], [
-        cells(r, [f"{100 * r['importance_kept']:.1f}%" if "importance_kept" in r else "-"]) for r in latency_rows])
-    dense = next((r for r in accuracy_rows if "dense_top1" in r), None)
-    summary = (f"![pareto]({name}.png)\n\n## cifar:resnet56: accuracy vs measured latency\n\n"
-               + (f"Dense: {100 * dense['dense_top1']:.2f}% top-1, {dense['dense_measured_ms']:.3f} ms measured.\n\n"
-                  if dense else "") + accuracy_table + "\n\n" + goal_check(accuracy_rows)
-               + "\n\n## Latency only (random weights)\n\n" + latency_table)
-    write_result(name, {"accuracy": accuracy_rows, "latency": latency_rows, "backend": args.backend,
-                        "quick": args.quick}, summary)
+    cache = DEFAULT_DB.parent / f"{name}_rows.json"
+    done = {} if args.fresh or not cache.exists() else json.loads(cache.read_text())
+    for model in args.models.split(","):
+        run_model(model, [float(f) for f in args.fractions.split(",")], done, args.quick, args.search_seconds,
+                  args.rounds, cache)
+    rows = [r for key in done for r in done[key]]
+    plot(rows, RESULTS / f"{name}.png")
+    table = markdown_table(
+        ["model", "budget / dense", "method", "recovery", "measured / dense", "vs latprune", "in loop band",
+         "MACs / dense", "top-1 %", "noise"],
+        [[r["model"], f"{r['fraction']:.1f}", r["method"], "-", "-", "-", "-", "-", "-", r["infeasible"]]
+         if "infeasible" in r else
+         [r["model"], f"{r['fraction']:.1f}", r["method"], r["recovery"], f"{r['measured_over_dense']:.3f}",
+          f"{r['vs_latprune']:.3f}", r["loop_status"], f"{r['macs_fraction']:.3f}", f"{100 * r['top1']:.2f}",
+          f"{100 * r['spread']:.1f}% (dense {100 * r['dense_spread']:.1f}%)"] for r in rows])
+    summary = (f"![pareto]({name}.png)\n\nAccuracy at equal measured latency (ort-cpu). latprune: calibrated "
+               f"objective, search time box {args.search_seconds:g} s; baselines re-planned until their measured "
+               f"latency is within +-{100 * MATCH:.0f}% of latprune's; `vs latprune` is the final interleaved "
+               f"measurement's ratio.\n\n" + table + "\n\n## Goals (issue #15)\n\n" + "\n".join(goal_lines(rows)))
+    write_result(name, {"rows": rows, "backend": "ort-cpu", "quick": args.quick,
+                        "search_seconds": args.search_seconds}, summary)
 
 
 if __name__ == "__main__":

@@ -87,9 +87,15 @@ def _margin(args: argparse.Namespace) -> float:
 def _plan_settings(args: argparse.Namespace, method: str = "latency"):
     from latprune.pipeline import PlanSettings
 
+    from latprune.planner.search import SearchSettings
+
+    objective = getattr(args, "objective", None) or "importance"
+    if objective == "calibrated" and not args.calib:
+        raise LatpruneError("--objective calibrated needs unlabeled calibration images: --calib DIR")
     return PlanSettings(method=method, importance=args.importance, widths=args.widths, step=args.step,
                         min_width=args.min_width, bins=getattr(args, "bins", 2000),
-                        max_macs=getattr(args, "max_macs", None), hold=tuple(args.hold or ()))
+                        max_macs=getattr(args, "max_macs", None), hold=tuple(args.hold or ()), objective=objective,
+                        search=SearchSettings(seconds=getattr(args, "search_seconds", SearchSettings.seconds)))
 
 
 def _importance_images(args: argparse.Namespace, loaded):
@@ -309,6 +315,15 @@ def cmd_validate(args: argparse.Namespace) -> dict:
     return result
 
 
+def search_line(search: dict) -> str:
+    """One line on the calibrated search: what it minimised, how long, and the chosen plan vs the plain DP."""
+    damage = search["damage"]
+    measured = "cached" if damage["cached"] else f"measured in {damage['seconds']:.1f} s"
+    return (f"search: {search['candidates_scored']} plans scored in {search['seconds']:.1f} s (damage table "
+            f"{measured}); {search['objective']}: "
+            f"{search['loss_chosen']:.4g} chosen ({search['chosen_from']}) vs {search['loss_plain_dp']:.4g} plain DP")
+
+
 def _format_plan(result: dict) -> str:
     rows = [(g["id"], g["full_width"], g["width"], f"{100 * g['width'] / g['full_width']:.0f}%") for g in result["groups"]]
     solver = result["solver"]
@@ -322,6 +337,8 @@ def _format_plan(result: dict) -> str:
     if "method" in solver:
         lines.append(f"solver: {solver['method']}, {solver.get('bins')} bins, {solver.get('live_states', 0)} states, "
                      f"DP {1000 * solver.get('dp_s', 0):.1f} ms")
+    if result.get("search"):
+        lines.append(search_line(result["search"]))
     lines += _verification_lines(result.get("verification") or {})
     if result.get("out"):
         lines.append(f"wrote {result['out']}")
@@ -451,6 +468,8 @@ def _format_run(result: dict) -> str:
                     "top-1 dense -> pruned", "seconds"], rows)]
     for run in result["runs"]:
         lines.append(f"{run['name']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in run["stages_s"].items()))
+        if run["plan"].get("search"):
+            lines.append(f"{run['name']}: {search_line(run['plan']['search'])}")
     lines.append(f"wrote {result['files']['report']} and {result['files']['summary']}")
     return "\n".join(lines)
 
@@ -464,11 +483,12 @@ def cmd_run(args: argparse.Namespace) -> dict:
     """
     from latprune.job import JobConfig, default_jobs, run_jobs
     from latprune.models import parse_input_shape
+    from latprune.planner.search import SearchSettings
 
     progress = not args.json
     if args.model is None:
         given = [f"--{k.replace('_', '-')}" for k in ("budget_ms", "speedup", "weights", "input_shape", "calib",
-                                                     "eval", "recovery") if getattr(args, k) is not None]
+                                                     "eval", "recovery", "objective") if getattr(args, k) is not None]
         if given:
             raise LatpruneError(f"{', '.join(given)} need --model SPEC (without --model, run runs its built-in demo)")
         check_output_folder(args.out, "summary.json", args.force)
@@ -478,7 +498,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
         configs = [JobConfig(
             model=args.model, budget=_budget(args, _margin(args)), backend=args.backend, weights=args.weights,
             input_shape=parse_input_shape(args.input_shape) if args.input_shape else None, calib=args.calib,
-            eval=args.eval, recovery=args.recovery, importance=args.importance,
+            eval=args.eval, recovery=args.recovery, importance=args.importance, objective=args.objective,
+            search=SearchSettings(seconds=args.search_seconds),
             calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads,
             verify=_verification(args))]
         configs[0].check()
@@ -581,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=PLANNERS, default="latency",
                    help="latency DP (default) or a baseline: FLOPs DP, uniform ratio, Torch-Pruning global magnitude")
     _planning_options(p)
+    _objective_options(p, default="importance")
     p.add_argument("--bins", type=positive_int, default=2000, help="cost bins of the DP (default 2000)")
     p.add_argument("--out", metavar="plan.json", help="write the plan here")
     _force_option(p)
@@ -639,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=finite_float,
                    help="plan to budget/(1+margin), headroom for measurement noise (default 0, or 0.03 with "
                         "--no-verify)")
+    _objective_options(p, default=None)
     _verify_options(p)
     _db_option(p)
     p.add_argument("--out", default="latprune-run", metavar="DIR",
@@ -676,6 +699,20 @@ def _planning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hold", type=_comma_list, metavar="GROUPS",
                         help="comma-separated group ids to keep at full width; 'channel-ops' holds every group "
                              "that crosses a parameter-free channel op (e.g. the residual streams of cifar ResNets)")
+
+
+def _objective_options(parser: argparse.ArgumentParser, default: str | None) -> None:
+    from latprune.pipeline import OBJECTIVES
+    from latprune.planner.search import SearchSettings
+
+    described = "calibrated with --calib, importance without" if default is None else default
+    parser.add_argument("--objective", choices=OBJECTIVES, default=default,
+                        help=f"what the latency planner maximises: summed channel importance, or calibrated: "
+                             f"measured per-group damage, searched on the calibration loss of whole pruned networks "
+                             f"(needs --calib; default {described})")
+    parser.add_argument("--search-seconds", type=finite_float, default=SearchSettings.seconds, metavar="S",
+                        help=f"time box of the calibrated search (default {SearchSettings.seconds:g}; re-plans in "
+                             f"the verification loop get a quarter)")
 
 
 def _recovery_option(parser: argparse.ArgumentParser, required: bool = False) -> None:

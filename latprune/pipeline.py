@@ -29,6 +29,7 @@ from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for
 from latprune.planner import api as planner
 from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loop, round_cells, verdict
 from latprune.planner.plan import Plan
+from latprune.planner.search import CalibratedSearch, SearchSettings
 from latprune.planner.widths import WidthPolicy
 from latprune.profiler.api import (ProfileReport, ProfileSettings, ProfileStore, VariantTimer, describe_device,
                                   fingerprint, measure_models, profile_model)
@@ -38,7 +39,8 @@ from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
            "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
            "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify",
-           "this_device", "uniform", "LoopSettings", "ROUND_COLUMNS", "Verification", "round_cells", "verdict"]
+           "this_device", "uniform", "LoopSettings", "ROUND_COLUMNS", "Verification", "round_cells", "verdict",
+           "OBJECTIVES", "SearchSettings", "calibrated_search"]
 
 
 # ---------------------------------------------------------------- load and analyse
@@ -171,10 +173,17 @@ class PlanSettings:
     bins: int = 2000
     max_macs: float | None = None
     hold: tuple[str, ...] = ()  # group ids kept at full width; "channel-ops": every group crossing one
+    objective: str = "importance"  # or "calibrated": the damage-model DP searched on calibration loss
+    search: SearchSettings = field(default_factory=SearchSettings)
+    cache_dir: str | os.PathLike | None = None  # damage tables; None: $LATPRUNE_CACHE or the user cache
 
     def __post_init__(self) -> None:
         if self.method not in PLANNERS:
             raise LatpruneError(f"unknown planning method {self.method!r}; choose one of {', '.join(PLANNERS)}")
+        if self.objective not in OBJECTIVES:
+            raise LatpruneError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.objective == "calibrated" and self.method != "latency":
+            raise LatpruneError("the calibrated objective applies to the latency planner only")
         if self.max_macs is not None and self.method != "latency":
             raise LatpruneError("--max-macs applies to the latency planner only")
 
@@ -184,6 +193,7 @@ class PlanSettings:
 
 
 HOLD_CHANNEL_OPS = "channel-ops"
+OBJECTIVES = ("importance", "calibrated")
 
 
 def held_groups(names: Sequence[str], groups: Sequence[ChannelGroup]) -> frozenset[str]:
@@ -230,9 +240,10 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
                              policy=settings.policy(fitted.alignment_step, analysis.groups), perf=perf,
                              backend=backend, device=fitted.device)
     budget = inputs.resolve(request)
+    search = calibrated_search(inputs, settings, calib, verify.progress) if settings.objective == "calibrated" else None
     here = this_device(backend, verify.threads)
     if not verify.enabled or fitted.device != here:
-        chosen = _solve(inputs, budget, settings)
+        chosen = _solve(inputs, budget, settings, search)
         reason = ("verification off (--no-verify)" if not verify.enabled else
                   f"the performance model is device {fitted.device}'s, not this machine's ({here}): not verified on "
                   f"the device")
@@ -241,14 +252,34 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
     began = time.perf_counter()
     with VariantTimer(analysis, backend, db=verify.db, threads=verify.threads, rounds=verify.loop.timing_rounds,
                       settings=verify.timing) as timer:
-        session = _LoopSession(inputs, settings, timer, verify)
+        session = _LoopSession(inputs, settings, timer, verify, search)
         chosen = closed_loop(session, timer, request, budget, verify.loop,
                              on_round=_announce_round if verify.progress else None)
     chosen.verification["seconds"] = time.perf_counter() - began  # with the timer's start and warm-up
     return chosen
 
 
-def _solve(inputs: planner.PlanningInputs, budget: Budget, settings: PlanSettings) -> Plan:
+def calibrated_search(inputs: planner.PlanningInputs, settings: PlanSettings, calib: torch.Tensor | None,
+                      progress: bool = True) -> CalibratedSearch:
+    """The calibrated objective of a model: its damage table (measured or cached) and the plan loss on ``calib``."""
+    from latprune.plan_scoring import DESCRIPTION, CalibrationLoss
+    from latprune.planner.damage import DAMAGE_IMAGES, measure_damage
+
+    if calib is None:
+        raise LatpruneError("the calibrated objective needs unlabeled calibration images: pass --calib DIR "
+                            "(or --objective importance)")
+    analysis = inputs.analysis
+    damage = measure_damage(analysis.model, analysis.spec, inputs.groups, analysis.layout, inputs.scores,
+                            inputs.macs.candidates, calib[:DAMAGE_IMAGES], cache_dir=settings.cache_dir,
+                            progress=progress)
+    return CalibratedSearch(damage, CalibrationLoss(analysis, calib), settings.search, progress=progress,
+                            description=DESCRIPTION)
+
+
+def _solve(inputs: planner.PlanningInputs, budget: Budget, settings: PlanSettings,
+           search: CalibratedSearch | None = None) -> Plan:
+    if search is not None:
+        return search.plan(inputs, budget, bins=settings.bins, max_macs=settings.max_macs)
     if settings.method == "latency":
         return planner.latency_plan(inputs, budget, bins=settings.bins, max_macs=settings.max_macs)
     if settings.method == "flops":
@@ -271,11 +302,12 @@ class _LoopSession:
     """The closed loop's view of the planner and the performance model (:class:`closed_loop.LoopModel`)."""
 
     def __init__(self, inputs: planner.PlanningInputs, settings: PlanSettings, timer: VariantTimer,
-                 verify: Verification):
+                 verify: Verification, search: CalibratedSearch | None = None):
         self.inputs, self.settings, self.timer, self.verify = inputs, settings, timer, verify
+        self.search = search
 
     def solve(self, budget: Budget) -> Plan:
-        return _solve(self.inputs, budget, self.settings)
+        return _solve(self.inputs, budget, self.settings, self.search)
 
     def predict(self, chosen: Plan) -> float:
         widths = chosen.widths()

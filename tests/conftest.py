@@ -76,6 +76,12 @@ def pruned20(resnet20):
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(monkeypatch, tmp_path_factory):
+    """Damage tables go to the test session's folder, never the user's cache."""
+    monkeypatch.setenv("LATPRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "latprune-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     random.seed(0)

@@ -8,6 +8,7 @@ import pytest
 from latprune.cli import main
 from latprune.demo import DIGITS_SPEC, train_digits_cnn, write_digits
 from latprune.job import JobConfig, run_jobs
+from latprune.planner.search import SearchSettings
 from latprune.budget import BudgetRequest
 from latprune.profiler.api import ProfileSettings
 
@@ -41,7 +42,7 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     config = JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.2, margin=0.03),
                        backend="torch-cpu",
                        db=str(tmp_path / "p.sqlite"), calib=str(train), eval=str(test), recovery="bn", calib_size=64,
-                       profile=FAST_PROFILE, name="digits")
+                       profile=FAST_PROFILE, name="digits", search=SearchSettings(seconds=3))
     summary = run_jobs([config], tmp_path / "out", progress=False)
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["runs"] == json.loads(json.dumps(summary["runs"]))
@@ -63,6 +64,11 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     assert run["accuracy"]["images"] == 449 and 0 <= run["accuracy"]["recovered"] <= 1
     assert run["recovery"]["recipe"] == "bn" and run["onnx_max_abs_diff"] < 1e-4
     assert sum(g["width"] < g["full_width"] for g in run["plan"]["groups"]) >= 1
+    # with calibration images the widths are planned on the calibrated objective, searched on calibration loss
+    search = run["plan"]["search"]
+    assert run["plan"]["objective"] == "calibrated" and run["plan"]["method"] == "latency-search"
+    assert search["loss_chosen"] <= search["loss_plain_dp"] and search["candidates_scored"] >= 1
+    assert search["time_box_s"] in (3, 0.75) and search["damage"]["images"] == 64
     for path in run["files"].values():
         assert (tmp_path / "out" / "digits" / path.split("/")[-1]).exists()
     page = (tmp_path / "out" / "report.html").read_text()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import latprune.planner.structure as structure
+from fixtures.fake_perf import MacsLatency
 from latprune.cli import main
 from latprune.errors import LatpruneError
 from latprune.groups import ChannelGroup
@@ -16,7 +17,6 @@ from latprune.planner.api import flops_plan, latency_plan, prepare, tp_global_pl
 from latprune.planner.importance import channel_importance
 from latprune.analysis import analyse
 from latprune.budget import Budget, BudgetRequest
-from latprune.perfmodel import CostTerms
 from latprune.planner.plan import Plan
 from latprune.planner.problem import LayerTerm, PlanningProblem
 from latprune.planner.solver import Infeasible, solve
@@ -183,19 +183,6 @@ def test_data_criteria_score_every_channel(resnet20, name):
     for g in groups:
         assert scores[g.id].shape == (g.width,) and np.isfinite(scores[g.id]).all() and (scores[g.id] >= 0).all()
         assert scores[g.id].sum() > 0
-
-
-class MacsLatency:
-    """A stand-in performance model: ms = MACs/1e6, plus 30% for widths off the 16-grid."""
-
-    def __init__(self):
-        self.layers = self
-
-    def predict(self, signatures):
-        return np.array([s.macs * 1e-6 * (1 + 0.3 * (s.cout % 16 != 0 or s.cin % 16 != 0)) for s in signatures])
-
-    def cost_terms(self, model_key):
-        return CostTerms(constant_ms=0.2, layer_ms=self.predict)
 
 
 @pytest.fixture(scope="module")

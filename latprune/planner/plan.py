@@ -30,7 +30,7 @@ class Plan:
     input_shape: list[int]
     backend: str
     cost: str  # what the budget constrains: "latency" (ms) or "macs" (millions)
-    method: str  # "latency-dp", "flops-dp", "uniform", "tp-global-magnitude"
+    method: str  # "latency-dp", "latency-search", "flops-dp", "uniform", "tp-global-magnitude"
     importance: str
     budget_ms: float | None
     predicted_ms: float | None
@@ -42,6 +42,10 @@ class Plan:
     solver: dict = field(default_factory=dict)
     device: str = ""
     budget: dict = field(default_factory=dict)  # the resolved Budget the plan was made for (latprune.budget)
+    # "importance": the DP on summed channel importance; "calibrated": the search on calibration loss
+    # (latprune.planner.search), whose record ``search`` holds.
+    objective: str = "importance"
+    search: dict = field(default_factory=dict)
     # How the plan was checked on the device: the closed loop's rounds (latprune.planner.closed_loop), or why not.
     verification: dict = field(default_factory=dict)
 

@@ -82,6 +82,13 @@ class PlanningProblem:
     def total_value(self, choice: Sequence[int]) -> float:
         return float(sum(self.values[g][k] for g, k in enumerate(choice)))
 
+    def with_values(self, values: list[np.ndarray]) -> "PlanningProblem":
+        """The same layers and candidates valued by ``values``, sharing this problem's layer-cost cache."""
+        other = PlanningProblem(self.group_ids, self.candidates, values, self.layers, self.layer_cost, self.constant,
+                                self.unit)
+        other._cache = self._cache
+        return other
+
     def fastest(self) -> list[int]:
         """The plan with every group at its smallest candidate."""
         return [0] * self.size

@@ -1,0 +1,144 @@
+"""A search on top of the latency DP, scored by the calibration loss of whole pruned networks.
+
+As SPDY does for unstructured sparsity: the DP maximises the damage a plan avoids,
+``sum_g c_g * (D_g(narrowest) - D_g(w_g))`` with the calibrated damage ``D_g`` of each group
+(:mod:`latprune.planner.damage`) and one coefficient ``c_g`` per group. Damages do not add up
+exactly (groups interact through depth), so the coefficients are searched: each candidate
+coefficient vector gives a DP plan within the budget, the plan is scored by the actual loss of
+the pruned network on calibration images (after a fast repair, supplied by the caller), and a
+perturbation of the best coefficients so far is tried next, its scale shrinking over the time
+box. The plain DP plan on channel importance is scored first and kept unless a candidate beats
+it, so the search never returns a plan with a higher calibration loss than the plain DP plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from latprune.budget import Budget
+from latprune.errors import LatpruneError
+from latprune.planner.api import PlanningInputs, build_plan, latency_plan
+from latprune.planner.damage import DamageTable
+from latprune.planner.plan import Plan
+from latprune.planner.solver import solve
+from latprune.planner.widths import kept_channels
+
+PlanLoss = Callable[[Mapping[str, Sequence[int]]], float]  # kept channels per group -> calibration loss
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """``seconds``: the time box of a first search; a re-plan at another budget (closed loop) gets
+    ``later_share`` of it and starts from the best coefficients found. The search also stops after
+    ``patience`` scored plans in a row without improvement, or ``max_candidates`` scored plans.
+    Perturbations change the log-coefficients of a ``share`` of the groups by N(0, sigma), sigma
+    shrinking geometrically from ``sigma_start`` to ``sigma_end`` over the time box."""
+
+    seconds: float = 60.0
+    later_share: float = 0.25
+    patience: int = 60
+    max_candidates: int = 1000
+    share: float = 0.3
+    sigma_start: float = 1.0
+    sigma_end: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.seconds) and self.seconds >= 0):
+            raise LatpruneError(f"--search-seconds must be a non-negative number, got {self.seconds}")
+
+
+@dataclass
+class _Candidate:
+    widths: tuple[int, ...]
+    loss: float
+    source: str
+
+
+class CalibratedSearch:
+    """Plans on the calibrated objective; keeps the scored plans and the best coefficients between calls."""
+
+    def __init__(self, damage: DamageTable, loss: PlanLoss, settings: SearchSettings = SearchSettings(),
+                 progress: bool = True, description: str = "KL(dense || pruned) after BN recalibration"):
+        self.damage, self.loss, self.settings, self.progress = damage, loss, settings, progress
+        self.description = description
+        self.losses: dict[tuple[int, ...], float] = {}
+        self.log_coefficients: np.ndarray | None = None
+        self.searches = 0
+
+    def plan(self, inputs: PlanningInputs, budget: Budget, bins: int = 2000, max_macs: float | None = None) -> Plan:
+        """The best-scoring plan found within the time box whose predicted latency meets the budget."""
+        began = time.perf_counter()
+        settings = self.settings
+        seconds = settings.seconds * (1.0 if self.searches == 0 else settings.later_share)
+        plain = latency_plan(inputs, budget, bins=bins, max_macs=max_macs)
+        problem = inputs.latency_problem()
+        damage_saved = []
+        for group, candidates in zip(inputs.groups, problem.candidates):
+            damage = self.damage.at(group.id, candidates)
+            damage_saved.append(damage[0] - damage)
+        scored_before = len(self.losses)
+
+        def widths_at(log_c: np.ndarray) -> tuple[int, ...] | None:
+            valued = problem.with_values([math.exp(c) * v for c, v in zip(log_c, damage_saved)])
+            widths = problem.widths(solve(valued, budget.target_ms, bins).choice)
+            if max_macs is not None and inputs.macs.cost_of_widths(widths) * 1e6 > max_macs:
+                return None
+            return tuple(widths)
+
+        def score(widths: tuple[int, ...], source: str) -> _Candidate:
+            if widths not in self.losses:
+                kept = {g.id: kept_channels(g, inputs.scores[g.id], w) for g, w in zip(inputs.groups, widths)}
+                self.losses[widths] = self.loss(kept)
+            return _Candidate(widths, self.losses[widths], source)
+
+        rng = np.random.default_rng(settings.seed + self.searches)
+        plain_widths = tuple(plain.widths()[g.id] for g in inputs.groups)
+        baseline = score(plain_widths, "plain DP")
+        log_c = self.log_coefficients if self.log_coefficients is not None else np.zeros(len(inputs.groups))
+        start_widths = widths_at(log_c)
+        current = score(start_widths, "damage DP") if start_widths else baseline
+        best = min(baseline, current, key=lambda c: c.loss)
+        solves, stale = 1, 0
+        bar = tqdm(desc="plan search", unit="plan", disable=not self.progress, leave=False)
+        try:
+            while (time.perf_counter() - began < seconds and stale < settings.patience
+                   and len(self.losses) - scored_before < settings.max_candidates):
+                done = (time.perf_counter() - began) / max(seconds, 1e-9)
+                sigma = settings.sigma_start * (settings.sigma_end / settings.sigma_start) ** min(done, 1.0)
+                moved = rng.random(len(log_c)) < settings.share
+                moved[rng.integers(len(log_c))] = True
+                trial = log_c + moved * rng.normal(0.0, sigma, len(log_c))
+                widths = widths_at(trial)
+                solves += 1
+                if widths is None:
+                    continue
+                fresh = widths not in self.losses
+                candidate = score(widths, "search")
+                bar.update(fresh)
+                if candidate.loss < current.loss:
+                    log_c, current, stale = trial, candidate, 0
+                    if candidate.loss < best.loss:
+                        best = candidate
+                        bar.set_postfix(best=f"{best.loss:.4g}")
+                elif fresh:
+                    stale += 1
+        finally:
+            bar.close()
+        self.log_coefficients = log_c
+        self.searches += 1
+        record = {"objective": self.description, "chosen_from": best.source, "loss_chosen": best.loss,
+                  "loss_plain_dp": baseline.loss, "candidates_scored": len(self.losses) - scored_before,
+                  "dp_solves": solves, "seconds": time.perf_counter() - began, "time_box_s": seconds,
+                  "damage": {"images": self.damage.images, "seconds": self.damage.seconds,
+                             "cached": self.damage.cached, "key": self.damage.key}}
+        chosen = build_plan(inputs, list(best.widths), "latency-search", budget, dict(plain.solver))
+        chosen.objective = "calibrated"
+        chosen.search = record
+        return chosen

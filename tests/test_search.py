@@ -1,0 +1,159 @@
+"""The calibrated objective: the damage table and its cache, and the search on calibration loss."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures.fake_perf import MacsLatency
+from latprune import pipeline
+from latprune.analysis import analyse
+from latprune.budget import Budget
+from latprune.cli import main
+from latprune.errors import LatpruneError
+from latprune.plan_scoring import CalibrationLoss
+from latprune.planner.api import latency_plan, prepare
+from latprune.planner.damage import measure_damage, measured_widths, output_loss
+from latprune.planner.search import CalibratedSearch, SearchSettings
+from latprune.planner.widths import WidthPolicy
+
+
+@pytest.fixture(scope="module")
+def inputs(resnet20):
+    return prepare(analyse(resnet20), "l2", policy=WidthPolicy(step=16), perf=MacsLatency(), backend="fake")
+
+
+def _damage(inputs, images, cache_dir, model=None, scores=None):
+    analysis = inputs.analysis
+    return measure_damage(model or analysis.model, analysis.spec, inputs.groups, analysis.layout,
+                          scores or inputs.scores, inputs.macs.candidates, images, cache_dir=cache_dir,
+                          progress=False)
+
+
+def test_damage_is_zero_at_full_width_and_never_grows_with_width(inputs, calib, tmp_path):
+    table = _damage(inputs, calib[:16], tmp_path)
+    assert set(table.widths) == {g.id for g in inputs.groups}
+    for group in inputs.groups:
+        widths, damage = table.widths[group.id], table.damage[group.id]
+        assert widths[-1] == group.width and damage[-1] == 0.0
+        assert widths == sorted(widths) and all(a >= b for a, b in zip(damage, damage[1:]))
+    narrowest = [table.damage[g.id][0] for g in inputs.groups]
+    assert max(narrowest) > 0  # pruning a random-but-trained-like network does change its outputs
+
+
+def test_damage_cache_is_reused_only_for_the_same_weights_images_and_channel_order(inputs, calib, tmp_path):
+    first = _damage(inputs, calib[:16], tmp_path)
+    again = _damage(inputs, calib[:16], tmp_path)
+    assert not first.cached and again.cached
+    assert again.key == first.key and again.damage == first.damage and again.widths == first.widths
+
+    other_images = _damage(inputs, calib[16:32], tmp_path)
+    assert not other_images.cached and other_images.key != first.key
+
+    model = copy.deepcopy(inputs.analysis.model)
+    with torch.no_grad():
+        next(model.parameters())[0].mul_(1.5)
+    other_weights = _damage(inputs, calib[:16], tmp_path, model=model)
+    assert not other_weights.cached and other_weights.key != first.key
+    assert other_weights.damage != first.damage
+
+    reordered = {gid: s[::-1].copy() for gid, s in inputs.scores.items()}
+    other_order = _damage(inputs, calib[:16], tmp_path, scores=reordered)
+    assert not other_order.cached and other_order.key != first.key
+    assert len(list((tmp_path / "damage").glob("*.json"))) == 4
+
+
+def test_a_corrupt_cache_entry_is_measured_again(inputs, calib, tmp_path):
+    first = _damage(inputs, calib[:16], tmp_path)
+    (tmp_path / "damage" / f"{first.key}.json").write_text("{not json")
+    again = _damage(inputs, calib[:16], tmp_path)
+    assert not again.cached and again.damage == first.damage
+
+
+def test_measured_widths_thin_evenly_and_keep_both_ends():
+    assert measured_widths(np.arange(1, 5)) == [1, 2, 3, 4]
+    thinned = measured_widths(np.arange(1, 65), max_points=8)
+    assert len(thinned) == 8 and thinned[0] == 1 and thinned[-1] == 64
+
+
+def test_output_loss_is_kl_of_class_scores():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    assert output_loss(logits, logits) == pytest.approx(0.0, abs=1e-12)
+    p, q = logits.softmax(1).double(), torch.zeros_like(logits).softmax(1).double()
+    expected = float((p * (p.log() - q.log())).sum(1).mean())
+    assert output_loss(logits, torch.zeros_like(logits)) == pytest.approx(expected)
+
+
+def _search(inputs, calib, tmp_path, loss, seconds=2.0):
+    table = _damage(inputs, calib[:16], tmp_path)
+    return CalibratedSearch(table, loss, SearchSettings(seconds=seconds, patience=1000), progress=False)
+
+
+def test_search_never_returns_a_plan_scoring_worse_than_the_plain_dp_plan(inputs, calib, tmp_path):
+    loss = CalibrationLoss(inputs.analysis, calib)
+    budget = Budget(0.6 * inputs.dense_ms(), "given")
+    search = _search(inputs, calib, tmp_path, loss)
+    plan = search.plan(inputs, budget)
+    plain = latency_plan(inputs, budget)
+    record = plan.search
+    assert plan.objective == "calibrated" and plan.method == "latency-search"
+    assert record["loss_plain_dp"] == pytest.approx(loss(plain.kept()))
+    assert record["loss_chosen"] == pytest.approx(loss(plan.kept()))  # the record is the chosen plan's own loss
+    assert record["loss_chosen"] <= record["loss_plain_dp"]
+    assert record["candidates_scored"] >= 2 and record["dp_solves"] >= record["candidates_scored"] - 1
+    assert plan.predicted_ms <= budget.target_ms
+
+
+def test_search_keeps_the_plain_dp_plan_when_nothing_scores_better(inputs, calib, tmp_path):
+    budget = Budget(0.6 * inputs.dense_ms(), "given")
+    plain = latency_plan(inputs, budget).kept()
+    plan = _search(inputs, calib, tmp_path, lambda kept: 0.0 if kept == plain else 1.0, seconds=1.0).plan(inputs,
+                                                                                                          budget)
+    assert plan.kept() == plain and plan.search["chosen_from"] == "plain DP"
+
+
+def test_search_follows_its_loss(inputs, calib, tmp_path):
+    """A loss that only wants the first group wide: the search finds plans the plain DP does not."""
+    first = inputs.groups[0]
+    budget = Budget(0.5 * inputs.dense_ms(), "given")
+    plan = _search(inputs, calib, tmp_path, lambda kept: -len(kept[first.id]), seconds=3.0).plan(inputs, budget)
+    assert plan.search["loss_chosen"] <= plan.search["loss_plain_dp"]
+    assert plan.widths()[first.id] >= latency_plan(inputs, budget).widths()[first.id]
+    assert plan.predicted_ms <= budget.target_ms
+
+
+def test_a_second_search_starts_from_the_first_and_reuses_scored_plans(inputs, calib, tmp_path):
+    calls = []
+
+    def loss(kept):
+        calls.append(tuple(len(v) for v in kept.values()))
+        return float(sum(len(v) for v in kept.values()))
+
+    search = _search(inputs, calib, tmp_path, loss, seconds=1.0)
+    budget = Budget(0.6 * inputs.dense_ms(), "given")
+    search.plan(inputs, budget)
+    scored = len(calls)
+    search.plan(inputs, budget)
+    assert search.log_coefficients is not None and search.searches == 2
+    assert len(calls) - scored < scored or scored <= 2  # known plans are not scored again
+    assert len(set(calls)) == len(calls)
+
+
+def test_the_calibrated_objective_needs_images_and_the_latency_planner(inputs):
+    settings = pipeline.PlanSettings(objective="calibrated")
+    with pytest.raises(LatpruneError, match="needs unlabeled calibration images"):
+        pipeline.calibrated_search(inputs, settings, None)
+    with pytest.raises(LatpruneError, match="latency planner only"):
+        pipeline.PlanSettings(method="flops", objective="calibrated")
+    with pytest.raises(LatpruneError, match="unknown objective"):
+        pipeline.PlanSettings(objective="accuracy")
+    with pytest.raises(LatpruneError, match="non-negative"):
+        SearchSettings(seconds=float("nan"))
+
+
+def test_plan_command_refuses_the_calibrated_objective_without_images(capsys):
+    code = main(["plan", "--model", "cifar:resnet20", "--backend", "ort-cpu", "--speedup", "1.5",
+                 "--objective", "calibrated", "--no-verify", "--db", "/nonexistent/p.sqlite"])
+    assert code != 0
+    assert "calibrat" in capsys.readouterr().err
