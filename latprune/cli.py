@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from latprune.defaults import IMPORTANCE_CALIB_SIZE, PLANNERS, RECOVERY_CALIB_SIZE
+from latprune.defaults import IMPORTANCE_CALIB_SIZE, OBJECTIVES, PLANNERS, RECOVERY_CALIB_SIZE, SEARCH_SECONDS
 from latprune.errors import LatpruneError
 from latprune.outputs import check_output, check_output_folder
 
@@ -87,7 +87,7 @@ def _margin(args: argparse.Namespace) -> float:
 def _plan_settings(args: argparse.Namespace, method: str = "latency"):
     from latprune.pipeline import PlanSettings
 
-    from latprune.planner.search import SearchSettings
+    from latprune.pipeline import SearchSettings
 
     objective = getattr(args, "objective", None) or "importance"
     if objective == "calibrated" and not args.calib:
@@ -95,7 +95,7 @@ def _plan_settings(args: argparse.Namespace, method: str = "latency"):
     return PlanSettings(method=method, importance=args.importance, widths=args.widths, step=args.step,
                         min_width=args.min_width, bins=getattr(args, "bins", 2000),
                         max_macs=getattr(args, "max_macs", None), hold=tuple(args.hold or ()), objective=objective,
-                        search=SearchSettings(seconds=getattr(args, "search_seconds", SearchSettings.seconds)))
+                        search=SearchSettings(seconds=getattr(args, "search_seconds", SEARCH_SECONDS)))
 
 
 def _importance_images(args: argparse.Namespace, loaded):
@@ -483,7 +483,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
     """
     from latprune.job import JobConfig, default_jobs, run_jobs
     from latprune.models import parse_input_shape
-    from latprune.planner.search import SearchSettings
+    from latprune.pipeline import SearchSettings
 
     progress = not args.json
     if args.model is None:
@@ -702,16 +702,13 @@ def _planning_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _objective_options(parser: argparse.ArgumentParser, default: str | None) -> None:
-    from latprune.pipeline import OBJECTIVES
-    from latprune.planner.search import SearchSettings
-
     described = "calibrated with --calib, importance without" if default is None else default
     parser.add_argument("--objective", choices=OBJECTIVES, default=default,
                         help=f"what the latency planner maximises: summed channel importance, or calibrated: "
                              f"measured per-group damage, searched on the calibration loss of whole pruned networks "
                              f"(needs --calib; default {described})")
-    parser.add_argument("--search-seconds", type=finite_float, default=SearchSettings.seconds, metavar="S",
-                        help=f"time box of the calibrated search (default {SearchSettings.seconds:g}; re-plans in "
+    parser.add_argument("--search-seconds", type=finite_float, default=SEARCH_SECONDS, metavar="S",
+                        help=f"time box of the calibrated search (default {SEARCH_SECONDS:g}; re-plans in "
                              f"the verification loop get a quarter)")
 
 

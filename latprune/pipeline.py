@@ -19,7 +19,7 @@ import torch.nn as nn
 from latprune.analysis import ModelAnalysis
 from latprune.analysis import analyse as analyse_loaded
 from latprune.budget import Budget, BudgetRequest
-from latprune.defaults import IMPORTANCE_CALIB_SIZE, PLANNERS, RECOVERY_CALIB_SIZE
+from latprune.defaults import IMPORTANCE_CALIB_SIZE, OBJECTIVES, PLANNERS, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
 from latprune.groups import ChannelGroup
 from latprune.models import LoadedModel, load_model, parse_input_shape
@@ -193,7 +193,6 @@ class PlanSettings:
 
 
 HOLD_CHANNEL_OPS = "channel-ops"
-OBJECTIVES = ("importance", "calibrated")
 
 
 def held_groups(names: Sequence[str], groups: Sequence[ChannelGroup]) -> frozenset[str]:

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from latprune.budget import Budget
+from latprune.defaults import SEARCH_SECONDS
 from latprune.errors import LatpruneError
 from latprune.planner.api import PlanningInputs, build_plan, latency_plan
 from latprune.planner.damage import DamageTable
@@ -40,7 +41,7 @@ class SearchSettings:
     Perturbations change the log-coefficients of a ``share`` of the groups by N(0, sigma), sigma
     shrinking geometrically from ``sigma_start`` to ``sigma_end`` over the time box."""
 
-    seconds: float = 60.0
+    seconds: float = SEARCH_SECONDS
     later_share: float = 0.25
     patience: int = 60
     max_candidates: int = 1000
