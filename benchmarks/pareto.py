@@ -30,6 +30,7 @@ from latprune.budget import BudgetRequest
 from latprune.data import calibration_tensor
 from latprune.defaults import IMPORTANCE_CALIB_SIZE
 from latprune.errors import LatpruneError
+from latprune.outputs import atomic_path
 from latprune.planner.closed_loop import LoopSettings
 from latprune.profiler.api import measure_models
 from latprune.recovery import recover
@@ -87,14 +88,14 @@ def run_model(name: str, fractions: list[float], done: dict, quick: bool, second
         pruned = {m: pipeline.prune(analysis, p) for m, p in feasible.items()}
         measured, _ = measure_models([loaded.model, *(p.model for p in pruned.values())], loaded.input_shape,
                                      "ort-cpu", rounds=rounds, runs=10)
-        dense_m, ours_ratio = measured[0], None
+        dense_m = measured[0]
+        ratios = {method: m.median_ms / dense_m.median_ms for method, m in zip(feasible, measured[1:])}
         rows = []
         for (method, plan), m in zip(feasible.items(), measured[1:]):
-            ratio = m.median_ms / dense_m.median_ms
-            ours_ratio = ours_ratio or ratio
+            ratio = ratios[method]
             base = {"model": name, "fraction": fraction, "method": method, "objective": plan.objective,
                     "dense_ms": dense_m.median_ms, "dense_spread": dense_m.spread, "measured_ms": m.median_ms,
-                    "spread": m.spread, "measured_over_dense": ratio, "vs_latprune": ratio / ours_ratio,
+                    "spread": m.spread, "measured_over_dense": ratio, "vs_latprune": ratio / ratios["latprune"],
                     "loop_measured_over_dense": plan.verification["measured_ms"]
                     / plan.verification["dense_measured_ms"], "loop_status": plan.verification.get("status"),
                     "macs_fraction": plan.macs / plan.dense_macs, "widths": plan.widths(), "search": plan.search,
@@ -108,7 +109,8 @@ def run_model(name: str, fractions: list[float], done: dict, quick: bool, second
         rows += [{"model": name, "fraction": fraction, "method": m, "infeasible": p} for m, p in plans.items()
                  if isinstance(p, str)]
         done[key] = rows
-        cache.write_text(json.dumps(done, indent=1))
+        with atomic_path(cache) as tmp:  # an interruption never leaves a half-written cache
+            tmp.write_text(json.dumps(done, indent=1))
 
 
 def goal_lines(rows: list[dict]) -> list[str]:

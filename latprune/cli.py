@@ -85,17 +85,15 @@ def _margin(args: argparse.Namespace) -> float:
 
 
 def _plan_settings(args: argparse.Namespace, method: str = "latency"):
-    from latprune.pipeline import PlanSettings
+    from latprune.pipeline import PlanSettings, SearchSettings
 
-    from latprune.pipeline import SearchSettings
-
-    objective = getattr(args, "objective", None) or "importance"
-    if objective == "calibrated" and not args.calib:
-        raise LatpruneError("--objective calibrated needs unlabeled calibration images: --calib DIR")
-    return PlanSettings(method=method, importance=args.importance, widths=args.widths, step=args.step,
-                        min_width=args.min_width, bins=getattr(args, "bins", 2000),
-                        max_macs=getattr(args, "max_macs", None), hold=tuple(args.hold or ()), objective=objective,
-                        search=SearchSettings(seconds=getattr(args, "search_seconds", SEARCH_SECONDS)))
+    settings = PlanSettings(method=method, importance=args.importance, widths=args.widths, step=args.step,
+                            min_width=args.min_width, bins=getattr(args, "bins", 2000),
+                            max_macs=getattr(args, "max_macs", None), hold=tuple(args.hold or ()),
+                            objective=getattr(args, "objective", None) or "importance",
+                            search=SearchSettings(seconds=getattr(args, "search_seconds", SEARCH_SECONDS)))
+    settings.check_images(bool(args.calib))
+    return settings
 
 
 def _importance_images(args: argparse.Namespace, loaded):

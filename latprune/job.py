@@ -23,7 +23,7 @@ from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
 from latprune.network import paired_ratio
-from latprune.pipeline import RecoveryRequest, SearchSettings, Verification
+from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Verification
 from latprune.profiler.api import ProfileSettings
 from latprune.pruned_file import save_pruned
 
@@ -57,10 +57,11 @@ class JobConfig:
             return self.importance
         return "taylor" if self.calib else "l2"
 
-    def planning_objective(self) -> str:
-        if self.objective is not None:
-            return self.objective
-        return "calibrated" if self.calib else "importance"
+    def plan_settings(self) -> PlanSettings:
+        """How this job plans: the calibrated objective with calibration images unless ``objective`` says otherwise."""
+        objective = self.objective or ("calibrated" if self.calib else "importance")
+        return PlanSettings(importance=self.importance_criterion(), bins=self.bins, objective=objective,
+                            search=self.search)
 
     def recovery_request(self) -> RecoveryRequest:
         """The recovery this job runs: ``recovery``, else two-stage with calibration images, else none."""
@@ -72,8 +73,7 @@ class JobConfig:
         if self.eval and not os.path.isdir(self.eval):
             raise LatpruneError(f"evaluation folder not found: {self.eval}")
         self.recovery_request()  # the recipe, its images and --calib-size
-        if self.planning_objective() == "calibrated" and not self.calib:
-            raise LatpruneError("--objective calibrated needs unlabeled calibration images: --calib DIR")
+        self.plan_settings().check_images(bool(self.calib))
 
 
 class _Stages:
@@ -115,8 +115,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         perf, fitted = pipeline.fit(profiled.db, config.backend, config.threads)
     with stage("plan"):
         scoring = None if images is None else images[0][:IMPORTANCE_CALIB_SIZE]
-        settings = pipeline.PlanSettings(importance=config.importance_criterion(), bins=config.bins,
-                                         objective=config.planning_objective(), search=config.search)
+        settings = config.plan_settings()
         verify = dataclasses.replace(config.verify, db=profiled.db, threads=config.threads, timing=config.profile,
                                      progress=config.verify.progress and progress)
         plan = pipeline.plan(analysis, config.budget, perf, fitted, config.backend, settings, calib=scoring,

@@ -13,6 +13,11 @@ from pathlib import Path
 from latprune.errors import LatpruneError
 
 
+def user_cache_dir() -> Path:
+    """``<user cache dir>/latprune`` (``$XDG_CACHE_HOME``, else ``~/.cache``): profiles and damage tables."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latprune"
+
+
 def check_output(path: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = (), force: bool = False,
                  what: str = "--out") -> Path:
     """Refuse an output path that is one of the inputs, a folder, in a missing or unwritable folder,

@@ -187,6 +187,12 @@ class PlanSettings:
         if self.max_macs is not None and self.method != "latency":
             raise LatpruneError("--max-macs applies to the latency planner only")
 
+    def check_images(self, has_images: bool) -> None:
+        """The calibrated objective plans on data: refuse it, before any slow stage, when no images are given."""
+        if self.objective == "calibrated" and not has_images:
+            raise LatpruneError("--objective calibrated needs unlabeled calibration images: --calib DIR "
+                                "(or --objective importance)")
+
     def policy(self, profile_step: int | None, groups: Sequence[ChannelGroup] = ()) -> WidthPolicy:
         return WidthPolicy(step=self.step or profile_step or 16, aligned=self.widths == "aligned",
                            min_fraction=self.min_width, hold=held_groups(self.hold, groups))
@@ -264,9 +270,7 @@ def calibrated_search(inputs: planner.PlanningInputs, settings: PlanSettings, ca
     from latprune.plan_scoring import DESCRIPTION, CalibrationLoss
     from latprune.planner.damage import DAMAGE_IMAGES, measure_damage
 
-    if calib is None:
-        raise LatpruneError("the calibrated objective needs unlabeled calibration images: pass --calib DIR "
-                            "(or --objective importance)")
+    settings.check_images(calib is not None)
     analysis = inputs.analysis
     damage = measure_damage(analysis.model, analysis.spec, inputs.groups, analysis.layout, inputs.scores,
                             inputs.macs.candidates, calib[:DAMAGE_IMAGES], cache_dir=settings.cache_dir,

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from latprune.channels import Layout, masked_channels
 from latprune.errors import LatpruneError
 from latprune.groups import ChannelGroup
-from latprune.outputs import atomic_path
+from latprune.outputs import atomic_path, user_cache_dir
 from latprune.planner.widths import kept_channels
 
 DAMAGE_VERSION = 1
@@ -87,7 +87,7 @@ def default_cache_dir() -> Path:
     """``$LATPRUNE_CACHE``, else ``<user cache dir>/latprune``; damage tables go to its ``damage`` folder."""
     if os.environ.get("LATPRUNE_CACHE"):
         return Path(os.environ["LATPRUNE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latprune"
+    return user_cache_dir()
 
 
 def measured_widths(candidates: np.ndarray, max_points: int = MAX_POINTS) -> list[int]:

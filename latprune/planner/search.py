@@ -66,7 +66,7 @@ class CalibratedSearch:
     """Plans on the calibrated objective; keeps the scored plans and the best coefficients between calls."""
 
     def __init__(self, damage: DamageTable, loss: PlanLoss, settings: SearchSettings = SearchSettings(),
-                 progress: bool = True, description: str = "KL(dense || pruned) after BN recalibration"):
+                 progress: bool = True, description: str = "calibration loss of the pruned network"):
         self.damage, self.loss, self.settings, self.progress = damage, loss, settings, progress
         self.description = description
         self.losses: dict[tuple[int, ...], float] = {}

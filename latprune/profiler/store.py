@@ -19,6 +19,7 @@ from pathlib import Path
 
 from latprune.errors import LatpruneError
 from latprune.network import LayerSignature, Measurement
+from latprune.outputs import user_cache_dir
 
 SCHEMA_VERSION = 1
 # How long a locked database is waited for before giving up with a clear message.
@@ -76,8 +77,7 @@ def default_db_path() -> Path:
     """``$LATPRUNE_DB``, else ``<user cache dir>/latprune/profiles.sqlite``."""
     if os.environ.get("LATPRUNE_DB"):
         return Path(os.environ["LATPRUNE_DB"])
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "latprune" / "profiles.sqlite"
+    return user_cache_dir() / "profiles.sqlite"
 
 
 @dataclass(frozen=True)
