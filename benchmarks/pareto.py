@@ -123,8 +123,14 @@ def goal_lines(rows: list[dict]) -> list[str]:
             reason = next(r["infeasible"] for r in rows if r["model"] == model and r["fraction"] == fraction)
             lines.append(f"- {model} at {fraction}x: latprune infeasible ({reason})")
             continue
-        baselines = [r["top1"] for r in at if r["method"] != "latprune" and r["recovery"] == "two-stage"]
-        best = max(baselines, default=float("nan"))
+        baselines = [r for r in at if r["method"] != "latprune" and r["recovery"] == "two-stage"]
+        if not baselines:
+            lines.append(f"- {model} at {fraction}x: latprune + two-stage {100 * ours:.2f}%; no baseline could be "
+                         f"planned at latprune's measured latency (all infeasible): no comparison")
+            continue
+        best = max(r["top1"] for r in baselines)
+        no_slower = [r for r in baselines if r["vs_latprune"] <= 1 + MATCH]
+        matched = max(no_slower, key=lambda r: r["top1"], default=None)
         tp_bn = next((r["top1"] for r in at if r["method"] == "tp-global" and r["recovery"] == "bn"), float("nan"))
         need = 0.02 if fraction <= 0.7 else 0.0
         margin, over_tp = 100 * (ours - best), 100 * (ours - tp_bn)
@@ -132,6 +138,10 @@ def goal_lines(rows: list[dict]) -> list[str]:
         lines.append(f"- {model} at {fraction}x: latprune + two-stage {100 * ours:.2f}%, best baseline + two-stage "
                      f"{100 * best:.2f}% ({margin:+.2f} points, goal {100 * need:+.0f}), TP global + BN "
                      f"{100 * tp_bn:.2f}% ({over_tp:+.2f}, goal +5): {'met' if met else 'NOT met'}")
+        if matched is not None and matched["top1"] != best:
+            lines.append(f"  - best baseline measured no slower than latprune (<= {1 + MATCH:.2f}x its latency): "
+                         f"{matched['method']} {100 * matched['top1']:.2f}% ({100 * (ours - matched['top1']):+.2f} "
+                         f"points); the goal above counts every baseline, slower ones included")
         if model == "resnet56" and fraction == 0.6:
             dense = at[0]["dense_top1"]
             lines.append(f"- resnet56 at 0.6x within 4 points of dense after two-stage: {100 * ours:.2f}% vs dense "
