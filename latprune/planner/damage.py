@@ -8,8 +8,8 @@ At most ``max_points`` widths per group are run; the others are interpolated. Da
 grows with width, and is 0 at full width.
 
 Measuring takes a forward pass per (group, width), so tables are cached on disk, keyed by
-everything they depend on: the model's weights, the images, the groups, the channel order
-and the widths measured (:func:`damage_key`).
+everything they depend on: the model's weights, the images, the groups and the channels kept
+at every measured width (:func:`damage_key`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from latprune.groups import ChannelGroup
 from latprune.outputs import atomic_path, user_cache_dir
 from latprune.planner.widths import kept_channels
 
-DAMAGE_VERSION = 1
+DAMAGE_VERSION = 2
 DAMAGE_IMAGES = 64  # images per (group, width) pass
 MAX_POINTS = 8  # widths measured per group; the rest interpolated
 
@@ -70,15 +70,16 @@ class DamageTable:
 
 
 def damage_key(model: nn.Module, spec: str, images: torch.Tensor, groups: Sequence[ChannelGroup],
-               orders: Mapping[str, Sequence[int]], widths: Mapping[str, Sequence[int]]) -> str:
-    """A digest of everything a damage table depends on."""
+               kept: Mapping[str, Mapping[int, Sequence[int]]]) -> str:
+    """A digest of everything a damage table depends on; ``kept[g][w]``: the channels group ``g`` keeps at
+    measured width ``w`` (exactly what each pass masks, whatever ranking produced it)."""
     digest = hashlib.sha256(f"latprune-damage-{DAMAGE_VERSION}|{spec}".encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     digest.update(str(tuple(images.shape)).encode())
     digest.update(images.detach().cpu().contiguous().numpy().tobytes())
-    layout = [(g.id, g.width, [int(i) for i in orders[g.id]], [int(w) for w in widths[g.id]]) for g in groups]
+    layout = [(g.id, g.width, [(int(w), [int(i) for i in k]) for w, k in kept[g.id].items()]) for g in groups]
     digest.update(json.dumps(layout).encode())
     return digest.hexdigest()
 
@@ -107,8 +108,8 @@ def measure_damage(model: nn.Module, spec: str, groups: Sequence[ChannelGroup], 
     ``scores`` rank each group's channels (the best ``w`` are kept at width ``w``); ``candidates``
     are the widths the planner may choose per group (held groups have only their full width)."""
     widths = {g.id: measured_widths(c) for g, c in zip(groups, candidates)}
-    ranks = {g.id: np.argsort(-np.asarray(scores[g.id]), kind="stable") for g in groups}
-    key = damage_key(model, spec, images, groups, ranks, widths)
+    kept = {g.id: {w: kept_channels(g, scores[g.id], w) for w in widths[g.id]} for g in groups}
+    key = damage_key(model, spec, images, groups, kept)
     path = Path(cache_dir or default_cache_dir()) / "damage" / f"{key}.json"
     cached = _read(path, key)
     if cached is not None:
@@ -122,8 +123,8 @@ def measure_damage(model: nn.Module, spec: str, groups: Sequence[ChannelGroup], 
     measured: dict[tuple[str, int], float] = {}
     for group, width in tqdm(runs, desc="damage per group and width", unit="pass", disable=not progress,
                              leave=False):
-        kept = set(kept_channels(group, scores[group.id], width))
-        removed = [i for i in range(group.width) if i not in kept]
+        keep = set(kept[group.id][width])
+        removed = [i for i in range(group.width) if i not in keep]
         with masked_channels(model, layout, {group.id: removed}), torch.no_grad():
             measured[group.id, width] = output_loss(reference, model(images))
     for group in groups:
