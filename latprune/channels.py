@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,12 +19,15 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from latprune.graph import LayerSlice, layer_slices
-from latprune.groups import ChannelGroup
+from latprune.network import run_model
+
+if TYPE_CHECKING:
+    from latprune.groups import ChannelGroup
 
 Layout = dict[str, list[LayerSlice]]
 
 
-def group_layout(model: nn.Module, graph: tp.DependencyGraph, groups: Sequence[ChannelGroup]) -> Layout:
+def group_layout(model: nn.Module, graph: tp.DependencyGraph, groups: Sequence["ChannelGroup"]) -> Layout:
     """For each group, every named layer's channel indices, in root-relative order (``graph``: ``model``'s)."""
     return layer_slices(model, graph, {g.id: list(range(g.width)) for g in groups})
 
@@ -71,3 +75,25 @@ def _zeroing_hook(idxs: torch.Tensor):
         return output
 
     return hook
+
+
+# Pruned and masked networks differ by float rounding only; an op that moves channels unseen
+# (an inline permutation) differs by the size of the activations themselves.
+MASKED_TOLERANCE = 1e-4
+
+
+def masked_mismatch(pruned: nn.Module, dense: nn.Module, layout: Layout, removed: Mapping[str, Sequence[int]],
+                    example_input: torch.Tensor) -> str | None:
+    """Why ``pruned`` does not compute what ``dense`` computes with the ``removed`` channels masked (None when it
+    does, to within rounding): the check that an op moving channels unseen did not make a different network."""
+    with masked_channels(dense, layout, removed):
+        expected = run_model(dense, example_input)
+    got = run_model(pruned, example_input)
+    if got.shape != expected.shape:
+        return f"output shape {tuple(got.shape)} instead of {tuple(expected.shape)}"
+    scale = float(expected.abs().max()) if expected.numel() else 0.0
+    difference = float((got.double() - expected.double()).abs().max()) if expected.numel() else 0.0
+    if not difference <= MASKED_TOLERANCE * max(scale, 1.0):  # NaN fails too
+        return (f"output differs from the dense model with those channels masked by {difference:.3g} "
+                f"(output scale {scale:.3g})")
+    return None

@@ -269,7 +269,7 @@ def cmd_predict(args: argparse.Namespace) -> dict:
 
     loaded = _model(args)
     perf, fitted = pipeline.fit(args.db, args.backend, args.threads)
-    return {"model": loaded.spec, "backend": args.backend, **pipeline.predict(perf, loaded, args.backend),
+    return {"model": loaded.spec, "backend": args.backend, **pipeline.predict(perf, fitted, loaded, args.backend),
             "perf_model": fitted.status}
 
 
@@ -489,7 +489,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
                                                      "eval", "recovery", "objective") if getattr(args, k) is not None]
         if given:
             raise LatpruneError(f"{', '.join(given)} need --model SPEC (without --model, run runs its built-in demo)")
-        check_output_folder(args.out, "summary.json", args.force)
+        check_output_folder(args.out, args.force)
         configs = default_jobs(args.out, backend=args.backend, db=args.db, progress=progress,
                                verify=_verification(args), margin=_margin(args))
     else:
@@ -500,9 +500,9 @@ def cmd_run(args: argparse.Namespace) -> dict:
             search=SearchSettings(seconds=args.search_seconds),
             calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads,
             verify=_verification(args))]
-        configs[0].check()
-        check_output_folder(args.out, "summary.json", args.force)
-    return run_jobs(configs, args.out, progress=progress)
+        configs[0].check(progress)
+        check_output_folder(args.out, args.force)
+    return run_jobs(configs, args.out, progress=progress, checked=args.model is not None)
 
 
 # ---------------------------------------------------------------- parser

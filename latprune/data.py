@@ -14,14 +14,36 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def exact_size(family: str, input_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """The (height, width) images must already have for the family's preprocessing (CIFAR models take theirs
+    as they are), or None where images are resized and cropped to the input."""
+    return tuple(input_shape[-2:]) if family == "cifar" else None
+
+
+class _CheckSize:
+    """A transform step that refuses an image of another size where none is resized (a batch of mixed sizes
+    would fail later with no file named)."""
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = size
+
+    def __call__(self, image):
+        width, height = image.size
+        if (height, width) != self.size:
+            raise ValueError(f"it is {height}x{width}; the model takes {self.size[0]}x{self.size[1]} images as they "
+                             f"are (no resizing for this model family)")
+        return image
+
+
 def family_transform(family: str, input_shape: tuple[int, ...]):
     """Eval preprocessing: resize + centre crop for ImageNet models, none for 32x32 CIFAR."""
     from torchvision import transforms
 
     height, width = input_shape[-2:]
     steps = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if family == "cifar":
-        return transforms.Compose(steps)
+    size = exact_size(family, input_shape)
+    if size is not None:
+        return transforms.Compose([_CheckSize(size), *steps])
     resize = transforms.Resize(int(round(min(height, width) / 0.875)))
     return transforms.Compose([resize, transforms.CenterCrop((height, width)), *steps])
 
@@ -37,6 +59,36 @@ def image_folder(path: str | os.PathLike, family: str, input_shape: tuple[int, .
     except (FileNotFoundError, RuntimeError) as exc:
         raise LatpruneError(f"no images in {path} (expected <class>/<image> sub-folders): {exc}") from None
     return dataset
+
+
+def check_image_folder(path: str | os.PathLike, family: str, input_shape: tuple[int, ...],
+                       progress: bool = True) -> Dataset:
+    """:func:`image_folder`, with every image decoded once and, where images are not resized, its size checked:
+    a truncated, unreadable or wrongly sized file is one error naming it, before any slow work (and before the
+    loader's worker processes, which would report it as a traceback)."""
+    from tqdm import tqdm
+
+    dataset = image_folder(path, family, input_shape)
+    size = exact_size(family, input_shape)
+    check = _CheckSize(size) if size is not None else None
+    bar = tqdm(dataset.samples, desc="check images", unit="image", leave=False,
+               disable=True if not progress else None)  # None: no bar where stderr is no terminal
+    for file, _ in bar:
+        _open_checked(file, check)
+    return dataset
+
+
+def _open_checked(file: str, check: _CheckSize | None = None):
+    """The image at ``file`` decoded in full (RGB), or a one-line error naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            image = image.convert("RGB")  # decodes every pixel: a truncated file fails here
+        return check(image) if check is not None else image
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise LatpruneError(f"cannot use image {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None
 
 
 class UnlabeledFolder(Dataset):
@@ -65,14 +117,12 @@ class UnlabeledFolder(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
-
         path = self.files[index]
+        image = _open_checked(path)
         try:
-            with Image.open(path) as image:
-                return self.transform(image.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise LatpruneError(f"cannot read calibration image {path}: {exc}") from None
+            return self.transform(image)
+        except ValueError as exc:
+            raise LatpruneError(f"cannot use calibration image {path}: {str(exc).splitlines()[0]}") from None
 
 
 def calibration_set(
@@ -117,7 +167,7 @@ def labelled_tensors(
     """Up to ``size`` images (chosen with ``seed``) and their class indices from an ImageFolder."""
     if size is not None and size < 1:
         raise LatpruneError(f"the number of training images must be at least 1, got {size}")
-    dataset = random_subset(image_folder(path, family, input_shape), size, seed)
+    dataset = random_subset(check_image_folder(path, family, input_shape, progress=False), size, seed)
     images, labels = zip(*DataLoader(dataset, batch_size=256, num_workers=0))
     return torch.cat(images), torch.cat(labels)
 

@@ -2,8 +2,10 @@
 
 A group is found with Torch-Pruning's dependency graph and then *verified*: every
 candidate group is test-pruned on a copy of the model, and groups whose removal breaks
-the forward pass or changes the output shape (the classifier's output, channels fixed by
-a parameter-free padding shortcut, ...) are reported as excluded with the reason.
+the forward pass, changes the output shape (the classifier's output, channels fixed by
+a parameter-free padding shortcut, ...) or makes a network that does not compute the dense
+one with those channels masked (a channel op written inline in a ``forward``, which the
+channel-op probes cannot see) are reported as excluded with the reason.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from latprune.channel_ops import ChannelMap, wrap_channel_ops
+from latprune.channels import masked_mismatch
 from latprune.errors import LatpruneError
-from latprune.graph import RawGroup, build_graph, output_layers, raw_groups, remove_channels
+from latprune.graph import RawGroup, build_graph, layer_slices, output_layers, raw_groups, remove_channels
 from latprune.network import run_model
 
 
@@ -157,7 +160,7 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor, graph: tp
     too_narrow = [g for g in candidates if g.width <= g.divisor]
     excluded += [ExcludedGroup(g.root, g.width, "too narrow to remove a channel") for g in too_narrow]
     candidates = [g for g in candidates if g.width > g.divisor]
-    failures = _probe_prunability(model, example_input, candidates, reference.shape)
+    failures = _probe_prunability(model, example_input, candidates, reference.shape, graph)
     excluded += [ExcludedGroup(g.root, g.width, failures[g.root]) for g in candidates if g.root in failures]
 
     macs = layer_macs(model, example_input)
@@ -191,14 +194,18 @@ def _out_width(module: nn.Module) -> int:
 
 
 def _probe_prunability(
-    model: nn.Module, example_input: torch.Tensor, candidates: Sequence[RawGroup], out_shape: torch.Size
+    model: nn.Module, example_input: torch.Tensor, candidates: Sequence[RawGroup], out_shape: torch.Size,
+    graph: tp.DependencyGraph,
 ) -> dict[str, str]:
-    """Test-prune groups on copies; return ``{root: reason}`` for those that break the model.
+    """Test-prune groups on copies; return ``{root: reason}`` for those that break the model or make
+    a network other than the masked dense one.
 
     All groups are tried together first (one copy in the common case); a failing set is
     bisected down to the single groups responsible, then the survivors are re-checked
     together in case two groups only fail in combination.
     """
+
+    layout = layer_slices(model, graph, {g.root: list(range(g.width)) for g in candidates})
 
     def attempt(batch: Sequence[RawGroup]) -> str | None:
         trial = copy.deepcopy(model)
@@ -210,6 +217,10 @@ def _probe_prunability(
             return f"removing channels breaks the forward pass ({str(exc).splitlines()[0]})"
         if out.shape != out_shape:
             return f"removing channels changes the output shape to {tuple(out.shape)}"
+        mismatch = masked_mismatch(trial, model, layout, removals, example_input)
+        if mismatch is not None:
+            return (f"removing channels makes another network ({mismatch}): an op moves channels where the probes "
+                    f"cannot follow, e.g. one written inline in a forward")
         return None
 
     failures: dict[str, str] = {}
@@ -243,6 +254,8 @@ def _probe_prunability(
 
 
 def _probe_removal(group: RawGroup) -> list[int]:
-    """Drop the last channel of every slice: the smallest legal change to a group."""
+    """Drop the first, middle and last channel of every slice (fewer when a slice is narrower than four): a small
+    legal change, not symmetric under reversal or rotation, so an unseen permutation or slice shows."""
     step = group.width // group.divisor
-    return [s * step + step - 1 for s in range(group.divisor)]
+    offsets = sorted({0, step // 2, step - 1})[:max(step - 1, 1)]
+    return [s * step + o for s in range(group.divisor) for o in offsets]

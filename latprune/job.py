@@ -68,12 +68,19 @@ class JobConfig:
         recipe = self.recovery if self.recovery is not None else (DEFAULT_RECOVERY if self.calib else "none")
         return RecoveryRequest(recipe=recipe, calib=self.calib, calib_size=self.calib_size)
 
-    def check(self) -> None:
-        """Every mistake in the request, before the minutes of profiling."""
+    def check(self, progress: bool = False) -> None:
+        """Every mistake in the request, before the minutes of profiling: the evaluation images are all read
+        here (an unreadable one would otherwise surface after the whole pipeline)."""
         if self.eval and not os.path.isdir(self.eval):
             raise LatpruneError(f"evaluation folder not found: {self.eval}")
         self.recovery_request()  # the recipe, its images and --calib-size
         self.plan_settings().check_images(bool(self.calib))
+        if self.eval:
+            from latprune.data import check_image_folder
+            from latprune.models import default_input_shape, spec_family
+
+            check_image_folder(self.eval, spec_family(self.model), self.input_shape or default_input_shape(self.model),
+                               progress=progress)
 
 
 class _Stages:
@@ -184,13 +191,15 @@ def _latency_entry(predicted_ms: float, measured) -> dict:
             "p90_ms": measured.p90_ms, "spread": measured.spread, "runs": measured.runs}
 
 
-def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress: bool = True) -> dict:
-    """Run each job into ``out_dir`` and write ``summary.json`` and ``report.html`` there."""
+def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress: bool = True,
+             checked: bool = False) -> dict:
+    """Run each job into ``out_dir`` and write ``summary.json`` and ``report.html`` there (``checked``: the
+    configs' :meth:`JobConfig.check` has been run already)."""
     from latprune import __version__
     from latprune.pipeline import report
 
-    for config in configs:  # every request's mistakes before any folder is made or minute spent
-        config.check()
+    for config in () if checked else configs:  # every request's mistakes before any folder is made or minute spent
+        config.check(progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"format": "latprune-run", "version": 1, "latprune": __version__,

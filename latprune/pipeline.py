@@ -55,14 +55,12 @@ def load(spec: str, weights: str | None = None, input_shape: str | Sequence[int]
 
 def load_pruned_or_dense(spec: str | None, weights: str | None = None, input_shape: str | None = None,
                          pruned: str | None = None) -> LoadedModel | PrunedModel:
-    """A pruned file (checked against ``spec`` when both are named) or a dense model."""
+    """A pruned file (checked against ``spec`` when both are named; its own spec is imported only when built in
+    or named as ``spec``) or a dense model."""
     if pruned:
         if weights:
             raise LatpruneError("--weights and --pruned exclude each other (a pruned file holds its weights)")
-        model = load_pruned(pruned)
-        if spec:
-            model.check_made_from(spec)
-        return model
+        return load_pruned(pruned, spec)
     if not spec:
         raise LatpruneError("name a model with --model SPEC (or a pruned model with --pruned FILE)")
     return load(spec, weights, input_shape)
@@ -95,7 +93,9 @@ def load_dense_for(pruned: PrunedModel | SavedPruned, spec: str, weights: str | 
     """
     pruned.check_made_from(spec)
     origin = pruned.metadata.get("dense") or {}
-    recorded, digest = origin.get("weights"), origin.get("sha256")
+    recorded, digest = (origin.get("weights"), origin.get("sha256")) if isinstance(origin, dict) else (None, None)
+    if not all(v is None or isinstance(v, str) for v in (recorded, digest)):
+        raise LatpruneError("the pruned file's record of its dense weights is malformed; pass them with --weights FILE")
     if weights is None:
         if not recorded:
             raise LatpruneError(f"recovery needs the dense weights the pruned model was made from: pass --weights "
@@ -146,9 +146,11 @@ def this_device(backend: str, threads: int | None = None) -> str:
     return fingerprint(describe_device(backend, threads))
 
 
-def predict(perf: NetworkLatencyModel, model: LoadedModel | PrunedModel, backend: str) -> dict:
-    """Predicted latency of a model; for a pruned one also its dense original's and the speedup."""
+def predict(perf: NetworkLatencyModel, fitted: FitSummary, model: LoadedModel | PrunedModel, backend: str) -> dict:
+    """Predicted latency of a dense or pruned model (at an input shape the profile timed); for a pruned one also
+    its dense original's and the speedup."""
     key = model_key(model)
+    fitted.check_input_shape(model.input_shape, model.spec)
     result = {"predicted_ms": perf.predict(key, network_signatures(model.model, model.input_shape, backend)),
               "overhead_fitted": perf.knows(key)}
     if isinstance(model, PrunedModel):
@@ -241,6 +243,7 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
     device and re-plans until the *measured* latency lies in the band (see
     :mod:`latprune.planner.closed_loop`); otherwise the plan meets the budget as predicted.
     """
+    fitted.check_input_shape(analysis.input_shape, analysis.spec)
     inputs = planner.prepare(analysis, importance=settings.importance, calib=calib,
                              policy=settings.policy(fitted.alignment_step, analysis.groups), perf=perf,
                              backend=backend, device=fitted.device)
@@ -296,9 +299,11 @@ def _announce_round(record: dict) -> None:
     import sys
 
     low, high = record["band_ms"]
+    rejected = record.get("rejected_rounds", 0)
+    contended = f"; {rejected} timing rounds on a contended host left out" if rejected else ""
     print(f"latprune: verify round {record['round']}: predicted {record['predicted_ms']:.4g} ms, measured "
-          f"{record['measured_ms']:.4g} ms (band {low:.4g}-{high:.4g} ms): {verdict(record)}", file=sys.stderr,
-          flush=True)
+          f"{record['measured_ms']:.4g} ms (band {low:.4g}-{high:.4g} ms): {verdict(record)}{contended}",
+          file=sys.stderr, flush=True)
 
 
 class _LoopSession:
@@ -356,10 +361,11 @@ def uniform(analysis: ModelAnalysis, ratio: float, settings: PlanSettings = Plan
 
 
 def prune(analysis: ModelAnalysis, chosen: Plan) -> PrunedModel:
-    """The real, smaller network of a plan (checked to be for this model and input shape)."""
+    """The real, smaller network of a plan (checked to be for this model, its input shape and its groups)."""
     if chosen.model != analysis.spec or tuple(chosen.input_shape) != tuple(analysis.input_shape):
         raise LatpruneError(f"the plan is for {chosen.model} at {chosen.input_shape}, not {analysis.spec} at "
                             f"{list(analysis.input_shape)}")
+    chosen.check_groups(analysis.groups)
     return prune_loaded(analysis, chosen.kept(),
                         metadata={"plan": chosen.header(), "dense": dense_origin(analysis.loaded)})
 
@@ -461,9 +467,9 @@ def evaluate(model: nn.Module, folder: str, family: str, input_shape: Sequence[i
     """Top-1 accuracy on an ImageFolder (``limit``: the first N images); (top-1, images)."""
     from torch.utils.data import Subset
 
-    from latprune.data import evaluate_top1, image_folder
+    from latprune.data import check_image_folder, evaluate_top1
 
-    dataset = image_folder(folder, family, tuple(input_shape))
+    dataset = check_image_folder(folder, family, tuple(input_shape), progress=progress)
     _warn_on_class_mismatch(model, dataset.classes, folder, input_shape)
     if limit is not None:
         if limit < 1:

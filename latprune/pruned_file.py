@@ -2,7 +2,9 @@
 
 The file records how to rebuild the architecture (model spec, input shape, kept
 channels per group) plus the full state dict, and is read with ``weights_only=True``:
-no pickled code. Reloading rebuilds the base model from its spec, applies the same
+no pickled code. Every field is checked before anything is built, and a ``module:callable``
+spec is imported only when the caller names the same spec (a file alone never chooses
+which code runs). Reloading rebuilds the base model from its spec, applies the same
 channel removal, and loads the weights strictly, so architecture and weights are exact.
 """
 
@@ -15,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from latprune.errors import LatpruneError
-from latprune.outputs import atomic_path
+from latprune import schema
 from latprune.analysis import ModelAnalysis, as_analysis
-from latprune.models import LoadedModel, apply_state_dict, load_model
+from latprune.errors import LatpruneError
+from latprune.models import LoadedModel, apply_state_dict, check_spec_named, load_model
+from latprune.outputs import atomic_path
 from latprune.surgery import prune_channels
 
 FORMAT = "latprune-pruned-model"
@@ -64,7 +67,7 @@ def prune_loaded(model: LoadedModel | ModelAnalysis, kept: Mapping[str, Sequence
     analysis = as_analysis(model)
     loaded = analysis.loaded
     source = weights_from if weights_from is not None else loaded.model
-    pruned = prune_channels(source, loaded.example_input(), analysis.groups, kept)
+    pruned = prune_channels(source, loaded.example_input(), analysis.groups, kept, layout=analysis.layout)
     return PrunedModel(
         model=pruned,
         spec=loaded.spec,
@@ -105,10 +108,12 @@ class SavedPruned:
         """Refuse a dense model other than the one this pruned model was made from."""
         _check_made_from(self.spec, spec)
 
-    def build(self, base: ModelAnalysis | None = None) -> PrunedModel:
+    def build(self, base: ModelAnalysis | None = None, named_spec: str | None = None) -> PrunedModel:
         """The pruned network with its saved weights. ``base``: an analysis of the dense architecture at the
-        saved input shape to reuse (its weights are replaced); without one, the spec is loaded and analysed."""
+        saved input shape to reuse (its weights are replaced); without one, the spec is loaded and analysed,
+        which for a ``module:callable`` spec needs the caller to name the same spec (``named_spec``)."""
         if base is None or base.spec != self.spec or tuple(base.input_shape) != self.input_shape:
+            check_spec_named(self.spec, named_spec, self.path)
             base = as_analysis(load_model(self.spec, input_shape=self.input_shape))
         pruned = prune_loaded(base, self.kept, self.metadata)
         apply_state_dict(pruned.model, self.state_dict, self.path, f"the pruned {self.spec}")
@@ -117,7 +122,8 @@ class SavedPruned:
 
 
 def read_pruned(path: str | os.PathLike) -> SavedPruned:
-    """Read a file saved by :func:`save_pruned` (``weights_only``: no pickled code) without rebuilding it."""
+    """Read and check a file saved by :func:`save_pruned` (``weights_only``: no pickled code) without rebuilding
+    it; any missing or mistyped field is one clear error."""
     if not os.path.isfile(path):
         raise LatpruneError(f"pruned model file not found: {path}")
     try:
@@ -126,14 +132,26 @@ def read_pruned(path: str | os.PathLike) -> SavedPruned:
         raise LatpruneError(f"cannot read pruned model {path}: {str(exc).strip().splitlines()[0]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise LatpruneError(f"{path} is not a latprune pruned model (pass plain weights with --weights)")
-    if payload.get("version", 0) > FORMAT_VERSION:
-        raise LatpruneError(
-            f"{path} was written by a newer latprune (format {payload['version']}, this one reads up to {FORMAT_VERSION})"
-        )
-    return SavedPruned(str(path), payload["spec"], tuple(payload["input_shape"]), payload["kept"],
-                       payload.get("metadata") or {}, payload["state_dict"])
+    source = f"pruned model {path}"
+    schema.version(payload.get("version"), source, FORMAT_VERSION)
+    missing = [k for k in ("spec", "input_shape", "kept", "state_dict") if k not in payload]
+    if missing:
+        raise LatpruneError(f"{source} is incomplete: no {', '.join(missing)}")
+    kept = {gid: schema.integers(idxs, source, f"kept[{gid!r}]", minimum=0)
+            for gid, idxs in schema.mapping(payload["kept"], source, "kept").items()}
+    metadata = payload.get("metadata") or {}
+    schema.mapping(metadata, source, "metadata")
+    state = schema.mapping(payload["state_dict"], source, "state_dict")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LatpruneError(f"{source}: state_dict must hold tensors only")
+    return SavedPruned(str(path), schema.text(payload["spec"], source, "spec"),
+                       schema.input_shape(payload["input_shape"], source), kept, dict(metadata), dict(state))
 
 
-def load_pruned(path: str | os.PathLike) -> PrunedModel:
-    """Rebuild a pruned model saved by :func:`save_pruned`."""
-    return read_pruned(path).build()
+def load_pruned(path: str | os.PathLike, spec: str | None = None) -> PrunedModel:
+    """Rebuild a pruned model saved by :func:`save_pruned`. ``spec``: the model spec the caller names, needed
+    when the file's spec is a ``module:callable`` (a file alone never makes latprune import code)."""
+    saved = read_pruned(path)
+    if spec is not None:
+        saved.check_made_from(spec)
+    return saved.build(named_spec=spec)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from latprune.channels import Layout, masked_mismatch
 from latprune.errors import LatpruneError
 from latprune.graph import remove_channels, run_model
 from latprune.groups import ChannelGroup
@@ -18,11 +19,13 @@ def prune_channels(
     example_input: torch.Tensor,
     groups: Sequence[ChannelGroup],
     kept: Mapping[str, Sequence[int]],
+    layout: Layout | None = None,
 ) -> nn.Module:
     """Return a pruned copy of ``model`` keeping ``kept[group_id]`` channels of each group.
 
     Groups absent from ``kept`` stay at full width. The result is a real dense network
-    (no masks) whose output shape equals the original's.
+    (no masks) whose output shape equals the original's; with the groups' ``layout`` it is also
+    checked to compute what ``model`` computes with the removed channels masked, and refused if not.
     """
     by_id = {g.id: g for g in groups}
     unknown = sorted(set(kept) - set(by_id))
@@ -39,6 +42,11 @@ def prune_channels(
     out = run_model(pruned, example_input)
     if out.shape != expected:
         raise LatpruneError(f"pruning changed the output shape from {tuple(expected)} to {tuple(out.shape)}")
+    if layout is not None:
+        mismatch = masked_mismatch(pruned, model, layout, removals, example_input)
+        if mismatch is not None:
+            raise LatpruneError(f"the pruned network is not the dense one with those channels removed: {mismatch}; "
+                                f"refused (an op moves channels where latprune cannot follow)")
     return pruned.eval()
 
 

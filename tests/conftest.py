@@ -1,4 +1,5 @@
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,64 @@ def profiled_resnet20(tmp_path_factory):
     db = tmp_path_factory.mktemp("perf") / "p.sqlite"
     profile_model(load_model("cifar:resnet20"), "torch-cpu", db=db, settings=fast, progress=False)
     return db
+
+
+@pytest.fixture
+def synthetic_backend(monkeypatch):
+    """A registered backend whose layer times are a smooth function of the layer's MACs, times ``scale``; and
+    times ``slowdown(call)`` for the ``call``-th timing, where a test sets it (a host contended at times)."""
+    from latprune.network import trace_layers
+    from latprune.profiler import backends
+    from latprune.profiler.backends import Backend, Prepared, RoundSample
+
+    class Synthetic(Backend):
+        name = "synthetic"
+        scale = 1.0
+        slowdown = None
+        calls = 0
+        networks: dict[str, dict[str, float]] = {}
+
+        def description(self) -> dict:
+            return {"backend": self.name, "cpu": "synthetic", "threads": 1}
+
+        def prepare(self, model, input_shape, layers, path):
+            infos = trace_layers(model, torch.zeros(input_shape))
+            Synthetic.networks[str(path)] = {
+                name: 0.002 + 2e-8 * infos[name].signature(infos[name].cin, infos[name].cout, input_shape[0], "float32",
+                                                           self.name).macs for name in layers if name in infos}
+            return Prepared(Path(path), tuple(layers))
+
+        def time(self, prepared, warmup, runs, profiled_runs):
+            Synthetic.calls += 1
+            contention = Synthetic.slowdown(Synthetic.calls) if Synthetic.slowdown else 1.0
+            segments = {k: v * Synthetic.scale * contention for k, v in Synthetic.networks[str(prepared.path)].items()}
+            whole = 0.01 * contention + sum(segments.values())
+            return RoundSample([whole] * runs, [whole] * profiled_runs, [dict(segments)] * profiled_runs,
+                               {k: 1 for k in segments})
+
+    monkeypatch.setitem(backends.BACKENDS, "synthetic", lambda threads=None: Synthetic(threads))
+    return Synthetic
+
+
+@dataclass
+class Profiled:
+    analysis: object
+    db: Path
+    perf: object
+    fitted: object
+    timing: object
+
+
+@pytest.fixture
+def profiled(synthetic_backend, tmp_path) -> Profiled:
+    """cifar:resnet20 profiled on the synthetic backend (at scale 1), and its fitted performance model."""
+    from latprune import pipeline
+    from latprune.profiler.api import ProfileSettings
+
+    fast = ProfileSettings(widths=8, variants=16, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
+                           global_warmup_s=0.0, anchors=16)
+    db = tmp_path / "p.sqlite"
+    analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
+    pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
+    perf, fitted = pipeline.fit(db, "synthetic")
+    return Profiled(analysis, db, perf, fitted, fast)

@@ -48,7 +48,7 @@ def check_pruned_like_masked(analysis, kept, tmp_path, x, tolerance):
     assert abs(run_onnx(onnx_path, x) - out.numpy()).max() < tolerance(out)
 
     save_pruned(pruned, tmp_path / "pruned.pt")
-    reloaded = load_pruned(tmp_path / "pruned.pt")
+    reloaded = load_pruned(tmp_path / "pruned.pt", spec=analysis.spec)  # a module:callable spec must be named
     assert str(reloaded.model) == str(pruned.model)
     for a, b in zip(pruned.model.modules(), reloaded.model.modules()):
         if isinstance(a, ChannelMap):

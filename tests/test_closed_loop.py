@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-import torch
 
 from latprune.budget import Budget, BudgetRequest
 from latprune.errors import LatpruneError
@@ -197,68 +195,12 @@ def test_loop_settings_are_checked():
 # ---------------------------------------------------------------- the whole stage on a synthetic backend
 
 
-@pytest.fixture
-def synthetic_backend(monkeypatch):
-    """A registered backend whose layer times are a smooth function of the layer's MACs, times ``scale``."""
-    from latprune.network import trace_layers
-    from latprune.profiler import backends
-    from latprune.profiler.backends import Backend, Prepared, RoundSample
-
-    class Synthetic(Backend):
-        name = "synthetic"
-        scale = 1.0
-        networks: dict[str, dict[str, float]] = {}
-
-        def description(self) -> dict:
-            return {"backend": self.name, "cpu": "synthetic", "threads": 1}
-
-        def prepare(self, model, input_shape, layers, path):
-            infos = trace_layers(model, torch.zeros(input_shape))
-            Synthetic.networks[str(path)] = {
-                name: 0.002 + 2e-8 * infos[name].signature(infos[name].cin, infos[name].cout, input_shape[0], "float32",
-                                                           self.name).macs for name in layers if name in infos}
-            return Prepared(Path(path), tuple(layers))
-
-        def time(self, prepared, warmup, runs, profiled_runs):
-            segments = {k: v * Synthetic.scale for k, v in Synthetic.networks[str(prepared.path)].items()}
-            whole = 0.01 + sum(segments.values())
-            return RoundSample([whole] * runs, [whole] * profiled_runs, [dict(segments)] * profiled_runs,
-                               {k: 1 for k in segments})
-
-    monkeypatch.setitem(backends.BACKENDS, "synthetic", lambda threads=None: Synthetic(threads))
-    return Synthetic
-
-
-@dataclass
-class _Profiled:
-    analysis: object
-    db: Path
-    perf: object
-    fitted: object
-    timing: object
-
-
-@pytest.fixture
-def profiled(synthetic_backend, tmp_path) -> _Profiled:
-    """cifar:resnet20 profiled on the synthetic backend (at scale 1), and its fitted performance model."""
-    from latprune import pipeline
-    from latprune.profiler.api import ProfileSettings
-
-    fast = ProfileSettings(widths=8, variants=16, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
-                           global_warmup_s=0.0, anchors=16)
-    db = tmp_path / "p.sqlite"
-    analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
-    pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
-    perf, fitted = pipeline.fit(db, "synthetic")
-    return _Profiled(analysis, db, perf, fitted, fast)
-
-
 def test_the_pipeline_loop_learns_a_device_ten_percent_slower_than_its_profile(profiled, synthetic_backend):
     from latprune import pipeline
     from latprune.profiler.api import ProfileStore
 
     p = profiled
-    dense_ms = pipeline.predict(p.perf, p.analysis.loaded, "synthetic")["predicted_ms"]
+    dense_ms = pipeline.predict(p.perf, p.fitted, p.analysis.loaded, "synthetic")["predicted_ms"]
     synthetic_backend.scale = 1.1  # the device is now 10% slower than everything profiled
     request = BudgetRequest(budget_ms=dense_ms / 1.3)
     verify = pipeline.Verification(db=p.db, timing=p.timing, progress=False)
@@ -341,7 +283,7 @@ def test_the_plan_command_verifies_by_default_and_prints_the_rounds(profiled, sy
     from latprune.cli import main
 
     p = profiled
-    dense_ms = pipeline.predict(p.perf, p.analysis.loaded, "synthetic")["predicted_ms"]
+    dense_ms = pipeline.predict(p.perf, p.fitted, p.analysis.loaded, "synthetic")["predicted_ms"]
     synthetic_backend.scale = 1.1
     common = ["plan", "--model", "cifar:resnet20", "--backend", "synthetic", "--db", str(p.db),
               "--budget-ms", str(dense_ms / 1.3)]

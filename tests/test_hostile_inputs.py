@@ -61,7 +61,90 @@ def workspace(tmp_path_factory, profiled_resnet20):
     # the stored fit, so that later commands read the profile without writing anything beside it
     subprocess.run([*LATPRUNE, "fit", "--backend", "torch-cpu", "--db", "profile.sqlite"], cwd=root, env=env,
                    check=True, capture_output=True)
+    _crafted_pruned_files(root)
+    _plan_files(root)
+    _image_folders(root)
+    (root / "evil_mod.py").write_text("open('pwned', 'w').write('imported')\n\ndef make():\n    raise SystemExit\n")
+    (root / "user_out").mkdir()
+    (root / "user_out" / "plan.json").write_text('{"mine": true}')
+    (root / "user_out" / "report.html").write_text("<p>my report</p>")
+    (root / "earlier_run").mkdir()
+    (root / "earlier_run" / ".latprune-run").write_text('{"format": "latprune-run-folder", "version": 1}\n')
+    (root / "earlier_run" / "plan.json").write_text("{}")
     return root, env
+
+
+def _crafted_pruned_files(root: Path) -> None:
+    """Pruned files a hostile user could hand over: specs naming code, and every field of the wrong type."""
+    payload = torch.load(root / "p.pt", weights_only=True)
+    crafted = {
+        "abort.pt": {"spec": "os:abort"},
+        "evil.pt": {"spec": "evil_mod:make"},
+        "str_version.pt": {"version": "1"},
+        "int_shape.pt": {"input_shape": 32},
+        "float_kept.pt": {"kept": {"conv1": [0.5, 1.0]}},
+        "huge_input.pt": {"input_shape": [1, 3, 4096, 4096]},
+        "tensor_spec.pt": {"spec": torch.zeros(2)},
+    }
+    for name, changes in crafted.items():
+        torch.save({**payload, **changes}, root / name)
+    torch.save({k: v for k, v in payload.items() if k != "kept"}, root / "no_kept.pt")
+
+
+def _plan_files(root: Path) -> None:
+    """A good resnet20 plan and copies broken one field at a time."""
+    import copy
+    import json
+
+    from latprune import pipeline
+
+    plan = pipeline.uniform(pipeline.analyse(load_model("cifar:resnet20")), 0.5)
+    plan.save(root / "good_plan.json")
+    good = json.loads((root / "good_plan.json").read_text())
+
+    def broken(name: str, edit) -> None:
+        data = copy.deepcopy(good)
+        edit(data)
+        (root / name).write_text(json.dumps(data))
+
+    first = good["groups"][0]
+    broken("width_zero.json", lambda d: d["groups"][0].update(width=0))
+    broken("width_negative.json", lambda d: d["groups"][0].update(width=-3))
+    broken("width_huge.json", lambda d: d["groups"][0].update(width=1000))
+    broken("width_text.json", lambda d: d["groups"][0].update(width="8"))
+    broken("float_index.json", lambda d: d["groups"][0].update(kept=[0.5] + first["kept"][1:]))
+    broken("group_twice.json", lambda d: d["groups"].append({**first, "kept": [0], "width": 1}))
+    broken("group_missing.json", lambda d: d["groups"].pop())
+    broken("relabelled.json", lambda d: d.update(model="cifar:resnet56"))
+    broken("version_text.json", lambda d: d.update(version="1.0"))
+    broken("kept_null.json", lambda d: d["groups"][0].update(kept=None))
+    broken("kept_nested.json", lambda d: d["groups"][0].update(kept=[[0, 1]]))
+    broken("kept_twice.json", lambda d: d["groups"][0].update(kept=[0, 0], width=2))
+    broken("kept_beyond.json", lambda d: d["groups"][0].update(kept=[0, 999], width=2))
+    broken("full_width_other.json", lambda d: d["groups"][0].update(full_width=first["full_width"] * 2))
+    broken("groups_not_list.json", lambda d: d.update(groups={"conv1": [0]}))
+    broken("group_not_object.json", lambda d: d["groups"].__setitem__(0, "conv1"))
+    broken("no_model.json", lambda d: d.pop("model"))
+    broken("plan_shape.json", lambda d: d.update(input_shape=[1, 3, 32]))
+    broken("unknown_group.json", lambda d: d["groups"][0].update(id="no.such.layer"))
+    broken("nan_budget.json", lambda d: d.update(budget_ms=float("nan")))  # json writes the NaN literal
+    (root / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (root / "latin1.json").write_bytes(b'{"format": "latprune-plan", "model": "caf\xe9"}')
+
+
+def _image_folders(root: Path) -> None:
+    """Evaluation folders with a truncated JPEG, a file that is no image, and images of two sizes."""
+    import io
+
+    for folder in ("truncated_eval", "garbage_eval", "mixed_eval"):
+        for cls in ("cat", "dog"):
+            (root / folder / cls).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (10, 200, 30)).save(root / folder / cls / "ok.png")
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 30)).save(buffer, format="JPEG")
+    (root / "truncated_eval" / "cat" / "cut.jpg").write_bytes(buffer.getvalue()[:200])
+    (root / "garbage_eval" / "dog" / "noise.jpg").write_bytes(b"\x00not an image at all" * 10)
+    Image.new("RGB", (40, 40), (0, 0, 0)).save(root / "mixed_eval" / "dog" / "big.png")
 
 
 def checksums(root: Path) -> dict[str, str]:
@@ -78,6 +161,7 @@ def run(workspace, *argv, timeout=120):
 PROFILE = ["--backend", "torch-cpu", "--db", "profile.sqlite"]
 R20 = ["--model", "cifar:resnet20"]
 RECOVER = ["recover", "--model", "cifar:resnet20", "--recovery", "bn", "--calib", "calib", "--out", "r.pt"]
+PRUNE_PLAN = ["prune", "--model", "cifar:resnet20", "--out", "x.pt", "--plan"]
 
 CASES = {
     # model specs
@@ -170,6 +254,89 @@ CASES = {
     "folder as database": (["plan", *R20, "--backend", "torch-cpu", "--db", "a_folder", "--speedup", "2"], 1,
                            "is a folder"),
     "unknown backend": (["fit", "--backend", "tpu", "--db", "profile.sqlite"], 1, "unknown backend 'tpu'"),
+    # pruned files that name code: a module:callable is imported only when the user names the same spec
+    "measure a pruned file naming os:abort": (["measure", "--pruned", "abort.pt", "--backend", "torch-cpu"], 1,
+                                              "names the model factory 'os:abort'"),
+    "groups of a pruned file naming a module": (["groups", "--pruned", "evil.pt"], 1,
+                                                "imports code that a file names only when you name the same spec"),
+    "eval of a pruned file naming a module": (["eval", "--pruned", "evil.pt", "--data", "eval"], 1,
+                                              "--model evil_mod:make"),
+    "export of a pruned file naming a module": (["export", "--pruned", "evil.pt", "--out", "e.onnx"], 1,
+                                                "names the model factory 'evil_mod:make'"),
+    "predict of a pruned file naming a module": (["predict", "--pruned", "evil.pt", *PROFILE], 1,
+                                                 "names the model factory 'evil_mod:make'"),
+    "pruned file naming another module than --model": (["groups", "--pruned", "evil.pt", "--model", "good_mod:make"],
+                                                       1, "made from evil_mod:make, not from good_mod:make"),
+    # pruned files with fields of the wrong type
+    "pruned file with a text version": (["groups", "--pruned", "str_version.pt"], 1, "version must be an integer"),
+    "pruned file with an integer input shape": (["groups", "--pruned", "int_shape.pt"], 1,
+                                                "input_shape must be a list of integers"),
+    "pruned file without kept channels": (["groups", "--pruned", "no_kept.pt"], 1, "is incomplete: no kept"),
+    "pruned file with fractional channels": (["groups", "--pruned", "float_kept.pt"], 1,
+                                             "kept['conv1'][0] must be an integer, got 0.5"),
+    "pruned file with a tensor as spec": (["groups", "--pruned", "tensor_spec.pt"], 1,
+                                          "spec must be a non-empty string"),
+    "pruned file with a huge input": (["measure", "--pruned", "huge_input.pt", "--backend", "torch-cpu"], 1,
+                                      "input shape 1x3x4096x4096 needs about"),
+    # run writes only into a new or empty folder, or its own earlier output with --force
+    "run into a folder of the user's files": (["run", *R20, "--speedup", "2", "--out", "user_out"], 1,
+                                              "holds files latprune did not write"),
+    "run into the user's files with --force": (["run", *R20, "--speedup", "2", "--out", "user_out", "--force"], 1,
+                                               "holds files latprune did not write"),
+    "demo run into the user's files": (["run", "--out", "user_out", "--force"], 1,
+                                       "holds files latprune did not write"),
+    "run over an earlier run": (["run", *R20, "--speedup", "2", "--out", "earlier_run"], 1,
+                                "holds an earlier run's output; pass --force"),
+    # plan files: schema, types and the model's groups, all before any work
+    "plan width zero": ([*PRUNE_PLAN, "width_zero.json"], 1, "width must be at least 1, got 0"),
+    "plan width negative": ([*PRUNE_PLAN, "width_negative.json"], 1, "width must be at least 1, got -3"),
+    "plan width above kept": ([*PRUNE_PLAN, "width_huge.json"], 1, "has width 1000 but keeps 8 channels"),
+    "plan width as text": ([*PRUNE_PLAN, "width_text.json"], 1, "width must be an integer, got '8'"),
+    "plan with a fractional channel": ([*PRUNE_PLAN, "float_index.json"], 1, "kept[0] must be an integer, got 0.5"),
+    "plan listing a group twice": ([*PRUNE_PLAN, "group_twice.json"], 1, "is listed twice"),
+    "plan missing a group": ([*PRUNE_PLAN, "group_missing.json"], 1, "lacks group"),
+    "resnet20 plan relabelled as resnet56": (["prune", "--model", "cifar:resnet56", "--plan", "relabelled.json",
+                                              "--out", "x.pt"], 1, "lacks group"),
+    "plan for another model": (["prune", "--model", "cifar:resnet56", "--plan", "good_plan.json", "--out", "x.pt"],
+                               1, "the plan is for cifar:resnet20"),
+    "plan version as text": ([*PRUNE_PLAN, "version_text.json"], 1, "version must be an integer, got '1.0'"),
+    "plan kept null": ([*PRUNE_PLAN, "kept_null.json"], 1, "kept must be a list of integers, got None"),
+    "plan kept nested": ([*PRUNE_PLAN, "kept_nested.json"], 1, "kept[0] must be an integer, got [0, 1]"),
+    "plan keeping a channel twice": ([*PRUNE_PLAN, "kept_twice.json"], 1, "keeps a channel twice"),
+    "plan keeping channels beyond the group": ([*PRUNE_PLAN, "kept_beyond.json"], 1, "beyond its full width"),
+    "plan with another full width": ([*PRUNE_PLAN, "full_width_other.json"], 1, "the plan is for another model"),
+    "plan groups not a list": ([*PRUNE_PLAN, "groups_not_list.json"], 1, "groups must be a non-empty list"),
+    "plan group not an object": ([*PRUNE_PLAN, "group_not_object.json"], 1,
+                                 "groups[0] must be an object with string keys"),
+    "plan without a model": ([*PRUNE_PLAN, "no_model.json"], 1, "is incomplete: no model"),
+    "plan with three sizes": ([*PRUNE_PLAN, "plan_shape.json"], 1, "four positive sizes"),
+    "plan naming an unknown group": ([*PRUNE_PLAN, "unknown_group.json"], 1, "names group 'no.such.layer'"),
+    "plan with a NaN budget": ([*PRUNE_PLAN, "nan_budget.json"], 1, "budget_ms must be a finite number"),
+    "plan nested too deeply": ([*PRUNE_PLAN, "deep.json"], 1, "cannot read plan"),
+    "plan not UTF-8": ([*PRUNE_PLAN, "latin1.json"], 1, "cannot read plan"),
+    # predictions outside the profiled input shape
+    "predict at an unprofiled batch": (["predict", *R20, "--input-shape", "64x3x32x32", *PROFILE], 1,
+                                       "taken at input shape 1x3x32x32, not 64x3x32x32"),
+    "plan at an unprofiled image size": (["plan", *R20, "--input-shape", "1x3x64x64", *PROFILE, "--speedup", "1.5",
+                                          "--no-verify"], 1, "taken at input shape 1x3x32x32, not 1x3x64x64"),
+    # memory: refused before the input is built
+    "huge input shape": (["groups", *R20, "--input-shape", "1x3x4096x4096"], 1, "GiB is available"),
+    "huge batch": (["groups", *R20, "--input-shape", "20000x3x32x32"], 1, "use a smaller --input-shape"),
+    # evaluation images, read and checked before any work
+    "truncated JPEG": (["eval", *R20, "--data", "truncated_eval"], 1, "cannot use image"),
+    "file that is no image": (["eval", *R20, "--data", "garbage_eval"], 1, "noise.jpg"),
+    "images of mixed sizes": (["eval", *R20, "--data", "mixed_eval"], 1, "big.png: it is 40x40"),
+    "run with a truncated JPEG to evaluate": (["run", *R20, "--speedup", "2", "--eval", "truncated_eval", "--out",
+                                              "run_out"], 1, "cut.jpg"),
+    "run with an empty evaluation folder": (["run", *R20, "--speedup", "2", "--eval", "empty", "--out", "run_out"],
+                                            1, "no images in empty"),
+    "calibration image of another size": (["prune", *R20, "--uniform", "0.5", "--recovery", "bn", "--calib",
+                                           "mixed_eval", "--out", "x.pt"], 1, "big.png: it is 40x40"),
+    # outputs where no file can be written, whatever the permission bits say to root
+    "output under /proc": (["prune", *R20, "--uniform", "0.5", "--out", "/proc/latprune.pt"], 1, "is not writable"),
+    "output under /sys": (["export", *R20, "--out", "/sys/latprune.onnx"], 1, "is not writable"),
+    "run output under /proc": (["run", *R20, "--speedup", "2", "--out", "/proc/latprune-run"], 1,
+                               "cannot create --out folder"),
 }
 
 
@@ -327,3 +494,205 @@ def test_ctrl_c_during_an_onnx_runtime_profile_prints_one_line(workspace, tmp_pa
     assert "Traceback" not in rest and rest.strip().splitlines()[-1] == "latprune profile: interrupted"
     with ProfileStore(tmp_path / "p.sqlite", readonly=True) as store:  # what was committed is intact
         assert store.summaries() is not None
+
+
+# ---------------------------------------------------------------- files that name code
+
+
+def test_a_pruned_file_imports_its_module_only_when_the_user_names_it(tmp_path):
+    from latprune.errors import LatpruneError
+    from latprune.pruned_file import prune_loaded, save_pruned
+
+    spec = "fixtures.user_models:tiny_net"
+    loaded = load_model(spec)
+    pruned = prune_loaded(loaded, {})
+    save_pruned(pruned, tmp_path / "tiny.pt")
+    with pytest.raises(LatpruneError, match="names the model factory 'fixtures.user_models:tiny_net'"):
+        load_pruned(tmp_path / "tiny.pt")
+    rebuilt = load_pruned(tmp_path / "tiny.pt", spec=spec)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.model(loaded.example_input()), pruned.model(loaded.example_input()))
+
+
+# ---------------------------------------------------------------- channel ops the probes cannot see
+
+
+def test_an_inline_channel_rotation_makes_its_group_unprunable():
+    from latprune.analysis import analyse
+
+    analysis = analyse(load_model("fixtures.user_models:inline_permutation_net"))
+    excluded = {e.id: e.reason for e in analysis.excluded}
+    assert "conv1" in excluded and "makes another network" in excluded["conv1"]
+    assert [g.id for g in analysis.groups] == ["conv2"]
+
+
+def test_a_self_concatenation_prunes_to_the_masked_network_or_is_refused(tmp_path):
+    """cat([x, x], 1) is listed only if pruning it gives exactly the masked dense network (checked by prune)."""
+    from latprune.analysis import analyse
+    from latprune.channels import masked_channels
+    from latprune.pruned_file import prune_loaded
+
+    loaded = load_model("fixtures.user_models:self_concat_net")
+    analysis = analyse(loaded)
+    x = loaded.example_input()
+    for group in analysis.groups:
+        for kept in (list(range(group.width // 2)), list(range(1, group.width, 2))):
+            pruned = prune_loaded(analysis, {group.id: kept})  # checked against the masked network inside
+            removed = [i for i in range(group.width) if i not in kept]
+            with torch.no_grad(), masked_channels(loaded.model, analysis.layout, {group.id: removed}):
+                expected = loaded.model(x)
+            with torch.no_grad():
+                assert torch.allclose(pruned.model(x), expected, atol=1e-5)
+
+
+def test_prune_refuses_a_network_that_differs_from_the_masked_one():
+    """The last line of defence: an op that moves channels after the groups were verified."""
+    import torch.nn as nn
+
+    from latprune.analysis import analyse
+    from latprune.errors import LatpruneError
+    from latprune.pruned_file import prune_loaded
+
+    class Switchable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3), nn.Linear(8, 2)
+            self.rotate = False
+
+        def forward(self, x):
+            x = torch.relu(self.conv1(x))
+            x = torch.roll(x, 1, 1) if self.rotate else x
+            return self.head(self.conv2(x).mean((2, 3)))
+
+    from latprune.models import LoadedModel
+
+    loaded = LoadedModel(Switchable().eval(), "custom:switchable", "custom", (1, 3, 12, 12))
+    analysis = analyse(loaded)
+    assert "conv1" in {g.id for g in analysis.groups}
+    loaded.model.rotate = True
+    with pytest.raises(LatpruneError, match="the pruned network is not the dense one with those channels removed"):
+        prune_loaded(analysis, {"conv1": [0, 1, 2, 3]})
+
+
+# ---------------------------------------------------------------- cached damage tables are untrusted
+
+
+def _corrupt_damage(kind: str, data: dict) -> None:
+    group = next(iter(data["damage"]))
+    if kind == "wrong types":
+        data["damage"][group] = [str(v) for v in data["damage"][group]]
+    elif kind == "other widths":
+        data["widths"][group] = [w + 1 for w in data["widths"][group]]
+    elif kind == "a group missing":
+        data["damage"].pop(group)
+    elif kind == "NaN":
+        data["damage"][group][0] = float("nan")
+    elif kind == "negative":
+        data["damage"][group] = [-1.0 for _ in data["damage"][group]]
+    elif kind == "growing with width":
+        data["damage"][group] = [0.0] * (len(data["damage"][group]) - 1) + [5.0]
+    elif kind == "images as a bool":
+        data["images"] = True
+
+
+@pytest.mark.parametrize("kind", ["wrong types", "other widths", "a group missing", "NaN", "negative",
+                                  "growing with width", "images as a bool"])
+def test_an_invalid_cached_damage_table_is_measured_again(resnet20, calib, tmp_path, capsys, kind):
+    import json
+
+    from fixtures.fake_perf import MacsLatency
+    from latprune.analysis import analyse
+    from latprune.planner.api import prepare
+    from latprune.planner.damage import measure_damage
+    from latprune.planner.widths import WidthPolicy
+
+    inputs = prepare(analyse(resnet20), "l2", policy=WidthPolicy(step=16), perf=MacsLatency(), backend="fake")
+    analysis = inputs.analysis
+
+    def damage():
+        return measure_damage(analysis.model, analysis.spec, inputs.groups, analysis.layout, inputs.scores,
+                              inputs.macs.candidates, calib[:8], cache_dir=tmp_path, progress=False)
+
+    first = damage()
+    path = tmp_path / "damage" / f"{first.key}.json"
+    data = json.loads(path.read_text())
+    _corrupt_damage(kind, data)
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+    again = damage()
+    assert not again.cached and again.damage == first.damage and again.widths == first.widths
+    assert "cached damage table" in capsys.readouterr().err
+    assert damage().cached  # the bad entry was replaced, not repeated by every later run
+
+
+# ---------------------------------------------------------------- the closed loop on a contended host
+
+
+def test_contended_rounds_are_left_out_and_never_stored(profiled, synthetic_backend):
+    from latprune.profiler.variant_timer import VariantTimer
+
+    p = profiled
+    widths = {g.id: max(g.width // 2, 1) for g in p.analysis.groups}
+    with VariantTimer(p.analysis, "synthetic", db=p.db, rounds=4, settings=p.timing) as timer:
+        quiet = timer.time(widths)
+        start = synthetic_backend.calls
+        synthetic_backend.slowdown = lambda call: 300.0 if call - start in (3, 4, 7, 8) else 1.0  # rounds 2 and 4
+        contended = timer.time(widths)
+    assert quiet.rejected_rounds == 0 and contended.rejected_rounds == 2
+    assert contended.variant.median_ms == pytest.approx(quiet.variant.median_ms)
+    assert contended.dense.median_ms == pytest.approx(quiet.dense.median_ms)
+    with ProfileStore(p.db, readonly=True) as store:
+        rows = [r for r in store.network_timings(store.find_device(p.fitted.device), "synthetic")
+                if r.variant_key == contended.variant_key]
+        layers = store.layer_timings(store.find_device(p.fitted.device), "synthetic")
+    assert rows and all(r.measurement.p90_ms == pytest.approx(quiet.variant.median_ms) for r in rows)
+    assert max(t.measurement.p90_ms for t in layers) < 0.1  # no 300x slower layer reached the profile
+
+
+def test_a_host_contended_throughout_is_refused_and_nothing_is_stored(profiled, synthetic_backend):
+    from latprune.errors import LatpruneError
+    from latprune.profiler.variant_timer import VariantTimer
+
+    p = profiled
+    widths = {g.id: max(g.width // 2, 1) for g in p.analysis.groups}
+    with ProfileStore(p.db, readonly=True) as store:
+        before = len(store.network_timings(store.find_device(p.fitted.device), "synthetic"))
+    with VariantTimer(p.analysis, "synthetic", db=p.db, rounds=3, settings=p.timing) as timer:
+        start = synthetic_backend.calls
+        synthetic_backend.slowdown = lambda call: 300.0 if call > start else 1.0
+        with pytest.raises(LatpruneError, match="the host is contended"):
+            timer.time(widths)
+    with ProfileStore(p.db, readonly=True) as store:
+        assert len(store.network_timings(store.find_device(p.fitted.device), "synthetic")) == before
+
+
+# ---------------------------------------------------------------- outputs honour the umask
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_outputs_get_the_permissions_the_umask_gives(workspace, monkeypatch, capsys, tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        code, _, err = run_main(workspace, monkeypatch, capsys, ["prune", *R20, "--uniform", "0.5", "--out",
+                                                                 str(tmp_path / "m.pt")])
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    assert (tmp_path / "m.pt").stat().st_mode & 0o777 == mode
+
+
+def test_run_claims_a_new_folder_and_may_replace_its_own_output_with_force(workspace, tmp_path):
+    from latprune.errors import LatpruneError
+    from latprune.outputs import RUN_MARKER, check_output_folder
+
+    fresh = tmp_path / "new" / "run"
+    check_output_folder(fresh)
+    assert (fresh / RUN_MARKER).is_file()
+    (fresh / "plan.json").write_text("{}")  # what the run wrote
+    with pytest.raises(LatpruneError, match="pass --force"):
+        check_output_folder(fresh)
+    check_output_folder(fresh, force=True)
+    legacy = tmp_path / "legacy"  # a run from before the marker: its summary.json says what it is
+    legacy.mkdir()
+    (legacy / "summary.json").write_text('{"format": "latprune-run", "version": 1, "runs": []}')
+    check_output_folder(legacy, force=True)

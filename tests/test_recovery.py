@@ -184,7 +184,7 @@ def test_empty_or_unreadable_calibration_folders_are_clear_errors(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.jpg").write_bytes(b"not an image")
-    with pytest.raises(LatpruneError, match="cannot read calibration image .*broken.jpg"):
+    with pytest.raises(LatpruneError, match="cannot use image .*broken.jpg"):
         calibration_tensor(bad, "cifar", (1, 3, 32, 32))
 
 

@@ -3,9 +3,14 @@
 from latprune.models.loading import (
     LoadedModel,
     apply_state_dict,
+    check_spec_named,
+    default_input_shape,
+    is_builtin_spec,
     load_model,
     load_state_dict_file,
     parse_input_shape,
+    spec_family,
 )
 
-__all__ = ["LoadedModel", "apply_state_dict", "load_model", "load_state_dict_file", "parse_input_shape"]
+__all__ = ["LoadedModel", "apply_state_dict", "check_spec_named", "default_input_shape", "is_builtin_spec",
+           "load_model", "load_state_dict_file", "parse_input_shape", "spec_family"]

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from latprune.errors import LatpruneError
 from latprune.models.cifar_resnet import DEPTHS, cifar_resnet
+from latprune.models.memory import check_memory
 
 DEFAULT_INPUT_SHAPES = {
     "torchvision": (1, 3, 224, 224),
@@ -83,6 +84,40 @@ def _custom_factory(module_name: str, attr: str) -> Callable[[], nn.Module]:
     if not callable(factory):
         raise LatpruneError(f"module {module_name!r} has no callable {attr!r}")
     return factory
+
+
+BUILTIN_FAMILIES = ("torchvision", "cifar")
+
+
+def is_builtin_spec(spec: str) -> bool:
+    """Whether ``spec`` names a model latprune builds itself (no user code is imported)."""
+    family, sep, name = spec.partition(":")
+    return bool(sep and name) and family in BUILTIN_FAMILIES
+
+
+def spec_family(spec: str) -> str:
+    """The family a spec belongs to (``torchvision``, ``cifar`` or ``custom``), without loading anything."""
+    family = spec.partition(":")[0]
+    return family if family in BUILTIN_FAMILIES else "custom"
+
+
+def default_input_shape(spec: str) -> tuple[int, ...]:
+    """The input shape a spec gets without ``--input-shape`` where it is known without building the model
+    (a custom factory's model may declare its own)."""
+    if spec == "torchvision:inception_v3":
+        return (1, 3, 299, 299)
+    return DEFAULT_INPUT_SHAPES[spec_family(spec)]
+
+
+def check_spec_named(spec: str, named: str | None, source: str) -> None:
+    """Refuse to import user code that a file names (``source``) unless the user named the same spec.
+
+    Built-in specs import nothing of the user's; a ``module:callable`` spec read from a file would run
+    whatever that module's import and that callable do, so it needs ``--model`` with the same spec."""
+    if is_builtin_spec(spec) or spec == named:
+        return
+    raise LatpruneError(f"{source} names the model factory {spec!r}; latprune imports code that a file names only "
+                        f"when you name the same spec: --model {spec}")
 
 
 def _factory_for(spec: str) -> tuple[str, Callable[[], nn.Module]]:
@@ -164,6 +199,7 @@ def load_model(
     if weights is not None:
         apply_state_dict(model, load_state_dict_file(weights), str(weights), spec)
     shape = tuple(input_shape) if input_shape else _default_input_shape(family, spec, model)
+    check_memory(model, spec, shape)
     return LoadedModel(model=model.eval(), spec=spec, family=family, input_shape=shape,
                        weights=os.path.abspath(weights) if weights is not None else None)
 
@@ -172,6 +208,4 @@ def _default_input_shape(family: str, spec: str, model: Any) -> tuple[int, ...]:
     declared = getattr(model, "input_shape", None)
     if declared is not None:
         return tuple(int(s) for s in declared)
-    if spec == "torchvision:inception_v3":
-        return (1, 3, 299, 299)
-    return DEFAULT_INPUT_SHAPES[family]
+    return default_input_shape(spec)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +43,37 @@ class FitSummary:
     selection: dict
     overhead: dict
     fit_s: float
+    input_shapes: list[list[int]] = field(default_factory=list)  # the whole-network input shapes profiled
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def check_input_shape(self, input_shape: Sequence[int], spec: str) -> None:
+        """Refuse to predict at an input shape this device's profile never timed: layer times extrapolated to
+        another batch or image size can be off many times over (a 1x3x32x32 profile answered 3 ms for a
+        64x3x32x32 network that takes 68 ms)."""
+        shape = [int(s) for s in input_shape]
+        if not self.input_shapes or shape in self.input_shapes:
+            return
+        profiled = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
+        wanted = "x".join(map(str, shape))
+        raise LatpruneError(f"the {self.backend} profile of this device was taken at input shape {profiled}, not "
+                            f"{wanted}: predictions there would extrapolate; profile it first (latprune profile "
+                            f"--model {spec} --input-shape {wanted})")
+
+
+def profiled_input_shapes(store: ProfileStore, device_id: int, backend: str) -> list[list[int]]:
+    """The input shapes of the networks timed whole on this device and backend (from their model keys)."""
+    shapes = []
+    for key in store.model_keys(device_id, backend):
+        text = key.rpartition("@")[2]
+        try:
+            shape = [int(s) for s in text.split("x")]
+        except ValueError:
+            continue
+        if shape not in shapes:
+            shapes.append(shape)
+    return sorted(shapes)
 
 
 def device_id_for(store: ProfileStore, backend_name: str, threads: int | None = None,
@@ -88,7 +117,8 @@ def fit_perf_model(store: ProfileStore, device_id: int, backend: str, estimator:
     summary = FitSummary(backend=backend, device=device, status="fitted", layer_rows=len(timings),
                          network_rows=len(networks), alignment_step=step, chosen=layers.chosen_,
                          selection=layers.selection_, overhead={k: list(v) for k, v in model.overhead_.items()},
-                         fit_s=time.time() - started)
+                         fit_s=time.time() - started,
+                         input_shapes=profiled_input_shapes(store, device_id, backend))
     try:
         save_fit(_fit_file(store, device, backend), model, store.profile_hash(device_id, backend),
                  library_versions(), summary.to_json())
@@ -119,7 +149,8 @@ def load_perf_model(store: ProfileStore, device_id: int, backend: str, refit: bo
         elif profile_hash != store.profile_hash(device_id, backend):
             reason = "the profile changed since the fit"
         else:
-            return model, FitSummary(**{**summary, "status": "loaded"})
+            return model, FitSummary(**{**summary, "status": "loaded",
+                                        "input_shapes": profiled_input_shapes(store, device_id, backend)})
     if not refit:
         raise LatpruneError(f"the stored {backend} performance model is stale: {reason}; run `latprune fit`")
     print(f"latprune: refitting the {backend} performance model: {reason}", file=sys.stderr)

@@ -14,6 +14,7 @@ from latprune.analysis import ModelAnalysis, as_analysis
 from latprune.groups import ChannelGroup
 from latprune.models import LoadedModel
 from latprune.network import layer_signatures
+from latprune.outputs import atomic_path
 from latprune.perfmodel.estimator import NetworkLatencyModel
 from latprune.profiler.api import measure_models
 from latprune.surgery import prune_channels
@@ -73,7 +74,8 @@ def validate_model(model: LoadedModel | ModelAnalysis, backend: str, perf: Netwo
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         stem = key.replace(":", "_").replace("@", "_")
-        (out / f"validate_{stem}_{backend}.json").write_text(json.dumps(result, indent=2))
+        with atomic_path(out / f"validate_{stem}_{backend}.json") as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
         scatter_plot(rows, f"{key} on {backend}: MAPE {100 * result['mape']:.1f}% random"
                      + (f", {100 * result['plan_like']['mape']:.1f}% plan-like" if plan_like else ""),
                      out / f"validate_{stem}_{backend}.png")
@@ -119,5 +121,6 @@ def scatter_plot(rows: Sequence[dict], title: str, path: Path) -> None:
     ax.title.set_fontsize(9)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)

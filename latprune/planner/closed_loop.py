@@ -60,7 +60,7 @@ class Timing(Protocol):
     variant: Measurement
     dense: Measurement
     new_layer_rows: int
-    seconds: float
+    seconds: float  # and optionally rejected_rounds: timing rounds left out because the host was contended
 
 
 class LoopDevice(Protocol):
@@ -138,7 +138,8 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
                   "relative_to_dense": relative, "p10_ms": timing.variant.p10_ms,
                   "p90_ms": timing.variant.p90_ms, "spread": timing.variant.spread,
                   **_judgement(measured, judged, dense.median_ms, settings.tol),
-                  "new_layer_rows": timing.new_layer_rows, "timing_s": timing.seconds}
+                  "new_layer_rows": timing.new_layer_rows, "timing_s": timing.seconds,
+                  "rejected_rounds": getattr(timing, "rejected_rounds", 0)}
         rounds.append(record)
         plans.append(plan)
         if on_round is not None:

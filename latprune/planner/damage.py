@@ -111,9 +111,11 @@ def measure_damage(model: nn.Module, spec: str, groups: Sequence[ChannelGroup], 
     kept = {g.id: {w: kept_channels(g, scores[g.id], w) for w in widths[g.id]} for g in groups}
     key = damage_key(model, spec, images, groups, kept)
     path = Path(cache_dir or default_cache_dir()) / "damage" / f"{key}.json"
-    cached = _read(path, key)
+    cached, problem = _read(path, key, widths)
     if cached is not None:
         return cached
+    if problem is not None:
+        print(f"latprune: warning: cached damage table {path} {problem}; measuring it again", file=sys.stderr)
     began = time.perf_counter()
     model.eval()
     with torch.no_grad():
@@ -127,6 +129,10 @@ def measure_damage(model: nn.Module, spec: str, groups: Sequence[ChannelGroup], 
         removed = [i for i in range(group.width) if i not in keep]
         with masked_channels(model, layout, {group.id: removed}), torch.no_grad():
             measured[group.id, width] = output_loss(reference, model(images))
+    bad = [k for k, v in measured.items() if not np.isfinite(v)]
+    if bad:
+        raise LatpruneError(f"the model's outputs are not finite on the calibration images with group {bad[0][0]} "
+                            f"at width {bad[0][1]}: its damage cannot be measured")
     for group in groups:
         values = [measured.get((group.id, w), 0.0) for w in widths[group.id]]
         # more channels never hurt more: the damage at a width is at least the damage at any wider one
@@ -141,11 +147,44 @@ def measure_damage(model: nn.Module, spec: str, groups: Sequence[ChannelGroup], 
     return table
 
 
-def _read(path: Path, key: str) -> DamageTable | None:
-    """The cached table at ``path``, or None when absent, unreadable or for another key."""
+def _read(path: Path, key: str, widths: Mapping[str, list[int]]) -> tuple[DamageTable | None, str | None]:
+    """The cached table at ``path`` if it is this exact, valid table; else (None, what is wrong with the file,
+    or None when there is no file). Cached files are read as untrusted: wrong types, other groups or widths,
+    and values that are not finite, negative or growing with width are all rejected."""
     try:
         data = json.loads(path.read_text())
-        table = DamageTable(**data, cached=True)
-    except (OSError, ValueError, TypeError):
-        return None
-    return table if table.key == key else None
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, RecursionError) as exc:
+        return None, f"is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    problem = _table_problem(data, key, widths)
+    if problem is not None:
+        return None, problem
+    return DamageTable(key, {g: list(widths[g]) for g in widths},
+                       {g: [float(v) for v in data["damage"][g]] for g in widths}, data["images"],
+                       float(data["seconds"]), cached=True), None
+
+
+def _table_problem(data, key: str, widths: Mapping[str, list[int]]) -> str | None:
+    """What makes ``data`` not the valid damage table ``key`` of these measured widths (None when it is)."""
+    if not isinstance(data, dict) or set(data) != {"key", "widths", "damage", "images", "seconds"}:
+        return "is not a damage table"
+    if data["key"] != key:
+        return "holds another table than its name says"
+    if data["widths"] != {g: list(w) for g, w in widths.items()}:
+        return "is for other groups or widths"
+    if isinstance(data["images"], bool) or not isinstance(data["images"], int) or data["images"] < 1:
+        return "has an invalid image count"
+    if isinstance(data["seconds"], bool) or not isinstance(data["seconds"], (int, float)):
+        return "has an invalid time"
+    damage = data["damage"]
+    if not isinstance(damage, dict) or set(damage) != set(widths):
+        return "has damage for other groups"
+    for group, values in damage.items():
+        if (not isinstance(values, list) or len(values) != len(widths[group])
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            return f"has malformed damage for group {group}"
+        array = np.asarray(values, dtype=float)
+        if not np.all(np.isfinite(array)) or np.any(array < 0) or np.any(np.diff(array) > 0):
+            return f"has damage for group {group} that is not finite, non-negative and non-increasing in width"
+    return None

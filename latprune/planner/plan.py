@@ -5,8 +5,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from latprune.groups import ChannelGroup
+
+from latprune import schema
 from latprune.errors import LatpruneError
 from latprune.outputs import atomic_path
 
@@ -71,15 +77,54 @@ class Plan:
         return {k: v for k, v in self.to_json().items() if k != "groups"}
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "Plan":
+    def from_json(cls, data: Mapping, source: str = "plan") -> "Plan":
+        """A plan from its JSON, every field checked (type, range, width == len(kept), no repeated group or
+        channel): a bad file is one error naming the field, before any work."""
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
-            raise LatpruneError("not a latprune plan file")
-        if int(data.get("version", 0)) > FORMAT_VERSION:
-            raise LatpruneError(f"plan format {data['version']} is newer than this latprune reads ({FORMAT_VERSION})")
-        values = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        values["groups"] = [GroupPlan(**g) for g in data["groups"]]
-        return cls(**values)
+            raise LatpruneError(f"{source} is not a latprune plan file")
+        schema.version(data.get("version"), source, FORMAT_VERSION)
+        missing = [k for k in ("model", "input_shape", "groups") if k not in data]
+        if missing:
+            raise LatpruneError(f"{source} is incomplete: no {', '.join(missing)}")
+        optional_text = {k: schema.text(data.get(k, ""), source, k, empty=True)
+                         for k in ("backend", "cost", "method", "importance", "device", "objective") if k in data}
+        optional_numbers = {k: schema.number(data.get(k), source, k, minimum=0, optional=True)
+                            for k in ("budget_ms", "predicted_ms", "dense_predicted_ms") if k in data}
+        records = {k: dict(schema.mapping(data[k], source, k))
+                   for k in ("solver", "budget", "search", "verification") if k in data}
+        return cls(
+            model=schema.text(data["model"], source, "model"),
+            input_shape=list(schema.input_shape(data["input_shape"], source)),
+            backend=optional_text.get("backend", ""), cost=optional_text.get("cost", "latency"),
+            method=optional_text.get("method", ""), importance=optional_text.get("importance", ""),
+            budget_ms=optional_numbers.get("budget_ms"), predicted_ms=optional_numbers.get("predicted_ms"),
+            dense_predicted_ms=optional_numbers.get("dense_predicted_ms"),
+            importance_kept=schema.number(data.get("importance_kept", 0.0), source, "importance_kept", minimum=0),
+            macs=schema.integer(data.get("macs", 0), source, "macs", minimum=0),
+            dense_macs=schema.integer(data.get("dense_macs", 0), source, "dense_macs", minimum=0),
+            groups=_groups_from_json(data["groups"], source),
+            device=optional_text.get("device", ""), objective=optional_text.get("objective", "importance"),
+            **records,
+        )
 
+    def check_groups(self, groups: Sequence["ChannelGroup"], source: str = "the plan") -> None:
+        """Refuse a plan whose groups are not exactly the model's (a plan made for another model, edited, or
+        incomplete) or whose kept channels the model's groups cannot take."""
+        planned = {g.id: g for g in self.groups}
+        known = {g.id: g for g in groups}
+        unknown = sorted(set(planned) - set(known))
+        if unknown:
+            raise LatpruneError(f"{source} names group {unknown[0]!r}, which {self.model} does not have "
+                                f"({len(unknown)} unknown); run `latprune groups` to list them")
+        missing = [gid for gid in known if gid not in planned]
+        if missing:
+            raise LatpruneError(f"{source} lacks group {missing[0]!r} ({len(missing)} of {len(known)} missing): a plan "
+                                f"names every prunable group, at full width to keep it")
+        for gid, group in known.items():
+            if planned[gid].full_width != group.width:
+                raise LatpruneError(f"{source}: group {gid!r} has full width {planned[gid].full_width} in the plan "
+                                    f"but {group.width} in {self.model}: the plan is for another model")
+            group.validate_kept(planned[gid].kept)
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
@@ -91,9 +136,37 @@ class Plan:
                 data = json.load(f)
         except FileNotFoundError:
             raise LatpruneError(f"plan file not found: {path}") from None
-        except (OSError, ValueError) as exc:
-            raise LatpruneError(f"cannot read plan {path}: {exc}") from None
-        try:
-            return cls.from_json(data)
-        except (KeyError, TypeError) as exc:
-            raise LatpruneError(f"plan {path} is incomplete or malformed ({exc})") from None
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+            raise LatpruneError(f"cannot read plan {path}: {str(exc).splitlines()[0]}") from None
+        except RecursionError:
+            raise LatpruneError(f"cannot read plan {path}: nested too deeply") from None
+        return cls.from_json(data, f"plan {path}")
+
+
+def _groups_from_json(value, source: str) -> list[GroupPlan]:
+    """The plan's groups: each an object with id, width, full_width and kept; no id twice; width == len(kept);
+    kept channels distinct and within the full width."""
+    if not isinstance(value, list) or not value:
+        raise LatpruneError(f"{source}: groups must be a non-empty list")
+    groups, seen = [], set()
+    for index, entry in enumerate(value):
+        field_name = f"groups[{index}]"
+        entry = schema.mapping(entry, source, field_name)
+        missing = [k for k in ("id", "width", "full_width", "kept") if k not in entry]
+        if missing:
+            raise LatpruneError(f"{source}: {field_name} has no {', '.join(missing)}")
+        gid = schema.text(entry["id"], source, f"{field_name}.id")
+        if gid in seen:
+            raise LatpruneError(f"{source}: group {gid!r} is listed twice")
+        seen.add(gid)
+        full = schema.integer(entry["full_width"], source, f"group {gid!r} full_width", minimum=1)
+        kept = schema.integers(entry["kept"], source, f"group {gid!r} kept", minimum=0)
+        width = schema.integer(entry["width"], source, f"group {gid!r} width", minimum=1)
+        if width != len(kept):
+            raise LatpruneError(f"{source}: group {gid!r} has width {width} but keeps {len(kept)} channels")
+        if len(set(kept)) != len(kept):
+            raise LatpruneError(f"{source}: group {gid!r} keeps a channel twice")
+        if width > full or max(kept) >= full:
+            raise LatpruneError(f"{source}: group {gid!r} keeps channels beyond its full width {full}")
+        groups.append(GroupPlan(gid, width, full, sorted(kept)))
+    return groups

@@ -287,6 +287,12 @@ class ProfileStore:
             for r in rows
         ]
 
+    def model_keys(self, device_id: int, backend: str) -> list[str]:
+        """The model keys (spec @ input shape) with whole-network timings on this device and backend."""
+        rows = self._conn.execute("SELECT DISTINCT model_key FROM network_timings WHERE device_id = ? AND backend = ?"
+                                  " ORDER BY model_key", (device_id, backend))
+        return [r[0] for r in rows]
+
     def save_round(self, device_id: int, backend: str, model_key: str, variant_key: str, round_index: int,
                    data: dict) -> None:
         with self._transaction() as conn:

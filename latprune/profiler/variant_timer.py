@@ -6,10 +6,16 @@ per-layer segments with the instrumentation overhead removed) and records each v
 layers and whole-network time in the profile database, so the next fit of the performance
 model knows the widths plans actually use. The dense network is timed in the same rounds:
 a speedup is judged against it.
+
+A round in which the dense network ran far slower than it does on a quiet host (another process
+on the CPU: two verifying plans on one machine measured a 2 ms network at 600 ms) is left out,
+of the result and of the profile, and timed again; when too few rounds are clean the timing is
+refused, and nothing is stored. A slow minute must never become a slow layer for every later plan.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from collections.abc import Mapping
@@ -17,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latprune.analysis import ModelAnalysis
+from latprune.errors import LatpruneError
 from latprune.network import Measurement, layer_signatures
 from latprune.profiler.backends import get_backend
 from latprune.profiler.device import fingerprint
@@ -36,6 +43,14 @@ class VariantTiming:
     dense: Measurement
     new_layer_rows: int
     seconds: float
+    rejected_rounds: int = 0  # rounds left out because the host was contended while they ran
+
+
+# A round whose dense time exceeds this many times the quietest dense time seen (this timer's rounds and the
+# profile's own checks of the dense network) was run on a contended host. This host's own swings reach 2x.
+CONTENDED_FACTOR = 2.5
+MIN_CLEAN_ROUNDS = 2
+EXTRA_ROUNDS_FACTOR = 2  # contended rounds are re-run, up to this many times the rounds asked for in all
 
 
 class VariantTimer:
@@ -61,6 +76,8 @@ class VariantTimer:
             self._timer.warm_up([self._dense], settings.global_warmup_s)
             dense_ms = Measurement.from_samples([self._timer.sample(self._dense, settings.runs).plain_ms]).median_ms
             self._runs = _round_runs(settings, dense_ms)
+            profiled = self._store.drift_checks(self._device_id, self.backend.name, analysis.key)
+            self._quiet_ms = min([dense_ms, *profiled])
         except BaseException:
             self.close()
             raise
@@ -90,16 +107,32 @@ class VariantTimer:
         signatures = layer_signatures(model, analysis.layers, loaded.input_shape[0], self.backend.name)
         prepared = self.backend.prepare(model, loaded.input_shape, list(analysis.layers),
                                         Path(self._work.name) / f"{variant.key}.bin")
-        job = _Job(variant, prepared, signatures, {})
         runs, profiled_runs = self._runs
-        dense_samples = []
-        for index in range(self.rounds):
+        rounds: list[tuple[list[float], dict]] = []  # (dense samples, variant round) per round
+        tries = 0
+        while len(self._clean(rounds)) < self.rounds and tries < self.rounds * (1 + EXTRA_ROUNDS_FACTOR):
+            tries += 1
+            taken = {}
             for which in self._timer.shuffled(["dense", "variant"]):
                 if which == "dense":
-                    dense_samples.append(self._timer.sample(self._dense, runs).plain_ms)
+                    taken[which] = self._timer.sample(self._dense, runs).plain_ms
                 else:
-                    job.rounds[index] = self._timer.sample(prepared, runs, profiled_runs).to_json()
+                    taken[which] = self._timer.sample(prepared, runs, profiled_runs).to_json()
+            self._quiet_ms = min(self._quiet_ms, statistics.median(taken["dense"]))
+            rounds.append((taken["dense"], taken["variant"]))
+        clean = self._clean(rounds)
+        if len(clean) < MIN_CLEAN_ROUNDS:
+            slowest = max(statistics.median(d) for d, _ in rounds)
+            raise LatpruneError(
+                f"the host is contended: the dense network took up to {slowest:.4g} ms in {len(rounds) - len(clean)} "
+                f"of {len(rounds)} rounds against {self._quiet_ms:.4g} ms quiet (another process is using the CPU?); "
+                f"nothing was stored in the profile: run again on a quiet machine")
+        job = _Job(variant, prepared, signatures, {i: v for i, (_, v) in enumerate(clean)})
         new_rows = _finish(job, self._store, self._device_id, self.backend.name, analysis.key)
         whole = Measurement.from_samples([job.rounds[i]["plain_ms"] for i in sorted(job.rounds)])
-        return VariantTiming(variant.key, whole, Measurement.from_samples(dense_samples), new_rows,
-                             time.perf_counter() - began)
+        return VariantTiming(variant.key, whole, Measurement.from_samples([d for d, _ in clean]), new_rows,
+                             time.perf_counter() - began, rejected_rounds=len(rounds) - len(clean))
+
+    def _clean(self, rounds: list[tuple[list[float], dict]]) -> list[tuple[list[float], dict]]:
+        """The rounds whose dense time says the host was not contended (judged against the quietest seen)."""
+        return [r for r in rounds if statistics.median(r[0]) <= CONTENDED_FACTOR * self._quiet_ms]
