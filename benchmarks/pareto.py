@@ -32,7 +32,7 @@ from latprune.defaults import IMPORTANCE_CALIB_SIZE
 from latprune.errors import LatpruneError
 from latprune.outputs import atomic_path
 from latprune.planner.closed_loop import LoopSettings
-from latprune.profiler.api import measure_models
+from latprune.profiler.api import RoundsRule, measure_paired
 from latprune.recovery import recover
 
 WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
@@ -86,15 +86,18 @@ def run_model(name: str, fractions: list[float], done: dict, quick: bool, second
         plans = plans_at(analysis, perf, fitted, fraction, calib[:IMPORTANCE_CALIB_SIZE], seconds)
         feasible = {m: p for m, p in plans.items() if not isinstance(p, str)}
         pruned = {m: pipeline.prune(analysis, p) for m, p in feasible.items()}
-        measured, _ = measure_models([loaded.model, *(p.model for p in pruned.values())], loaded.input_shape,
-                                     "ort-cpu", rounds=rounds, runs=10)
-        dense_m = measured[0]
-        ratios = {method: m.median_ms / dense_m.median_ms for method, m in zip(feasible, measured[1:])}
+        timing, _ = measure_paired(loaded.model, [p.model for p in pruned.values()], loaded.input_shape, "ort-cpu",
+                                   rule=RoundsRule(min_rounds=rounds, max_rounds=max(rounds, 60), max_seconds=300.0))
+        dense_m = timing.reference
+        ratios = {method: r.ratio for method, r in zip(feasible, timing.ratios)}  # paired round by round
         rows = []
-        for (method, plan), m in zip(feasible.items(), measured[1:]):
+        for index, ((method, plan), m) in enumerate(zip(feasible.items(), timing.networks)):
             ratio = ratios[method]
+            interval = timing.ratios[index]
             base = {"model": name, "fraction": fraction, "method": method, "objective": plan.objective,
-                    "dense_ms": dense_m.median_ms, "dense_spread": dense_m.spread, "measured_ms": m.median_ms,
+                    "dense_ms": dense_m.median_ms, "dense_spread": dense_m.spread,
+                    "measured_ms": timing.derived_ms(index), "raw_median_ms": m.median_ms,
+                    "ratio_interval": [interval.low, interval.high],
                     "spread": m.spread, "measured_over_dense": ratio, "vs_latprune": ratio / ratios["latprune"],
                     "loop_measured_over_dense": plan.verification["measured_ms"]
                     / plan.verification["dense_measured_ms"], "loop_status": plan.verification.get("status"),

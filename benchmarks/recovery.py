@@ -31,8 +31,7 @@ from benchmarks.common import DEFAULT_DB, SHARED, markdown_table, perf_model_for
 from latprune import pipeline
 from latprune.budget import BudgetRequest
 from latprune.errors import LatpruneError
-from latprune.network import paired_ratio
-from latprune.profiler.api import measure_models
+from latprune.profiler.api import RoundsRule, measure_paired
 from latprune.data import calibration_tensor, image_folder
 from latprune.analysis import analyse
 from latprune.models import load_model
@@ -122,14 +121,15 @@ def latency_cases(analysis, calib: torch.Tensor, db) -> tuple[list[tuple], dict]
             print(f"{analysis.spec} {label}: {exc}", flush=True)
     timed = [("plan", label, p) for label, p in plans.items()] + [("fastest", label, p) for label, p in fastest.items()]
     pruned = [prune_loaded(analysis, p.kept()) for _, _, p in timed]
-    measured, _ = measure_models([analysis.model] + [p.model for p in pruned], analysis.input_shape,
-                                 LATENCY_BACKEND, rounds=TIMING_ROUNDS, runs=10)
-    dense = measured[0]
+    paired, _ = measure_paired(analysis.model, [p.model for p in pruned], analysis.input_shape, LATENCY_BACKEND,
+                               rule=RoundsRule(min_rounds=TIMING_ROUNDS, max_rounds=max(TIMING_ROUNDS, 60),
+                                               max_seconds=300.0))
+    dense, measured = paired.reference, [paired.reference, *paired.networks]
     timing = {"backend": LATENCY_BACKEND, "fraction": LATENCY_FRACTION, "dense_ms": dense.median_ms,
               "dense_spread": dense.spread, "failures": failures, "plans": []}
     cases = []
-    for (kind, label, plan), model, m in zip(timed, pruned, measured[1:]):
-        relative = paired_ratio(m, dense)
+    for (kind, label, plan), model, m, interval in zip(timed, pruned, measured[1:], paired.ratios):
+        relative = interval.ratio
         loop = plan.verification or {}
         timing["plans"].append({
             "kind": kind, "label": label, "relative": relative, "measured_ms": m.median_ms, "spread": m.spread,

@@ -2,7 +2,9 @@
 
 A request is either milliseconds or a speedup over the dense model. A speedup only becomes
 milliseconds against a dense latency: the *predicted* one when a plan is made, the one
-*measured* in the same rounds as the pruned model when a result is judged. ``margin`` is
+*measured* in the same rounds as the pruned model when a result is judged. Either kind is
+judged by the pruned model's paired ratio to the dense model times that dense latency, so a
+budget in milliseconds is the ratio ``budget / dense`` on the host as it is during the command. ``margin`` is
 headroom: plans aim at ``ms / (1 + margin)``; the closed planning loop
 (:mod:`latprune.planner.closed_loop`) moves that aim by what the device measured.
 """
@@ -72,11 +74,12 @@ class BudgetRequest:
         if not (math.isfinite(self.margin) and 0 <= self.margin < 1):
             raise LatpruneError(f"--margin must be in [0, 1), got {self.margin}")
 
-    def judged_ms(self, median_ms: float, relative_to_dense: float, dense_ms: float) -> float:
-        """The measured latency this request is judged by: the pruned model's median for a budget in
-        ms; for a speedup, its latency relative to the dense model paired round by round
-        (:func:`~latprune.network.paired_ratio`: a host's slow spell slows both alike) at ``dense_ms``."""
-        return relative_to_dense * dense_ms if self.speedup is not None else median_ms
+    def judged_ms(self, relative_to_dense: float, dense_ms: float) -> float:
+        """The measured latency this request is judged by, for either kind of request: the pruned model's
+        latency relative to the dense model, paired round by round (:func:`~latprune.network.paired_ratio`: a
+        host's slow spell slows both alike), times ``dense_ms``, the dense median over every round of the same
+        command. A budget in ms is thereby the ratio ``budget_ms / dense_ms``, judged like a speedup."""
+        return relative_to_dense * dense_ms
 
     def resolve(self, dense_ms: float, basis: str) -> Budget:
         """Milliseconds of this request against a dense latency (``basis``: predicted or measured dense)."""

@@ -201,22 +201,43 @@ def cmd_profile(args: argparse.Namespace) -> dict:
 
 
 def _format_measure(result: dict) -> str:
-    return (f"{result['model']} on {result['backend']}: median {result['median_ms']:.3f} ms "
-            f"(p10 {result['p10_ms']:.3f}, p90 {result['p90_ms']:.3f}, {result['runs']} runs, "
-            f"round spread {100 * result['spread']:.1f}%)")
+    dense = result["dense"]
+    spread = (f"p10 {dense['p10_ms']:.3f}, p90 {dense['p90_ms']:.3f}, {dense['runs']} runs, round spread "
+              f"{100 * dense['spread']:.1f}%")
+    if "ratio" not in result:
+        return f"{result['model']} on {result['backend']}: median {dense['median_ms']:.3f} ms ({spread})"
+    ratio = result["ratio"]
+    return (f"{result['model']} pruned ({result['pruned']}) on {result['backend']}: {ratio['ratio']:.4f} of the dense "
+            f"model's latency, paired round by round (95% interval {ratio['low']:.4f}-{ratio['high']:.4f}, "
+            f"+-{100 * ratio['half_width']:.1f}%, {ratio['rounds']} rounds): speedup {1 / ratio['ratio']:.2f}x\n"
+            f"that is {result['derived_ms']:.3f} ms at the dense model's {dense['median_ms']:.3f} ms ({spread})")
 
 
 @command("measure", _format_measure)
 def cmd_measure(args: argparse.Namespace) -> dict:
-    """Whole-model latency on a backend (median, p10, p90 over shuffled rounds)."""
+    """Whole-model latency on a backend. A dense model: median, p10, p90 over shuffled rounds. A pruned model
+    (--pruned): timed in the same rounds as the dense model it was made from, until their paired ratio is known
+    to +-1.5% (95% interval) or --max-seconds; its milliseconds are that ratio times the dense median."""
     from latprune import pipeline
+    from latprune.models import load_model
 
     loaded = _model(args)
-    (measurement,), device = pipeline.measure([loaded.model], loaded.input_shape, args.backend, rounds=args.rounds,
-                                              runs=args.runs, threads=args.threads,
-                                              global_warmup_s=args.global_warmup)
-    return {"model": loaded.spec, "backend": args.backend, "input_shape": list(loaded.input_shape),
-            **measurement.to_json(samples=True), "device": device}
+    common = {"model": loaded.spec, "backend": args.backend, "input_shape": list(loaded.input_shape)}
+    if not args.pruned:
+        (measurement,), device = pipeline.measure([loaded.model], loaded.input_shape, args.backend,
+                                                  rounds=args.rounds or 5, runs=args.runs, threads=args.threads,
+                                                  global_warmup_s=args.global_warmup)
+        return {**common, "dense": measurement.to_json(samples=True), "device": device}
+    dense = load_model(loaded.spec, input_shape=loaded.input_shape)  # its architecture: weights do not time
+    rule = pipeline.RoundsRule(min_rounds=max(args.rounds or 10, 2), max_rounds=max(args.rounds or 10, 60),
+                               max_seconds=args.max_seconds)
+    timing, device = pipeline.measure_against_dense(dense.model, [loaded.model], loaded.input_shape, args.backend,
+                                                    rule=rule, threads=args.threads,
+                                                    global_warmup_s=args.global_warmup)
+    return {**common, "pruned": args.pruned, "ratio": timing.ratios[0].to_json(), "speedup": 1 / timing.ratios[0].ratio,
+            "derived_ms": timing.derived_ms(0), "converged": timing.converged, "seconds": timing.seconds,
+            "dense": timing.reference.to_json(samples=True), "pruned_raw": timing.networks[0].to_json(samples=True),
+            "device": device}
 
 
 def _format_devices(result: dict) -> str:
@@ -282,17 +303,22 @@ def _format_validate(result: dict) -> str:
     def errors(name: str, e: dict) -> str:
         if not e or not e.get("n"):
             return f"{name}: none"
-        return (f"{name} ({e['n']}): MAPE {100 * e['mape']:.2f}% (mean {100 * e['mean_error']:+.2f}%), max |error| "
-                f"{e['max_abs_pct_error']:.1f}%, within 8%: {100 * e['within_8pct']:.0f}%, speedup MAPE "
-                f"{100 * e['speedup_mape']:.2f}%, Kendall tau {e['kendall_tau']:.3f}")
+        return (f"{name} ({e['n']}): ratio MAPE {100 * e['mape']:.2f}% (mean {100 * e['mean_error']:+.2f}%), max "
+                f"|error| {e['max_abs_pct_error']:.1f}%, within 5%: {100 * e['within_5pct']:.0f}%, Kendall tau "
+                f"{e['kendall_tau']:.3f}")
 
-    rows = [(r["variant"], kind(r), f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}",
-             f"{100 * r['error']:+.1f}%", f"{100 * r['speedup_error']:+.1f}%") for r in result["per_variant"]]
+    rows = [(r["variant"], kind(r), f"{r['predicted_ratio']:.3f}", f"{r['measured_ratio']:.3f}",
+             f"{r['ratio_low']:.3f}-{r['ratio_high']:.3f}", f"{100 * r['error']:+.1f}%") for r in result["per_variant"]]
+    dense = result["dense"]
+    known = ("every ratio known to +-1.5%" if result["converged"] else
+             f"widest ratio interval +-{100 * result['widest_interval']:.1f}%")
     return "\n".join([
-        table(["variant", "kind", "predicted ms", "measured ms", "error", "speedup error"], rows),
+        table(["variant", "kind", "predicted / dense", "measured / dense", "95% interval", "error"], rows),
         errors("random variants", result),
         errors("plan-like variants", result.get("plan_like") or {}),
-        f"measurement noise (round spread) {100 * result['noise']:.1f}%",
+        f"dense reference: predicted {dense['predicted_ms']:.3f} ms, measured {dense['measured_ms']:.3f} ms (p10 "
+        f"{dense['p10_ms']:.3f}, p90 {dense['p90_ms']:.3f}): {100 * dense['error']:+.1f}%",
+        f"{result['rounds']} paired rounds ({known}); measurement noise (round spread) {100 * result['noise']:.1f}%",
         *(f"wrote {f}" for f in result.get("files", [])),
     ])
 
@@ -555,7 +581,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("measure", help="whole-model latency", description=cmd_measure.__doc__)
     add_model_options(p, pruned=True)
     _backend_options(p)
-    p.add_argument("--rounds", type=positive_int, default=5)
+    p.add_argument("--rounds", type=positive_int,
+                   help="rounds (default 5); with --pruned the least number before the interval rule (default 10)")
+    p.add_argument("--max-seconds", type=finite_float, default=120.0, metavar="S",
+                   help="with --pruned: stop timing after this long even if the ratio is not yet known to +-1.5%% "
+                        "(default 120)")
     p.add_argument("--runs", type=positive_int, default=10, help="timed runs per round (default 10)")
     _json_option(p)
 
@@ -578,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=positive_int, default=20, help="random pruned variants (default 20)")
     p.add_argument("--no-plan-like", dest="plan_like", action="store_false",
                    help="leave out the planner's own choices at 0.35-0.9x of the dense latency")
-    p.add_argument("--rounds", type=positive_int, default=5, help="measurement rounds (default 5)")
+    p.add_argument("--rounds", type=positive_int, default=10,
+                   help="least measurement rounds; more until every paired ratio is known to +-1.5%% (default 10)")
     p.add_argument("--out", metavar="DIR", help="write the JSON and a PNG scatter plot here")
     _json_option(p)
 

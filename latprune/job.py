@@ -22,12 +22,13 @@ import torch
 from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
-from latprune.network import paired_ratio
 from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Verification
-from latprune.profiler.api import ProfileSettings
+from latprune.profiler.api import ProfileSettings, RoundsRule
 from latprune.pruned_file import save_pruned
 
-MEASURE_ROUNDS = 15  # interleaved rounds of dense and pruned: this host's outliers need many
+# Interleaved rounds of dense and pruned: at least 15 (this host's outliers need many), then until the paired
+# ratio's 95% interval is within +-1.5%, at most 60 rounds or two minutes.
+MEASURE_RULE = RoundsRule(min_rounds=15, max_rounds=60, max_seconds=120.0)
 
 
 @dataclass
@@ -138,9 +139,10 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         save_pruned(final, folder / "pruned.pt")
         onnx_diff = pipeline.export(final.model, loaded.input_shape, folder / "pruned.onnx")
     with stage("measure"):
-        (dense_m, pruned_m), device = pipeline.measure([loaded.model, final.model], loaded.input_shape,
-                                                       config.backend, rounds=MEASURE_ROUNDS, runs=10,
-                                                       threads=config.threads)
+        timing, device = pipeline.measure_against_dense(loaded.model, [final.model], loaded.input_shape,
+                                                        config.backend, rule=MEASURE_RULE, threads=config.threads,
+                                                        warn=progress)
+        dense_m, pruned_m, ratio = timing.reference, timing.networks[0], timing.ratios[0]
     accuracy = None
     if config.eval:
         with stage("evaluate"):
@@ -150,22 +152,24 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
             dense_top1, images_scored = top1(loaded.model)
             accuracy = {"images": images_scored, "dense": dense_top1,
                         "pruned": top1(pruned.model)[0] if report else None, "recovered": top1(final.model)[0]}
-    # A speedup is a ratio to the dense model, so the result is judged against the dense model measured in
-    # the same rounds (paired round by round); the plan itself had to use the predicted dense latency.
+    # Either kind of budget is judged by the pruned model's ratio to the dense model measured in the same
+    # rounds (paired round by round) times the dense median; the plan itself had to use the predicted dense latency.
     planned = Budget.from_json(plan.budget)
     judged = config.budget.resolve(dense_m.median_ms, "measured dense")
-    relative = paired_ratio(pruned_m, dense_m)
-    judged_ms = config.budget.judged_ms(pruned_m.median_ms, relative, dense_m.median_ms)
+    relative = ratio.ratio
+    judged_ms = config.budget.judged_ms(relative, dense_m.median_ms)
     latency = {
         "backend": config.backend, "budget_ms": judged.ms, "planned_ms": planned.target_ms,
         "margin": judged.margin, "budget_basis": judged.describe(), "budget": judged.to_json(),
         "plan_budget": planned.to_json(),
         "dense": _latency_entry(plan.dense_predicted_ms, dense_m),
-        "pruned": _latency_entry(plan.predicted_ms, pruned_m),
+        "pruned": {**_latency_entry(plan.predicted_ms, pruned_m), "measured_ms": judged_ms,
+                   "raw_median_ms": pruned_m.median_ms},
+        "ratio": ratio.to_json(), "ratio_converged": timing.converged,
         "measured_speedup": 1 / relative,
         "predicted_speedup": plan.predicted_speedup,
         "measured_over_budget": judged_ms / judged.ms,
-        "measured_over_predicted": pruned_m.median_ms / plan.predicted_ms,
+        "measured_over_predicted": judged_ms / plan.predicted_ms,
         "meets_budget": judged_ms <= judged.ms,
         "noise": max(dense_m.spread, pruned_m.spread),
         "verification": plan.verification,

@@ -31,13 +31,15 @@ from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loo
 from latprune.planner.plan import Plan
 from latprune.planner.search import CalibratedSearch, SearchSettings
 from latprune.planner.widths import WidthPolicy
-from latprune.profiler.api import (ProfileReport, ProfileSettings, ProfileStore, VariantTimer, describe_device,
-                                  fingerprint, measure_models, profile_model)
+from latprune.profiler.api import (PairedTiming, ProfileReport, ProfileSettings, ProfileStore, RoundsRule,
+                                  VariantTimer, describe_device, fingerprint, measure_models, measure_paired,
+                                  profile_model)
 from latprune.pruned_file import PrunedModel, SavedPruned, load_pruned, prune_loaded
 from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse_recipe, recover
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
            "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
+           "measure_against_dense", "RoundsRule",
            "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify",
            "this_device", "uniform", "LoopSettings", "ROUND_COLUMNS", "Verification", "round_cells", "verdict",
            "OBJECTIVES", "SearchSettings", "calibrated_search"]
@@ -258,7 +260,10 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
         chosen.verification = {"verified": False, "reason": reason}
         return chosen
     began = time.perf_counter()
-    with VariantTimer(analysis, backend, db=verify.db, threads=verify.threads, rounds=verify.loop.timing_rounds,
+    loop = verify.loop
+    rule = RoundsRule(min_rounds=loop.timing_rounds, max_rounds=max(loop.timing_rounds, loop.timing_max_rounds),
+                      max_seconds=loop.timing_max_seconds)
+    with VariantTimer(analysis, backend, db=verify.db, threads=verify.threads, rule=rule,
                       settings=verify.timing) as timer:
         session = _LoopSession(inputs, settings, timer, verify, search)
         chosen = closed_loop(session, timer, request, budget, verify.loop,
@@ -460,6 +465,15 @@ def measure(models: Sequence[nn.Module], input_shape: Sequence[int], backend: st
     """Latency of each model, timed interleaved in shuffled rounds in one process; and the device."""
     return measure_models(list(models), tuple(input_shape), backend, rounds=rounds, runs=runs, threads=threads,
                           global_warmup_s=global_warmup_s)
+
+
+def measure_against_dense(dense: nn.Module, models: Sequence[nn.Module], input_shape: Sequence[int], backend: str,
+                          rule: RoundsRule = RoundsRule(), threads: int | None = None, global_warmup_s: float = 5.0,
+                          warn: bool = True) -> tuple[PairedTiming, dict]:
+    """Each model's latency as its paired ratio to ``dense`` (same shuffled rounds, until every ratio is known to
+    the rule's +-1.5% or its caps): the one way latprune claims a pruned network's latency; and the device."""
+    return measure_paired(dense, list(models), tuple(input_shape), backend, rule=rule, threads=threads,
+                          global_warmup_s=global_warmup_s, warn=warn)
 
 
 def evaluate(model: nn.Module, folder: str, family: str, input_shape: Sequence[int], limit: int | None = None,

@@ -629,11 +629,12 @@ def test_an_invalid_cached_damage_table_is_measured_again(resnet20, calib, tmp_p
 
 
 def test_contended_rounds_are_left_out_and_never_stored(profiled, synthetic_backend):
+    from latprune.profiler.api import RoundsRule
     from latprune.profiler.variant_timer import VariantTimer
 
     p = profiled
     widths = {g.id: max(g.width // 2, 1) for g in p.analysis.groups}
-    with VariantTimer(p.analysis, "synthetic", db=p.db, rounds=4, settings=p.timing) as timer:
+    with VariantTimer(p.analysis, "synthetic", db=p.db, rule=RoundsRule(4, 4), settings=p.timing) as timer:
         quiet = timer.time(widths)
         start = synthetic_backend.calls
         synthetic_backend.slowdown = lambda call: 300.0 if call - start in (3, 4, 7, 8) else 1.0  # rounds 2 and 4
@@ -651,13 +652,14 @@ def test_contended_rounds_are_left_out_and_never_stored(profiled, synthetic_back
 
 def test_a_host_contended_throughout_is_refused_and_nothing_is_stored(profiled, synthetic_backend):
     from latprune.errors import LatpruneError
+    from latprune.profiler.api import RoundsRule
     from latprune.profiler.variant_timer import VariantTimer
 
     p = profiled
     widths = {g.id: max(g.width // 2, 1) for g in p.analysis.groups}
     with ProfileStore(p.db, readonly=True) as store:
         before = len(store.network_timings(store.find_device(p.fitted.device), "synthetic"))
-    with VariantTimer(p.analysis, "synthetic", db=p.db, rounds=3, settings=p.timing) as timer:
+    with VariantTimer(p.analysis, "synthetic", db=p.db, rule=RoundsRule(3, 3), settings=p.timing) as timer:
         start = synthetic_backend.calls
         synthetic_backend.slowdown = lambda call: 300.0 if call > start else 1.0
         with pytest.raises(LatpruneError, match="the host is contended"):

@@ -5,7 +5,7 @@ recovery), and every stage imports it.
 """
 
 from latprune.network.keys import model_key
-from latprune.network.measurement import Measurement, paired_ratio
+from latprune.network.measurement import CONFIDENCE, Measurement, PairedRatio, paired_interval, paired_ratio
 from latprune.network.signature import LayerSignature
 from latprune.network.tracing import (
     DTYPE,
@@ -18,5 +18,6 @@ from latprune.network.tracing import (
     trace_layers,
 )
 
-__all__ = ["DTYPE", "TIMED_TYPES", "LayerInfo", "LayerSignature", "Measurement", "paired_ratio", "layer_signatures", "layer_widths",
-           "model_key", "network_signatures", "run_model", "trace_layers"]
+__all__ = ["CONFIDENCE", "DTYPE", "TIMED_TYPES", "LayerInfo", "LayerSignature", "Measurement", "PairedRatio",
+           "layer_signatures", "layer_widths", "model_key", "network_signatures", "paired_interval", "paired_ratio",
+           "run_model", "trace_layers"]

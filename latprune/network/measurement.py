@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,8 +58,72 @@ def paired_ratio(network: Measurement, reference: Measurement) -> float:
     """
     if not network.rounds or len(network.rounds) != len(reference.rounds):
         return network.median_ms / reference.median_ms
-    return statistics.median(statistics.median(a) / statistics.median(b)
-                             for a, b in zip(network.rounds, reference.rounds) if a and b)
+    return statistics.median(_round_ratios(network, reference))
+
+
+def _round_ratios(network: Measurement, reference: Measurement) -> list[float]:
+    return [statistics.median(a) / statistics.median(b) for a, b in zip(network.rounds, reference.rounds) if a and b]
+
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    """A network's latency relative to a reference timed in the same rounds: the median of the per-round
+    ratios, with a distribution-free confidence interval of that median (order statistics of the ratios).
+
+    ``covered``: whether the interval reaches the confidence asked for (fewer than six rounds cannot reach
+    95%; the interval is then the range of the ratios).
+    """
+
+    ratio: float
+    low: float
+    high: float
+    rounds: int
+    confidence: float = CONFIDENCE
+    covered: bool = True
+
+    @property
+    def half_width(self) -> float:
+        """The interval's larger side relative to the ratio (0.015: +-1.5%)."""
+        return max(self.ratio - self.low, self.high - self.ratio) / self.ratio
+
+    @property
+    def speedup(self) -> float:
+        return 1 / self.ratio
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "half_width": self.half_width}
+
+    def describe(self) -> str:
+        return (f"{self.ratio:.4f} of the reference ({100 * self.confidence:.0f}% interval {self.low:.4f}-"
+                f"{self.high:.4f}, +-{100 * self.half_width:.1f}%, {self.rounds} rounds)")
+
+
+def paired_interval(network: Measurement, reference: Measurement, confidence: float = CONFIDENCE) -> PairedRatio:
+    """:func:`paired_ratio` with the confidence interval of its median, from the order statistics of the
+    per-round ratios (no assumption about the host's noise)."""
+    ratios = sorted(_round_ratios(network, reference))
+    if not ratios:
+        raise ValueError("no paired rounds")
+    trim, covered = median_interval_rank(len(ratios), confidence)
+    return PairedRatio(statistics.median(ratios), ratios[trim], ratios[len(ratios) - 1 - trim], len(ratios),
+                       confidence, covered)
+
+
+def median_interval_rank(n: int, confidence: float = CONFIDENCE) -> tuple[int, bool]:
+    """How many order statistics to leave out at each end of ``n`` sorted samples so that the remaining range
+    holds the median with at least ``confidence`` (binomial, p = 1/2); and whether that level is reached."""
+    tail = (1 - confidence) / 2
+    cumulative, trim = 0.0, 0
+    for k in range(n):
+        cumulative += math.comb(n, k) / 2 ** n  # P(at most k samples below the median)
+        if cumulative > tail or 2 * (k + 1) >= n:
+            break
+        trim = k + 1
+    covered = trim > 0 or 1 - 2 / 2 ** n >= confidence
+    return trim, covered
 
 
 def _quantile(sorted_samples: Sequence[float], q: float) -> float:

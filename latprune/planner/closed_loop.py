@@ -31,18 +31,21 @@ from typing import Protocol
 
 from latprune.budget import Budget, BudgetRequest
 from latprune.errors import LatpruneError
-from latprune.network import Measurement, paired_ratio
+from latprune.network import Measurement, paired_interval
 from latprune.planner.plan import Plan
 
 
 @dataclass(frozen=True)
 class LoopSettings:
-    """The band's relative width ``tol``, the round limit, the timing rounds per plan, and ``reach``: how far
+    """The band's relative width ``tol``, the round limit, the timing rounds per plan (at least
+    ``timing_rounds``, then until the plan's paired ratio is known to +-1.5% or a cap), and ``reach``: how far
     below the predicted latency of the fastest plan a budget may lie and still be tried on the device."""
 
     tol: float = 0.03
     max_rounds: int = 4
-    timing_rounds: int = 7
+    timing_rounds: int = 7  # at least this many timing rounds per plan; then until the ratio is known to +-1.5%
+    timing_max_rounds: int = 30
+    timing_max_seconds: float = 45.0
     reach: float = 0.25
 
     def __post_init__(self) -> None:
@@ -130,12 +133,14 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
         timing = device.time(plan.widths())
         dense_rounds.extend(timing.dense.rounds)
         dense = Measurement.from_samples(dense_rounds)
-        relative = paired_ratio(timing.variant, timing.dense)
-        measured = request.judged_ms(timing.variant.median_ms, relative, dense.median_ms)
+        ratio = paired_interval(timing.variant, timing.dense)
+        relative = ratio.ratio
+        measured = request.judged_ms(relative, dense.median_ms)
         judged = request.resolve(dense.median_ms, "measured dense")
         record = {"round": index + 1, "aim_ms": budget.target_ms, "correction": correction,
                   "predicted_ms": plan.predicted_ms, "measured_ms": measured, "raw_median_ms": timing.variant.median_ms,
-                  "relative_to_dense": relative, "p10_ms": timing.variant.p10_ms,
+                  "relative_to_dense": relative, "ratio_low": ratio.low, "ratio_high": ratio.high,
+                  "timing_rounds": ratio.rounds, "p10_ms": timing.variant.p10_ms,
                   "p90_ms": timing.variant.p90_ms, "spread": timing.variant.spread,
                   **_judgement(measured, judged, dense.median_ms, settings.tol),
                   "new_layer_rows": timing.new_layer_rows, "timing_s": timing.seconds,
@@ -158,7 +163,7 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
     judged = request.resolve(dense.median_ms, "measured dense")
     final = []
     for r in rounds:
-        measured = request.judged_ms(r["raw_median_ms"], r["relative_to_dense"], dense.median_ms)
+        measured = request.judged_ms(r["relative_to_dense"], dense.median_ms)
         final.append({**r, "measured_ms": measured, **_judgement(measured, judged, dense.median_ms, settings.tol)})
     return _chosen(plans, final, rounds, stop, device.device, settings, time.perf_counter() - began)
 

@@ -41,6 +41,12 @@ class RoundSample:
     def from_json(cls, data: dict) -> "RoundSample":
         return cls(**data)
 
+    def scaled(self, factor: float) -> "RoundSample":
+        """Every time divided by ``factor`` (how much slower than its reference the host ran this round)."""
+        return RoundSample([t / factor for t in self.plain_ms], [t / factor for t in self.profiled_ms],
+                           [{k: v / factor for k, v in run.items()} for run in self.segments],
+                           dict(self.nodes_per_layer))
+
 
 @dataclass(frozen=True)
 class Prepared:

@@ -1,19 +1,45 @@
-"""Whole-network latency with the profiler's method (:class:`~latprune.profiler.timer.Timer`)."""
+"""Whole-network latency with the profiler's method (:class:`~latprune.profiler.timer.Timer`).
+
+A pruned network's latency is claimed only as its ratio to the dense network timed in the same
+rounds (:func:`measure_paired`): on a host whose speed moves by tens of percent for minutes, the
+paired ratio repeats within a few percent where raw milliseconds do not.
+"""
 
 from __future__ import annotations
 
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from latprune.network import Measurement, trace_layers
 from latprune.profiler.backends import get_backend
 from latprune.profiler.device import fingerprint
-from latprune.network import Measurement
-from latprune.profiler.timer import Timer
-from latprune.network import trace_layers
+from latprune.profiler.timer import PairedTiming, RoundsRule, Timer
+
+
+@contextmanager
+def _timing(models: Sequence[nn.Module], input_shape: tuple[int, ...], backend_name: str, warmup: int,
+            threads: int | None, global_warmup_s: float, seed: int) -> Iterator[tuple[Timer, list, dict]]:
+    """A warmed-up timer with every model prepared on the backend, and the device description."""
+    backend = get_backend(backend_name, threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="latprune-measure-") as work:
+            prepared = []
+            for i, model in enumerate(models):
+                layers = list(trace_layers(model, torch.zeros(input_shape)))
+                prepared.append(backend.prepare(model, input_shape, layers, Path(work) / f"m{i}.bin"))
+            timer = Timer(backend, warmup=warmup, seed=seed)
+            timer.warm_up(prepared, global_warmup_s)
+            description = backend.description()
+            description["fingerprint"] = fingerprint(description)
+            yield timer, prepared, description
+    finally:
+        backend.close()
 
 
 def measure_models(
@@ -27,23 +53,35 @@ def measure_models(
     global_warmup_s: float = 5.0,
     seed: int = 0,
 ) -> tuple[list[Measurement], dict]:
-    """Median latency of each model, timed interleaved in shuffled rounds in one process.
+    """Median latency of each model, timed interleaved in ``rounds`` shuffled rounds in one process.
 
-    Returns the measurements (in the order given) and the device description. Comparing
-    models measured together cancels most of the host's slow drift.
+    Returns the measurements (in the order given) and the device description. Claims about one
+    model relative to another use :func:`measure_paired`.
     """
-    backend = get_backend(backend_name, threads)
-    try:
-        with tempfile.TemporaryDirectory(prefix="latprune-measure-") as work:
-            prepared = []
-            for i, model in enumerate(models):
-                layers = list(trace_layers(model, torch.zeros(input_shape)))
-                prepared.append(backend.prepare(model, input_shape, layers, Path(work) / f"m{i}.bin"))
-            timer = Timer(backend, warmup=warmup, seed=seed)
-            timer.warm_up(prepared, global_warmup_s)
-            measurements = timer.interleaved(prepared, rounds, runs)
-            description = backend.description()
-    finally:
-        backend.close()
-    description["fingerprint"] = fingerprint(description)
-    return measurements, description
+    with _timing(models, input_shape, backend_name, warmup, threads, global_warmup_s, seed) as (timer, prepared,
+                                                                                                description):
+        return timer.interleaved(prepared, rounds, runs), description
+
+
+def measure_paired(
+    reference: nn.Module,
+    models: Sequence[nn.Module],
+    input_shape: tuple[int, ...],
+    backend_name: str,
+    rule: RoundsRule = RoundsRule(),
+    runs: int = 10,
+    warmup: int = 3,
+    threads: int | None = None,
+    global_warmup_s: float = 5.0,
+    seed: int = 0,
+    warn: bool = True,
+) -> tuple[PairedTiming, dict]:
+    """Each model's latency as its paired ratio to ``reference`` (the dense network), timed in the same shuffled
+    rounds until every ratio's 95% interval is within the rule's target or its caps (a one-line warning on
+    stderr when a cap came first, with ``warn``); and the device description."""
+    with _timing([reference, *models], input_shape, backend_name, warmup, threads, global_warmup_s, seed) as (
+            timer, prepared, description):
+        timing = timer.paired(prepared[0], prepared[1:], runs, rule)
+    if warn and timing.warning():
+        print(timing.warning(), file=sys.stderr)
+    return timing, description

@@ -4,8 +4,11 @@ Method (see issue #3): one engine per process; a short global warm-up; every var
 timed in several rounds, each round visiting the variants in a new shuffled order (so slow
 drifts spread over all variants instead of biasing some); each round of each variant is
 committed at once, so an interrupted run resumes where it stopped; a variant whose round
-medians disagree by more than ``retime_spread`` gets extra rounds; the dense network is
-re-timed every few minutes to record drift.
+medians disagree by more than ``retime_spread`` gets extra rounds. The dense network is
+re-timed (and recorded) at the start of every round and after every ``reference_every``
+variant visits, and each variant's times are divided by how much slower than its quickest
+recorded time the dense network then ran: a slow minute of the host does not become a slow
+layer, and the profile holds the layer times of a quiet host.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class ProfileSettings:
     retime_spread: float = 0.05
     max_extra_rounds: int = 2
     anchors: int = 4  # variants always timed whole, even when every layer is already known
-    drift_interval_s: float = 180.0
+    reference_every: int = 8  # the dense network is re-timed after this many variant visits to normalise them
     global_warmup_s: float = 5.0  # measured here: timings settle only after ~5 s of steady load
     seed: int = 0
 
@@ -140,7 +143,10 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
 
         drift = 0.0
         if jobs:
-            drift = _time_jobs(jobs, backend, store, device_id, key, settings, progress)
+            dense = variants[0]  # design_variants puts the dense network first
+            reference = next((j.prepared for j in jobs if j.variant.key == dense.key), None) or backend.prepare(
+                loaded.model, loaded.input_shape, list(layers), Path(work) / "reference.bin")
+            drift = _time_jobs(jobs, reference, backend, store, device_id, key, settings, progress)
 
     timings = [(t.signature, t.measurement.median_ms) for t in store.layer_timings(device_id, backend.name)]
     detected, scores = detect_alignment_step(timings)
@@ -172,23 +178,22 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
     )
 
 
-def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_id: int, key: str,
-               settings: ProfileSettings, progress: bool) -> float:
-    """Run the rounds; returns the largest relative drift of the reference network."""
-    reference = jobs[0].prepared
+def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: ProfileStore, device_id: int,
+               key: str, settings: ProfileSettings, progress: bool) -> float:
+    """Run the rounds, each variant's times normalised by the dense ``reference`` timed beside them; returns the
+    largest relative drift of the reference from its first recorded time."""
     timer = Timer(backend, warmup=settings.warmup, seed=settings.seed)
     timer.warm_up([reference], settings.global_warmup_s)
 
-    def check_drift() -> tuple[float, float]:
-        """Re-time the reference: (largest drift so far, its median now)."""
-        sample = timer.sample(reference, runs=2 * settings.runs)
-        median = statistics.median(sample.plain_ms)
+    def reference_ms() -> float:
+        """Re-time the dense reference and record it (the quiet reference of later runs and loops too)."""
+        median = statistics.median(timer.sample(reference, runs=2 * settings.runs).plain_ms)
         store.record_drift_check(device_id, backend.name, key, median)
-        checks = store.drift_checks(device_id, backend.name, key)
-        return max(abs(c / checks[0] - 1) for c in checks), median
+        return median
 
-    drift, dense_ms = check_drift()
-    last_check = time.time()
+    dense_ms = reference_ms()
+    base = min(store.drift_checks(device_id, backend.name, key))  # the quietest the host has run it
+    visits = 0
     runs, profiled_runs = _round_runs(settings, dense_ms)
     finished: set[str] = set()
     total = sum(max(0, settings.rounds - len(j.rounds)) for j in jobs)
@@ -202,7 +207,11 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
             if round_index >= settings.rounds:
                 bar.total += len(todo)
             for job in timer.shuffled(todo):
-                sample = timer.sample(job.prepared, runs, profiled_runs)
+                if visits % settings.reference_every == 0:
+                    dense_ms = reference_ms()
+                    base = min(base, dense_ms)
+                visits += 1
+                sample = timer.sample(job.prepared, runs, profiled_runs).scaled(dense_ms / base)
                 job.rounds[round_index] = sample.to_json()
                 store.save_round(device_id, backend.name, key, job.variant.key, round_index, job.rounds[round_index])
                 complete = len(job.rounds) >= settings.rounds
@@ -211,13 +220,12 @@ def _time_jobs(jobs: list[_Job], backend: Backend, store: ProfileStore, device_i
                     job.new_rows = _finish(job, store, device_id, backend.name, key)
                     finished.add(job.variant.key)
                 bar.update(1)
-                if time.time() - last_check > settings.drift_interval_s:
-                    drift = max(drift, check_drift()[0])
-                    last_check = time.time()
+            visits = 0  # every round starts with the reference timed afresh
         for job in jobs:  # jobs still above the spread limit after all extra rounds
             if job.variant.key not in finished:
                 job.new_rows = _finish(job, store, device_id, backend.name, key)
-    return drift
+    checks = store.drift_checks(device_id, backend.name, key)
+    return max(abs(c / checks[0] - 1) for c in checks)
 
 
 def _round_runs(settings: ProfileSettings, network_ms: float) -> tuple[int, int]:

@@ -11,12 +11,61 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
-from latprune.network import Measurement
+from latprune.errors import LatpruneError
+from latprune.network import Measurement, PairedRatio, paired_interval
 from latprune.profiler.backends import Backend, Prepared, RoundSample
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RoundsRule:
+    """How many rounds a paired measurement takes: at least ``min_rounds``, then until every network's ratio to
+    the reference has a 95% interval within +-``target`` (0.015: +-1.5%), or ``max_rounds`` or ``max_seconds``."""
+
+    min_rounds: int = 10
+    max_rounds: int = 60
+    max_seconds: float = 120.0
+    target: float = 0.015
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min_rounds <= self.max_rounds:
+            raise LatpruneError(f"rounds: need 2 <= min_rounds <= max_rounds, got {self.min_rounds}, "
+                                f"{self.max_rounds}")
+        if not (self.max_seconds > 0 and 0 < self.target < 1):
+            raise LatpruneError(f"rounds: max_seconds must be positive and target in (0, 1), got "
+                                f"{self.max_seconds}, {self.target}")
+
+
+@dataclass(frozen=True)
+class PairedTiming:
+    """A reference network and others timed in the same shuffled rounds, each other one as its paired ratio
+    to the reference; ``converged``: every interval reached the rule's target before its caps."""
+
+    reference: Measurement
+    networks: tuple[Measurement, ...]
+    ratios: tuple[PairedRatio, ...]
+    converged: bool
+    seconds: float
+
+    def derived_ms(self, index: int) -> float:
+        """Network ``index``'s latency as its ratio times the reference's median over every round."""
+        return self.ratios[index].ratio * self.reference.median_ms
+
+    def widest(self) -> PairedRatio:
+        return max(self.ratios, key=lambda r: r.half_width)
+
+    def warning(self) -> str | None:
+        """One line for a host too noisy for the rule (None when the intervals reached their target)."""
+        if self.converged:
+            return None
+        widest = self.widest()
+        return (f"latprune: warning: the host is noisy: after {widest.rounds} rounds ({self.seconds:.0f} s) a "
+                f"ratio is known to +-{100 * widest.half_width:.1f}% only (reference round spread "
+                f"{100 * self.reference.spread:.0f}%)")
 
 
 class Timer:
@@ -50,3 +99,22 @@ class Timer:
             for i in self.shuffled(range(len(prepared))):
                 samples[i].append(self.sample(prepared[i], runs).plain_ms)
         return [Measurement.from_samples(s) for s in samples]
+
+    def paired(self, reference: Prepared, others: Sequence[Prepared], runs: int,
+               rule: RoundsRule = RoundsRule()) -> PairedTiming:
+        """Time ``reference`` and ``others`` in shuffled rounds until every other's ratio to the reference is
+        known to the rule's target (95% interval of the median per-round ratio), or the rule's caps."""
+        began = time.perf_counter()
+        samples: list[list[list[float]]] = [[] for _ in range(len(others) + 1)]
+        networks = [reference, *others]
+        while True:
+            for i in self.shuffled(range(len(networks))):
+                samples[i].append(self.sample(networks[i], runs).plain_ms)
+            rounds, seconds = len(samples[0]), time.perf_counter() - began
+            if rounds < rule.min_rounds:
+                continue
+            measured = [Measurement.from_samples(s) for s in samples]
+            ratios = tuple(paired_interval(m, measured[0]) for m in measured[1:])
+            converged = all(r.covered and r.half_width <= rule.target for r in ratios)
+            if converged or rounds >= rule.max_rounds or seconds >= rule.max_seconds:
+                return PairedTiming(measured[0], tuple(measured[1:]), ratios, converged, seconds)

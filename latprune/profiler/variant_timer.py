@@ -7,7 +7,8 @@ layers and whole-network time in the profile database, so the next fit of the pe
 model knows the widths plans actually use. The dense network is timed in the same rounds:
 a speedup is judged against it.
 
-A round in which the dense network ran far slower than it does on a quiet host (another process
+Rounds go on until the variant's paired ratio to the dense network is known to +-1.5% (95%
+interval, :class:`~latprune.profiler.timer.RoundsRule`) or a cap. A round in which the dense network ran far slower than it does on a quiet host (another process
 on the CPU: two verifying plans on one machine measured a 2 ms network at 600 ms) is left out,
 of the result and of the profile, and timed again; when too few rounds are clean the timing is
 refused, and nothing is stored. A slow minute must never become a slow layer for every later plan.
@@ -24,12 +25,12 @@ from pathlib import Path
 
 from latprune.analysis import ModelAnalysis
 from latprune.errors import LatpruneError
-from latprune.network import Measurement, layer_signatures
-from latprune.profiler.backends import get_backend
+from latprune.network import Measurement, PairedRatio, layer_signatures, paired_interval
+from latprune.profiler.backends import RoundSample, get_backend
 from latprune.profiler.device import fingerprint
 from latprune.profiler.runner import ProfileSettings, _finish, _Job, _round_runs
 from latprune.profiler.store import ProfileStore
-from latprune.profiler.timer import Timer
+from latprune.profiler.timer import RoundsRule, Timer
 from latprune.profiler.variants import Variant
 from latprune.surgery import prune_channels
 
@@ -44,24 +45,28 @@ class VariantTiming:
     new_layer_rows: int
     seconds: float
     rejected_rounds: int = 0  # rounds left out because the host was contended while they ran
+    ratio: PairedRatio | None = None  # the variant's paired ratio to the dense network, with its interval
+    converged: bool = True  # the interval reached the rule's target before its caps
 
 
 # A round whose dense time exceeds this many times the quietest dense time seen (this timer's rounds and the
 # profile's own checks of the dense network) was run on a contended host. This host's own swings reach 2x.
 CONTENDED_FACTOR = 2.5
 MIN_CLEAN_ROUNDS = 2
-EXTRA_ROUNDS_FACTOR = 2  # contended rounds are re-run, up to this many times the rounds asked for in all
+EXTRA_ROUNDS_FACTOR = 2  # contended rounds are re-run, up to this many times the rule's rounds in all
 
 
 class VariantTimer:
     """Times variants (per-group widths) of ``analysis``'s model on ``backend_name``; a context manager.
 
-    ``rounds`` shuffled rounds per call, each visiting the dense network and the variant once.
+    Shuffled rounds per call, each visiting the dense network and the variant once, as many as ``rule`` asks.
     """
 
     def __init__(self, analysis: ModelAnalysis, backend_name: str, db: str | Path | None = None,
-                 threads: int | None = None, rounds: int = 7, settings: ProfileSettings = ProfileSettings()):
-        self.analysis, self.rounds = analysis, rounds
+                 threads: int | None = None, rule: RoundsRule = RoundsRule(min_rounds=7, max_rounds=30,
+                                                                           max_seconds=45.0),
+                 settings: ProfileSettings = ProfileSettings()):
+        self.analysis, self.rule = analysis, rule
         self.backend = get_backend(backend_name, threads)
         description = self.backend.description()
         self.device = fingerprint(description)
@@ -109,9 +114,8 @@ class VariantTimer:
                                         Path(self._work.name) / f"{variant.key}.bin")
         runs, profiled_runs = self._runs
         rounds: list[tuple[list[float], dict]] = []  # (dense samples, variant round) per round
-        tries = 0
-        while len(self._clean(rounds)) < self.rounds and tries < self.rounds * (1 + EXTRA_ROUNDS_FACTOR):
-            tries += 1
+        rule, timing_began, ratio = self.rule, time.perf_counter(), None
+        while True:
             taken = {}
             for which in self._timer.shuffled(["dense", "variant"]):
                 if which == "dense":
@@ -120,6 +124,14 @@ class VariantTimer:
                     taken[which] = self._timer.sample(prepared, runs, profiled_runs).to_json()
             self._quiet_ms = min(self._quiet_ms, statistics.median(taken["dense"]))
             rounds.append((taken["dense"], taken["variant"]))
+            clean = self._clean(rounds)
+            if len(clean) >= rule.min_rounds:
+                ratio = _ratio(clean)
+                if ratio.covered and ratio.half_width <= rule.target:
+                    break
+            if (len(clean) >= rule.max_rounds or len(rounds) >= rule.max_rounds * (1 + EXTRA_ROUNDS_FACTOR)
+                    or time.perf_counter() - timing_began >= rule.max_seconds):
+                break
         clean = self._clean(rounds)
         if len(clean) < MIN_CLEAN_ROUNDS:
             slowest = max(statistics.median(d) for d, _ in rounds)
@@ -127,12 +139,23 @@ class VariantTimer:
                 f"the host is contended: the dense network took up to {slowest:.4g} ms in {len(rounds) - len(clean)} "
                 f"of {len(rounds)} rounds against {self._quiet_ms:.4g} ms quiet (another process is using the CPU?); "
                 f"nothing was stored in the profile: run again on a quiet machine")
-        job = _Job(variant, prepared, signatures, {i: v for i, (_, v) in enumerate(clean)})
+        ratio = _ratio(clean)
+        # Stored like the profiler's rows: each round divided by how much slower than its quietest the host ran.
+        job = _Job(variant, prepared, signatures, {
+            i: RoundSample.from_json(v).scaled(statistics.median(d) / self._quiet_ms).to_json()
+            for i, (d, v) in enumerate(clean)})
         new_rows = _finish(job, self._store, self._device_id, self.backend.name, analysis.key)
-        whole = Measurement.from_samples([job.rounds[i]["plain_ms"] for i in sorted(job.rounds)])
+        whole = Measurement.from_samples([v["plain_ms"] for _, v in clean])
         return VariantTiming(variant.key, whole, Measurement.from_samples([d for d, _ in clean]), new_rows,
-                             time.perf_counter() - began, rejected_rounds=len(rounds) - len(clean))
+                             time.perf_counter() - began, rejected_rounds=len(rounds) - len(clean), ratio=ratio,
+                             converged=ratio.covered and ratio.half_width <= rule.target)
 
     def _clean(self, rounds: list[tuple[list[float], dict]]) -> list[tuple[list[float], dict]]:
         """The rounds whose dense time says the host was not contended (judged against the quietest seen)."""
         return [r for r in rounds if statistics.median(r[0]) <= CONTENDED_FACTOR * self._quiet_ms]
+
+
+def _ratio(rounds: list[tuple[list[float], dict]]) -> PairedRatio:
+    """The variant's paired ratio to the dense network over these (dense samples, variant round) rounds."""
+    return paired_interval(Measurement.from_samples([v["plain_ms"] for _, v in rounds]),
+                           Measurement.from_samples([d for d, _ in rounds]))

@@ -1,0 +1,132 @@
+"""Latency claims as paired ratios (#26): the interval and stopping rule, measurement on a host whose speed
+alternates, `measure --pruned`, budgets in ms judged like speedups, and profiles normalised by the dense model."""
+
+import json
+import random
+import statistics
+
+import pytest
+
+from latprune.budget import BudgetRequest
+from latprune.network import Measurement, paired_interval
+from latprune.network.measurement import median_interval_rank
+from latprune.profiler.api import ProfileSettings, ProfileStore, RoundsRule, measure_paired
+
+# ---------------------------------------------------------------- the interval
+
+
+def test_the_interval_of_the_median_comes_from_order_statistics():
+    assert median_interval_rank(15) == (4, True)  # [x(5), x(11)] of 15: 96.5% coverage
+    assert median_interval_rank(6) == (1, True)
+    assert median_interval_rank(5) == (0, False)  # five rounds cannot hold the median with 95%
+    dense = Measurement.from_samples([[10.0]] * 15)
+    plan = Measurement.from_samples([[float(r)] for r in (4.0, 4.1, 3.9, 5.0, 4.0, 4.2, 3.8, 4.0, 4.05, 3.95,
+                                                          4.0, 6.0, 4.0, 3.0, 4.1)])
+    ratio = paired_interval(plan, dense)
+    ratios = sorted([r / 10 for r in (4.0, 4.1, 3.9, 5.0, 4.0, 4.2, 3.8, 4.0, 4.05, 3.95, 4.0, 6.0, 4.0, 3.0, 4.1)])
+    assert (ratio.ratio, ratio.low, ratio.high, ratio.rounds) == (0.4, ratios[4], ratios[10], 15)
+    assert ratio.half_width == pytest.approx(max(0.4 - ratios[4], ratios[10] - 0.4) / 0.4)
+
+
+def test_a_budget_in_ms_is_judged_like_a_speedup():
+    """Both kinds: the paired ratio times the dense median of the same command."""
+    for request in (BudgetRequest(budget_ms=5.0), BudgetRequest(speedup=2.0)):
+        assert request.judged_ms(0.45, 10.0) == pytest.approx(4.5)
+
+
+# ---------------------------------------------------------------- a host alternating between two speeds
+
+
+def _pruned_resnet20():
+    from latprune.analysis import analyse
+    from latprune.models import load_model
+    from latprune.pruned_file import prune_loaded
+
+    analysis = analyse(load_model("cifar:resnet20"))
+    return analysis, prune_loaded(analysis, {g.id: list(range(g.width // 2)) for g in analysis.groups})
+
+
+def _alternating(backend, level: float = 2.0):
+    """From now on, every other round (a round visits the dense and the pruned network once each) runs ``level``
+    times slower."""
+    start = backend.calls
+    backend.slowdown = lambda call: level if ((call - start - 1) // 2) % 2 else 1.0
+
+
+def test_the_paired_ratio_is_the_true_ratio_on_a_host_that_alternates(synthetic_backend):
+    analysis, pruned = _pruned_resnet20()
+    dense, shape = analysis.model, analysis.input_shape
+    quiet, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(6, 6), global_warmup_s=0)
+    _alternating(synthetic_backend, 3.0)
+    noisy, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(6, 6), global_warmup_s=0)
+    truth = quiet.ratios[0].ratio
+    assert 0.2 < truth < 0.9
+    assert noisy.ratios[0].ratio == pytest.approx(truth, rel=1e-9)
+    assert noisy.ratios[0].half_width == pytest.approx(0.0, abs=1e-9) and noisy.converged
+    assert noisy.reference.spread >= 0.99  # the raw times moved threefold
+    assert noisy.derived_ms(0) == pytest.approx(truth * noisy.reference.median_ms)
+
+
+def test_rounds_go_on_until_the_interval_is_narrow_and_a_noisy_host_is_said(synthetic_backend):
+    analysis, pruned = _pruned_resnet20()
+    rng, start = random.Random(0), synthetic_backend.calls
+    levels = [rng.uniform(1.0, 2.0) for _ in range(1000)]  # each round the host runs at its own speed...
+    synthetic_backend.slowdown = lambda call: levels[(call - start - 1) // 2 % 1000] * rng.uniform(0.96, 1.04)  # +-4%
+    enough, _ = measure_paired(analysis.model, [pruned.model], analysis.input_shape, "synthetic",
+                               rule=RoundsRule(min_rounds=6, max_rounds=400, max_seconds=600), global_warmup_s=0)
+    ratio = enough.ratios[0]
+    assert enough.converged and ratio.half_width <= 0.015 and ratio.rounds > 6
+    assert enough.warning() is None
+    capped, _ = measure_paired(analysis.model, [pruned.model], analysis.input_shape, "synthetic",
+                               rule=RoundsRule(min_rounds=6, max_rounds=8), global_warmup_s=0, warn=False)
+    assert not capped.converged and capped.ratios[0].rounds == 8
+    assert "the host is noisy: after 8 rounds" in capped.warning()
+
+
+def test_measure_pruned_times_the_dense_model_and_prints_the_paired_speedup(synthetic_backend, tmp_path, capsys):
+    from latprune.cli import main
+    from latprune.pruned_file import save_pruned
+
+    analysis, pruned = _pruned_resnet20()
+    save_pruned(pruned, tmp_path / "half.pt")
+    quiet, _ = measure_paired(analysis.model, [pruned.model], analysis.input_shape, "synthetic",
+                              rule=RoundsRule(6, 6), global_warmup_s=0)
+    _alternating(synthetic_backend)
+    argv = ["measure", "--pruned", str(tmp_path / "half.pt"), "--backend", "synthetic", "--global-warmup", "0"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ratio"]["ratio"] == pytest.approx(quiet.ratios[0].ratio, rel=1e-9)
+    assert result["speedup"] == pytest.approx(1 / quiet.ratios[0].ratio)
+    assert result["derived_ms"] == pytest.approx(result["ratio"]["ratio"] * result["dense"]["median_ms"])
+    assert result["converged"] and result["ratio"]["rounds"] >= 10
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "of the dense model's latency, paired round by round (95% interval" in text and "speedup" in text
+
+
+# ---------------------------------------------------------------- profiles that survive a slow spell
+
+
+def test_the_profile_divides_a_slow_spell_out_of_the_layer_times(synthetic_backend, tmp_path):
+    from latprune import pipeline
+
+    analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
+    settings = ProfileSettings(widths=8, variants=12, rounds=3, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
+                               global_warmup_s=0.0, anchors=12, reference_every=1)
+
+    def layer_medians(db):
+        with ProfileStore(db, readonly=True) as store:
+            device = store.find_device(store.summaries()[0].fingerprint)
+            return ({t.signature.key(): t.measurement.median_ms for t in store.layer_timings(device, "synthetic")},
+                    store.drift_checks(device, "synthetic", analysis.key))
+
+    pipeline.profile(analysis, "synthetic", db=tmp_path / "quiet.sqlite", settings=settings, progress=False)
+    start = synthetic_backend.calls
+    synthetic_backend.slowdown = lambda call: 2.0 if ((call - start) // 20) % 2 else 1.0  # slow spells of 20 visits
+    pipeline.profile(analysis, "synthetic", db=tmp_path / "spells.sqlite", settings=settings, progress=False)
+    quiet, _ = layer_medians(tmp_path / "quiet.sqlite")
+    spells, checks = layer_medians(tmp_path / "spells.sqlite")
+    assert max(checks) == pytest.approx(2 * min(checks))  # the host did run twice as slow at times
+    assert set(spells) == set(quiet)
+    close = [abs(spells[k] / quiet[k] - 1) <= 0.02 for k in quiet]
+    assert statistics.mean(close) >= 0.9, f"{sum(close)} of {len(close)} layer times within 2%"
