@@ -22,6 +22,7 @@ SUITES = [
     ("perfmodel_accuracy", "#4", "predicted vs measured latency of random pruned variants; layer errors", True),
     ("planner_solver", "#5", "DP solve time at 2,000 and 10,000 bins", True),
     ("planner_budget", "#5, #14", "closed-loop plans: measured latency vs their budgets", True),
+    ("paired_measure", "#26", "measure --pruned: repeatability and agreement with the closed loop", True),
     ("recovery", "#6", "post-training recovery accuracy on CIFAR-10", False),
     ("finetune", "#7", "vanilla vs over-parameterised fine-tuning with SP-KD", False),
     ("pareto", "#8", "accuracy vs measured latency against the baselines", True),
