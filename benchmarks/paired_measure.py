@@ -5,7 +5,7 @@ cifar resnet56 on ort-cpu: ``latprune plan --speedup 2`` (closed loop on), ``lat
 measurement times the pruned file interleaved with the dense model until their paired ratio is
 known to +-1.5% (95% interval) or two minutes.
 Goals: the two speedups within 3% of each other, and each within 3% of the ratio the loop recorded.
-Run: ``python -m benchmarks.paired_measure [--db PATH] [--speedup 2]``. Run it alone.
+Run: ``python -m benchmarks.paired_measure [--db PATH] [--speedup 2] [--quick]``. Run it alone.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="profile database (profiled if missing)")
     parser.add_argument("--speedup", type=float, default=2.0)
+    parser.add_argument("--quick", action="store_true", help="each measurement capped at 30 s instead of 120 s")
     args = parser.parse_args(argv)
+    cap = ["--max-seconds", "30"] if args.quick else []
     args.db.parent.mkdir(parents=True, exist_ok=True)
     common = ["--model", MODEL]
     with tempfile.TemporaryDirectory(prefix="latprune-paired-") as work:
@@ -45,7 +47,7 @@ def main(argv=None) -> None:
         plan = latprune("plan", *common, "--backend", BACKEND, "--db", str(args.db), "--speedup", str(args.speedup),
                         "--out", f"{work}/plan.json")
         latprune("prune", *common, "--plan", f"{work}/plan.json", "--out", f"{work}/pruned.pt")
-        runs = [latprune("measure", "--pruned", f"{work}/pruned.pt", "--backend", BACKEND) for _ in range(2)]
+        runs = [latprune("measure", "--pruned", f"{work}/pruned.pt", "--backend", BACKEND, *cap) for _ in range(2)]
     loop = plan["verification"]
     chosen = loop["rounds"][loop["chosen_round"] - 1]
     loop_ratio = chosen["relative_to_dense"]
@@ -66,7 +68,7 @@ def main(argv=None) -> None:
                      f"{100 * r['dense']['spread']:.0f}%"])
     table = markdown_table(["measurement", "ratio to dense", "95% interval", "rounds", "speedup", "dense",
                             "dense round spread"], rows)
-    write_result("paired_measure", data, table + (
+    write_result("paired_measure" + ("_quick" if args.quick else ""), data, table + (
         f"\n\nTwo `measure --pruned` runs differ by {100 * between:.2f}% (goal <= 3%: "
         f"{'met' if data['goal_between_runs_met'] else 'NOT met'}); against the loop's ratio: "
         + ", ".join(f"{100 * v:+.2f}%" for v in vs_loop)

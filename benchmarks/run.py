@@ -19,9 +19,11 @@ from benchmarks.common import DEFAULT_DB, RESULTS
 # (module, issue, what it measures, takes --db)
 SUITES = [
     ("profiler_speed", "#3", "profiling time and noise, resnet50 on ort-cpu", False),
-    ("perfmodel_accuracy", "#4", "predicted vs measured latency of random pruned variants; layer errors", True),
+    ("perfmodel_accuracy", "#4, #26", "predicted vs measured latency of random pruned variants (ratio space since "
+     "#26); layer errors", True),
     ("planner_solver", "#5", "DP solve time at 2,000 and 10,000 bins", True),
-    ("planner_budget", "#5, #14", "closed-loop plans: measured latency vs their budgets", True),
+    ("planner_budget", "#5, #14, #26", "closed-loop plans: measured latency vs their budgets, checked as paired "
+     "ratios", True),
     ("paired_measure", "#26", "measure --pruned: repeatability and agreement with the closed loop", True),
     ("recovery", "#6", "post-training recovery accuracy on CIFAR-10", False),
     ("finetune", "#7", "vanilla vs over-parameterised fine-tuning with SP-KD", False),

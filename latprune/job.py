@@ -27,8 +27,8 @@ from latprune.profiler.api import ProfileSettings, RoundsRule
 from latprune.pruned_file import save_pruned
 
 # Interleaved rounds of dense and pruned: at least 15 (this host's outliers need many), then until the paired
-# ratio's 95% interval is within +-1.5%, at most 60 rounds or two minutes.
-MEASURE_RULE = RoundsRule(min_rounds=15, max_rounds=60, max_seconds=120.0)
+# ratio's 95% interval is within +-1.5%, at most 60 rounds or a minute (the quickstart stays quick).
+MEASURE_RULE = RoundsRule(min_rounds=15, max_rounds=60, max_seconds=60.0)
 
 
 @dataclass
