@@ -49,9 +49,13 @@ def check_output_folder(path: str | os.PathLike, force: bool = False) -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise LatpruneError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()):
+    try:
+        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    except OSError as exc:
+        raise LatpruneError(f"cannot read --out folder {out}: {exc.strerror or exc}") from None
+    if present:
         if not _holds_a_run(out):
-            shown = sorted(p.name for p in out.iterdir())[:3]
+            shown = present[:3]
             raise LatpruneError(f"--out {out} holds files latprune did not write ({', '.join(shown)}); give an empty "
                                 f"or new folder")
         if not force:

@@ -683,7 +683,7 @@ def test_outputs_get_the_permissions_the_umask_gives(workspace, monkeypatch, cap
     assert (tmp_path / "m.pt").stat().st_mode & 0o777 == mode
 
 
-def test_run_claims_a_new_folder_and_may_replace_its_own_output_with_force(workspace, tmp_path):
+def test_run_claims_a_new_folder_and_may_replace_its_own_output_with_force(tmp_path):
     from latprune.errors import LatpruneError
     from latprune.outputs import RUN_MARKER, check_output_folder
 
