@@ -147,7 +147,8 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     if config.eval:
         with stage("evaluate"):
             def top1(model: torch.nn.Module) -> tuple[float, int]:
-                return pipeline.evaluate(model, config.eval, loaded.family, loaded.input_shape, progress=progress)
+                return pipeline.evaluate(model, config.eval, loaded.family, loaded.input_shape, progress=progress,
+                                         checked=True)  # JobConfig.check decoded every image before profiling
 
             dense_top1, images_scored = top1(loaded.model)
             accuracy = {"images": images_scored, "dense": dense_top1,

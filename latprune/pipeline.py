@@ -477,13 +477,16 @@ def measure_against_dense(dense: nn.Module, models: Sequence[nn.Module], input_s
 
 
 def evaluate(model: nn.Module, folder: str, family: str, input_shape: Sequence[int], limit: int | None = None,
-             batch_size: int = 256, progress: bool = True) -> tuple[float, int]:
-    """Top-1 accuracy on an ImageFolder (``limit``: the first N images); (top-1, images)."""
+             batch_size: int = 256, progress: bool = True, checked: bool = False) -> tuple[float, int]:
+    """Top-1 accuracy on an ImageFolder (``limit``: the first N images); (top-1, images). Every image is decoded
+    and checked first, unless ``checked`` says the caller has done so already (a run checks them before profiling
+    and evaluates up to three models)."""
     from torch.utils.data import Subset
 
-    from latprune.data import check_image_folder, evaluate_top1
+    from latprune.data import check_image_folder, evaluate_top1, image_folder
 
-    dataset = check_image_folder(folder, family, tuple(input_shape), progress=progress)
+    dataset = (image_folder(folder, family, tuple(input_shape)) if checked else
+               check_image_folder(folder, family, tuple(input_shape), progress=progress))
     _warn_on_class_mismatch(model, dataset.classes, folder, input_shape)
     if limit is not None:
         if limit < 1:

@@ -45,8 +45,6 @@ class VariantTiming:
     new_layer_rows: int
     seconds: float
     rejected_rounds: int = 0  # rounds left out because the host was contended while they ran
-    ratio: PairedRatio | None = None  # the variant's paired ratio to the dense network, with its interval
-    converged: bool = True  # the interval reached the rule's target before its caps
 
 
 # A round whose dense time exceeds this many times the quietest dense time seen (this timer's rounds and the
@@ -114,7 +112,7 @@ class VariantTimer:
                                         Path(self._work.name) / f"{variant.key}.bin")
         runs, profiled_runs = self._runs
         rounds: list[tuple[list[float], dict]] = []  # (dense samples, variant round) per round
-        rule, timing_began, ratio = self.rule, time.perf_counter(), None
+        rule, timing_began = self.rule, time.perf_counter()
         while True:
             taken = {}
             for which in self._timer.shuffled(["dense", "variant"]):
@@ -139,7 +137,6 @@ class VariantTimer:
                 f"the host is contended: the dense network took up to {slowest:.4g} ms in {len(rounds) - len(clean)} "
                 f"of {len(rounds)} rounds against {self._quiet_ms:.4g} ms quiet (another process is using the CPU?); "
                 f"nothing was stored in the profile: run again on a quiet machine")
-        ratio = _ratio(clean)
         # Stored like the profiler's rows: each round divided by how much slower than its quietest the host ran.
         job = _Job(variant, prepared, signatures, {
             i: RoundSample.from_json(v).scaled(statistics.median(d) / self._quiet_ms).to_json()
@@ -147,8 +144,7 @@ class VariantTimer:
         new_rows = _finish(job, self._store, self._device_id, self.backend.name, analysis.key)
         whole = Measurement.from_samples([v["plain_ms"] for _, v in clean])
         return VariantTiming(variant.key, whole, Measurement.from_samples([d for d, _ in clean]), new_rows,
-                             time.perf_counter() - began, rejected_rounds=len(rounds) - len(clean), ratio=ratio,
-                             converged=ratio.covered and ratio.half_width <= rule.target)
+                             time.perf_counter() - began, rejected_rounds=len(rounds) - len(clean))
 
     def _clean(self, rounds: list[tuple[list[float], dict]]) -> list[tuple[list[float], dict]]:
         """The rounds whose dense time says the host was not contended (judged against the quietest seen)."""
