@@ -27,7 +27,10 @@ SUITES = [
     ("paired_measure", "#26", "measure --pruned: repeatability and agreement with the closed loop", True),
     ("recovery", "#6", "post-training recovery accuracy on CIFAR-10", False),
     ("finetune", "#7", "vanilla vs over-parameterised fine-tuning with SP-KD", False),
-    ("pareto", "#8", "accuracy vs measured latency against the baselines", True),
+    ("pareto", "#8, #15, #25", "accuracy vs measured latency against the baselines, depth+width vs width-only",
+     True),
+    ("depth_reach", "#25", "the fastest plan with and without removing residual branches, paired ratios", False),
+    ("depth_finetune", "#25", "latprune's 0.5x depth+width plan after two-stage and a short SP-KD fine-tune", False),
 ]
 
 

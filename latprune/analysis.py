@@ -9,12 +9,15 @@ edits the modules its graph was traced from.)
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
 
+from latprune.branches import Branch, find_branches, remove_branches
 from latprune.channel_ops import ChannelOp, wrap_channel_ops
 from latprune.channels import Layout, group_layout
 from latprune.graph import build_graph, magnitude_importance
@@ -36,6 +39,9 @@ class ModelAnalysis:
     key: str  # model key: spec @ input shape
     graph: tp.DependencyGraph = field(repr=False)
     channel_ops: tuple[ChannelOp, ...] = ()  # parameter-free channel ops wrapped as index maps
+    branches: tuple[Branch, ...] = ()  # residual branches that can be removed whole
+    depth_notes: dict[str, str] = field(default_factory=dict)  # group id -> why it cannot go to width 0
+    branch_layers: dict[str, LayerInfo] = field(default_factory=dict)  # branch id -> the bias layer replacing it
 
     @property
     def model(self) -> torch.nn.Module:
@@ -64,10 +70,20 @@ class ModelAnalysis:
         """Torch-Pruning's group-L2 magnitude of every channel of every group (the TP baseline's criterion)."""
         return magnitude_importance(self.model, self.graph, [g.id for g in self.groups])
 
+    def layers_of(self, model: torch.nn.Module) -> dict[str, LayerInfo]:
+        """The conv/linear layers of a pruned copy in execution order: the dense model's, or, when branches were
+        removed, those that remain with the bias layers in their place (traced from ``model``)."""
+        names = {n for n, _ in model.named_modules()}
+        if not any(b.id in names for b in self.branches):
+            return self.layers
+        return trace_layers(model, self.example_input())
+
     def to_json(self) -> dict:
         return {"total_macs": self.total_macs, "groups": [g.to_json() for g in self.groups],
                 "excluded": [e.to_json() for e in self.excluded],
-                "channel_ops": [op.to_json() for op in self.channel_ops]}
+                "channel_ops": [op.to_json() for op in self.channel_ops],
+                "branches": [b.to_json() for b in self.branches],
+                "depth_notes": {gid: note for gid, note in self.depth_notes.items() if note}}
 
 
 def analyse(loaded: LoadedModel) -> ModelAnalysis:
@@ -83,9 +99,17 @@ def analyse(loaded: LoadedModel) -> ModelAnalysis:
     graph = build_graph(loaded.model, x)
     found = find_channel_groups(loaded.model, x, graph)
     layout = group_layout(loaded.model, graph, found.groups) if found.groups else {}
-    return ModelAnalysis(loaded=loaded, groups=found.groups, excluded=found.excluded, total_macs=found.total_macs,
+    branches, notes = find_branches(loaded.model, x, found.groups, layout) if found.groups else ((), {})
+    branch_of = {gid: b.id for b in branches for gid in b.groups}
+    groups = tuple(dataclasses.replace(g, branch=branch_of.get(g.id, "")) for g in found.groups)
+    branch_layers = {}
+    if branches:
+        removed = remove_branches(copy.deepcopy(loaded.model), x, branches)
+        traced = trace_layers(removed, x)
+        branch_layers = {b.id: traced[b.id] for b in branches}
+    return ModelAnalysis(loaded=loaded, groups=groups, excluded=found.excluded, total_macs=found.total_macs,
                          layout=layout, layers=trace_layers(loaded.model, x), key=model_key(loaded), graph=graph,
-                         channel_ops=channel_ops)
+                         channel_ops=channel_ops, branches=branches, depth_notes=notes, branch_layers=branch_layers)
 
 
 def as_analysis(model: LoadedModel | ModelAnalysis) -> ModelAnalysis:

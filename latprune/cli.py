@@ -91,7 +91,8 @@ def _plan_settings(args: argparse.Namespace, method: str = "latency"):
                             min_width=args.min_width, bins=getattr(args, "bins", 2000),
                             max_macs=getattr(args, "max_macs", None), hold=tuple(args.hold or ()),
                             objective=getattr(args, "objective", None) or "importance",
-                            search=SearchSettings(seconds=getattr(args, "search_seconds", SEARCH_SECONDS)))
+                            search=SearchSettings(seconds=getattr(args, "search_seconds", SEARCH_SECONDS)),
+                            depth=not getattr(args, "no_depth", False))
     settings.check_images(bool(args.calib))
     return settings
 
@@ -122,8 +123,17 @@ def _format_groups(result: dict) -> str:
         (g["id"], g["width"], g["divisor"], len(g["producers"]), len(g["consumers"]), f"{100 * g['flops_share']:.1f}%")
         for g in result["groups"]
     ]
-    text = table(["group", "width", "divisor", "producers", "consumers", "MACs touched"], rows)
+    notes = result.get("depth_notes", {})
+    rows = [(*row, "removes " + g["branch"] if g.get("branch") else "no: " + _short_note(notes.get(g["id"], "")))
+            for row, g in zip(rows, result["groups"])]
+    text = table(["group", "width", "divisor", "producers", "consumers", "MACs touched", "width 0"], rows)
     text += f"\n{len(result['groups'])} prunable groups, {result['total_macs'] / 1e6:.1f} M MACs in conv/linear layers"
+    branches = result.get("branches", [])
+    if branches:
+        text += (f"\n{len(branches)} residual branches can be removed whole (each inner group at width 0, "
+                 f"shortcut + constant bias kept; --no-depth to forbid):\n") + "\n".join(
+            f"  {b['id']}: {len(b['layers'])} layers, groups {', '.join(b['groups'])}, shortcut {b['shortcut']}"
+            for b in branches)
     crossing = [g for g in result["groups"] if g.get("crosses")]
     if crossing:
         text += "\nthrough parameter-free channel ops (rebuilt as index maps when pruned):\n" + "\n".join(
@@ -131,6 +141,14 @@ def _format_groups(result: dict) -> str:
     if result["excluded"]:
         text += "\nnot prunable:\n" + "\n".join(f"  {e['id']} ({e['width']}): {e['reason']}" for e in result["excluded"])
     return text
+
+
+def _short_note(note: str) -> str:
+    """The reason a group cannot go to width 0, as a table cell."""
+    shorter = {"not inside a residual branch (no skip connection around it)": "no skip",
+               "it sets a residual block's channels (the skip), which stay": "skip channels",
+               "its block's shortcut has layers (a projection: stride or channel change)": "projection shortcut"}
+    return shorter.get(note, note or "?")
 
 
 @command("groups", _format_groups)
@@ -358,6 +376,8 @@ def _format_plan(result: dict) -> str:
                      f"{result['backend']}")
     lines.append(f"{result['method']}: importance kept {100 * result['importance_kept']:.1f}% ({result['importance']}), "
                  f"MACs {result['macs'] / 1e6:.1f} M of {result['dense_macs'] / 1e6:.1f} M")
+    if result.get("removed"):
+        lines.append(f"removed residual branches ({len(result['removed'])}): {', '.join(result['removed'])}")
     if "method" in solver:
         lines.append(f"solver: {solver['method']}, {solver.get('bins')} bins, {solver.get('live_states', 0)} states, "
                      f"DP {1000 * solver.get('dp_s', 0):.1f} ms")
@@ -525,7 +545,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
             eval=args.eval, recovery=args.recovery, importance=args.importance, objective=args.objective,
             search=SearchSettings(seconds=args.search_seconds),
             calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads,
-            verify=_verification(args))]
+            verify=_verification(args), depth=not args.no_depth)]
         configs[0].check(progress)
         check_output_folder(args.out, args.force)
     return run_jobs(configs, args.out, progress=progress, checked=args.model is not None)
@@ -691,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plan to budget/(1+margin), headroom for measurement noise (default 0, or 0.03 with "
                         "--no-verify)")
     _objective_options(p, default=None)
+    _depth_option(p)
     _verify_options(p)
     _db_option(p)
     p.add_argument("--out", default="latprune-run", metavar="DIR",
@@ -728,6 +749,13 @@ def _planning_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hold", type=_comma_list, metavar="GROUPS",
                         help="comma-separated group ids to keep at full width; 'channel-ops' holds every group "
                              "that crosses a parameter-free channel op (e.g. the residual streams of cifar ResNets)")
+    _depth_option(parser)
+
+
+def _depth_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-depth", action="store_true",
+                        help="never remove a residual branch whole (by default a branch's inner groups may go to "
+                             "width 0 where `latprune groups` shows they can)")
 
 
 def _objective_options(parser: argparse.ArgumentParser, default: str | None) -> None:

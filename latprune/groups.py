@@ -35,7 +35,9 @@ class ChannelGroup:
     and kept offsets must then repeat in each of the ``divisor`` equal slices.
     ``flops_share`` is the fraction of network MACs in conv/linear layers it touches.
     ``crosses`` names the parameter-free channel ops (:mod:`latprune.channel_ops`) the group
-    reaches through, as ``"<module> (<op>, input|output side)"``.
+    reaches through, as ``"<module> (<op>, input|output side)"``. ``branch`` names the removable
+    residual branch (:mod:`latprune.branches`) whose inner channels the group is: width 0 then
+    removes that branch (with its other inner groups); "" when the group cannot go to 0.
     """
 
     id: str
@@ -45,6 +47,7 @@ class ChannelGroup:
     divisor: int
     flops_share: float
     crosses: tuple[str, ...] = ()
+    branch: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -59,6 +62,7 @@ class ChannelGroup:
             divisor=int(data["divisor"]),
             flops_share=float(data["flops_share"]),
             crosses=tuple(data.get("crosses", ())),
+            branch=str(data.get("branch", "")),
         )
 
     def candidate_widths(self) -> list[int]:
@@ -75,8 +79,10 @@ class ChannelGroup:
         return [s * step + o for s in range(self.divisor) for o in sorted(offsets)]
 
     def validate_kept(self, kept: Sequence[int]) -> list[int]:
-        """Check kept root-relative indices; return them sorted."""
+        """Check kept root-relative indices; return them sorted (none: the group's branch is removed)."""
         idxs = sorted(int(i) for i in kept)
+        if not idxs and self.branch:
+            return idxs
         if len(set(idxs)) != len(idxs):
             raise LatpruneError(f"group {self.id}: kept channel indices repeat")
         if not idxs or idxs[0] < 0 or idxs[-1] >= self.width:

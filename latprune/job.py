@@ -50,6 +50,7 @@ class JobConfig:
     bins: int = 2000
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     verify: Verification = field(default_factory=Verification)  # its db and threads are the job's
+    depth: bool = True  # residual branches may be removed whole
     name: str = ""  # sub-folder of the output folder for this run's files
     notes: list[str] = field(default_factory=list)
 
@@ -62,7 +63,7 @@ class JobConfig:
         """How this job plans: the calibrated objective with calibration images unless ``objective`` says otherwise."""
         objective = self.objective or ("calibrated" if self.calib else "importance")
         return PlanSettings(importance=self.importance_criterion(), bins=self.bins, objective=objective,
-                            search=self.search)
+                            search=self.search, depth=self.depth)
 
     def recovery_request(self) -> RecoveryRequest:
         """The recovery this job runs: ``recovery``, else two-stage with calibration images, else none."""

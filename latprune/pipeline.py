@@ -180,6 +180,7 @@ class PlanSettings:
     objective: str = "importance"  # or "calibrated": the damage-model DP searched on calibration loss
     search: SearchSettings = field(default_factory=SearchSettings)
     cache_dir: str | os.PathLike | None = None  # damage tables; None: $LATPRUNE_CACHE or the user cache
+    depth: bool = True  # residual branches may be removed whole (width 0 of their inner groups)
 
     def __post_init__(self) -> None:
         if self.method not in PLANNERS:
@@ -199,7 +200,7 @@ class PlanSettings:
 
     def policy(self, profile_step: int | None, groups: Sequence[ChannelGroup] = ()) -> WidthPolicy:
         return WidthPolicy(step=self.step or profile_step or 16, aligned=self.widths == "aligned",
-                           min_fraction=self.min_width, hold=held_groups(self.hold, groups))
+                           min_fraction=self.min_width, hold=held_groups(self.hold, groups), depth=self.depth)
 
 
 HOLD_CHANNEL_OPS = "channel-ops"

@@ -67,7 +67,8 @@ def prune_loaded(model: LoadedModel | ModelAnalysis, kept: Mapping[str, Sequence
     analysis = as_analysis(model)
     loaded = analysis.loaded
     source = weights_from if weights_from is not None else loaded.model
-    pruned = prune_channels(source, loaded.example_input(), analysis.groups, kept, layout=analysis.layout)
+    pruned = prune_channels(source, loaded.example_input(), analysis.groups, kept, layout=analysis.layout,
+                            branches=analysis.branches)
     return PrunedModel(
         model=pruned,
         spec=loaded.spec,

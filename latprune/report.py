@@ -137,8 +137,11 @@ def run_section(run: dict) -> str:
         plots.append(accuracy_plot(accuracy))
     plots.append(stages_plot(run["stages_s"]))
     images = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots)
-    group_rows = [[g["id"], g["full_width"], g["width"], f"{100 * g['width'] / g['full_width']:.0f}%"]
-                  for g in plan["groups"]]
+    group_rows = [[g["id"], g["full_width"], g["width"], f"{100 * g['width'] / g['full_width']:.0f}%"
+                   + (" (branch removed)" if g["width"] == 0 else "")] for g in plan["groups"]]
+    removed = plan.get("removed") or []
+    depth = (f"<p>Residual branches removed whole ({len(removed)}): {html.escape(', '.join(removed))}; each block "
+             f"keeps its shortcut plus the branch's constant output.</p>" if removed else "")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in run.get("notes", []))
     loop = verification_section(latency.get("verification") or {})
     return f"""
@@ -149,6 +152,7 @@ measured {latency['pruned']['measured_ms']:.3f} ms (dense {latency['dense']['mea
 predicted {latency['pruned']['predicted_ms']:.3f} ms): {verdict}.
 Measurement noise (round spread): {100 * latency['noise']:.1f}%.</p>
 {_table(["model", "predicted ms", "measured ms", "MMACs", "top-1"], rows)}
+{depth}
 {loop}
 <ul>{notes}</ul>
 <div class="plots">{images}</div>

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from latprune.branches import Branch, remove_branches, removed_in
 from latprune.channels import Layout, masked_mismatch
 from latprune.errors import LatpruneError
 from latprune.graph import remove_channels, run_model
@@ -20,12 +21,15 @@ def prune_channels(
     groups: Sequence[ChannelGroup],
     kept: Mapping[str, Sequence[int]],
     layout: Layout | None = None,
+    branches: Sequence[Branch] = (),
 ) -> nn.Module:
     """Return a pruned copy of ``model`` keeping ``kept[group_id]`` channels of each group.
 
-    Groups absent from ``kept`` stay at full width. The result is a real dense network
-    (no masks) whose output shape equals the original's; with the groups' ``layout`` it is also
-    checked to compute what ``model`` computes with the removed channels masked, and refused if not.
+    Groups absent from ``kept`` stay at full width. A group of one of ``branches`` kept at no channels
+    removes that residual branch (all its inner groups must be at 0): the block keeps its shortcut
+    plus the branch's constant output. The result is a real dense network (no masks) whose output
+    shape equals the original's; with the groups' ``layout`` it is also checked to compute what
+    ``model`` computes with the removed channels masked, and refused if not.
     """
     by_id = {g.id: g for g in groups}
     unknown = sorted(set(kept) - set(by_id))
@@ -36,9 +40,12 @@ def prune_channels(
         group = by_id[gid]
         keep = set(group.validate_kept(idxs))
         removals[gid] = [i for i in range(group.width) if i not in keep]
+    removed = removed_in(kept, branches)
+    gone = {gid for b in removed for gid in b.groups}
     expected = run_model(model, example_input).shape
     pruned = copy.deepcopy(model)
-    remove_channels(pruned, example_input, removals)
+    remove_channels(pruned, example_input, {gid: idxs for gid, idxs in removals.items() if gid not in gone})
+    pruned = remove_branches(pruned, example_input, removed)
     out = run_model(pruned, example_input)
     if out.shape != expected:
         raise LatpruneError(f"pruning changed the output shape from {tuple(expected)} to {tuple(out.shape)}")

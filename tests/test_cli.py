@@ -32,6 +32,9 @@ def test_groups_table_lists_groups_and_exclusions(capsys):
     assert "layer3.2.conv1" in out and "12 prunable groups" in out
     assert "layer2.0.conv2: layer2.0.shortcut (pad on channels, output side)" in out
     assert "not prunable" in out and "linear" in out
+    # depth: which groups can go to width 0, and why the residual streams cannot
+    assert "removes layer3.2.removed_branch" in out and "no: skip channels" in out
+    assert "9 residual branches can be removed whole" in out
 
 
 def test_eval_reports_resnet56_accuracy(capsys, cifar_test_dir):

@@ -36,6 +36,13 @@ def random_widths(groups: list[ChannelGroup], rng: random.Random, on_grid: bool,
     return widths
 
 
+def with_removed_branches(widths: dict[str, int], branches: Sequence, rng: random.Random,
+                          rate: float = 0.3) -> dict[str, int]:
+    """``widths`` with each residual branch removed (its inner groups at 0) with probability ``rate``, at least one."""
+    removed = [b for b in branches if rng.random() < rate] or [rng.choice(list(branches))]
+    return {**widths, **{gid: 0 for b in removed for gid in b.groups}}
+
+
 def validate_model(model: LoadedModel | ModelAnalysis, backend: str, perf: NetworkLatencyModel, step: int,
                    variants: int = 20, rounds: int = 10, runs: int = 10, seed: int = 0, threads: int | None = None,
                    out_dir: str | Path | None = None, plan_like: Sequence[tuple[float, dict[str, int]]] = (),
@@ -54,16 +61,20 @@ def validate_model(model: LoadedModel | ModelAnalysis, backend: str, perf: Netwo
     rng = random.Random(seed)
     models, rows = [], []
     chosen = [("random", None, random_widths(groups, rng, on_grid=i % 2 == 0, step=step)) for i in range(variants)]
+    if analysis.branches:  # as many again with residual branches removed, reported apart
+        chosen += [("depth", None, with_removed_branches(random_widths(groups, rng, on_grid=i % 2 == 0, step=step),
+                                                         analysis.branches, rng)) for i in range(variants)]
     chosen += [("plan", fraction, widths) for fraction, widths in plan_like]
     for i, (kind, fraction, widths) in enumerate(chosen):
         kept = {g.id: g.leading_channels(widths[g.id]) for g in groups if widths[g.id] < g.width}
-        models.append(prune_channels(loaded.model, x, groups, kept))
+        models.append(prune_channels(loaded.model, x, groups, kept, branches=analysis.branches))
         rows.append({"variant": i, "kind": kind, "budget_fraction": fraction,
-                     "on_grid": i % 2 == 0 if kind == "random" else None, "widths": widths})
+                     "on_grid": i % 2 == 0 if kind != "plan" else None, "widths": widths,
+                     "removed_branches": sum(all(widths[gid] == 0 for gid in b.groups) for b in analysis.branches)})
     batch = loaded.input_shape[0]
 
     def predict(m) -> float:
-        return float(perf.predict(key, list(layer_signatures(m, analysis.layers, batch, backend).values())))
+        return float(perf.predict(key, list(layer_signatures(m, analysis.layers_of(m), batch, backend).values())))
 
     dense_pred = predict(loaded.model)
     rule = RoundsRule(min_rounds=max(rounds, 2), max_rounds=max(rounds, 60), max_seconds=max_seconds)
@@ -83,6 +94,7 @@ def validate_model(model: LoadedModel | ModelAnalysis, backend: str, perf: Netwo
                   "p90_ms": dense.p90_ms, "spread": dense.spread, "error": dense_pred / dense.median_ms - 1},
         **_errors(random_rows),
         "plan_like": _errors([r for r in rows if r["kind"] == "plan"]) if plan_like else None,
+        "depth": _errors([r for r in rows if r["kind"] == "depth"]) if analysis.branches else None,
         "rounds": timing.ratios[0].rounds if timing.ratios else 0, "converged": timing.converged,
         "widest_interval": timing.widest().half_width if timing.ratios else 0.0,
         "noise": float(np.median([m.spread for m in (dense, *timing.networks)])),
@@ -129,11 +141,11 @@ def scatter_plot(rows: Sequence[dict], title: str, path: Path) -> None:
     line = np.linspace(low, high, 10)
     ax.plot(line, line, color="black", lw=1, label="predicted = measured")
     ax.fill_between(line, line * 0.95, line * 1.05, color="tab:green", alpha=0.2, label="+-5%")
-    for kind, color in (("random", "tab:blue"), ("plan", "tab:orange")):
+    labels = {"random": "random variants", "depth": "random, branches removed", "plan": "planner's choices"}
+    for kind, color in (("random", "tab:blue"), ("depth", "tab:purple"), ("plan", "tab:orange")):
         picked = [i for i, r in enumerate(rows) if r["kind"] == kind]
         if picked:
-            ax.scatter(measured[picked], predicted[picked], s=18, color=color, zorder=3,
-                       label="random variants" if kind == "random" else "planner's choices")
+            ax.scatter(measured[picked], predicted[picked], s=18, color=color, zorder=3, label=labels[kind])
     ax.set(xlim=(low, high), ylim=(low, high), xlabel="measured latency / dense (paired)",
            ylabel="predicted latency / dense",
            title=title)

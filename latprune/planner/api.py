@@ -84,11 +84,11 @@ def prepare(model: LoadedModel | ModelAnalysis, importance: str = "l2", calib: t
     candidates = [policy.candidates(g) for g in groups]
     values = [kept_value(g, scores[g.id], c) for g, c in zip(groups, candidates)]
     batch = analysis.input_shape[0]
-    macs = macs_problem(analysis.layers, batch, groups, candidates, values)
+    macs = macs_problem(analysis.layers, batch, groups, candidates, values, analysis.branches, analysis.branch_layers)
     latency = None
     if perf is not None:
         latency = latency_problem(analysis.layers, batch, groups, candidates, values, perf.cost_terms(analysis.key),
-                                  backend)
+                                  backend, analysis.branches, analysis.branch_layers)
     return PlanningInputs(analysis, groups, scores, importance, policy, macs, latency, backend, device)
 
 
@@ -96,7 +96,7 @@ def with_perf(inputs: PlanningInputs, perf: NetworkLatencyModel) -> PlanningInpu
     """The same inputs with the latency problem rebuilt on another performance model (scores are kept)."""
     analysis, macs = inputs.analysis, inputs.macs
     latency = latency_problem(analysis.layers, analysis.input_shape[0], inputs.groups, macs.candidates, macs.values,
-                              perf.cost_terms(analysis.key), inputs.backend)
+                              perf.cost_terms(analysis.key), inputs.backend, analysis.branches, analysis.branch_layers)
     return dataclasses.replace(inputs, latency=latency)
 
 
@@ -119,7 +119,13 @@ def build_plan(inputs: PlanningInputs, widths: list[int], method: str, budget: B
         groups=[GroupPlan(g.id, int(w), g.width, sorted(int(i) for i in kept[g.id]))
                 for g, w in zip(inputs.groups, widths)],
         solver=dict(solver or {}), device=inputs.device, budget=budget.to_json() if budget else {},
+        removed=removed_branches(inputs.analysis, dict(zip([g.id for g in inputs.groups], widths))),
     )
+
+
+def removed_branches(analysis: ModelAnalysis, widths: dict[str, int]) -> list[str]:
+    """The residual branches that these widths remove (every inner group at 0)."""
+    return [b.id for b in analysis.branches if all(widths.get(gid, -1) == 0 for gid in b.groups)]
 
 
 def latency_plan(inputs: PlanningInputs, budget: Budget, bins: int = 2000, max_macs: float | None = None) -> Plan:

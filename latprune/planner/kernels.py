@@ -48,11 +48,12 @@ def binned_frontiers(costs, values, index, counts, bin_cost, capacity, out_cost,
     for r in range(rows):
         n = 0
         for j in range(counts[r]):
-            b = np.int64(np.ceil(costs[r, j] / bin_cost - 1e-9))
+            q = np.ceil(costs[r, j] / bin_cost - 1e-9)
+            if q > capacity:  # also an infinite cost (a forbidden combination)
+                break
+            b = np.int64(q)
             if b < 0:
                 b = 0
-            if b > capacity:
-                break
             if n > 0 and out_cost[r, n - 1] == b:  # same bin, later point: more value
                 out_value[r, n - 1] = values[r, j]
                 out_index[r, n - 1] = index[r, j]

@@ -54,6 +54,8 @@ class Plan:
     search: dict = field(default_factory=dict)
     # How the plan was checked on the device: the closed loop's rounds (latprune.planner.closed_loop), or why not.
     verification: dict = field(default_factory=dict)
+    # Residual branches the plan removes whole (their inner groups at width 0; latprune.branches).
+    removed: list[str] = field(default_factory=list)
 
     @property
     def predicted_speedup(self) -> float | None:
@@ -104,6 +106,7 @@ class Plan:
             dense_macs=schema.integer(data.get("dense_macs", 0), source, "dense_macs", minimum=0),
             groups=_groups_from_json(data["groups"], source),
             device=optional_text.get("device", ""), objective=optional_text.get("objective", "importance"),
+            removed=[schema.text(r, source, "removed") for r in _list(data.get("removed", []), source, "removed")],
             **records,
         )
 
@@ -125,6 +128,12 @@ class Plan:
                 raise LatpruneError(f"{source}: group {gid!r} has full width {planned[gid].full_width} in the plan "
                                     f"but {group.width} in {self.model}: the plan is for another model")
             group.validate_kept(planned[gid].kept)
+        for branch in {g.branch for g in groups if g.branch}:
+            members = [g.id for g in groups if g.branch == branch]
+            if len({planned[gid].width == 0 for gid in members}) > 1:
+                raise LatpruneError(f"{source} removes only part of the residual branch {branch}: its groups "
+                                    f"{', '.join(members)} must all be at width 0, or none")
+
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
@@ -141,6 +150,12 @@ class Plan:
         except RecursionError:
             raise LatpruneError(f"cannot read plan {path}: nested too deeply") from None
         return cls.from_json(data, f"plan {path}")
+
+
+def _list(value, source: str, name: str) -> list:
+    if not isinstance(value, list):
+        raise LatpruneError(f"{source}: {name} must be a list")
+    return value
 
 
 def _groups_from_json(value, source: str) -> list[GroupPlan]:
@@ -161,12 +176,12 @@ def _groups_from_json(value, source: str) -> list[GroupPlan]:
         seen.add(gid)
         full = schema.integer(entry["full_width"], source, f"group {gid!r} full_width", minimum=1)
         kept = schema.integers(entry["kept"], source, f"group {gid!r} kept", minimum=0)
-        width = schema.integer(entry["width"], source, f"group {gid!r} width", minimum=1)
+        width = schema.integer(entry["width"], source, f"group {gid!r} width", minimum=0)
         if width != len(kept):
             raise LatpruneError(f"{source}: group {gid!r} has width {width} but keeps {len(kept)} channels")
         if len(set(kept)) != len(kept):
             raise LatpruneError(f"{source}: group {gid!r} keeps a channel twice")
-        if width > full or max(kept) >= full:
+        if width > full or (kept and max(kept) >= full):
             raise LatpruneError(f"{source}: group {gid!r} keeps channels beyond its full width {full}")
         groups.append(GroupPlan(gid, width, full, sorted(kept)))
     return groups

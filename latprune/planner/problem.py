@@ -4,12 +4,17 @@ A network's cost is a sum over its conv/linear layers; each layer's cost depends
 input width (set by at most a few groups, or fixed) and its output width (set by one group
 or fixed). The problem holds the layers in that form plus a batch cost function, so
 solvers can tabulate costs over candidate widths or evaluate a whole plan exactly.
+
+Depth enters as width 0: a layer with no input or output channels is gone (costs nothing), a
+*gated* layer (the bias layer that replaces a removed residual branch) exists only while its gate
+group is at 0, and groups that ``together`` remove one branch are at 0 all or none.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +32,7 @@ class LayerTerm:
     out_group: int | None
     out_fixed: int
     depthwise: bool = False
+    gate: int | None = None  # the layer exists only while this group is at width 0
 
 
 @dataclass
@@ -44,6 +50,7 @@ class PlanningProblem:
     layer_cost: LayerCostFn
     constant: float = 0.0
     unit: str = "ms"  # what a cost is measured in, for messages
+    together: list[tuple[int, ...]] = field(default_factory=list)  # groups at width 0 all or none
 
     def __post_init__(self) -> None:
         self._cache: dict[tuple[int, int, int], float] = {}
@@ -60,7 +67,11 @@ class PlanningProblem:
         return cin, cout
 
     def costs(self, rows: Sequence[tuple[int, int, int]]) -> np.ndarray:
-        """Layer costs for (layer index, cin, cout) rows, cached across calls."""
+        """Layer costs for (layer index, cin, cout) rows, cached across calls; a layer without input or output
+        channels is removed and costs nothing."""
+        for row in rows:
+            if (row[1] == 0 or row[2] == 0) and row not in self._cache:
+                self._cache[row] = 0.0
         missing = list(dict.fromkeys(r for r in rows if r not in self._cache))
         if missing:
             for row, cost in zip(missing, self.layer_cost(missing)):
@@ -72,8 +83,12 @@ class PlanningProblem:
         return self.cost_of_widths(self.widths(choice))
 
     def cost_of_widths(self, widths: Sequence[int]) -> float:
-        """Exact cost when group g has width ``widths[g]`` (any width, not only candidates)."""
-        rows = [(i, *self.layer_widths(t, widths)) for i, t in enumerate(self.layers)]
+        """Exact cost when group g has width ``widths[g]`` (any width, not only candidates); infinite for a
+        branch half removed (some of its ``together`` groups at 0, others not)."""
+        if any(len({widths[g] == 0 for g in members}) > 1 for members in self.together):
+            return math.inf
+        rows = [(i, *self.layer_widths(t, widths)) for i, t in enumerate(self.layers)
+                if t.gate is None or widths[t.gate] == 0]
         return self.constant + float(self.costs(rows).sum())
 
     def widths(self, choice: Sequence[int]) -> list[int]:
@@ -85,7 +100,7 @@ class PlanningProblem:
     def with_values(self, values: list[np.ndarray]) -> "PlanningProblem":
         """The same layers and candidates valued by ``values``, sharing this problem's layer-cost cache."""
         other = PlanningProblem(self.group_ids, self.candidates, values, self.layers, self.layer_cost, self.constant,
-                                self.unit)
+                                self.unit, self.together)
         other._cache = self._cache
         return other
 

@@ -45,6 +45,9 @@ def tabulate(problem: PlanningProblem, frozen: list[int] | None = None) -> Table
     pairwise: dict[tuple[int, int], np.ndarray] = defaultdict(lambda: 0.0)
     constant = problem.constant
     for index, term in enumerate(problem.layers):
+        if term.gate is not None:
+            _add_gated(problem, index, term, frozen, unary, pairwise)
+            continue
         if frozen is not None:
             cin_fixed = term.in_fixed + sum(frozen[g] for g in term.in_groups)
             in_groups: tuple[int, ...] = ()
@@ -75,7 +78,32 @@ def tabulate(problem: PlanningProblem, frozen: list[int] | None = None) -> Table
         else:
             key = (min(axes), max(axes))
             pairwise[key] = pairwise[key] + (table if axes[0] < axes[1] else table.T)
+    for members in problem.together:  # all at 0 or none: a half-removed branch is not a network
+        for g, h in zip(members, members[1:]):
+            zero_g, zero_h = problem.candidates[g] == 0, problem.candidates[h] == 0
+            forbidden = np.where(zero_g[:, None] != zero_h[None, :], np.inf, 0.0)
+            key = (min(g, h), max(g, h))
+            pairwise[key] = pairwise[key] + (forbidden if g < h else forbidden.T)
     return Tables(dict(unary), dict(pairwise), constant)
+
+
+def _add_gated(problem: PlanningProblem, index: int, term, frozen: list[int] | None, unary: dict,
+               pairwise: dict) -> None:
+    """A layer present only while its gate group is at width 0 (a removed branch's bias layer): its cost over
+    the hub group's widths (or fixed) times whether the gate is at 0."""
+    gate = term.gate
+    present = (problem.candidates[gate] == 0).astype(float)
+    hub = term.out_group
+    if hub is None or frozen is not None:
+        width = term.out_fixed + (frozen[hub] if hub is not None else 0)
+        cin = term.in_fixed + (frozen[hub] if hub is not None and term.in_groups else 0)
+        cost = float(problem.costs([(index, cin, width)])[0])
+        unary[gate] = unary[gate] + cost * present
+        return
+    costs = problem.costs([(index, int(w), int(w)) for w in problem.candidates[hub]])
+    table = costs[:, None] * present[None, :]
+    key = (min(hub, gate), max(hub, gate))
+    pairwise[key] = pairwise[key] + (table if hub < gate else table.T)
 
 
 @dataclass

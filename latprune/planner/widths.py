@@ -20,6 +20,7 @@ class WidthPolicy:
     ``min_fraction``/``min_width``: the narrowest allowed width (default 10%, the profiler's
     narrowest timed width); ``max_count``: evenly thinned to at most this many per group;
     ``hold``: ids of groups kept at full width. The full width is always a candidate.
+    ``depth``: a group whose width 0 removes a residual branch (``group.branch``) also gets width 0.
     """
 
     step: int = 16
@@ -29,6 +30,7 @@ class WidthPolicy:
     max_count: int = 32
     min_steps: int = 8
     hold: frozenset[str] = frozenset()
+    depth: bool = True
 
     def unit(self, group: ChannelGroup) -> int:
         """The width granularity of ``group``."""
@@ -48,7 +50,8 @@ class WidthPolicy:
         if len(widths) + 1 > self.max_count:
             picks = np.linspace(0, len(widths) - 1, self.max_count - 1).round().astype(int)
             widths = [widths[i] for i in sorted(set(picks))]
-        return np.array([*widths, group.width], dtype=np.int64)
+        removal = [0] if self.depth and group.branch else []
+        return np.array([*removal, *widths, group.width], dtype=np.int64)
 
 
 def offset_scores(group: ChannelGroup, scores: np.ndarray) -> np.ndarray:

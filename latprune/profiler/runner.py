@@ -120,7 +120,8 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
     device_id = store.device_id(device, description)
     loaded, key, layers = analysis.loaded, analysis.key, analysis.layers
     x = loaded.example_input()
-    variants = design_variants(analysis.groups, settings.widths, settings.variants, settings.step, settings.seed)
+    variants = design_variants(analysis.groups, settings.widths, settings.variants, settings.step, settings.seed,
+                               branches=analysis.branches)
 
     known_elsewhere = store.known_signatures(device_id, backend.name, exclude_model=key)
     done = {t.variant_key for t in store.network_timings(device_id, backend.name, key)}
@@ -133,12 +134,15 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
                                                   disable=not progress)):
             if variant.key in done:
                 continue
-            model = prune_channels(loaded.model, x, analysis.groups, variant.kept(analysis.groups))
-            signatures = layer_signatures(model, layers, loaded.input_shape[0], backend.name)
+            model = prune_channels(loaded.model, x, analysis.groups, variant.kept(analysis.groups),
+                                   branches=analysis.branches)
+            variant_layers = analysis.layers_of(model)
+            signatures = layer_signatures(model, variant_layers, loaded.input_shape[0], backend.name)
             if index >= settings.anchors and all(s.key() in known_elsewhere for s in signatures.values()):
                 reused += 1
                 continue
-            prepared = backend.prepare(model, loaded.input_shape, list(layers), Path(work) / f"{variant.key}.bin")
+            prepared = backend.prepare(model, loaded.input_shape, list(variant_layers),
+                                       Path(work) / f"{variant.key}.bin")
             jobs.append(_Job(variant, prepared, signatures, pending.get(variant.key, {})))
 
         drift = 0.0

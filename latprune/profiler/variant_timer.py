@@ -106,9 +106,11 @@ class VariantTimer:
         began = time.perf_counter()
         analysis, loaded = self.analysis, self.analysis.loaded
         variant = Variant.of({g.id: int(widths[g.id]) for g in analysis.groups})
-        model = prune_channels(loaded.model, loaded.example_input(), analysis.groups, variant.kept(analysis.groups))
-        signatures = layer_signatures(model, analysis.layers, loaded.input_shape[0], self.backend.name)
-        prepared = self.backend.prepare(model, loaded.input_shape, list(analysis.layers),
+        model = prune_channels(loaded.model, loaded.example_input(), analysis.groups, variant.kept(analysis.groups),
+                               branches=analysis.branches)
+        layers = analysis.layers_of(model)
+        signatures = layer_signatures(model, layers, loaded.input_shape[0], self.backend.name)
+        prepared = self.backend.prepare(model, loaded.input_shape, list(layers),
                                         Path(self._work.name) / f"{variant.key}.bin")
         runs, profiled_runs = self._runs
         rounds: list[tuple[list[float], dict]] = []  # (dense samples, variant round) per round

@@ -16,6 +16,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from latprune.branches import Branch
 from latprune.groups import ChannelGroup
 
 
@@ -82,13 +83,17 @@ def _only_new_pairs(gid: str, width: int, widths: dict[str, int], pairs: Sequenc
 
 
 def design_variants(
-    groups: Sequence[ChannelGroup], widths_per_group: int, n_variants: int, step: int, seed: int = 0
+    groups: Sequence[ChannelGroup], widths_per_group: int, n_variants: int, step: int, seed: int = 0,
+    branches: Sequence[Branch] = (), depth_share: float = 0.25, removal_rate: float = 0.4,
 ) -> list[Variant]:
-    """The dense network followed by ``n_variants`` pruned variants (deterministic for a seed).
+    """The dense network followed by ``n_variants`` pruned variants (deterministic for a seed), then, for a
+    model with removable residual ``branches``, ``depth_share`` as many again with branches removed.
 
     Built greedily: in each variant every group takes its least-used candidate width for
     which each layer it shares with an already placed group gets a (cin, cout) pair it has
-    not seen yet, so candidates are used evenly and layers see distinct width pairs.
+    not seen yet, so candidates are used evenly and layers see distinct width pairs. A depth
+    variant takes the widths of one of those and removes each branch with probability
+    ``removal_rate`` (at least one), so the bias layers that replace branches are timed at many hub widths.
     """
     rng = random.Random(seed)
     candidates = {g.id: candidate_widths(g, widths_per_group, step) for g in groups}
@@ -108,6 +113,17 @@ def design_variants(
             uses[gid][widths[gid]] += 1
         seen.update((a, b, widths[a], widths[b]) for a, b in all_pairs)
         variant = Variant.of({g.id: widths[g.id] for g in groups})
+        if variant.key not in keys:
+            keys.add(variant.key)
+            variants.append(variant)
+    known = {g.id for g in groups}
+    branches = [b for b in branches if set(b.groups) <= known]
+    depth_rng = random.Random(seed + 1)  # apart, so the width-only variants stay those of earlier profiles
+    for i in range(round(n_variants * depth_share) if branches else 0):
+        widths = dict(variants[1 + i % (len(variants) - 1)].widths if len(variants) > 1 else dense.widths)
+        removed = [b for b in branches if depth_rng.random() < removal_rate] or [depth_rng.choice(branches)]
+        widths.update({gid: 0 for b in removed for gid in b.groups})
+        variant = Variant.of(widths)
         if variant.key not in keys:
             keys.add(variant.key)
             variants.append(variant)

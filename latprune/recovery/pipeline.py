@@ -112,7 +112,9 @@ def recover(
     dense_model = analysis.model.eval()
     pruned_groups = analysis.groups_named(list(pruned.kept))
     layout = {g.id: analysis.layout[g.id] for g in pruned_groups}
-    ctx = _Context(analysis, find_taps(dense_model, analysis.example_input()), pruned_groups, layout,
+    remaining = {name for name, _ in pruned.model.named_modules()}
+    taps = [t for t in find_taps(dense_model, analysis.example_input()) if t.layer in remaining]  # removed branches
+    ctx = _Context(analysis, taps, pruned_groups, layout,
                    kept_output_channels(layout, pruned_groups, pruned.kept), calib, labels, settings,
                    tuning or FinetuneSettings(), progress)
     report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib))
