@@ -81,8 +81,11 @@ class ChannelGroup:
     def validate_kept(self, kept: Sequence[int]) -> list[int]:
         """Check kept root-relative indices; return them sorted (none: the group's branch is removed)."""
         idxs = sorted(int(i) for i in kept)
-        if not idxs and self.branch:
-            return idxs
+        if not idxs:
+            if self.branch:
+                return idxs
+            raise LatpruneError(f"group {self.id}: width 0 removes a residual branch, and this group is in none "
+                                f"(`latprune groups` lists the removable ones)")
         if len(set(idxs)) != len(idxs):
             raise LatpruneError(f"group {self.id}: kept channel indices repeat")
         if not idxs or idxs[0] < 0 or idxs[-1] >= self.width:

@@ -37,6 +37,7 @@ def test_groups_table_lists_groups_and_exclusions(capsys):
     assert "9 residual branches can be removed whole" in out
 
 
+@pytest.mark.slow  # 45 s: test_models checks resnet20's published accuracy through the same path
 def test_eval_reports_resnet56_accuracy(capsys, cifar_test_dir):
     weights = shared_checkpoint("resnet56")
     code, out, err = run_cli(

@@ -242,8 +242,10 @@ def test_validation_reports_the_planners_choices_apart_from_random_variants(prof
     result = validate_model(p.analysis, "synthetic", p.perf, p.fitted.alignment_step, variants=4, rounds=2, runs=2,
                             plan_like=plan_like, out_dir=tmp_path / "v")
     kinds = [r["kind"] for r in result["per_variant"]]
-    assert kinds == ["random"] * 4 + ["plan"] * len(plan_like)
-    assert result["n"] == 4 and result["plan_like"]["n"] == len(plan_like)
+    assert p.analysis.branches  # as many random variants again with residual branches removed, apart
+    assert kinds == ["random"] * 4 + ["depth"] * 4 + ["plan"] * len(plan_like)
+    assert all(r["removed_branches"] >= 1 for r in result["per_variant"] if r["kind"] == "depth")
+    assert result["n"] == 4 and result["depth"]["n"] == 4 and result["plan_like"]["n"] == len(plan_like)
     plan_errors = [abs(r["error"]) for r in result["per_variant"] if r["kind"] == "plan"]
     assert result["plan_like"]["mape"] == pytest.approx(sum(plan_errors) / len(plan_errors))
     assert (tmp_path / "v").is_dir() and len(list((tmp_path / "v").glob("*.png"))) == 1

@@ -109,6 +109,7 @@ def _plan_files(root: Path) -> None:
 
     first = good["groups"][0]
     broken("width_zero.json", lambda d: d["groups"][0].update(width=0))
+    broken("width_zero_stem.json", lambda d: d["groups"][0].update(width=0, kept=[]))
     broken("width_negative.json", lambda d: d["groups"][0].update(width=-3))
     broken("width_huge.json", lambda d: d["groups"][0].update(width=1000))
     broken("width_text.json", lambda d: d["groups"][0].update(width="8"))
@@ -288,8 +289,10 @@ CASES = {
     "run over an earlier run": (["run", *R20, "--speedup", "2", "--out", "earlier_run"], 1,
                                 "holds an earlier run's output; pass --force"),
     # plan files: schema, types and the model's groups, all before any work
-    "plan width zero": ([*PRUNE_PLAN, "width_zero.json"], 1, "width must be at least 1, got 0"),
-    "plan width negative": ([*PRUNE_PLAN, "width_negative.json"], 1, "width must be at least 1, got -3"),
+    "plan width zero": ([*PRUNE_PLAN, "width_zero.json"], 1, "has width 0 but keeps 8 channels"),
+    "plan removing a group in no branch": ([*PRUNE_PLAN, "width_zero_stem.json"], 1,
+                                           "width 0 removes a residual branch, and this group is in none"),
+    "plan width negative": ([*PRUNE_PLAN, "width_negative.json"], 1, "width must be at least 0, got -3"),
     "plan width above kept": ([*PRUNE_PLAN, "width_huge.json"], 1, "has width 1000 but keeps 8 channels"),
     "plan width as text": ([*PRUNE_PLAN, "width_text.json"], 1, "width must be an integer, got '8'"),
     "plan with a fractional channel": ([*PRUNE_PLAN, "float_index.json"], 1, "kept[0] must be an integer, got 0.5"),

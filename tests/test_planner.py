@@ -191,6 +191,7 @@ def resnet18_inputs():
     return prepare(loaded, "l2", policy=WidthPolicy(step=16, max_count=3), perf=MacsLatency(), backend="fake")
 
 
+@pytest.mark.slow  # 50 s: the toys below check the DP against brute force on residual structure
 def test_resnet18_plan_is_exact_on_its_residual_structure(resnet18_inputs):
     inputs = resnet18_inputs
     budget = 0.6 * inputs.dense_ms()

@@ -157,3 +157,36 @@ def test_plan_command_refuses_the_calibrated_objective_without_images(capsys):
                  "--objective", "calibrated", "--no-verify", "--db", "/nonexistent/p.sqlite"])
     assert code != 0
     assert "calibrat" in capsys.readouterr().err
+
+
+def test_plan_families_forbid_removal_or_partial_widths():
+    from latprune.planner.search import plan_families
+
+    assert list(plan_families([np.array([4, 8])])) == [""]
+    families = plan_families([np.array([0, 8, 16]), np.array([4, 8])])
+    assert [f.tolist() for f in families["depth and width"]] == [[False] * 3, [False] * 2]
+    assert [f.tolist() for f in families["width only"]] == [[True, False, False], [False, False]]
+    assert [f.tolist() for f in families["depth only"]] == [[False, True, False], [True, False]]
+
+
+@pytest.mark.parametrize("wanted", ["width only", "depth only"])
+def test_search_finds_the_family_its_loss_prefers(inputs, calib, tmp_path, wanted):
+    """Removal damages do not add up: the search scores width-only and depth-only plans too, and keeps the
+    family whose plans its loss prefers."""
+    full = {g.id: g.width for g in inputs.groups}
+
+    def loss(kept) -> float:
+        removed = sum(not len(k) for k in kept.values())
+        partial = sum(0 < len(k) < full[gid] for gid, k in kept.items())
+        return float(removed if wanted == "width only" else partial)
+
+    budget = Budget(0.7 * inputs.dense_ms(), "given")
+    plan = _search(inputs, calib, tmp_path, loss, seconds=1.0).plan(inputs, budget)
+    widths = plan.widths()
+    assert plan.search["loss_chosen"] == 0.0
+    if wanted == "width only":
+        assert min(widths.values()) > 0 and not plan.removed
+    else:
+        assert set(widths.values()) <= {0, *full.values()} and plan.removed
+        assert all(widths[gid] in (0, full[gid]) for gid in widths)
+    assert plan.predicted_ms <= budget.target_ms

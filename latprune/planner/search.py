@@ -9,6 +9,12 @@ the pruned network on calibration images (after a fast repair, supplied by the c
 perturbation of the best coefficients so far is tried next, its scale shrinking over the time
 box. The plain DP plan on channel importance is scored first and kept unless a candidate beats
 it, so the search never returns a plan with a higher calibration loss than the plain DP plan.
+
+Where residual branches can be removed, removal damages do not add up either (two removed blocks
+hurt more than the sum of each alone), so the search starts from three families of plans: depth and
+width together, width only and depth only (each a DP with the other choices forbidden). It scores
+each family's damage-DP plan and perturbs the best family's coefficients, so a plan mixing depth
+and width is returned only where it scores better than what either alone reaches.
 """
 
 from __future__ import annotations
@@ -27,10 +33,22 @@ from latprune.errors import LatpruneError
 from latprune.planner.api import PlanningInputs, build_plan, latency_plan
 from latprune.planner.damage import DamageTable
 from latprune.planner.plan import Plan
-from latprune.planner.solver import solve
+from latprune.planner.solver import Infeasible, solve
 from latprune.planner.widths import kept_channels
 
 PlanLoss = Callable[[Mapping[str, Sequence[int]]], float]  # kept channels per group -> calibration loss
+_FORBIDDEN = 1e9  # the value a forbidden width loses: far above any damage a plan can save
+
+
+def plan_families(candidates: Sequence[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Per family of plans, which candidate widths of each group it forbids. Without a removable branch (no
+    group has a width-0 candidate) there is one family; else depth and width, width only, depth only."""
+    free = [np.zeros(len(c), dtype=bool) for c in candidates]
+    if not any((np.asarray(c) == 0).any() for c in candidates):
+        return {"": free}
+    return {"depth and width": free,
+            "width only": [np.asarray(c) == 0 for c in candidates],
+            "depth only": [(np.asarray(c) != 0) & (np.asarray(c) != c[-1]) for c in candidates]}
 
 
 @dataclass(frozen=True)
@@ -84,11 +102,18 @@ class CalibratedSearch:
         for group, candidates in zip(inputs.groups, problem.candidates):
             damage = self.damage.at(group.id, candidates)
             damage_saved.append(damage[0] - damage)
+        families = plan_families(problem.candidates)
         scored_before = len(self.losses)
 
-        def widths_at(log_c: np.ndarray) -> tuple[int, ...] | None:
-            valued = problem.with_values([math.exp(c) * v for c, v in zip(log_c, damage_saved)])
-            widths = problem.widths(solve(valued, budget.target_ms, bins).choice)
+        def widths_at(log_c: np.ndarray, family: str) -> tuple[int, ...] | None:
+            values = [math.exp(c) * v - _FORBIDDEN * f for c, v, f in zip(log_c, damage_saved, families[family])]
+            try:
+                choice = solve(problem.with_values(values), budget.target_ms, bins).choice
+            except Infeasible:
+                return None
+            if any(f[i] for f, i in zip(families[family], choice)):
+                return None  # this family has no plan within the budget
+            widths = problem.widths(choice)
             if max_macs is not None and inputs.macs.cost_of_widths(widths) * 1e6 > max_macs:
                 return None
             return tuple(widths)
@@ -99,14 +124,21 @@ class CalibratedSearch:
                 self.losses[widths] = self.loss(kept)
             return _Candidate(widths, self.losses[widths], source)
 
+        def named(source: str, family: str) -> str:
+            return f"{source}, {family}" if family else source
+
         rng = np.random.default_rng(settings.seed + self.searches)
         plain_widths = tuple(plain.widths()[g.id] for g in inputs.groups)
         baseline = score(plain_widths, "plain DP")
         log_c = self.log_coefficients if self.log_coefficients is not None else np.zeros(len(inputs.groups))
-        start_widths = widths_at(log_c)
-        current = score(start_widths, "damage DP") if start_widths else baseline
+        starts = []
+        for family in families:
+            start_widths = widths_at(log_c, family)
+            if start_widths:
+                starts.append((score(start_widths, named("damage DP", family)), family))
+        current, family = min(starts, key=lambda s: s[0].loss) if starts else (baseline, next(iter(families)))
         best = min(baseline, current, key=lambda c: c.loss)
-        solves, stale = 1, 0
+        solves, stale = len(families), 0
         bar = tqdm(desc="plan search", unit="plan", disable=not self.progress, leave=False)
         try:
             while (time.perf_counter() - began < seconds and stale < settings.patience
@@ -116,12 +148,12 @@ class CalibratedSearch:
                 moved = rng.random(len(log_c)) < settings.share
                 moved[rng.integers(len(log_c))] = True
                 trial = log_c + moved * rng.normal(0.0, sigma, len(log_c))
-                widths = widths_at(trial)
+                widths = widths_at(trial, family)
                 solves += 1
                 if widths is None:
                     continue
                 fresh = widths not in self.losses
-                candidate = score(widths, "search")
+                candidate = score(widths, named("search", family))
                 bar.update(fresh)
                 if candidate.loss < current.loss:
                     log_c, current, stale = trial, candidate, 0
