@@ -16,10 +16,11 @@ def environment() -> dict:
     import onnxruntime
     import torch
 
-    from latprune.profiler.api import cpu_model, physical_cores
+    from latprune.profiler.api import cpu_identity, cpu_model, physical_cores
 
     return {
         "cpu": cpu_model(),
+        **cpu_identity(),  # family/model numbers and vector extensions: "AMD EPYC" alone names several machines
         "cores": physical_cores(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch_pruning as tp
 
-from latprune.branches import Branch, find_branches, remove_branches
+from latprune.branch_removal import remove_branches
+from latprune.branches import Branch, find_branches
 from latprune.channel_ops import ChannelOp, wrap_channel_ops
 from latprune.channels import Layout, group_layout
 from latprune.graph import build_graph, magnitude_importance

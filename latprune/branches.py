@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from latprune.channel_ops import ChannelMap
 from latprune.errors import LatpruneError
-from latprune.network.tracing import TIMED_TYPES, first_line, run_model
+from latprune.network.tracing import TIMED_TYPES, first_line
 
 REMOVED_SUFFIX = "removed_branch"
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -53,7 +53,7 @@ class Branch:
 
 
 @dataclass(frozen=True)
-class _Block:
+class ResidualBlock:
     """A residual add on a traced graph, with its branch and shortcut sides."""
 
     add: fx.Node
@@ -142,7 +142,7 @@ def _describe(gm: fx.GraphModule, source: fx.Node, shortcut: fx.Node) -> str:
     return "identity" if not steps else " <- ".join(steps)
 
 
-def _block_at(gm: fx.GraphModule, add: fx.Node, branch: fx.Node, shortcut: fx.Node) -> _Block | None:
+def _block_at(gm: fx.GraphModule, add: fx.Node, branch: fx.Node, shortcut: fx.Node) -> ResidualBlock | None:
     """The residual block of ``add`` read with ``branch`` as the branch side, or None when the other side is
     not reached from the branch's input."""
     above = _ancestors(branch) | {branch}
@@ -166,11 +166,11 @@ def _block_at(gm: fx.GraphModule, add: fx.Node, branch: fx.Node, shortcut: fx.No
         problem = "its branch reads more than the block input"
     elif escaping or len(branch.users) != 1:
         problem = "its branch's activations are used outside the block"
-    return _Block(add, branch, shortcut, modules, layers, _describe(gm, source, shortcut) if not weighted else "",
+    return ResidualBlock(add, branch, shortcut, modules, layers, _describe(gm, source, shortcut) if not weighted else "",
                   problem)
 
 
-def residual_blocks(gm: fx.GraphModule) -> list[_Block]:
+def residual_blocks(gm: fx.GraphModule) -> list[ResidualBlock]:
     """Every residual add of the traced network with its branch (the side holding layers; for an add of two
     branches, the one whose other side is computed from its input)."""
     blocks = []
@@ -224,7 +224,7 @@ def _zeroed_outputs(gm: fx.GraphModule, modules: Sequence[str]) -> list:
     return hooks
 
 
-def _branch_outputs(gm: fx.GraphModule, blocks: Sequence[_Block], zeroed: Sequence[str], x: torch.Tensor
+def branch_outputs(gm: fx.GraphModule, blocks: Sequence[ResidualBlock], zeroed: Sequence[str], x: torch.Tensor
                     ) -> tuple[dict[fx.Node, torch.Tensor], torch.Tensor]:
     """The branch operands of ``blocks`` with the ``zeroed`` modules' outputs zeroed, and the network's output
     then (what it computes with those branches replaced by their constants)."""
@@ -287,8 +287,8 @@ def find_branches(model: nn.Module, example_input: torch.Tensor, groups: Sequenc
         return (), notes
     zeroed = [p for _, inner, _ in candidates for g in inner for p in g.producers]
     second = torch.randn(example_input.shape, generator=torch.Generator().manual_seed(1))
-    first_out, _ = _branch_outputs(gm, [c[0] for c in candidates], zeroed, example_input)
-    second_out, _ = _branch_outputs(gm, [c[0] for c in candidates], zeroed, second)
+    first_out, _ = branch_outputs(gm, [c[0] for c in candidates], zeroed, example_input)
+    second_out, _ = branch_outputs(gm, [c[0] for c in candidates], zeroed, second)
     used: set[str] = set(modules)
     branches = []
     for block, inner, hub in candidates:
@@ -309,97 +309,3 @@ def _out_channels(module: nn.Module) -> int:
         if hasattr(module, attr):
             return int(getattr(module, attr))
     return -1
-
-
-def _owner(block: _Block) -> str:
-    """The innermost module whose forward holds the block's add and all its branch ("" for the network)."""
-    stack = [name for name, _ in (block.add.meta.get("nn_module_stack") or {}).values()]
-    for owner in reversed(stack):
-        if all(m.startswith(owner + ".") for m in block.modules):
-            return owner
-    return ""
-
-
-def _replace_in(gm: fx.GraphModule, prefix: str, removals: Sequence[tuple[Branch, torch.Tensor]]) -> None:
-    """Replace each branch in ``gm`` (the trace of the module named by ``prefix``) by its bias layer."""
-    local = {b.layers: b for b in residual_blocks(gm)}
-    order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    found = []
-    for branch, constant in removals:
-        block = local.get(tuple(layer[len(prefix):] for layer in branch.layers))
-        if block is None:
-            raise LatpruneError(f"cannot find the residual branch {branch.id} in the network to remove it")
-        found.append((order[block.add], branch, block, constant))
-    replaced: dict[fx.Node, fx.Node] = {}
-    for _, branch, block, constant in sorted(found, key=lambda item: item[0]):
-        width = int(constant.numel())  # the hub may have been pruned: the dense width no longer holds
-        bias = nn.Conv2d(width, width, 1, groups=width, bias=True)
-        with torch.no_grad():
-            bias.weight.fill_(1.0)
-            bias.bias.copy_(constant)
-        name = branch.id[len(prefix):]
-        gm.add_submodule(name, bias.to(constant.device))
-        with gm.graph.inserting_before(block.add):
-            replacement = gm.graph.call_module(name, (replaced.get(block.shortcut, block.shortcut),))
-        block.add.replace_all_uses_with(replacement)
-        replaced[block.add] = replacement
-        gm.graph.erase_node(block.add)
-    gm.graph.eliminate_dead_code()
-    gm.recompile()
-    gm.delete_all_unused_submodules()
-
-
-def remove_branches(model: nn.Module, example_input: torch.Tensor, branches: Sequence[Branch]) -> nn.Module:
-    """``model`` with ``branches`` physically removed: each block computes ``act(shortcut(x) + c)``, ``c`` the
-    constant its branch outputs with its inner channels removed, held by a bias layer named ``branch.id``.
-
-    Only the module whose forward holds a block (a ResNet's ``layer1.0``) is replaced, by its graph module, so
-    every other module keeps its name and place (hooks on ``layer1`` still see its output). Changes ``model``
-    in place and returns it (or, where a block is the network's own forward, its graph module); the result is
-    checked to compute what ``model`` computes with those branches' inner channels zeroed.
-    """
-    if not branches:
-        return model
-    gm = trace_fx(model)
-    by_layers = {b.layers: b for b in residual_blocks(gm)}
-    missing = [b.id for b in branches if b.layers not in by_layers]
-    if missing:
-        raise LatpruneError(f"cannot find the residual branch {missing[0]} in the network to remove it")
-    blocks = [by_layers[b.layers] for b in branches]
-    outputs, expected = _branch_outputs(gm, blocks, [p for b in branches for p in b.zeroed], example_input)
-    by_owner: dict[str, list[tuple[Branch, torch.Tensor]]] = {}
-    for branch, block in zip(branches, blocks):
-        constant = outputs[block.branch][0, :, 0, 0].detach().clone()
-        by_owner.setdefault(_owner(block), []).append((branch, constant))
-    for owner, removals in sorted(by_owner.items(), key=lambda item: -len(item[0])):
-        if not owner:
-            continue
-        module = model.get_submodule(owner)
-        owner_gm = trace_fx(module)
-        _replace_in(owner_gm, owner + ".", removals)
-        owner_gm.train(module.training)
-        parent, _, name = owner.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, name, owner_gm)
-    if "" in by_owner:
-        training = model.training
-        model = trace_fx(model)
-        _replace_in(model, "", by_owner[""])
-        model.train(training)
-    got = run_model(model, example_input)
-    scale = max(float(expected.abs().max()), 1.0)
-    if got.shape != expected.shape or float((got - expected).abs().max()) > 1e-4 * scale:
-        raise LatpruneError("removing the residual branches changed what the network computes; refused")
-    return model
-
-
-def removed_in(kept: Mapping[str, Sequence[int]], branches: Sequence[Branch]) -> list[Branch]:
-    """The branches whose inner groups ``kept`` empties, checking that a branch goes whole or stays."""
-    removed = []
-    for branch in branches:
-        empty = [gid for gid in branch.groups if gid in kept and not len(kept[gid])]
-        if empty and len(empty) != len(branch.groups):
-            raise LatpruneError(f"group {empty[0]} at width 0 removes the branch {branch.id}, so its other groups "
-                                f"({', '.join(g for g in branch.groups if g not in empty)}) must be 0 too")
-        if empty:
-            removed.append(branch)
-    return removed

@@ -54,16 +54,10 @@ class JobConfig:
     name: str = ""  # sub-folder of the output folder for this run's files
     notes: list[str] = field(default_factory=list)
 
-    def importance_criterion(self) -> str:
-        if self.importance is not None:
-            return self.importance
-        return "taylor" if self.calib else "l2"
-
     def plan_settings(self) -> PlanSettings:
-        """How this job plans: the calibrated objective with calibration images unless ``objective`` says otherwise."""
-        objective = self.objective or ("calibrated" if self.calib else "importance")
-        return PlanSettings(importance=self.importance_criterion(), bins=self.bins, objective=objective,
-                            search=self.search, depth=self.depth)
+        """How this job plans: :meth:`PlanSettings.for_request`'s defaults, as the ``plan`` command."""
+        return PlanSettings.for_request(bool(self.calib), self.importance, self.objective, bins=self.bins,
+                                        search=self.search, depth=self.depth)
 
     def recovery_request(self) -> RecoveryRequest:
         """The recovery this job runs: ``recovery``, else two-stage with calibration images, else none."""
@@ -76,7 +70,7 @@ class JobConfig:
         if self.eval and not os.path.isdir(self.eval):
             raise LatpruneError(f"evaluation folder not found: {self.eval}")
         self.recovery_request()  # the recipe, its images and --calib-size
-        self.plan_settings().check_images(bool(self.calib))
+        self.plan_settings()
         if self.eval:
             from latprune.data import check_image_folder
             from latprune.models import default_input_shape, spec_family

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -19,30 +18,30 @@ import torch.nn as nn
 from latprune.analysis import ModelAnalysis
 from latprune.analysis import analyse as analyse_loaded
 from latprune.budget import Budget, BudgetRequest
-from latprune.defaults import IMPORTANCE_CALIB_SIZE, OBJECTIVES, PLANNERS, RECOVERY_CALIB_SIZE
+from latprune.defaults import IMPORTANCE_CALIB_SIZE, OBJECTIVES, PLANNERS
 from latprune.errors import LatpruneError
-from latprune.groups import ChannelGroup
 from latprune.models import LoadedModel, load_model, parse_input_shape
 from latprune.network import Measurement, model_key, network_signatures
 from latprune.perfmodel import NetworkLatencyModel
 from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for, fit_perf_model
+from latprune.perfmodel.validate import validate_model as validate
 from latprune.planner import api as planner
 from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loop, round_cells, verdict
 from latprune.planner.plan import Plan
 from latprune.planner.search import CalibratedSearch, SearchSettings
-from latprune.planner.widths import WidthPolicy
 from latprune.profiler.api import (PairedTiming, ProfileReport, ProfileSettings, ProfileStore, RoundsRule,
                                   VariantTimer, describe_device, fingerprint, measure_models, measure_paired,
                                   profile_model)
-from latprune.pruned_file import PrunedModel, SavedPruned, load_pruned, prune_loaded
-from latprune.recovery import FINETUNES, FinetuneSettings, RecoveryReport, parse_recipe, recover
+from latprune.pruned_file import PrunedModel, dense_origin, load_dense_for, load_pruned, prune_loaded
+from latprune.recovery import RecoveryReport, recover
+from latprune.settings import HOLD_CHANNEL_OPS, PlanSettings, RecoveryRequest, Verification, held_groups
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
            "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
            "measure_against_dense", "RoundsRule",
            "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify",
            "this_device", "uniform", "LoopSettings", "ROUND_COLUMNS", "Verification", "round_cells", "verdict",
-           "OBJECTIVES", "SearchSettings", "calibrated_search"]
+           "OBJECTIVES", "SearchSettings", "calibrated_search", "validate", "HOLD_CHANNEL_OPS", "held_groups"]
 
 
 # ---------------------------------------------------------------- load and analyse
@@ -66,50 +65,6 @@ def load_pruned_or_dense(spec: str | None, weights: str | None = None, input_sha
     if not spec:
         raise LatpruneError("name a model with --model SPEC (or a pruned model with --pruned FILE)")
     return load(spec, weights, input_shape)
-
-
-def dense_origin(loaded: LoadedModel) -> dict:
-    """What a pruned model records of the dense model it was made from: its weights file and their hash."""
-    if loaded.weights is None:
-        return {"weights": None, "sha256": None}
-    return {"weights": loaded.weights, "sha256": file_sha256(loaded.weights)}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def load_dense_for(pruned: PrunedModel | SavedPruned, spec: str, weights: str | None, input_shape: str | None = None
-                   ) -> LoadedModel:
-    """The dense model a pruned model was made from, as the reference recovery repairs toward.
-
-    Without ``weights``, the weights file the pruned model records (when it still holds the same
-    bytes); a pruned model made from randomly initialised weights, or one that records nothing, is
-    refused: repairing toward a freshly initialised network would destroy it.
-    """
-    pruned.check_made_from(spec)
-    origin = pruned.metadata.get("dense") or {}
-    recorded, digest = (origin.get("weights"), origin.get("sha256")) if isinstance(origin, dict) else (None, None)
-    if not all(v is None or isinstance(v, str) for v in (recorded, digest)):
-        raise LatpruneError("the pruned file's record of its dense weights is malformed; pass them with --weights FILE")
-    if weights is None:
-        if not recorded:
-            raise LatpruneError(f"recovery needs the dense weights the pruned model was made from: pass --weights "
-                                f"FILE (the pruned file records {'random initial weights' if origin else 'none'})")
-        if not os.path.isfile(recorded) or file_sha256(recorded) != digest:
-            raise LatpruneError(f"the dense weights the pruned model was made from ({recorded}) are missing or "
-                                f"changed; pass them with --weights FILE")
-        weights = recorded
-    elif digest and file_sha256(weights) != digest:
-        raise LatpruneError(f"--weights {weights} are not the weights the pruned model was made from ({recorded}, "
-                            f"sha256 {digest[:12]}...)")
-    return load(spec, weights, input_shape or pruned.input_shape)
 
 
 def analyse(model: LoadedModel | PrunedModel) -> ModelAnalysis:
@@ -163,78 +118,6 @@ def predict(perf: NetworkLatencyModel, fitted: FitSummary, model: LoadedModel | 
 
 
 # ---------------------------------------------------------------- plan
-
-
-@dataclass(frozen=True)
-class PlanSettings:
-    """How to plan: method, importance criterion, width grid and solver resolution."""
-
-    method: str = "latency"
-    importance: str = "l2"
-    widths: str = "aligned"  # "aligned" to the profile's step, or "any"
-    step: int | None = None  # alignment step; None: the profile's detected step
-    min_width: float = 0.1
-    bins: int = 2000
-    max_macs: float | None = None
-    hold: tuple[str, ...] = ()  # group ids kept at full width; "channel-ops": every group crossing one
-    objective: str = "importance"  # or "calibrated": the damage-model DP searched on calibration loss
-    search: SearchSettings = field(default_factory=SearchSettings)
-    cache_dir: str | os.PathLike | None = None  # damage tables; None: $LATPRUNE_CACHE or the user cache
-    depth: bool = True  # residual branches may be removed whole (width 0 of their inner groups)
-
-    def __post_init__(self) -> None:
-        if self.method not in PLANNERS:
-            raise LatpruneError(f"unknown planning method {self.method!r}; choose one of {', '.join(PLANNERS)}")
-        if self.objective not in OBJECTIVES:
-            raise LatpruneError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if self.objective == "calibrated" and self.method != "latency":
-            raise LatpruneError("the calibrated objective applies to the latency planner only")
-        if self.max_macs is not None and self.method != "latency":
-            raise LatpruneError("--max-macs applies to the latency planner only")
-
-    def check_images(self, has_images: bool) -> None:
-        """The calibrated objective plans on data: refuse it, before any slow stage, when no images are given."""
-        if self.objective == "calibrated" and not has_images:
-            raise LatpruneError("--objective calibrated needs unlabeled calibration images: --calib DIR "
-                                "(or --objective importance)")
-
-    def policy(self, profile_step: int | None, groups: Sequence[ChannelGroup] = ()) -> WidthPolicy:
-        return WidthPolicy(step=self.step or profile_step or 16, aligned=self.widths == "aligned",
-                           min_fraction=self.min_width, hold=held_groups(self.hold, groups), depth=self.depth)
-
-
-HOLD_CHANNEL_OPS = "channel-ops"
-
-
-def held_groups(names: Sequence[str], groups: Sequence[ChannelGroup]) -> frozenset[str]:
-    """Group ids to keep at full width: ``names`` are group ids, or ``channel-ops`` for every group that
-    crosses a parameter-free channel op (the residual streams of option-A ResNets)."""
-    known = {g.id for g in groups}
-    held = set()
-    for name in names:
-        if name == HOLD_CHANNEL_OPS:
-            held |= {g.id for g in groups if g.crosses}
-        elif name in known:
-            held.add(name)
-        else:
-            raise LatpruneError(f"--hold: unknown group {name!r}; run `latprune groups` to list them")
-    return frozenset(held)
-
-
-@dataclass(frozen=True)
-class Verification:
-    """Whether a plan is checked on the device by the closed loop, and where its timings go.
-
-    On by default; it runs only when the performance model is this machine's (a plan made
-    from another device's profile is labelled as not verified).
-    """
-
-    enabled: bool = True
-    db: str | os.PathLike | None = None
-    threads: int | None = None
-    loop: LoopSettings = field(default_factory=LoopSettings)
-    timing: ProfileSettings = field(default_factory=ProfileSettings)  # the profiler's timing method, per plan
-    progress: bool = True
 
 
 def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyModel, fitted: FitSummary,
@@ -383,49 +266,6 @@ def sparsify(loaded: LoadedModel, sparsity: float) -> PrunedModel:
     global_magnitude_sparsify(loaded.model, sparsity)
     return PrunedModel(loaded.model, loaded.spec, loaded.input_shape, {}, loaded.family,
                        {"sparsity": sparsity, "method": "global-magnitude", "dense": dense_origin(loaded)})
-
-
-@dataclass(frozen=True)
-class RecoveryRequest:
-    """A recovery recipe and the images it reads, checked when made.
-
-    Post-training steps read unlabeled ``calib`` images; fine-tuning (finetune, overparam)
-    reads ``calib`` (distilling the dense model) or labelled ``train`` folders.
-    """
-
-    recipe: str = "none"
-    calib: str | None = None
-    train: str | None = None
-    calib_size: int | None = None  # None: RECOVERY_CALIB_SIZE, or every image for fine-tuning
-    tuning: FinetuneSettings = field(default_factory=FinetuneSettings)
-
-    def __post_init__(self) -> None:
-        steps = parse_recipe(self.recipe)
-        tunes = any(s in FINETUNES for s in steps)
-        if self.train and not tunes:
-            raise LatpruneError("--train (labelled images) is read by the fine-tuning methods finetune and "
-                                "overparam; post-training recovery takes unlabeled --calib DIR")
-        if self.train and self.calib:
-            raise LatpruneError("give one of --calib DIR (unlabeled) and --train DIR (labelled)")
-        if steps and not (self.calib or self.train):
-            hint = " or labelled --train DIR" if tunes else ""
-            raise LatpruneError(f"recovery {self.recipe} needs unlabeled calibration images: --calib DIR{hint}")
-        if self.calib_size is not None and self.calib_size < 1:
-            raise LatpruneError(f"--calib-size must be at least 1, got {self.calib_size}")
-
-    @property
-    def steps(self) -> list[str]:
-        return parse_recipe(self.recipe)
-
-    def images(self, loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The images (and labels, from ``train``) the recipe reads, at the model's input size."""
-        tunes = any(s in FINETUNES for s in self.steps)
-        size = self.calib_size or (None if tunes else RECOVERY_CALIB_SIZE)
-        if self.train:
-            from latprune.data import labelled_tensors
-
-            return labelled_tensors(self.train, loaded.family, loaded.input_shape, size=size)
-        return calibration_images(self.calib, loaded, size), None
 
 
 def calibration_images(folder: str, loaded: LoadedModel, size: int | None = IMPORTANCE_CALIB_SIZE) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch.nn as nn
 from latprune import schema
 from latprune.analysis import ModelAnalysis, as_analysis
 from latprune.errors import LatpruneError
-from latprune.models import LoadedModel, apply_state_dict, check_spec_named, load_model
+from latprune.models import LoadedModel, apply_state_dict, check_spec_named, load_model, parse_input_shape
 from latprune.outputs import atomic_path
 from latprune.surgery import prune_channels
 
@@ -156,3 +156,49 @@ def load_pruned(path: str | os.PathLike, spec: str | None = None) -> PrunedModel
     if spec is not None:
         saved.check_made_from(spec)
     return saved.build(named_spec=spec)
+
+
+def dense_origin(loaded: LoadedModel) -> dict:
+    """What a pruned model records of the dense model it was made from: its weights file and their hash."""
+    if loaded.weights is None:
+        return {"weights": None, "sha256": None}
+    return {"weights": loaded.weights, "sha256": file_sha256(loaded.weights)}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_dense_for(pruned: PrunedModel | SavedPruned, spec: str, weights: str | None, input_shape: str | None = None
+                   ) -> LoadedModel:
+    """The dense model a pruned model was made from, as the reference recovery repairs toward.
+
+    Without ``weights``, the weights file the pruned model records (when it still holds the same
+    bytes); a pruned model made from randomly initialised weights, or one that records nothing, is
+    refused: repairing toward a freshly initialised network would destroy it.
+    """
+    pruned.check_made_from(spec)
+    origin = pruned.metadata.get("dense") or {}
+    recorded, digest = (origin.get("weights"), origin.get("sha256")) if isinstance(origin, dict) else (None, None)
+    if not all(v is None or isinstance(v, str) for v in (recorded, digest)):
+        raise LatpruneError("the pruned file's record of its dense weights is malformed; pass them with --weights FILE")
+    if weights is None:
+        if not recorded:
+            raise LatpruneError(f"recovery needs the dense weights the pruned model was made from: pass --weights "
+                                f"FILE (the pruned file records {'random initial weights' if origin else 'none'})")
+        if not os.path.isfile(recorded) or file_sha256(recorded) != digest:
+            raise LatpruneError(f"the dense weights the pruned model was made from ({recorded}) are missing or "
+                                f"changed; pass them with --weights FILE")
+        weights = recorded
+    elif digest and file_sha256(weights) != digest:
+        raise LatpruneError(f"--weights {weights} are not the weights the pruned model was made from ({recorded}, "
+                            f"sha256 {digest[:12]}...)")
+    if isinstance(input_shape, str):
+        input_shape = parse_input_shape(input_shape)
+    return load_model(spec, weights=weights, input_shape=tuple(input_shape or pruned.input_shape))

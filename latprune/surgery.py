@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from latprune.branches import Branch, remove_branches, removed_in
+from latprune.branch_removal import remove_branches, removed_in
+from latprune.branches import Branch
 from latprune.channels import Layout, masked_mismatch
 from latprune.errors import LatpruneError
 from latprune.graph import remove_channels, run_model

@@ -52,6 +52,7 @@ def loaded_models(monkeypatch):
         return loaded
 
     monkeypatch.setattr("latprune.pipeline.load_model", remember)
+    monkeypatch.setattr("latprune.pruned_file.load_model", remember)  # the dense model a pruned file names
     return models
 
 
@@ -158,14 +159,57 @@ def test_the_network_vocabulary_imports_no_stage():
 
 
 def test_cli_holds_no_stage_logic():
-    """cli.py parses and formats: it reaches the stages through latprune.pipeline (and job for run)."""
+    """The cli package parses and formats: it reaches the stages through latprune.pipeline (and job for run)."""
     allowed = {"latprune.pipeline", "latprune.job", "latprune.errors", "latprune.defaults", "latprune.budget",
                "latprune.outputs",
                "latprune", "latprune.models", "latprune.planner.plan", "latprune.pruned_file", "latprune.surgery",
-               "latprune.sparsity", "latprune.recovery", "latprune.planner.importance", "latprune.profiler.api",
-               "latprune.perfmodel.validate"}
-    used = {m for m in _imports(PACKAGE / "cli.py") if m.startswith("latprune")}
-    assert used <= allowed, used - allowed
+               "latprune.sparsity", "latprune.recovery", "latprune.profiler.api", "latprune.planner.closed_loop"}
+    for path in (PACKAGE / "cli").glob("*.py"):
+        used = {m for m in _imports(path) if m.startswith("latprune") and not m.startswith("latprune.cli")}
+        assert used <= allowed, (path.name, used - allowed)
+
+
+def test_no_module_is_longer_than_400_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 400}
+    assert not long
+
+
+def test_the_command_line_parser_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, latprune.cli as cli; cli.build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'numba', 'sklearn', 'onnxruntime') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_the_names_the_parser_offers_are_the_registries():
+    from latprune.defaults import IMPORTANCE_CRITERIA, RECOVERY_METHODS
+    from latprune.planner.importance import CRITERIA
+    from latprune.recovery import METHODS
+
+    assert IMPORTANCE_CRITERIA == tuple(CRITERIA) and RECOVERY_METHODS == tuple(METHODS)
+
+
+@pytest.mark.parametrize("extra", [["--no-verify"], [], ["--no-verify", "--margin", "0.1"], ["--calib", "imgs"]])
+def test_plan_and_run_build_the_same_request(extra):
+    """One builder, one set of defaults: the same flags give plan and run the same aim and the same settings."""
+    from latprune.cli import build_parser
+    from latprune.cli.requests import budget, plan_settings
+    from latprune.job import JobConfig
+
+    parser = build_parser()
+    plan_args = parser.parse_args(["plan", "--model", "cifar:resnet20", "--backend", "ort-cpu", "--speedup", "2",
+                                   *extra])
+    run_args = parser.parse_args(["run", "--model", "cifar:resnet20", "--speedup", "2", *extra])
+    assert budget(plan_args) == budget(run_args)
+    expected = {"--no-verify": 0.03, "--margin": 0.1}
+    assert budget(plan_args).margin == next((v for k, v in reversed(expected.items()) if k in extra), 0.0)
+    job = JobConfig(model="cifar:resnet20", budget=budget(run_args), calib=run_args.calib)
+    planned = plan_settings(plan_args)
+    assert (planned.importance, planned.objective) == (job.plan_settings().importance, job.plan_settings().objective)
 
 
 class _FakeBackend:

@@ -488,7 +488,9 @@ def test_ctrl_c_during_an_onnx_runtime_profile_prints_one_line(workspace, tmp_pa
     """Ctrl-C reaches the whole process group, the ONNX Runtime worker included: only 'interrupted' is said."""
     root, env = workspace
     process = subprocess.Popen([*LATPRUNE, "profile", *R20, "--backend", "ort-cpu", "--db", str(tmp_path / "p.sqlite"),
-                                "--variants", "4", "--widths", "4", "--global-warmup", "0"], cwd=root, env=env,
+                                # work that cannot finish before the signal, however fast the machine
+                                "--variants", "64", "--widths", "8", "--rounds", "50", "--global-warmup", "0"],
+                               cwd=root, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for(process, "profile ort-cpu")
     os.killpg(process.pid, signal.SIGINT)

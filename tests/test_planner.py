@@ -243,7 +243,7 @@ def test_plan_and_prune_commands_on_a_real_profile(capsys, profiled_resnet20, tm
     budget = (problem.total_cost(problem.fastest()) + problem.total_cost(problem.full())) / 2
     assert main(["plan", *common, "--budget-ms", str(budget), "--no-verify", "--out", str(plan_path), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["predicted_ms"] <= plan["budget_ms"] == pytest.approx(budget)
+    assert plan["predicted_ms"] <= plan["budget_ms"] == pytest.approx(budget / 1.03)  # unverified: 3% headroom
     assert plan["verification"] == {"verified": False, "reason": "verification off (--no-verify)"}
     assert plan["predicted_ms"] < plan["dense_predicted_ms"]
     assert plan["solver"]["bins"] == 2000 and plan["solver"]["live_states"] > 0

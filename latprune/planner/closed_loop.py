@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from latprune.budget import Budget, BudgetRequest
+from latprune.defaults import LOOP_MAX_ROUNDS, LOOP_TOL
 from latprune.errors import LatpruneError
 from latprune.network import Measurement, paired_interval
 from latprune.planner.plan import Plan
@@ -41,8 +42,8 @@ class LoopSettings:
     ``timing_rounds``, then until the plan's paired ratio is known to +-1.5% or a cap), and ``reach``: how far
     below the predicted latency of the fastest plan a budget may lie and still be tried on the device."""
 
-    tol: float = 0.03
-    max_rounds: int = 4
+    tol: float = LOOP_TOL
+    max_rounds: int = LOOP_MAX_ROUNDS
     timing_rounds: int = 7  # at least this many timing rounds per plan; then until the ratio is known to +-1.5%
     timing_max_rounds: int = 30
     timing_max_seconds: float = 45.0

@@ -1,0 +1,5 @@
+import sys
+
+from latprune.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""``latprune run``: the whole job, on a model or on the built-in demonstration."""
+
+from __future__ import annotations
+
+import argparse
+
+from latprune.cli.options import (backend_options, budget_options, calib_options, db_option, depth_option,
+                                  importance_option, json_option, model_options, objective_options, output_options)
+from latprune.cli.registry import command
+from latprune.cli.requests import budget, margin, verification
+from latprune.cli.text import search_line, table
+from latprune.defaults import RECOVERY_CALIB_SIZE
+from latprune.errors import LatpruneError
+from latprune.outputs import check_output_folder
+
+
+def _format_run(result: dict) -> str:
+    rows = []
+    for run in result["runs"]:
+        latency, accuracy = run["latency"], run.get("accuracy")
+        top1 = (f"{100 * accuracy['dense']:.1f} -> {100 * accuracy['recovered']:.1f}%" if accuracy else "-")
+        rows.append((run["name"], f"{latency['budget_ms']:.3f}", f"{latency['pruned']['predicted_ms']:.3f}",
+                     f"{latency['pruned']['measured_ms']:.3f}", f"{latency['dense']['measured_ms']:.3f}",
+                     f"{latency['measured_speedup']:.2f}x", "yes" if latency["meets_budget"] else
+                     f"no (+{100 * (latency['measured_over_budget'] - 1):.1f}%)", top1,
+                     f"{sum(run['stages_s'].values()):.0f}"))
+    lines = [table(["run", "budget ms", "predicted ms", "measured ms", "dense ms", "speedup", "meets budget",
+                    "top-1 dense -> pruned", "seconds"], rows)]
+    for run in result["runs"]:
+        lines.append(f"{run['name']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in run["stages_s"].items()))
+        if run["plan"].get("search"):
+            lines.append(f"{run['name']}: {search_line(run['plan']['search'])}")
+    lines.append(f"wrote {result['files']['report']} and {result['files']['summary']}")
+    return "\n".join(lines)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    model_options(parser, required=False)
+    budget_options(parser, required=False)
+    backend_options(parser, default="ort-cpu", warmup=False)
+    calib_options(parser)
+    parser.add_argument("--eval", metavar="DIR", help="labelled images (<class>/<image> folders): accuracy before and after")
+    parser.add_argument("--recovery", metavar="METHOD",
+                        help="recovery recipe (default two-stage with --calib, none without); see `latprune prune`")
+    importance_option(parser)
+    objective_options(parser)
+    depth_option(parser)
+    db_option(parser)
+    output_options(parser, "DIR", required=False, default="latprune-run",
+                   help="output folder: report.html, summary.json, plan, pruned model, ONNX (default latprune-run)")
+    json_option(parser)
+
+
+@command("run", "the whole job: profile -> plan -> prune -> recover -> measure -> report", _run_options, _format_run,
+         raw_description=True)
+def cmd_run(args: argparse.Namespace) -> dict:
+    """Profile, fit, plan, prune, recover, export, measure and evaluate; writes report.html and summary.json.
+
+    Without --model, runs the built-in demonstration: latency planning for a torchvision
+    ResNet-18, and accuracy on scikit-learn's handwritten digits with a small CNN trained here.
+    """
+    from latprune.job import JobConfig, default_jobs, run_jobs
+    from latprune.models import parse_input_shape
+    from latprune.pipeline import SearchSettings
+
+    progress = not args.json
+    if args.model is None:
+        given = [f"--{k.replace('_', '-')}" for k in ("budget_ms", "speedup", "weights", "input_shape", "calib",
+                                                     "eval", "recovery", "objective") if getattr(args, k) is not None]
+        if given:
+            raise LatpruneError(f"{', '.join(given)} need --model SPEC (without --model, run runs its built-in demo)")
+        check_output_folder(args.out, args.force)
+        configs = default_jobs(args.out, backend=args.backend, db=args.db, progress=progress,
+                               verify=verification(args), margin=margin(args))
+    else:
+        configs = [JobConfig(
+            model=args.model, budget=budget(args), backend=args.backend, weights=args.weights,
+            input_shape=parse_input_shape(args.input_shape) if args.input_shape else None, calib=args.calib,
+            eval=args.eval, recovery=args.recovery, importance=args.importance, objective=args.objective,
+            search=SearchSettings(seconds=args.search_seconds),
+            calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads,
+            verify=verification(args), depth=not args.no_depth)]
+        configs[0].check(progress)
+        check_output_folder(args.out, args.force)
+    return run_jobs(configs, args.out, progress=progress, checked=args.model is not None)

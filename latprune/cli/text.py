@@ -1,0 +1,44 @@
+"""Plain-text output shared by the commands: aligned tables and the planner's search and verification lines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
+    """A plain aligned text table."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def search_line(search: dict) -> str:
+    """One line on the calibrated search: what it minimised, how long, and the chosen plan vs the plain DP."""
+    damage = search["damage"]
+    measured = "cached" if damage["cached"] else f"measured in {damage['seconds']:.1f} s"
+    return (f"search: {search['candidates_scored']} plans scored in {search['seconds']:.1f} s (damage table "
+            f"{measured}); {search['objective']}: "
+            f"{search['loss_chosen']:.4g} chosen ({search['chosen_from']}) vs {search['loss_plain_dp']:.4g} plain DP")
+
+
+def verification_lines(verification: dict) -> list[str]:
+    """The closed loop's rounds as a table and a verdict (or why the plan was not verified)."""
+    if not verification:
+        return []
+    if not verification.get("verified"):
+        return [f"not verified on the device: {verification.get('reason', 'unknown')}"]
+    from latprune.planner.closed_loop import ROUND_COLUMNS, round_cells
+
+    low, high = verification["band_ms"]
+    return [table(ROUND_COLUMNS, [round_cells(r) for r in verification["rounds"]]),
+            f"verified on this device: measured {verification['measured_ms']:.4g} ms (dense "
+            f"{verification['dense_measured_ms']:.4g} ms, band {low:.4g}-{high:.4g} ms): {verification['status']}, "
+            f"round {verification['chosen_round']} of {verification['rounds_used']}, {verification['seconds']:.1f} s"]

@@ -1,0 +1,150 @@
+"""What a request asks of the pipeline, checked when it is made (before any slow stage runs): how to plan,
+whether the plan is verified on the device, and how the pruned network is recovered."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from latprune.defaults import OBJECTIVES, PLANNERS, RECOVERY_CALIB_SIZE
+from latprune.errors import LatpruneError
+from latprune.groups import ChannelGroup
+from latprune.models import LoadedModel
+from latprune.planner.closed_loop import LoopSettings
+from latprune.planner.search import SearchSettings
+from latprune.planner.widths import WidthPolicy
+from latprune.profiler.api import ProfileSettings
+from latprune.recovery import FINETUNES, FinetuneSettings, parse_recipe
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """How to plan: method, importance criterion, width grid and solver resolution."""
+
+    method: str = "latency"
+    importance: str = "l2"
+    widths: str = "aligned"  # "aligned" to the profile's step, or "any"
+    step: int | None = None  # alignment step; None: the profile's detected step
+    min_width: float = 0.1
+    bins: int = 2000
+    max_macs: float | None = None
+    hold: tuple[str, ...] = ()  # group ids kept at full width; "channel-ops": every group crossing one
+    objective: str = "importance"  # or "calibrated": the damage-model DP searched on calibration loss
+    search: SearchSettings = field(default_factory=SearchSettings)
+    cache_dir: str | os.PathLike | None = None  # damage tables; None: $LATPRUNE_CACHE or the user cache
+    depth: bool = True  # residual branches may be removed whole (width 0 of their inner groups)
+
+    def __post_init__(self) -> None:
+        if self.method not in PLANNERS:
+            raise LatpruneError(f"unknown planning method {self.method!r}; choose one of {', '.join(PLANNERS)}")
+        if self.objective not in OBJECTIVES:
+            raise LatpruneError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.objective == "calibrated" and self.method != "latency":
+            raise LatpruneError("the calibrated objective applies to the latency planner only")
+        if self.max_macs is not None and self.method != "latency":
+            raise LatpruneError("--max-macs applies to the latency planner only")
+
+    @classmethod
+    def for_request(cls, has_images: bool, importance: str | None = None, objective: str | None = None,
+                    **options) -> "PlanSettings":
+        """The settings every command and the job plan with. Where not given: with calibration images,
+        data-driven importance (taylor) and, for the latency planner, the calibrated objective; without them,
+        l2 importance and summed importance. Refused before any slow stage when the images are needed and absent."""
+        method = options.get("method", "latency")
+        importance = importance or ("taylor" if has_images else "l2")
+        objective = objective or ("calibrated" if has_images and method == "latency" else "importance")
+        settings = cls(importance=importance, objective=objective, **options)
+        settings.check_images(has_images)
+        return settings
+
+    def check_images(self, has_images: bool) -> None:
+        """The calibrated objective plans on data: refuse it, before any slow stage, when no images are given."""
+        if self.objective == "calibrated" and not has_images:
+            raise LatpruneError("--objective calibrated needs unlabeled calibration images: --calib DIR "
+                                "(or --objective importance)")
+
+    def policy(self, profile_step: int | None, groups: Sequence[ChannelGroup] = ()) -> WidthPolicy:
+        return WidthPolicy(step=self.step or profile_step or 16, aligned=self.widths == "aligned",
+                           min_fraction=self.min_width, hold=held_groups(self.hold, groups), depth=self.depth)
+
+
+HOLD_CHANNEL_OPS = "channel-ops"
+
+
+def held_groups(names: Sequence[str], groups: Sequence[ChannelGroup]) -> frozenset[str]:
+    """Group ids to keep at full width: ``names`` are group ids, or ``channel-ops`` for every group that
+    crosses a parameter-free channel op (the residual streams of option-A ResNets)."""
+    known = {g.id for g in groups}
+    held = set()
+    for name in names:
+        if name == HOLD_CHANNEL_OPS:
+            held |= {g.id for g in groups if g.crosses}
+        elif name in known:
+            held.add(name)
+        else:
+            raise LatpruneError(f"--hold: unknown group {name!r}; run `latprune groups` to list them")
+    return frozenset(held)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Whether a plan is checked on the device by the closed loop, and where its timings go.
+
+    On by default; it runs only when the performance model is this machine's (a plan made
+    from another device's profile is labelled as not verified).
+    """
+
+    enabled: bool = True
+    db: str | os.PathLike | None = None
+    threads: int | None = None
+    loop: LoopSettings = field(default_factory=LoopSettings)
+    timing: ProfileSettings = field(default_factory=ProfileSettings)  # the profiler's timing method, per plan
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RecoveryRequest:
+    """A recovery recipe and the images it reads, checked when made.
+
+    Post-training steps read unlabeled ``calib`` images; fine-tuning (finetune, overparam)
+    reads ``calib`` (distilling the dense model) or labelled ``train`` folders.
+    """
+
+    recipe: str = "none"
+    calib: str | None = None
+    train: str | None = None
+    calib_size: int | None = None  # None: RECOVERY_CALIB_SIZE, or every image for fine-tuning
+    tuning: FinetuneSettings = field(default_factory=FinetuneSettings)
+
+    def __post_init__(self) -> None:
+        steps = parse_recipe(self.recipe)
+        tunes = any(s in FINETUNES for s in steps)
+        if self.train and not tunes:
+            raise LatpruneError("--train (labelled images) is read by the fine-tuning methods finetune and "
+                                "overparam; post-training recovery takes unlabeled --calib DIR")
+        if self.train and self.calib:
+            raise LatpruneError("give one of --calib DIR (unlabeled) and --train DIR (labelled)")
+        if steps and not (self.calib or self.train):
+            hint = " or labelled --train DIR" if tunes else ""
+            raise LatpruneError(f"recovery {self.recipe} needs unlabeled calibration images: --calib DIR{hint}")
+        if self.calib_size is not None and self.calib_size < 1:
+            raise LatpruneError(f"--calib-size must be at least 1, got {self.calib_size}")
+
+    @property
+    def steps(self) -> list[str]:
+        return parse_recipe(self.recipe)
+
+    def images(self, loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The images (and labels, from ``train``) the recipe reads, at the model's input size."""
+        tunes = any(s in FINETUNES for s in self.steps)
+        size = self.calib_size or (None if tunes else RECOVERY_CALIB_SIZE)
+        if self.train:
+            from latprune.data import labelled_tensors
+
+            return labelled_tensors(self.train, loaded.family, loaded.input_shape, size=size)
+        from latprune.data import calibration_tensor
+
+        return calibration_tensor(self.calib, loaded.family, loaded.input_shape, size=size), None

@@ -1,0 +1,43 @@
+"""The README stays short, and every latprune command it shows parses as written (placeholders filled in)."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from latprune.cli import build_parser
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+PLACEHOLDERS = {"SPEC": "cifar:resnet20", "W": "w.th", "S": "2", "B": "ort-cpu", "P": "p.pt", "R": "r.pt",
+                "M": "two-stage", "DIR": "d", "UNLABELED_DIR": "d", "LABELLED_DIR": "d", "M.onnx": "m.onnx",
+                "COMMAND": "plan"}
+
+
+def _commands() -> list[str]:
+    text = README.read_text()
+    found = re.findall(r"`(latprune [^`]*)`", text)
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        found += [part.strip() for line in block.splitlines() for part in line.split("&&")
+                  if part.strip().startswith("latprune")]
+    return found
+
+
+def test_the_readme_is_at_most_200_lines():
+    assert len(README.read_text().splitlines()) <= 200
+
+
+def test_the_readme_shows_every_command():
+    from latprune.cli import COMMANDS
+
+    shown = {shlex.split(c)[1] for c in _commands() if len(shlex.split(c)) > 1}
+    assert set(COMMANDS) <= shown
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_readme_command_parses(command):
+    argv = [PLACEHOLDERS.get(token, token) for token in shlex.split(command)[1:]]
+    if "--help" in argv:
+        return
+    args = build_parser().parse_args(argv)
+    assert args.command == argv[0] if argv else args.command is None
