@@ -55,7 +55,9 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     loop = latency["verification"]
     assert loop["verified"] and 1 <= loop["rounds_used"] <= 4 and loop["measured_ms"] <= loop["budget_ms"]
     first = loop["rounds"][0]
-    assert first["correction"] == 1.0 and first["aim_ms"] <= first["band_ms"][1] * 1.5
+    # (in the profile's predicted milliseconds: how far they lie from the measured band depends on the host)
+    assert first["correction"] == 1.0
+    assert first["aim_ms"] == pytest.approx(latency["plan_budget"]["ceiling_ms"] * (1 - 0.03 / 2))
     assert loop["band_ms"][1] == pytest.approx(loop["dense_measured_ms"] / 1.2 / 1.03)
     # a speedup is judged against the dense model measured in the same rounds
     assert latency["budget_ms"] == pytest.approx(latency["dense"]["measured_ms"] / 1.2)
