@@ -70,7 +70,7 @@ class JobConfig:
         if self.eval and not os.path.isdir(self.eval):
             raise LatpruneError(f"evaluation folder not found: {self.eval}")
         self.recovery_request()  # the recipe, its images and --calib-size
-        self.plan_settings()
+        self.plan_settings()  # refuses the calibrated objective without images, before any slow stage
         if self.eval:
             from latprune.data import check_image_folder
             from latprune.models import default_input_shape, spec_family
