@@ -13,7 +13,8 @@ budget / the dense latency it measured).
 Goals (#26): the check within [0.95, 1.02] x budget in >= 90% of plans and never above 1.05x;
 median rounds <= 2; the seconds the loop adds per plan are recorded. Round 1 of each loop is
 the open-loop plan (what latprune returned before the loop), so its measured/budget is the baseline.
-Run: ``python -m benchmarks.planner_budget [--db PATH] [--backends ort-cpu,torch-cpu] [--models ...] [--quick]``.
+Run: ``python -m benchmarks.planner_budget [--db PATH] [--backends ort-cpu,torch-cpu] [--models ...] [--fractions
+0.35,0.5,...] [--quick]``.
 Run it alone: any other load on the machine moves the numbers.
 """
 
@@ -100,11 +101,13 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", default="ort-cpu,torch-cpu")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--quick", action="store_true", help="cifar resnet56 on ort-cpu, three budgets")
+    parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)),
+                        help="budgets as fractions of the measured dense latency")
     parser.add_argument("--name", default="planner_budget", help="result file name")
     args = parser.parse_args(argv)
     backends = ["ort-cpu"] if args.quick else [b for b in args.backends.split(",") if b]
     models = ["cifar:resnet56"] if args.quick else [m for m in args.models.split(",") if m]
-    fractions = [0.5, 0.7, 0.9] if args.quick else FRACTIONS
+    fractions = [0.5, 0.7, 0.9] if args.quick else [float(f) for f in args.fractions.split(",") if f]
     name = args.name + ("_quick" if args.quick else "")
     cases: list[dict] = []
     for backend in backends:
