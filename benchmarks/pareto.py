@@ -67,7 +67,7 @@ def plans_at(analysis, perf, fitted, fraction: float, calib, seconds: float, onl
     except LatpruneError as exc:
         return {"latprune": str(exc)}
     plans["latprune"] = ours
-    reached = ours.verification["measured_ms"] / ours.verification["dense_measured_ms"]
+    reached = ours.verification.measured_ms / ours.verification.dense_measured_ms
     for name, (method, objective, depth, min_width) in BASELINES.items():
         if only and name not in only:
             continue
@@ -108,9 +108,10 @@ def run_model(name: str, fractions: list[float], done: dict, quick: bool, second
                     "measured_ms": timing.derived_ms(index), "raw_median_ms": m.median_ms,
                     "ratio_interval": [interval.low, interval.high],
                     "spread": m.spread, "measured_over_dense": ratio, "vs_latprune": ratio / ratios["latprune"],
-                    "loop_measured_over_dense": plan.verification["measured_ms"]
-                    / plan.verification["dense_measured_ms"], "loop_status": plan.verification.get("status"),
-                    "macs_fraction": plan.macs / plan.dense_macs, "widths": plan.widths(), "search": plan.search,
+                    "loop_measured_over_dense": plan.verification.measured_ms
+                    / plan.verification.dense_measured_ms, "loop_status": plan.verification.status,
+                    "macs_fraction": plan.macs / plan.dense_macs, "widths": plan.widths(),
+                    "search": plan.search.to_json() if plan.search else {},
                     "removed_branches": len(plan.removed),
                     "dense_top1": dense_top1}
             for recipe in RECOVERIES[method]:

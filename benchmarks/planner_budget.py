@@ -61,18 +61,17 @@ def run_model(spec: str, backend: str, db: Path, fractions) -> list[dict]:
             print(f"{spec} {backend} {fraction} ({kind}): {exc}", flush=True)
             continue
         loop = plan.verification
-        first = loop["rounds"][0]
-        chosen = loop["rounds"][loop["chosen_round"] - 1]
-        case.update(status=loop["status"], rounds_used=loop["rounds_used"], loop_s=loop["seconds"],
-                    open_loop_predicted_ms=first["predicted_ms"], open_loop_measured_ms=first["measured_ms"],
-                    open_loop_over_budget=first["measured_ms"] / first["budget_ms"],
-                    loop_measured_ms=loop["measured_ms"], loop_over_budget=loop["measured_ms"] / loop["budget_ms"],
-                    loop_relative=chosen["relative_to_dense"],
+        first = loop.rounds[0]
+        case.update(status=loop.status, rounds_used=loop.rounds_used, loop_s=loop.seconds,
+                    open_loop_predicted_ms=first.predicted_ms, open_loop_measured_ms=first.measured_ms,
+                    open_loop_over_budget=first.measured_ms / first.budget_ms,
+                    loop_measured_ms=loop.measured_ms, loop_over_budget=loop.measured_ms / loop.budget_ms,
+                    loop_relative=loop.chosen.relative_to_dense,
                     # the ratio the request stands for: the fraction, or a budget in ms over the loop's dense
-                    requested_ratio=(fraction if kind == "speedup" else
-                                     loop["budget_ms"] / loop["dense_measured_ms"]),
-                    predicted_ms=plan.predicted_ms, rounds=loop["rounds"], widths=plan.widths())
-        print(f"{spec} {backend} {fraction} ({kind}): {loop['status']} in {loop['rounds_used']} round(s), "
+                    requested_ratio=(fraction if kind == "speedup" else loop.budget_ms / loop.dense_measured_ms),
+                    predicted_ms=plan.predicted_ms, rounds=[r.to_json() for r in loop.rounds],
+                    widths=plan.widths())
+        print(f"{spec} {backend} {fraction} ({kind}): {loop.status} in {loop.rounds_used} round(s), "
               f"{case['loop_over_budget']:.3f} x budget (open loop {case['open_loop_over_budget']:.3f})", flush=True)
         cases.append(case)
         plans.append(plan)

@@ -130,11 +130,11 @@ def latency_cases(analysis, calib: torch.Tensor, db) -> tuple[list[tuple], dict]
     cases = []
     for (kind, label, plan), model, m, interval in zip(timed, pruned, measured[1:], paired.ratios):
         relative = interval.ratio
-        loop = plan.verification or {}
+        loop = plan.verification if plan.verification and plan.verification.verified else None
         timing["plans"].append({
             "kind": kind, "label": label, "relative": relative, "measured_ms": m.median_ms, "spread": m.spread,
-            "widths": plan.widths(), "loop_status": loop.get("status"),
-            "loop_relative": loop["measured_ms"] / loop["dense_measured_ms"] if "measured_ms" in loop else None})
+            "widths": plan.widths(), "loop_status": loop.status if loop else None,
+            "loop_relative": loop.measured_ms / loop.dense_measured_ms if loop else None})
         print(f"{analysis.spec} {kind} {label}: {relative:.3f}x dense (spread {100 * m.spread:.1f}%)", flush=True)
         if kind == "plan":
             cases.append(("latency", f"{LATENCY_FRACTION:g}x measured {LATENCY_BACKEND} (loop "

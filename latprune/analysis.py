@@ -13,6 +13,7 @@ import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch_pruning as tp
@@ -25,6 +26,9 @@ from latprune.graph import build_graph, magnitude_importance
 from latprune.groups import ChannelGroup, ExcludedGroup, find_channel_groups
 from latprune.models import LoadedModel
 from latprune.network import LayerInfo, model_key, run_model, trace_layers
+
+if TYPE_CHECKING:
+    from latprune.pruned_file import PrunedModel
 
 
 @dataclass
@@ -87,13 +91,16 @@ class ModelAnalysis:
                 "depth_notes": {gid: note for gid, note in self.depth_notes.items() if note}}
 
 
-def analyse(loaded: LoadedModel) -> ModelAnalysis:
-    """Trace ``loaded`` once: dependency graph, verified groups, channel layout, layer facts.
+def analyse(loaded: LoadedModel | PrunedModel) -> ModelAnalysis:
+    """Trace ``loaded`` once: dependency graph, verified groups, channel layout, layer facts (a pruned model is
+    analysed as the smaller network it is).
 
     Parameter-free channel ops (channel pads, slices...) are wrapped in ``loaded.model`` itself as
     index maps (:mod:`latprune.channel_ops`), so groups reach through them; the wrapped model
     computes exactly what it did and keeps its state dict.
     """
+    if not isinstance(loaded, LoadedModel):
+        loaded = LoadedModel(loaded.model, loaded.spec, loaded.family, loaded.input_shape)
     x = loaded.example_input()
     run_model(loaded.model, x)  # a model that cannot run this input says so before any tracing
     channel_ops = wrap_channel_ops(loaded.model, x)

@@ -1,7 +1,8 @@
 """The main job end to end: profile, fit, plan, prune, recover, export, measure, evaluate, report.
 
-``run_job`` takes a :class:`JobConfig` and returns one run's summary (plain JSON data);
-``run_jobs`` runs several into one folder and writes ``summary.json`` and ``report.html``.
+``run_job`` takes a :class:`JobConfig` and returns one :class:`~latprune.run_summary.RunResult`;
+``run_jobs`` runs several into one folder, writes ``summary.json`` and ``report.html`` and returns the
+:class:`~latprune.run_summary.RunSummary`.
 Each stage reads only what the previous stages produced: the profile database, the
 fitted performance model, the plan file, the pruned model.
 """
@@ -25,6 +26,7 @@ from latprune.errors import LatpruneError
 from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Verification
 from latprune.profiler.api import ProfileSettings, RoundsRule
 from latprune.pruned_file import save_pruned
+from latprune.run_summary import Accuracy, LatencyFigures, LatencyOutcome, RunResult, RunSummary
 
 # Interleaved rounds of dense and pruned: at least 15 (this host's outliers need many), then until the paired
 # ratio's 95% interval is within +-1.5%, at most 60 rounds or a minute (the quickstart stays quick).
@@ -97,8 +99,8 @@ class _Stages:
             self.seconds[name] = round(time.perf_counter() - began, 2)
 
 
-def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True) -> dict:
-    """Run the whole pipeline for one model; writes plan.json, pruned.pt and pruned.onnx; returns the summary.
+def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True) -> RunResult:
+    """Run the whole pipeline for one model; writes plan.json, pruned.pt and pruned.onnx; returns what it did.
 
     ``config`` has been checked (:meth:`JobConfig.check`, done by :func:`run_jobs`)."""
     from latprune import pipeline
@@ -146,53 +148,34 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
                                          checked=True)  # JobConfig.check decoded every image before profiling
 
             dense_top1, images_scored = top1(loaded.model)
-            accuracy = {"images": images_scored, "dense": dense_top1,
-                        "pruned": top1(pruned.model)[0] if report else None, "recovered": top1(final.model)[0]}
+            accuracy = Accuracy(images=images_scored, dense=dense_top1,
+                                pruned=top1(pruned.model)[0] if report else None, recovered=top1(final.model)[0])
     # Either kind of budget is judged by the pruned model's ratio to the dense model measured in the same
     # rounds (paired round by round) times the dense median; the plan itself had to use the predicted dense latency.
     planned = Budget.from_json(plan.budget)
     judged = config.budget.resolve(dense_m.median_ms, "measured dense")
-    relative = ratio.ratio
-    judged_ms = config.budget.judged_ms(relative, dense_m.median_ms)
-    latency = {
-        "backend": config.backend, "budget_ms": judged.ms, "planned_ms": planned.target_ms,
-        "margin": judged.margin, "budget_basis": judged.describe(), "budget": judged.to_json(),
-        "plan_budget": planned.to_json(),
-        "dense": _latency_entry(plan.dense_predicted_ms, dense_m),
-        "pruned": {**_latency_entry(plan.predicted_ms, pruned_m), "measured_ms": judged_ms,
-                   "raw_median_ms": pruned_m.median_ms},
-        "ratio": ratio.to_json(), "ratio_converged": timing.converged,
-        "measured_speedup": 1 / relative,
-        "predicted_speedup": plan.predicted_speedup,
-        "measured_over_budget": judged_ms / judged.ms,
-        "measured_over_predicted": judged_ms / plan.predicted_ms,
-        "meets_budget": judged_ms <= judged.ms,
-        "noise": max(dense_m.spread, pruned_m.spread),
-        "verification": plan.verification,
-    }
-    plan_json = plan.to_json()
-    plan_json["groups"] = [{"id": g.id, "full_width": g.full_width, "width": g.width} for g in plan.groups]
-    return {
-        "name": config.name or config.model, "model": config.model, "weights": config.weights,
-        "input_shape": list(loaded.input_shape), "device": device.get("fingerprint", fitted.device),
-        "plan": plan_json, "latency": latency, "accuracy": accuracy,
-        "recovery": report.to_dict() if report else None, "onnx_max_abs_diff": onnx_diff,
-        "profile": {"variants_timed": profiled.variants_timed, "new_layer_rows": profiled.new_layer_rows,
-                    "alignment_step": profiled.alignment_step, "noise": profiled.noise_round_spread,
-                    "db": profiled.db},
-        "perf_model": fitted.status, "stages_s": stage.seconds, "notes": list(config.notes),
-        "files": {k: str(folder / f) for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"),
-                                                  ("onnx", "pruned.onnx"))},
-    }
-
-
-def _latency_entry(predicted_ms: float, measured) -> dict:
-    return {"predicted_ms": predicted_ms, "measured_ms": measured.median_ms, "p10_ms": measured.p10_ms,
-            "p90_ms": measured.p90_ms, "spread": measured.spread, "runs": measured.runs}
+    latency = LatencyOutcome(
+        backend=config.backend, budget_ms=judged.ms, planned_ms=planned.target_ms, margin=judged.margin,
+        budget_basis=judged.describe(), budget=judged.to_json(), plan_budget=planned.to_json(),
+        dense=LatencyFigures.of(plan.dense_predicted_ms, dense_m),
+        pruned=LatencyFigures.of(plan.predicted_ms, pruned_m,
+                                 derived_ms=config.budget.judged_ms(ratio.ratio, dense_m.median_ms)),
+        ratio=ratio, ratio_converged=timing.converged, predicted_speedup=plan.predicted_speedup,
+        verification=plan.verification)
+    return RunResult(
+        name=config.name or config.model, model=config.model, weights=config.weights,
+        input_shape=tuple(loaded.input_shape), device=device.get("fingerprint", fitted.device), plan=plan,
+        latency=latency, accuracy=accuracy, recovery=report.to_dict() if report else None,
+        onnx_max_abs_diff=onnx_diff,
+        profile={"variants_timed": profiled.variants_timed, "new_layer_rows": profiled.new_layer_rows,
+                 "alignment_step": profiled.alignment_step, "noise": profiled.noise_round_spread, "db": profiled.db},
+        perf_model=fitted.status, stages_s=dict(stage.seconds), notes=tuple(config.notes),
+        files={k: str(folder / f)
+               for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"), ("onnx", "pruned.onnx"))})
 
 
 def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress: bool = True,
-             checked: bool = False) -> dict:
+             checked: bool = False) -> RunSummary:
     """Run each job into ``out_dir`` and write ``summary.json`` and ``report.html`` there (``checked``: the
     configs' :meth:`JobConfig.check` has been run already)."""
     from latprune import __version__
@@ -202,12 +185,9 @@ def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress:
         config.check(progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"format": "latprune-run", "version": 1, "latprune": __version__,
-               "created": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": []}
-    for config in configs:
-        summary["runs"].append(run_job(config, out, progress))
-    summary["files"] = report(summary, out)
-    return summary
+    created = time.strftime("%Y-%m-%d %H:%M:%S")
+    runs = tuple(run_job(config, out, progress) for config in configs)
+    return report(RunSummary(latprune=__version__, created=created, runs=runs), out)
 
 
 def default_jobs(out_dir: str | os.PathLike, backend: str = "ort-cpu", db: str | None = None,

@@ -8,6 +8,7 @@ returns what the next one reads; a request (:class:`~latprune.budget.BudgetReque
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from latprune.analysis import ModelAnalysis
-from latprune.analysis import analyse as analyse_loaded
+from latprune.analysis import analyse
 from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import IMPORTANCE_CALIB_SIZE, OBJECTIVES, PLANNERS
 from latprune.errors import LatpruneError
@@ -26,7 +27,8 @@ from latprune.perfmodel import NetworkLatencyModel
 from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for, fit_perf_model
 from latprune.perfmodel.validate import validate_model as validate
 from latprune.planner import api as planner
-from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loop, round_cells, verdict
+from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loop, round_cells
+from latprune.planner.records import LoopRound, VerificationRecord
 from latprune.planner.plan import Plan
 from latprune.planner.search import CalibratedSearch, SearchSettings
 from latprune.profiler.api import (PairedTiming, ProfileReport, ProfileSettings, ProfileStore, RoundsRule,
@@ -34,13 +36,14 @@ from latprune.profiler.api import (PairedTiming, ProfileReport, ProfileSettings,
                                   profile_model)
 from latprune.pruned_file import PrunedModel, dense_origin, load_dense_for, load_pruned, prune_loaded
 from latprune.recovery import RecoveryReport, recover
+from latprune.run_summary import RunSummary
 from latprune.settings import HOLD_CHANNEL_OPS, PlanSettings, RecoveryRequest, Verification, held_groups
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
            "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
            "measure_against_dense", "RoundsRule",
            "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify",
-           "this_device", "uniform", "LoopSettings", "ROUND_COLUMNS", "Verification", "round_cells", "verdict",
+           "this_device", "uniform", "LoopSettings", "ROUND_COLUMNS", "Verification", "round_cells",
            "OBJECTIVES", "SearchSettings", "calibrated_search", "validate", "HOLD_CHANNEL_OPS", "held_groups"]
 
 
@@ -65,13 +68,6 @@ def load_pruned_or_dense(spec: str | None, weights: str | None = None, input_sha
     if not spec:
         raise LatpruneError("name a model with --model SPEC (or a pruned model with --pruned FILE)")
     return load(spec, weights, input_shape)
-
-
-def analyse(model: LoadedModel | PrunedModel) -> ModelAnalysis:
-    """The one analysis of a model (a pruned model is analysed as the smaller network it is)."""
-    if isinstance(model, PrunedModel):
-        model = LoadedModel(model.model, model.spec, model.family, model.input_shape)
-    return analyse_loaded(model)
 
 
 # ---------------------------------------------------------------- profile, fit, predict
@@ -141,8 +137,7 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
         reason = ("verification off (--no-verify)" if not verify.enabled else
                   f"the performance model is device {fitted.device}'s, not this machine's ({here}): not verified on "
                   f"the device")
-        chosen.verification = {"verified": False, "reason": reason}
-        return chosen
+        return chosen.with_records(verification=VerificationRecord.unverified(reason))
     began = time.perf_counter()
     loop = verify.loop
     rule = RoundsRule(min_rounds=loop.timing_rounds, max_rounds=max(loop.timing_rounds, loop.timing_max_rounds),
@@ -152,8 +147,9 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
         session = _LoopSession(inputs, settings, timer, verify, search)
         chosen = closed_loop(session, timer, request, budget, verify.loop,
                              on_round=_announce_round if verify.progress else None)
-    chosen.verification["seconds"] = time.perf_counter() - began  # with the timer's start and warm-up
-    return chosen
+    # the loop's time with the timer's start and warm-up
+    return chosen.with_records(verification=dataclasses.replace(chosen.verification,
+                                                                seconds=time.perf_counter() - began))
 
 
 def calibrated_search(inputs: planner.PlanningInputs, settings: PlanSettings, calib: torch.Tensor | None,
@@ -184,14 +180,14 @@ def _solve(inputs: planner.PlanningInputs, budget: Budget, settings: PlanSetting
     return planner.tp_global_plan(inputs, budget)
 
 
-def _announce_round(record: dict) -> None:
+def _announce_round(record: LoopRound) -> None:
     import sys
 
-    low, high = record["band_ms"]
-    rejected = record.get("rejected_rounds", 0)
+    low, high = record.band_ms
+    rejected = record.rejected_rounds
     contended = f"; {rejected} timing rounds on a contended host left out" if rejected else ""
-    print(f"latprune: verify round {record['round']}: predicted {record['predicted_ms']:.4g} ms, measured "
-          f"{record['measured_ms']:.4g} ms (band {low:.4g}-{high:.4g} ms): {verdict(record)}{contended}",
+    print(f"latprune: verify round {record.round}: predicted {record.predicted_ms:.4g} ms, measured "
+          f"{record.measured_ms:.4g} ms (band {low:.4g}-{high:.4g} ms): {record.verdict()}{contended}",
           file=sys.stderr, flush=True)
 
 
@@ -350,8 +346,8 @@ def _warn_on_class_mismatch(model: nn.Module, classes: Sequence[str], folder: st
 # ---------------------------------------------------------------- report
 
 
-def report(summary: dict, out_dir: str | os.PathLike) -> dict[str, str]:
-    """Write ``summary.json`` (atomically) and the self-contained ``report.html``; their paths."""
+def report(summary: RunSummary, out_dir: str | os.PathLike) -> RunSummary:
+    """Write ``summary.json`` (atomically) and the self-contained ``report.html``; the summary naming them."""
     import json
     from pathlib import Path
 
@@ -359,7 +355,8 @@ def report(summary: dict, out_dir: str | os.PathLike) -> dict[str, str]:
     from latprune.report import write_report
 
     out = Path(out_dir)
+    summary = summary.with_files({"summary": str(out / "summary.json"), "report": str(out / "report.html")})
     with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.write_text(json.dumps(summary.to_json(), indent=1))
     write_report(summary, out / "report.html")
-    return {"summary": str(out / "summary.json"), "report": str(out / "report.html")}
+    return summary

@@ -163,7 +163,8 @@ def test_cli_holds_no_stage_logic():
     allowed = {"latprune.pipeline", "latprune.job", "latprune.errors", "latprune.defaults", "latprune.budget",
                "latprune.outputs",
                "latprune", "latprune.models", "latprune.planner.plan", "latprune.pruned_file", "latprune.surgery",
-               "latprune.sparsity", "latprune.recovery", "latprune.profiler.api", "latprune.planner.closed_loop"}
+               "latprune.sparsity", "latprune.recovery", "latprune.profiler.api", "latprune.planner.closed_loop",
+               "latprune.planner.records", "latprune.run_summary"}  # typed results it formats
     for path in (PACKAGE / "cli").glob("*.py"):
         used = {m for m in _imports(path) if m.startswith("latprune") and not m.startswith("latprune.cli")}
         assert used <= allowed, (path.name, used - allowed)

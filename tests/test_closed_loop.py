@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from latprune.errors import LatpruneError
 from latprune.network import Measurement
 from latprune.planner.closed_loop import LoopSettings, closed_loop
 from latprune.planner.plan import GroupPlan, Plan
+from latprune.planner.records import VerificationRecord
 
 # ---------------------------------------------------------------- the loop against fakes
 
@@ -91,12 +93,25 @@ def _loop(model, device, budget_ms: float = 5.0, **settings) -> Plan:
     return closed_loop(model, device, request, request.resolve(10.0, "predicted dense"), LoopSettings(**settings))
 
 
+def test_a_verified_plan_is_immutable_and_its_file_reads_back_the_same(tmp_path):
+    plan = _loop(_LinearModel(learns_to=0.011), _Device(per_channel=0.011))
+    assert plan.verification.rounds_used >= 2 and plan.verification.chosen is plan.verification.rounds[-1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.verification = None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.verification.rounds[0].measured_ms = 0.0
+    plan.save(tmp_path / "plan.json")
+    again = Plan.load(tmp_path / "plan.json")
+    assert again == plan and again.verification.rounds[0].learn_s == plan.verification.rounds[0].learn_s
+    assert again.verification.rounds[-1].learn_s is None  # no refit after the round in band
+
+
 def test_the_loop_stops_at_the_first_plan_in_band():
     device = _Device(per_channel=0.01)  # the model is exact
     plan = _loop(_LinearModel(), device)
     assert device.timed == [492] and plan.groups[0].width == 492  # aimed at the band's centre, 0.985 x 5 ms
-    assert plan.verification["status"] == "in band" and plan.verification["rounds_used"] == 1
-    assert plan.verification["band_ms"] == pytest.approx([4.85, 5.0])
+    assert plan.verification.status == "in band" and plan.verification.rounds_used == 1
+    assert plan.verification.band_ms == pytest.approx((4.85, 5.0))
 
 
 def test_a_device_ten_percent_slower_than_predicted_converges_below_budget():
@@ -104,19 +119,19 @@ def test_a_device_ten_percent_slower_than_predicted_converges_below_budget():
     model = _LinearModel()
     plan = _loop(model, device)
     verification = plan.verification
-    assert verification["rounds_used"] <= 3 and verification["status"] == "in band"
-    assert 4.85 <= verification["measured_ms"] <= 5.0
-    first, second = verification["rounds"][:2]
-    assert not first["meets"] and first["measured_ms"] == pytest.approx(1.1 * first["predicted_ms"])
-    assert second["correction"] == pytest.approx(1.1, rel=1e-3)  # measured / predicted of the first plan
+    assert verification.rounds_used <= 3 and verification.status == "in band"
+    assert 4.85 <= verification.measured_ms <= 5.0
+    first, second = verification.rounds[:2]
+    assert not first.meets and first.measured_ms == pytest.approx(1.1 * first.predicted_ms)
+    assert second.correction == pytest.approx(1.1, rel=1e-3)  # measured / predicted of the first plan
     assert model.learned == 1  # refitted once between the two rounds
 
 
 def test_a_model_that_learns_the_device_needs_no_correction():
     device = _Device(per_channel=0.011)
     plan = _loop(_LinearModel(learns_to=0.011), device)
-    assert plan.verification["rounds"][1]["correction"] == pytest.approx(1.0)
-    assert plan.verification["status"] == "in band"
+    assert plan.verification.rounds[1].correction == pytest.approx(1.0)
+    assert plan.verification.status == "in band"
 
 
 def test_no_plan_over_budget_is_returned_when_a_measured_plan_met_it():
@@ -124,22 +139,22 @@ def test_no_plan_over_budget_is_returned_when_a_measured_plan_met_it():
     device = _Device(per_channel=0.009, overrides={w: 5.3 for w in range(500, 1001)})
     plan = _loop(_LinearModel(), device, max_rounds=4)
     verification = plan.verification
-    assert verification["status"] == "met the budget, outside the band"
-    assert verification["measured_ms"] <= 5.0 and plan.groups[0].width == device.timed[0]
-    assert any(not r["meets"] for r in verification["rounds"])
+    assert verification.status == "met the budget, outside the band"
+    assert verification.measured_ms <= 5.0 and plan.groups[0].width == device.timed[0]
+    assert any(not r.meets for r in verification.rounds)
 
 
 def test_when_the_correction_asks_for_less_than_the_fastest_plan_the_fastest_plan_is_measured():
     device = _Device(per_channel=0.0125)  # round 1 measures 25% over; the corrected aim lies below width 400
     plan = _loop(_Narrowest400(), device)
     assert device.timed == [492, 400] and plan.groups[0].width == 400
-    assert plan.verification["status"] == "in band" and plan.verification["measured_ms"] == pytest.approx(5.0)
+    assert plan.verification.status == "in band" and plan.verification.measured_ms == pytest.approx(5.0)
 
 
 def test_a_budget_just_below_the_predicted_fastest_plan_is_tried_on_the_device():
     device = _Device(per_channel=0.008)  # the device is 20% faster than the model: width 400 takes 3.2 ms
     plan = _loop(_Narrowest400(), device, budget_ms=3.5)  # predicted fastest 4 ms: 12.5% below, within reach
-    assert device.timed[0] == 400 and plan.verification["measured_ms"] <= 3.5
+    assert device.timed[0] == 400 and plan.verification.measured_ms <= 3.5
     with pytest.raises(LatpruneError, match="below the fastest achievable plan"):
         _loop(_Narrowest400(), _Device(per_channel=0.008), budget_ms=2.9)  # 27.5% below: refused unmeasured
 
@@ -161,7 +176,7 @@ def test_below_the_band_a_coarse_width_grid_is_tried_at_the_band_top():
     device = _Device(per_channel=0.0099)  # width 450 measures 4.455 ms: below the band [4.85, 5]
     plan = _loop(Grid50(), device, budget_ms=5.0, tol=0.03)
     assert device.timed == [450, 500] and plan.groups[0].width == 500  # 4.95 ms: in band once aimed at the top
-    assert plan.verification["status"] == "in band"
+    assert plan.verification.status == "in band"
 
 
 def test_the_loop_stops_when_the_solver_repeats_a_measured_plan():
@@ -170,8 +185,8 @@ def test_the_loop_stops_when_the_solver_repeats_a_measured_plan():
             return _plan(400, 4.0)
 
     plan = _loop(Stuck(), _Device(per_channel=0.01))
-    assert plan.verification["rounds_used"] == 1 and "already measured" in plan.verification["stop"]
-    assert plan.verification["status"] == "met the budget, outside the band"
+    assert plan.verification.rounds_used == 1 and "already measured" in plan.verification.stop
+    assert plan.verification.status == "met the budget, outside the band"
 
 
 def test_a_speedup_is_judged_against_the_dense_model_measured_in_the_same_rounds():
@@ -182,8 +197,8 @@ def test_a_speedup_is_judged_against_the_dense_model_measured_in_the_same_rounds
     request = BudgetRequest(speedup=2.0)
     plan = closed_loop(_LinearModel(), SlowDense(per_channel=0.01), request, request.resolve(10.0, "predicted dense"),
                        LoopSettings())
-    assert plan.verification["budget_ms"] == pytest.approx(6.0)  # 12 ms measured dense / 2, not 10 / 2
-    assert plan.verification["status"] == "in band"
+    assert plan.verification.budget_ms == pytest.approx(6.0)  # 12 ms measured dense / 2, not 10 / 2
+    assert plan.verification.status == "in band"
 
 
 def test_loop_settings_are_checked():
@@ -206,14 +221,14 @@ def test_the_pipeline_loop_learns_a_device_ten_percent_slower_than_its_profile(p
     verify = pipeline.Verification(db=p.db, timing=p.timing, progress=False)
     plan = pipeline.plan(p.analysis, request, p.perf, p.fitted, "synthetic", verify=verify)
     verification = plan.verification
-    assert verification["verified"] and verification["rounds_used"] <= 3
-    assert verification["measured_ms"] <= verification["budget_ms"]
-    first = verification["rounds"][0]
-    assert first["measured_ms"] > first["budget_ms"]  # trusting the profile would have missed
-    assert first["new_layer_rows"] > 0  # the plan's layers were stored
+    assert verification.verified and verification.rounds_used <= 3
+    assert verification.measured_ms <= verification.budget_ms
+    first = verification.rounds[0]
+    assert first.measured_ms > first.budget_ms  # trusting the profile would have missed
+    assert first.new_layer_rows > 0  # the plan's layers were stored
     with ProfileStore(p.db, readonly=True) as store:
         keys = {n.variant_key for n in store.network_timings(store.find_device(p.fitted.device), "synthetic")}
-    assert len(keys) >= 16 + len(verification["rounds"])  # every measured plan is a profile row now
+    assert len(keys) >= 16 + len(verification.rounds)  # every measured plan is a profile row now
     json.dumps(plan.to_json(), allow_nan=False)
 
 
@@ -225,10 +240,10 @@ def test_no_verify_and_foreign_profiles_are_labelled(profiled):
     p, request = profiled, BudgetRequest(speedup=1.2)
     plan = pipeline.plan(p.analysis, request, p.perf, p.fitted, "synthetic",
                          verify=pipeline.Verification(enabled=False))
-    assert plan.verification == {"verified": False, "reason": "verification off (--no-verify)"}
+    assert plan.verification == VerificationRecord.unverified("verification off (--no-verify)")
     elsewhere = dataclasses.replace(p.fitted, device="0123456789abcdef")
     plan = pipeline.plan(p.analysis, request, p.perf, elsewhere, "synthetic", verify=pipeline.Verification(db=p.db))
-    assert not plan.verification["verified"] and "not verified on the device" in plan.verification["reason"]
+    assert not plan.verification.verified and "not verified on the device" in plan.verification.reason
 
 
 def test_validation_reports_the_planners_choices_apart_from_random_variants(profiled, tmp_path):
@@ -274,10 +289,10 @@ def test_a_speedup_budget_is_judged_by_the_paired_ratio():
     request = BudgetRequest(speedup=2.0)
     plan = closed_loop(_LinearModel(), SpellyDevice(per_channel=0.01), request,
                        request.resolve(10.0, "predicted dense"), LoopSettings())
-    first = plan.verification["rounds"][0]
-    assert first["relative_to_dense"] == pytest.approx(0.492)  # 4.92 ms against 10 ms, round by round
-    assert first["raw_median_ms"] / first["dense_measured_ms"] == pytest.approx(0.246)  # pooled: half of that
-    assert plan.verification["status"] == "in band" and plan.verification["rounds_used"] == 1
+    first = plan.verification.rounds[0]
+    assert first.relative_to_dense == pytest.approx(0.492)  # 4.92 ms against 10 ms, round by round
+    assert first.raw_median_ms / first.dense_measured_ms == pytest.approx(0.246)  # pooled: half of that
+    assert plan.verification.status == "in band" and plan.verification.rounds_used == 1
 
 
 def test_the_plan_command_verifies_by_default_and_prints_the_rounds(profiled, synthetic_backend, capsys):

@@ -129,6 +129,17 @@ def _plan_files(root: Path) -> None:
     broken("plan_shape.json", lambda d: d.update(input_shape=[1, 3, 32]))
     broken("unknown_group.json", lambda d: d["groups"][0].update(id="no.such.layer"))
     broken("nan_budget.json", lambda d: d.update(budget_ms=float("nan")))  # json writes the NaN literal
+    loop_round = {"round": 1, "aim_ms": 1.0, "correction": 1.0, "predicted_ms": 1.0, "measured_ms": 1.0,
+                  "raw_median_ms": 1.0, "relative_to_dense": 0.5, "p10_ms": 1.0, "p90_ms": 1.0, "spread": 0.1,
+                  "dense_measured_ms": 2.0, "budget_ms": 1.0, "band_ms": [0.97, 1.0], "meets": True, "in_band": True,
+                  "new_layer_rows": 3, "timing_s": 1.0}
+    verified = {"verified": True, "status": "in band", "band_ms": [0.97, 1.0], "chosen_round": 1, "rounds_used": 1,
+                "rounds": [loop_round]}
+    broken("band_text.json", lambda d: d.update(verification={**verified, "band_ms": "0.97-1.0"}))
+    broken("chosen_round_beyond.json", lambda d: d.update(verification={**verified, "chosen_round": 7}))
+    broken("round_meets_text.json", lambda d: d.update(verification={**verified, "rounds": [{**loop_round,
+                                                                                              "meets": "yes"}]}))
+    broken("search_without_damage.json", lambda d: d.update(search={"objective": "x", "chosen_from": "plain DP"}))
     (root / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     (root / "latin1.json").write_bytes(b'{"format": "latprune-plan", "model": "caf\xe9"}')
 
@@ -315,6 +326,13 @@ CASES = {
     "plan with three sizes": ([*PRUNE_PLAN, "plan_shape.json"], 1, "four positive sizes"),
     "plan naming an unknown group": ([*PRUNE_PLAN, "unknown_group.json"], 1, "names group 'no.such.layer'"),
     "plan with a NaN budget": ([*PRUNE_PLAN, "nan_budget.json"], 1, "budget_ms must be a finite number"),
+    "plan with a band in words": ([*PRUNE_PLAN, "band_text.json"], 1, "verification.band_ms must be a pair"),
+    "plan choosing a round it lacks": ([*PRUNE_PLAN, "chosen_round_beyond.json"], 1,
+                                       "verification.chosen_round 7 names no recorded round"),
+    "plan with a round's verdict in words": ([*PRUNE_PLAN, "round_meets_text.json"], 1,
+                                             "verification.rounds[0].meets must be true or false"),
+    "plan with a search record cut short": ([*PRUNE_PLAN, "search_without_damage.json"], 1,
+                                            "search.damage must be an object"),
     "plan nested too deeply": ([*PRUNE_PLAN, "deep.json"], 1, "cannot read plan"),
     "plan not UTF-8": ([*PRUNE_PLAN, "latin1.json"], 1, "cannot read plan"),
     # predictions outside the profiled input shape

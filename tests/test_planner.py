@@ -259,3 +259,23 @@ def test_plan_and_prune_commands_on_a_real_profile(capsys, profiled_resnet20, tm
     assert "exists; pass --force" in capsys.readouterr().err
     assert main(["prune", "--model", "cifar:resnet20", "--uniform", "0.5", "--out", str(pruned_path), "--force"]) == 0
     assert "pruned cifar:resnet20" in capsys.readouterr().out
+
+
+def test_bisection_finds_the_largest_fitting_budget_and_keeps_the_best_result():
+    from latprune.planner.search_steps import bisect_largest, thin_evenly
+
+    tried = []
+
+    def attempt(budget):
+        tried.append(budget)
+        return None if budget < 2.0 else budget  # nothing can be made under 2
+
+    assert bisect_largest(attempt, lambda b: b <= 7.3, 0.0, 10.0, 30) == pytest.approx(7.3, abs=1e-6)
+    assert tried[0] == 10.0 and min(tried) >= 0.0
+    assert bisect_largest(lambda b: b, lambda b: True, 0.0, 10.0, 30) == 10.0  # the top fits: nothing bisected
+    assert bisect_largest(attempt, lambda b: b <= 1.0, 0.0, 10.0, 30) is None  # what can be made never fits
+    # ``better`` keeps the best fitting result, not the last: values fall as the budget rises past 5
+    best = bisect_largest(lambda b: (b, -abs(b - 5)), lambda r: r[0] <= 8, 0.0, 10.0, 20,
+                          better=lambda new, old: new[1] > old[1])
+    assert best[0] == pytest.approx(5.0)
+    assert thin_evenly(list(range(10)), 4) == [0, 3, 6, 9] and thin_evenly([1, 2], 4) == [1, 2]

@@ -167,6 +167,21 @@ def test_ort_segments_cover_every_layer_and_add_up(tmp_path):
     assert statistics.median(covered) >= 0.7
 
 
+def test_torch_backend_times_a_copy_held_in_memory_and_writes_nothing(tmp_path, monkeypatch):
+    loaded = load_model("cifar:resnet20")
+    layers = list(trace_layers(loaded.model, loaded.example_input()))
+    backend = get_backend("torch-cpu", threads=1)
+    prepared = backend.prepare(loaded.model, loaded.input_shape, layers, tmp_path / "m.bin")
+    assert list(tmp_path.iterdir()) == []  # no file written, so none is ever unpickled
+    assert prepared.module is not loaded.model and not prepared.module.training
+    sample = backend.time(prepared, warmup=1, runs=3, profiled_runs=2)
+    assert len(sample.plain_ms) == 3 and all(set(layers) <= set(run) for run in sample.segments)
+    monkeypatch.setattr("latprune.profiler.backends.available_bytes", lambda: 1000)
+    small = get_backend("torch-cpu", threads=1)  # 500 bytes to hold: resnet20 needs over 1 MB
+    with pytest.raises(LatpruneError, match="over half the memory that was available"):
+        small.prepare(loaded.model, loaded.input_shape, layers, tmp_path / "n.bin")
+
+
 def test_measurement_summarises_rounds():
     m = Measurement.from_samples([[1.0, 2.0, 3.0], [2.0, 2.0, 2.0], [4.0, 4.0, 4.0]])
     assert m.runs == 9 and m.median_ms == 2.0

@@ -98,10 +98,10 @@ def test_search_never_returns_a_plan_scoring_worse_than_the_plain_dp_plan(inputs
     plain = latency_plan(inputs, budget)
     record = plan.search
     assert plan.objective == "calibrated" and plan.method == "latency-search"
-    assert record["loss_plain_dp"] == pytest.approx(loss(plain.kept()))
-    assert record["loss_chosen"] == pytest.approx(loss(plan.kept()))  # the record is the chosen plan's own loss
-    assert record["loss_chosen"] <= record["loss_plain_dp"]
-    assert record["candidates_scored"] >= 2 and record["dp_solves"] >= record["candidates_scored"] - 1
+    assert record.loss_plain_dp == pytest.approx(loss(plain.kept()))
+    assert record.loss_chosen == pytest.approx(loss(plan.kept()))  # the record is the chosen plan's own loss
+    assert record.loss_chosen <= record.loss_plain_dp
+    assert record.candidates_scored >= 2 and record.dp_solves >= record.candidates_scored - 1
     assert plan.predicted_ms <= budget.target_ms
 
 
@@ -110,7 +110,7 @@ def test_search_keeps_the_plain_dp_plan_when_nothing_scores_better(inputs, calib
     plain = latency_plan(inputs, budget).kept()
     plan = _search(inputs, calib, tmp_path, lambda kept: 0.0 if kept == plain else 1.0, seconds=1.0).plan(inputs,
                                                                                                           budget)
-    assert plan.kept() == plain and plan.search["chosen_from"] == "plain DP"
+    assert plan.kept() == plain and plan.search.chosen_from == "plain DP"
 
 
 def test_search_follows_its_loss(inputs, calib, tmp_path):
@@ -118,7 +118,7 @@ def test_search_follows_its_loss(inputs, calib, tmp_path):
     first = inputs.groups[0]
     budget = Budget(0.5 * inputs.dense_ms(), "given")
     plan = _search(inputs, calib, tmp_path, lambda kept: -len(kept[first.id]), seconds=3.0).plan(inputs, budget)
-    assert plan.search["loss_chosen"] <= plan.search["loss_plain_dp"]
+    assert plan.search.loss_chosen <= plan.search.loss_plain_dp
     assert plan.widths()[first.id] >= latency_plan(inputs, budget).widths()[first.id]
     assert plan.predicted_ms <= budget.target_ms
 
@@ -183,7 +183,7 @@ def test_search_finds_the_family_its_loss_prefers(inputs, calib, tmp_path, wante
     budget = Budget(0.7 * inputs.dense_ms(), "given")
     plan = _search(inputs, calib, tmp_path, loss, seconds=1.0).plan(inputs, budget)
     widths = plan.widths()
-    assert plan.search["loss_chosen"] == 0.0
+    assert plan.search.loss_chosen == 0.0
     if wanted == "width only":
         assert min(widths.values()) > 0 and not plan.removed
     else:

@@ -77,5 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(json.dumps(_finite(result), allow_nan=False) if args.json else cmd.formatter(result))
+    if args.json:  # a typed result (the run summary) prints as its JSON
+        print(json.dumps(_finite(result.to_json() if hasattr(result, "to_json") else result), allow_nan=False))
+    else:
+        print(cmd.formatter(result))
     return 0

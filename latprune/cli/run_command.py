@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from latprune.cli.options import (backend_options, budget_options, calib_options, db_option, depth_option,
                                   importance_option, json_option, model_options, objective_options, output_options)
@@ -13,24 +14,28 @@ from latprune.defaults import RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
 from latprune.outputs import check_output_folder
 
+if TYPE_CHECKING:
+    from latprune.run_summary import RunSummary
 
-def _format_run(result: dict) -> str:
+
+def _format_run(summary: RunSummary) -> str:
     rows = []
-    for run in result["runs"]:
-        latency, accuracy = run["latency"], run.get("accuracy")
-        top1 = (f"{100 * accuracy['dense']:.1f} -> {100 * accuracy['recovered']:.1f}%" if accuracy else "-")
-        rows.append((run["name"], f"{latency['budget_ms']:.3f}", f"{latency['pruned']['predicted_ms']:.3f}",
-                     f"{latency['pruned']['measured_ms']:.3f}", f"{latency['dense']['measured_ms']:.3f}",
-                     f"{latency['measured_speedup']:.2f}x", "yes" if latency["meets_budget"] else
-                     f"no (+{100 * (latency['measured_over_budget'] - 1):.1f}%)", top1,
-                     f"{sum(run['stages_s'].values()):.0f}"))
+    for run in summary.runs:
+        latency, accuracy = run.latency, run.accuracy
+        top1 = f"{100 * accuracy.dense:.1f} -> {100 * accuracy.recovered:.1f}%" if accuracy else "-"
+        predicted = latency.pruned.predicted_ms
+        rows.append((run.name, f"{latency.budget_ms:.3f}", "-" if predicted is None else f"{predicted:.3f}",
+                     f"{latency.pruned.measured_ms:.3f}", f"{latency.dense.measured_ms:.3f}",
+                     f"{latency.measured_speedup:.2f}x", "yes" if latency.meets_budget else
+                     f"no (+{100 * (latency.measured_over_budget - 1):.1f}%)", top1,
+                     f"{sum(run.stages_s.values()):.0f}"))
     lines = [table(["run", "budget ms", "predicted ms", "measured ms", "dense ms", "speedup", "meets budget",
                     "top-1 dense -> pruned", "seconds"], rows)]
-    for run in result["runs"]:
-        lines.append(f"{run['name']}: " + ", ".join(f"{k} {v:.1f} s" for k, v in run["stages_s"].items()))
-        if run["plan"].get("search"):
-            lines.append(f"{run['name']}: {search_line(run['plan']['search'])}")
-    lines.append(f"wrote {result['files']['report']} and {result['files']['summary']}")
+    for run in summary.runs:
+        lines.append(f"{run.name}: " + ", ".join(f"{k} {v:.1f} s" for k, v in run.stages_s.items()))
+        if run.plan.search:
+            lines.append(f"{run.name}: {search_line(run.plan.search.to_json())}")
+    lines.append(f"wrote {summary.files['report']} and {summary.files['summary']}")
     return "\n".join(lines)
 
 
@@ -53,7 +58,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 @command("run", "the whole job: profile -> plan -> prune -> recover -> measure -> report", _run_options, _format_run,
          raw_description=True)
-def cmd_run(args: argparse.Namespace) -> dict:
+def cmd_run(args: argparse.Namespace) -> RunSummary:
     """Profile, fit, plan, prune, recover, export, measure and evaluate; writes report.html and summary.json.
 
     Without --model, runs the built-in demonstration: latency planning for a torchvision

@@ -21,24 +21,30 @@ def _cell(value) -> str:
 
 
 def search_line(search: dict) -> str:
-    """One line on the calibrated search: what it minimised, how long, and the chosen plan vs the plain DP."""
-    damage = search["damage"]
-    measured = "cached" if damage["cached"] else f"measured in {damage['seconds']:.1f} s"
-    return (f"search: {search['candidates_scored']} plans scored in {search['seconds']:.1f} s (damage table "
-            f"{measured}); {search['objective']}: "
-            f"{search['loss_chosen']:.4g} chosen ({search['chosen_from']}) vs {search['loss_plain_dp']:.4g} plain DP")
+    """One line on the calibrated search (its record's JSON): what it minimised, how long, and the chosen plan vs
+    the plain DP."""
+    from latprune.planner.records import SearchRecord
+
+    record = SearchRecord.from_json(search, "the plan")
+    damage = record.damage
+    measured = "cached" if damage.cached else f"measured in {damage.seconds:.1f} s"
+    return (f"search: {record.candidates_scored} plans scored in {record.seconds:.1f} s (damage table "
+            f"{measured}); {record.objective}: "
+            f"{record.loss_chosen:.4g} chosen ({record.chosen_from}) vs {record.loss_plain_dp:.4g} plain DP")
 
 
 def verification_lines(verification: dict) -> list[str]:
-    """The closed loop's rounds as a table and a verdict (or why the plan was not verified)."""
+    """The closed loop's rounds (its record's JSON) as a table and a verdict (or why the plan was not verified)."""
     if not verification:
         return []
-    if not verification.get("verified"):
-        return [f"not verified on the device: {verification.get('reason', 'unknown')}"]
     from latprune.planner.closed_loop import ROUND_COLUMNS, round_cells
+    from latprune.planner.records import VerificationRecord
 
-    low, high = verification["band_ms"]
-    return [table(ROUND_COLUMNS, [round_cells(r) for r in verification["rounds"]]),
-            f"verified on this device: measured {verification['measured_ms']:.4g} ms (dense "
-            f"{verification['dense_measured_ms']:.4g} ms, band {low:.4g}-{high:.4g} ms): {verification['status']}, "
-            f"round {verification['chosen_round']} of {verification['rounds_used']}, {verification['seconds']:.1f} s"]
+    record = VerificationRecord.from_json(verification, "the plan")
+    if not record.verified:
+        return [f"not verified on the device: {record.reason or 'unknown'}"]
+    low, high = record.band_ms
+    return [table(ROUND_COLUMNS, [round_cells(r) for r in record.rounds]),
+            f"verified on this device: measured {record.measured_ms:.4g} ms (dense "
+            f"{record.dense_measured_ms:.4g} ms, band {low:.4g}-{high:.4g} ms): {record.status}, "
+            f"round {record.chosen_round} of {record.rounds_used}, {record.seconds:.1f} s"]

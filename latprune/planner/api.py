@@ -29,6 +29,7 @@ from latprune.planner.costs import latency_problem, macs_problem
 from latprune.planner.importance import channel_importance
 from latprune.planner.plan import GroupPlan, Plan
 from latprune.planner.problem import PlanningProblem
+from latprune.planner.search_steps import bisect_largest
 from latprune.planner.solver import Infeasible, Solution, check_reachable, solve
 from latprune.planner.widths import WidthPolicy, kept_channels, kept_value, uniform_width
 
@@ -211,43 +212,25 @@ def tp_global_plan(inputs: PlanningInputs, budget: Budget) -> Plan:
 
 def _largest_fitting(solve_at: Callable[[float], Solution], fits: Callable[[Solution], bool], low: float,
                      high: float, what: str) -> Solution:
-    """Bisect a solver budget in [low, high] for the largest whose solution ``fits``."""
-    best = None
-    middle = high
-    for _ in range(BISECTION_STEPS):
+    """Bisect a solver budget in [low, high] for the largest whose solution ``fits`` (the most important kept)."""
+
+    def attempt(budget: float) -> Solution | None:
         try:
-            candidate = solve_at(middle)
+            return solve_at(budget)
         except Infeasible:
-            candidate = None
-        if candidate is not None and fits(candidate):
-            if best is None or candidate.value > best.value:
-                best = candidate
-            if middle == high:
-                break
-            low = middle
-        elif candidate is None:
-            low = middle
-        else:
-            high = middle
-        middle = (low + high) / 2
+            return None
+
+    best = bisect_largest(attempt, fits, low, high, BISECTION_STEPS, better=lambda new, old: new.value > old.value)
     if best is None:
         raise LatpruneError(f"no plan meets {what}")
     return best
 
 
 def _largest_ratio(fits: Callable[[float], bool], what: str) -> float:
-    low, high = 0.0, 1.0
-    if fits(1.0):
-        return 1.0
-    for _ in range(BISECTION_STEPS):
-        middle = (low + high) / 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle
-    if low == 0.0:
+    ratio = bisect_largest(lambda r: r, fits, 0.0, 1.0, BISECTION_STEPS)
+    if not ratio:
         raise LatpruneError(f"no keep ratio meets {what}")
-    return low
+    return ratio
 
 
 def _stats(solution: Solution, bins: int) -> dict:

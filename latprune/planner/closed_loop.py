@@ -34,6 +34,7 @@ from latprune.defaults import LOOP_MAX_ROUNDS, LOOP_TOL
 from latprune.errors import LatpruneError
 from latprune.network import Measurement, paired_interval
 from latprune.planner.plan import Plan
+from latprune.planner.records import LoopRound, VerificationRecord
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class LoopModel(Protocol):
 
 
 def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, first: Budget,
-                settings: LoopSettings = LoopSettings(), on_round: Callable[[dict], None] | None = None) -> Plan:
+                settings: LoopSettings = LoopSettings(), on_round: Callable[[LoopRound], None] | None = None) -> Plan:
     """The plan whose measured latency lies in the band, else the fastest-to-budget plan that met it.
 
     ``first`` is the budget as resolved for planning (a speedup over the *predicted* dense
@@ -101,7 +102,7 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
     began = time.perf_counter()
     centre = 1 - settings.tol / 2
     budget = dataclasses.replace(first, aim=centre)
-    rounds: list[dict] = []
+    rounds: list[LoopRound] = []
     plans: list[Plan] = []
     seen: set[tuple] = set()
     correction, stop = 1.0, f"round limit ({settings.max_rounds})"
@@ -121,7 +122,7 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
                     raise exc from None
                 stop = f"no plan under the corrected aim {budget.target_ms:.4g} ms: {exc}"
                 break
-        if _widths_key(plan) in seen and verdict(rounds[-1]) == "below band":
+        if _widths_key(plan) in seen and rounds[-1].verdict() == "below band":
             try:  # the width grid has no plan nearer the band's centre: try its top
                 plan = model.solve(dataclasses.replace(budget, aim=budget.aim / centre))
             except LatpruneError:
@@ -135,37 +136,36 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
         dense_rounds.extend(timing.dense.rounds)
         dense = Measurement.from_samples(dense_rounds)
         ratio = paired_interval(timing.variant, timing.dense)
-        relative = ratio.ratio
-        measured = request.judged_ms(relative, dense.median_ms)
+        measured = request.judged_ms(ratio.ratio, dense.median_ms)
         judged = request.resolve(dense.median_ms, "measured dense")
-        record = {"round": index + 1, "aim_ms": budget.target_ms, "correction": correction,
-                  "predicted_ms": plan.predicted_ms, "measured_ms": measured, "raw_median_ms": timing.variant.median_ms,
-                  "relative_to_dense": relative, "ratio_low": ratio.low, "ratio_high": ratio.high,
-                  "timing_rounds": ratio.rounds, "p10_ms": timing.variant.p10_ms,
-                  "p90_ms": timing.variant.p90_ms, "spread": timing.variant.spread,
-                  **_judgement(measured, judged, dense.median_ms, settings.tol),
-                  "new_layer_rows": timing.new_layer_rows, "timing_s": timing.seconds,
-                  "rejected_rounds": getattr(timing, "rejected_rounds", 0)}
-        rounds.append(record)
+        record = LoopRound(
+            round=index + 1, aim_ms=budget.target_ms, correction=correction, predicted_ms=plan.predicted_ms,
+            measured_ms=measured, raw_median_ms=timing.variant.median_ms, relative_to_dense=ratio.ratio,
+            ratio_low=ratio.low, ratio_high=ratio.high, timing_rounds=ratio.rounds, p10_ms=timing.variant.p10_ms,
+            p90_ms=timing.variant.p90_ms, spread=timing.variant.spread,
+            **_judgement(measured, judged, dense.median_ms, settings.tol),
+            new_layer_rows=timing.new_layer_rows, timing_s=timing.seconds,
+            rejected_rounds=getattr(timing, "rejected_rounds", 0))
         plans.append(plan)
         if on_round is not None:
             on_round(record)
-        if record["in_band"]:
-            record["seconds"] = time.perf_counter() - started
-            stop = "in band"
-            break
-        if index + 1 < settings.max_rounds:
+        learn_s = None
+        if not record.in_band and index + 1 < settings.max_rounds:
             learned = time.perf_counter()
             model.learn()
-            record["learn_s"] = time.perf_counter() - learned
+            learn_s = time.perf_counter() - learned
             correction = measured / model.predict(plan)
             budget = dataclasses.replace(judged, aim=centre / correction)
-        record["seconds"] = time.perf_counter() - started
+        rounds.append(dataclasses.replace(record, learn_s=learn_s, seconds=time.perf_counter() - started))
+        if record.in_band:
+            stop = "in band"
+            break
     judged = request.resolve(dense.median_ms, "measured dense")
     final = []
     for r in rounds:
-        measured = request.judged_ms(r["relative_to_dense"], dense.median_ms)
-        final.append({**r, "measured_ms": measured, **_judgement(measured, judged, dense.median_ms, settings.tol)})
+        measured = request.judged_ms(r.relative_to_dense, dense.median_ms)
+        final.append(dataclasses.replace(r, measured_ms=measured,
+                                         **_judgement(measured, judged, dense.median_ms, settings.tol)))
     return _chosen(plans, final, rounds, stop, device.device, settings, time.perf_counter() - began)
 
 
@@ -177,50 +177,38 @@ ROUND_COLUMNS = ("round", "aim ms", "predicted ms", "measured ms", "p10-p90 ms",
                  "seconds")
 
 
-def round_cells(record: dict) -> list[str]:
+def round_cells(record: LoopRound) -> list[str]:
     """A round as table cells under :data:`ROUND_COLUMNS` (for the plan command and the run report)."""
-    return [str(record["round"]), f"{record['aim_ms']:.4g}", f"{record['predicted_ms']:.4g}",
-            f"{record['measured_ms']:.4g}", f"{record['p10_ms']:.4g}-{record['p90_ms']:.4g}",
-            f"{record['band_ms'][0]:.4g}-{record['band_ms'][1]:.4g}", f"{record['correction']:.3f}", verdict(record),
-            f"{record.get('seconds', 0):.1f}"]
-
-
-def verdict(record: dict) -> str:
-    """A round's outcome in words: in band, below band, over the band (yet within budget), over budget."""
-    if record["in_band"]:
-        return "in band"
-    if not record["meets"]:
-        return "over budget"
-    return "over the band" if record["measured_ms"] > record["band_ms"][1] else "below band"
+    return [str(record.round), f"{record.aim_ms:.4g}", f"{record.predicted_ms:.4g}", f"{record.measured_ms:.4g}",
+            f"{record.p10_ms:.4g}-{record.p90_ms:.4g}", f"{record.band_ms[0]:.4g}-{record.band_ms[1]:.4g}",
+            f"{record.correction:.3f}", record.verdict(), f"{record.seconds:.1f}"]
 
 
 def _judgement(measured_ms: float, judged: Budget, dense_ms: float, tol: float) -> dict:
-    band = [(1 - tol) * judged.ceiling_ms, judged.ceiling_ms]
+    band = ((1 - tol) * judged.ceiling_ms, judged.ceiling_ms)
     return {"dense_measured_ms": dense_ms, "budget_ms": judged.ms, "band_ms": band,
             "meets": measured_ms <= judged.ms, "in_band": band[0] <= measured_ms <= band[1]}
 
 
-def _chosen(plans: list[Plan], final: list[dict], rounds: list[dict], stop: str, device: str,
+def _chosen(plans: list[Plan], final: list[LoopRound], rounds: list[LoopRound], stop: str, device: str,
             settings: LoopSettings, seconds: float) -> Plan:
     """The in-band plan, else the met plan measured slowest (nearest the budget); never one over it.
 
     ``final`` re-judges every round against the dense latency pooled over all rounds (a speedup's
     budget is only as steady as the dense measurement); ``rounds`` are the judgements as made.
     """
-    met = [i for i, r in enumerate(final) if r["meets"]]
+    met = [i for i, r in enumerate(final) if r.meets]
     if not met:
-        fastest = min(final, key=lambda r: r["measured_ms"])
+        fastest = min(final, key=lambda r: r.measured_ms)
         raise LatpruneError(
             f"no plan met the budget as measured on this device in {len(rounds)} round(s): the fastest measured "
-            f"{fastest['measured_ms']:.4g} ms against a budget of {fastest['budget_ms']:.4g} ms (predicted "
-            f"{fastest['predicted_ms']:.4g} ms; {stop}); raise the budget or --verify-rounds")
-    in_band = [i for i in met if final[i]["in_band"]]
-    best = in_band[0] if in_band else max(met, key=lambda i: final[i]["measured_ms"])
-    chosen, record = plans[best], final[best]
-    chosen.verification = {
-        "verified": True, "device": device, "status": "in band" if in_band else "met the budget, outside the band",
-        "tol": settings.tol, "band_ms": record["band_ms"], "budget_ms": record["budget_ms"],
-        "measured_ms": record["measured_ms"], "dense_measured_ms": record["dense_measured_ms"],
-        "chosen_round": best + 1, "rounds_used": len(rounds), "stop": stop, "seconds": seconds, "rounds": rounds,
-    }
-    return chosen
+            f"{fastest.measured_ms:.4g} ms against a budget of {fastest.budget_ms:.4g} ms (predicted "
+            f"{fastest.predicted_ms:.4g} ms; {stop}); raise the budget or --verify-rounds")
+    in_band = [i for i in met if final[i].in_band]
+    best = in_band[0] if in_band else max(met, key=lambda i: final[i].measured_ms)
+    record = final[best]
+    return plans[best].with_records(verification=VerificationRecord(
+        verified=True, device=device, status="in band" if in_band else "met the budget, outside the band",
+        tol=settings.tol, band_ms=record.band_ms, budget_ms=record.budget_ms, measured_ms=record.measured_ms,
+        dense_measured_ms=record.dense_measured_ms, chosen_round=best + 1, rounds_used=len(rounds), stop=stop,
+        seconds=seconds, rounds=tuple(rounds)))

@@ -33,6 +33,7 @@ from latprune.channels import Layout, masked_channels
 from latprune.errors import LatpruneError
 from latprune.groups import ChannelGroup
 from latprune.outputs import atomic_path, user_cache_dir
+from latprune.planner.search_steps import thin_evenly
 from latprune.planner.widths import kept_channels
 
 DAMAGE_VERSION = 2
@@ -93,11 +94,7 @@ def default_cache_dir() -> Path:
 
 def measured_widths(candidates: np.ndarray, max_points: int = MAX_POINTS) -> list[int]:
     """The candidate widths that are run: all when few, else evenly thinned (narrowest and full kept)."""
-    widths = [int(w) for w in candidates]
-    if len(widths) <= max_points:
-        return widths
-    picks = np.linspace(0, len(widths) - 1, max_points).round().astype(int)
-    return [widths[i] for i in sorted(set(picks))]
+    return thin_evenly([int(w) for w in candidates], max_points)
 
 
 def measure_damage(model: nn.Module, spec: str, groups: Sequence[ChannelGroup], layout: Layout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 from latprune import schema
 from latprune.errors import LatpruneError
 from latprune.outputs import atomic_path
+from latprune.planner.records import SearchRecord, VerificationRecord
 
 FORMAT = "latprune-plan"
 FORMAT_VERSION = 1
@@ -28,9 +30,10 @@ class GroupPlan:
     kept: list[int]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """What to keep of each group, and what the planner predicts for it."""
+    """What to keep of each group, and what the planner predicts for it. Built once: the search's and the
+    closed loop's records are attached with :meth:`with_records`, which returns a new plan."""
 
     model: str
     input_shape: list[int]
@@ -51,9 +54,9 @@ class Plan:
     # "importance": the DP on summed channel importance; "calibrated": the search on calibration loss
     # (latprune.planner.search), whose record ``search`` holds.
     objective: str = "importance"
-    search: dict = field(default_factory=dict)
+    search: SearchRecord | None = None
     # How the plan was checked on the device: the closed loop's rounds (latprune.planner.closed_loop), or why not.
-    verification: dict = field(default_factory=dict)
+    verification: VerificationRecord | None = None
     # Residual branches the plan removes whole (their inner groups at width 0; latprune.branches).
     removed: list[str] = field(default_factory=list)
 
@@ -63,6 +66,13 @@ class Plan:
             return self.dense_predicted_ms / self.predicted_ms
         return None
 
+    def with_records(self, **records) -> "Plan":
+        """This plan with ``search``, ``verification`` or ``objective`` set (a new plan; this one is unchanged)."""
+        unknown = set(records) - {"search", "verification", "objective"}
+        if unknown:
+            raise TypeError(f"not a plan record: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **records)
+
     def kept(self) -> dict[str, list[int]]:
         return {g.id: list(g.kept) for g in self.groups}
 
@@ -71,6 +81,8 @@ class Plan:
 
     def to_json(self) -> dict:
         data = asdict(self)
+        data["search"] = self.search.to_json() if self.search else {}
+        data["verification"] = self.verification.to_json() if self.verification else {}
         data["predicted_speedup"] = self.predicted_speedup
         return {"format": FORMAT, "version": FORMAT_VERSION, **data}
 
@@ -92,8 +104,10 @@ class Plan:
                          for k in ("backend", "cost", "method", "importance", "device", "objective") if k in data}
         optional_numbers = {k: schema.number(data.get(k), source, k, minimum=0, optional=True)
                             for k in ("budget_ms", "predicted_ms", "dense_predicted_ms") if k in data}
-        records = {k: dict(schema.mapping(data[k], source, k))
-                   for k in ("solver", "budget", "search", "verification") if k in data}
+        records = {k: dict(schema.mapping(data[k], source, k)) for k in ("solver", "budget") if k in data}
+        for key, record in (("search", SearchRecord), ("verification", VerificationRecord)):
+            if key in data and schema.mapping(data[key], source, key):  # {}: no record
+                records[key] = record.from_json(data[key], source)
         return cls(
             model=schema.text(data["model"], source, "model"),
             input_shape=list(schema.input_shape(data["input_shape"], source)),

@@ -33,6 +33,7 @@ from latprune.errors import LatpruneError
 from latprune.planner.api import PlanningInputs, build_plan, latency_plan
 from latprune.planner.damage import DamageTable
 from latprune.planner.plan import Plan
+from latprune.planner.records import DamageRecord, SearchRecord
 from latprune.planner.solver import Infeasible, solve
 from latprune.planner.widths import kept_channels
 
@@ -166,12 +167,11 @@ class CalibratedSearch:
             bar.close()
         self.log_coefficients = log_c
         self.searches += 1
-        record = {"objective": self.description, "chosen_from": best.source, "loss_chosen": best.loss,
-                  "loss_plain_dp": baseline.loss, "candidates_scored": len(self.losses) - scored_before,
-                  "dp_solves": solves, "seconds": time.perf_counter() - began, "time_box_s": seconds,
-                  "damage": {"images": self.damage.images, "seconds": self.damage.seconds,
-                             "cached": self.damage.cached, "key": self.damage.key}}
+        record = SearchRecord(
+            objective=self.description, chosen_from=best.source, loss_chosen=float(best.loss),
+            loss_plain_dp=float(baseline.loss), candidates_scored=len(self.losses) - scored_before, dp_solves=solves,
+            seconds=time.perf_counter() - began, time_box_s=float(seconds),
+            damage=DamageRecord(images=self.damage.images, seconds=float(self.damage.seconds),
+                                cached=bool(self.damage.cached), key=self.damage.key))
         chosen = build_plan(inputs, list(best.widths), "latency-search", budget, dict(plain.solver))
-        chosen.objective = "calibrated"
-        chosen.search = record
-        return chosen
+        return chosen.with_records(objective="calibrated", search=record)

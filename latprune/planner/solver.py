@@ -17,6 +17,7 @@ import numpy as np
 from latprune.errors import LatpruneError
 from latprune.planner import kernels
 from latprune.planner.problem import PlanningProblem
+from latprune.planner.search_steps import bisect_largest
 from latprune.planner.structure import HubChain, Item, NotDecomposable, decompose, tabulate
 
 FALLBACK_ITERATIONS = 10
@@ -248,25 +249,17 @@ def _solve_frozen(problem: PlanningProblem, budget: float, bins: int, reason: st
         tables = tabulate(problem, frozen=problem.widths(current))
         chain = decompose(problem, tables)
         exact = [_exact_frontier(item) for item in chain.items]
-        found, low, high, target = None, 0.0, budget, budget
-        for _ in range(BISECTION_STEPS):
+
+        def attempt(target: float) -> Solution | None:
+            nonlocal solves
             solves += 1
             try:
-                step = _solve_chain(problem, chain, tables.constant, target, bins, exact)
+                return _solve_chain(problem, chain, tables.constant, target, bins, exact)
             except Infeasible:  # frozen costs exceed even this target: only a larger one can fit
-                low = target
-            else:
-                if step.cost <= budget:
-                    if found is None or step.value > found.value:
-                        found = step
-                    if target == budget:
-                        break
-                    low = target
-                else:
-                    high = target
-            if low >= budget:
-                break
-            target = (low + high) / 2
+                return None
+
+        found = bisect_largest(attempt, lambda step: step.cost <= budget, 0.0, budget, BISECTION_STEPS,
+                               better=lambda new, old: new.value > old.value)
         if found is None or found.choice == current:
             break
         if found.value > best.value:

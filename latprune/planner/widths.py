@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from latprune.groups import ChannelGroup
+from latprune.planner.search_steps import thin_evenly
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,7 @@ class WidthPolicy:
         unit = self.unit(group)
         floor = max(math.ceil(self.min_fraction * group.width), self.min_width, 1)
         widths = [w for w in range(unit, group.width, unit) if w >= floor]
-        if len(widths) + 1 > self.max_count:
-            picks = np.linspace(0, len(widths) - 1, self.max_count - 1).round().astype(int)
-            widths = [widths[i] for i in sorted(set(picks))]
+        widths = thin_evenly(widths, self.max_count - 1)  # the full width makes max_count
         removal = [0] if self.depth and group.branch else []
         return np.array([*removal, *widths, group.width], dtype=np.int64)
 

@@ -9,6 +9,7 @@ the whole network.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from latprune.errors import LatpruneError
+from latprune.models.memory import available_bytes
 from latprune.profiler.device import cpu_identity, cpu_model, physical_cores
 from latprune.network import TIMED_TYPES
 
@@ -50,10 +52,12 @@ class RoundSample:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A network ready to be timed: a file the backend can load, and its layer order."""
+    """A network ready to be timed: a file the backend can load (ONNX Runtime) or the module itself held in
+    memory (PyTorch), and its layer order."""
 
     path: Path
     layers: tuple[str, ...]
+    module: nn.Module | None = field(default=None, compare=False, repr=False)
 
 
 class Backend:
@@ -128,9 +132,29 @@ class _TorchBackend(Backend):
                         cudnn=torch.backends.cudnn.version())
         return info
 
+    def __init__(self, threads: int | None = None):
+        super().__init__(threads)
+        self._held_bytes = 0
+        self._memory_budget: float | None = None  # half the memory available when the first network was prepared
+        self._input_shapes: dict[Path, tuple[int, ...]] = {}
+
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str], path: Path) -> Prepared:
-        torch.save({"model": model, "input_shape": tuple(input_shape)}, path)  # our own temporary file
-        return Prepared(path=path, layers=tuple(layers))
+        """A copy of ``model`` held in memory (nothing is written or read back: no pickle). Refused when the copies
+        held by this backend would take over half the memory available."""
+        size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+        if self._memory_budget is None:
+            available = available_bytes()
+            self._memory_budget = available / 2 if available is not None else float("inf")
+        if self._held_bytes + size > self._memory_budget:
+            raise LatpruneError(
+                f"{self.name}: holding {len(self._input_shapes) + 1} networks for timing would take "
+                f"{(self._held_bytes + size) / 2 ** 30:.1f} GiB, over half the memory that was available "
+                f"({2 * self._memory_budget / 2 ** 30:.1f} GiB); time fewer variants (--variants) or use the ort-cpu "
+                f"backend, which keeps them on disk")
+        module = copy.deepcopy(model).eval().to(self.device)
+        self._held_bytes += size
+        self._input_shapes[path] = tuple(input_shape)
+        return Prepared(path=path, layers=tuple(layers), module=module)
 
     def _sync(self) -> None:
         if self.device == "cuda":
@@ -140,8 +164,7 @@ class _TorchBackend(Backend):
         torch.set_num_threads(self.threads)
         if self.device == "cuda":
             torch.backends.cudnn.benchmark = True
-        saved = torch.load(prepared.path, map_location=self.device, weights_only=False)
-        model, x = saved["model"].eval(), torch.randn(saved["input_shape"], device=self.device)
+        model, x = prepared.module, torch.randn(self._input_shapes[prepared.path], device=self.device)
         with torch.inference_mode():
             for _ in range(warmup):
                 model(x)
