@@ -31,6 +31,13 @@ from latprune.run_summary import Accuracy, LatencyFigures, LatencyOutcome, RunRe
 # Interleaved rounds of dense and pruned: at least 15 (this host's outliers need many), then until the paired
 # ratio's 95% interval is within +-1.5%, at most 60 rounds or a minute (the quickstart stays quick).
 MEASURE_RULE = RoundsRule(min_rounds=15, max_rounds=60, max_seconds=60.0)
+# The built-in demonstration is sized to take about five minutes on 2 cores with every check done: smaller
+# profiles, a ResNet-18 at 128x128, and shorter time caps on each paired measurement (wider intervals, recorded).
+DEMO_RESNET18_SHAPE = (1, 3, 128, 128)
+DEMO_VARIANTS = 16
+DEMO_SEARCH_SECONDS = 15.0
+DEMO_TIMING_MAX_S = 20.0  # each closed-loop round's paired timing (45 s otherwise)
+DEMO_MEASURE_RULE = RoundsRule(min_rounds=15, max_rounds=60, max_seconds=30.0)
 
 
 @dataclass
@@ -53,6 +60,7 @@ class JobConfig:
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     verify: Verification = field(default_factory=Verification)  # its db and threads are the job's
     depth: bool = True  # residual branches may be removed whole
+    measure: RoundsRule = MEASURE_RULE  # the final paired measurement of pruned against dense
     name: str = ""  # sub-folder of the output folder for this run's files
     notes: list[str] = field(default_factory=list)
 
@@ -137,7 +145,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         onnx_diff = pipeline.export(final.model, loaded.input_shape, folder / "pruned.onnx")
     with stage("measure"):
         timing, device = pipeline.measure_against_dense(loaded.model, [final.model], loaded.input_shape,
-                                                        config.backend, rule=MEASURE_RULE, threads=config.threads,
+                                                        config.backend, rule=config.measure, threads=config.threads,
                                                         warn=progress)
         dense_m, pruned_m, ratio = timing.reference, timing.networks[0], timing.ratios[0]
     accuracy = None
@@ -197,6 +205,7 @@ def default_jobs(out_dir: str | os.PathLike, backend: str = "ort-cpu", db: str |
     faster), and accuracy on scikit-learn's digits with a small CNN trained here (1.5x faster)."""
     from latprune.demo import DIGITS_SPEC, train_digits_cnn, write_digits
 
+    verify = dataclasses.replace(verify, loop=dataclasses.replace(verify.loop, timing_max_seconds=DEMO_TIMING_MAX_S))
     digits = Path(out_dir) / "data" / "digits"
     train, test = write_digits(digits)
     weights = digits / "digits_cnn.pt"
@@ -208,12 +217,15 @@ def default_jobs(out_dir: str | os.PathLike, backend: str = "ort-cpu", db: str |
                      f"{time.perf_counter() - began:.0f} s")
     return [
         JobConfig(model="torchvision:resnet18", budget=BudgetRequest(speedup=1.5, margin=margin), backend=backend,
-                  db=db, name="resnet18", verify=verify,
-                  notes=["random weights (nothing is downloaded): latency only"]),
+                  db=db, name="resnet18", verify=verify, input_shape=DEMO_RESNET18_SHAPE,
+                  profile=ProfileSettings(variants=DEMO_VARIANTS), measure=DEMO_MEASURE_RULE,
+                  notes=[f"random weights (nothing is downloaded): latency only; at 128x128 with {DEMO_VARIANTS} "
+                         f"profiled variants and shorter timing caps, so that the demonstration takes minutes "
+                         f"(`latprune run --model torchvision:resnet18` profiles 64 variants at 224x224)"]),
         JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.5, margin=margin),
                   backend=backend, db=db, verify=verify, calib=str(train), eval=str(test), name="digits",
-                  calib_size=512,
-                  profile=ProfileSettings(widths=16, variants=24),
+                  calib_size=512, search=SearchSettings(seconds=DEMO_SEARCH_SECONDS),
+                  profile=ProfileSettings(widths=16, variants=DEMO_VARIANTS), measure=DEMO_MEASURE_RULE,
                   notes=notes + ["scikit-learn's 8x8 handwritten digits, upscaled to 32x32; calibration reads the "
                                  "training images without labels, accuracy on the held-out quarter"]),
     ]
