@@ -100,7 +100,8 @@ def analyse(loaded: LoadedModel | PrunedModel) -> ModelAnalysis:
     computes exactly what it did and keeps its state dict.
     """
     if not isinstance(loaded, LoadedModel):
-        loaded = LoadedModel(loaded.model, loaded.spec, loaded.family, loaded.input_shape)
+        loaded = LoadedModel(loaded.model, loaded.spec, loaded.family, loaded.input_shape,
+                             preprocessing=loaded.preprocessing)
     x = loaded.example_input()
     run_model(loaded.model, x)  # a model that cannot run this input says so before any tracing
     channel_ops = wrap_channel_ops(loaded.model, x)

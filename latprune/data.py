@@ -1,4 +1,4 @@
-"""Image data: ImageFolder datasets with each model family's standard preprocessing."""
+"""Image data: ImageFolder datasets with each model's preprocessing (:mod:`latprune.preprocessing`)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from latprune.errors import LatpruneError
+from latprune.preprocessing import Preprocessing, as_preprocessing
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def exact_size(family: str, input_shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """The (height, width) images must already have for the family's preprocessing (CIFAR models take theirs
-    as they are), or None where images are resized and cropped to the input."""
-    return tuple(input_shape[-2:]) if family == "cifar" else None
 
 
 class _CheckSize:
@@ -31,45 +24,41 @@ class _CheckSize:
         width, height = image.size
         if (height, width) != self.size:
             raise ValueError(f"it is {height}x{width}; the model takes {self.size[0]}x{self.size[1]} images as they "
-                             f"are (no resizing for this model family)")
+                             f"are (no resizing for this model)")
         return image
 
 
-def family_transform(family: str, input_shape: tuple[int, ...]):
-    """Eval preprocessing: resize + centre crop for ImageNet models, none for 32x32 CIFAR."""
-    from torchvision import transforms
-
-    height, width = input_shape[-2:]
-    steps = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    size = exact_size(family, input_shape)
-    if size is not None:
-        return transforms.Compose([_CheckSize(size), *steps])
-    resize = transforms.Resize(int(round(min(height, width) / 0.875)))
-    return transforms.Compose([resize, transforms.CenterCrop((height, width)), *steps])
+def model_transform(preprocessing: Preprocessing | str, input_shape: tuple[int, ...]):
+    """The eval preprocessing of a model (or of a family's default): resize + centre crop and normalisation, or
+    normalisation only where images are taken as they are (their size checked)."""
+    preprocessing = as_preprocessing(preprocessing)
+    size = preprocessing.exact_size(input_shape)
+    return preprocessing.transform(input_shape, before=[_CheckSize(size)] if size is not None else [])
 
 
-def image_folder(path: str | os.PathLike, family: str, input_shape: tuple[int, ...]) -> Dataset:
-    """An ``ImageFolder`` at ``path`` with the family's preprocessing, or a clear error."""
+def image_folder(path: str | os.PathLike, preprocessing: Preprocessing | str, input_shape: tuple[int, ...]
+                 ) -> Dataset:
+    """An ``ImageFolder`` at ``path`` with the model's preprocessing (or a family's default), or a clear error."""
     from torchvision.datasets import ImageFolder
 
     if not os.path.isdir(path):
         raise LatpruneError(f"data folder not found: {path}")
     try:
-        dataset = ImageFolder(str(path), transform=family_transform(family, input_shape))
+        dataset = ImageFolder(str(path), transform=model_transform(preprocessing, input_shape))
     except (FileNotFoundError, RuntimeError) as exc:
         raise LatpruneError(f"no images in {path} (expected <class>/<image> sub-folders): {exc}") from None
     return dataset
 
 
-def check_image_folder(path: str | os.PathLike, family: str, input_shape: tuple[int, ...],
+def check_image_folder(path: str | os.PathLike, preprocessing: Preprocessing | str, input_shape: tuple[int, ...],
                        progress: bool = True) -> Dataset:
     """:func:`image_folder`, with every image decoded once and, where images are not resized, its size checked:
     a truncated, unreadable or wrongly sized file is one error naming it, before any slow work (and before the
     loader's worker processes, which would report it as a traceback)."""
     from tqdm import tqdm
 
-    dataset = image_folder(path, family, input_shape)
-    size = exact_size(family, input_shape)
+    dataset = image_folder(path, preprocessing, input_shape)
+    size = as_preprocessing(preprocessing).exact_size(input_shape)
     check = _CheckSize(size) if size is not None else None
     bar = tqdm(dataset.samples, desc="check images", unit="image", leave=False,
                disable=True if not progress else None)  # None: no bar where stderr is no terminal
@@ -125,11 +114,10 @@ class UnlabeledFolder(Dataset):
             raise LatpruneError(f"cannot use calibration image {path}: {str(exc).splitlines()[0]}") from None
 
 
-def calibration_set(
-    path: str | os.PathLike, family: str, input_shape: tuple[int, ...], size: int | None = None, seed: int = 0
-) -> Dataset:
+def calibration_set(path: str | os.PathLike, preprocessing: Preprocessing | str, input_shape: tuple[int, ...],
+                    size: int | None = None, seed: int = 0) -> Dataset:
     """Up to ``size`` images from ``path``, chosen at random with ``seed``, without labels."""
-    return random_subset(UnlabeledFolder(path, family_transform(family, input_shape)), size, seed)
+    return random_subset(UnlabeledFolder(path, model_transform(preprocessing, input_shape)), size, seed)
 
 
 def random_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
@@ -161,23 +149,21 @@ def evaluate_top1(model: nn.Module, dataset: Dataset, batch_size: int = 256, pro
     return correct / total
 
 
-def labelled_tensors(
-    path: str | os.PathLike, family: str, input_shape: tuple[int, ...], size: int | None = None, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_tensors(path: str | os.PathLike, preprocessing: Preprocessing | str, input_shape: tuple[int, ...],
+                     size: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``size`` images (chosen with ``seed``) and their class indices from an ImageFolder."""
     if size is not None and size < 1:
         raise LatpruneError(f"the number of training images must be at least 1, got {size}")
-    dataset = random_subset(check_image_folder(path, family, input_shape, progress=False), size, seed)
+    dataset = random_subset(check_image_folder(path, preprocessing, input_shape, progress=False), size, seed)
     images, labels = zip(*DataLoader(dataset, batch_size=256, num_workers=0))
     return torch.cat(images), torch.cat(labels)
 
 
-def calibration_tensor(
-    path: str | os.PathLike, family: str, input_shape: tuple[int, ...], size: int | None = None, seed: int = 0
-) -> torch.Tensor:
+def calibration_tensor(path: str | os.PathLike, preprocessing: Preprocessing | str, input_shape: tuple[int, ...],
+                       size: int | None = None, seed: int = 0) -> torch.Tensor:
     """The calibration images of :func:`calibration_set` stacked into one tensor (labels never read)."""
     if size is not None and size < 1:
         raise LatpruneError(f"the calibration size must be at least 1, got {size}")
-    dataset = calibration_set(path, family, input_shape, size, seed)
+    dataset = calibration_set(path, preprocessing, input_shape, size, seed)
     # Worker processes re-raise a LatpruneError as a generic one; read in-process to keep the message.
     return torch.cat(list(DataLoader(dataset, batch_size=256, num_workers=0)))

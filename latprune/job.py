@@ -23,7 +23,9 @@ import torch
 from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
+from latprune.models import default_input_shape, spec_family
 from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Verification
+from latprune.preprocessing import Preprocessing
 from latprune.profiler.api import ProfileSettings, RoundsRule
 from latprune.pruned_file import save_pruned
 from latprune.run_summary import Accuracy, LatencyFigures, LatencyOutcome, RunResult, RunSummary
@@ -60,6 +62,7 @@ class JobConfig:
     profile: ProfileSettings = field(default_factory=ProfileSettings)
     verify: Verification = field(default_factory=Verification)  # its db and threads are the job's
     depth: bool = True  # residual branches may be removed whole
+    preprocessing: dict | None = None  # parts of the model's image preprocessing replaced: mean, std, resize
     measure: RoundsRule = MEASURE_RULE  # the final paired measurement of pruned against dense
     name: str = ""  # sub-folder of the output folder for this run's files
     notes: list[str] = field(default_factory=list)
@@ -81,11 +84,11 @@ class JobConfig:
             raise LatpruneError(f"evaluation folder not found: {self.eval}")
         self.recovery_request()  # the recipe, its images and --calib-size
         self.plan_settings()  # refuses the calibrated objective without images, before any slow stage
-        if self.eval:
+        images = Preprocessing.for_family(spec_family(self.model)).with_options(**(self.preprocessing or {}))
+        if self.eval:  # (only the image size is checked here, which a model's own preprocessing cannot change)
             from latprune.data import check_image_folder
-            from latprune.models import default_input_shape, spec_family
 
-            check_image_folder(self.eval, spec_family(self.model), self.input_shape or default_input_shape(self.model),
+            check_image_folder(self.eval, images, self.input_shape or default_input_shape(self.model),
                                progress=progress)
 
 
@@ -118,7 +121,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     folder.mkdir(parents=True, exist_ok=True)
     stage = _Stages(config.name or config.model, progress)
     with stage("load"):
-        loaded = pipeline.load(config.model, config.weights, config.input_shape)
+        loaded = pipeline.load(config.model, config.weights, config.input_shape, config.preprocessing)
         analysis = pipeline.analyse(loaded)
         images = recovery.images(loaded) if config.calib else None
     with stage("profile"):
@@ -152,8 +155,8 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     if config.eval:
         with stage("evaluate"):
             def top1(model: torch.nn.Module) -> tuple[float, int]:
-                return pipeline.evaluate(model, config.eval, loaded.family, loaded.input_shape, progress=progress,
-                                         checked=True)  # JobConfig.check decoded every image before profiling
+                return pipeline.evaluate(model, config.eval, loaded.preprocessing, loaded.input_shape,
+                                         progress=progress, checked=True)  # JobConfig.check decoded every image
 
             dense_top1, images_scored = top1(loaded.model)
             accuracy = Accuracy(images=images_scored, dense=dense_top1,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,7 @@ from latprune.planner import api as planner
 from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loop, round_cells
 from latprune.planner.records import LoopRound, VerificationRecord
 from latprune.planner.plan import Plan
+from latprune.preprocessing import Preprocessing
 from latprune.planner.search import CalibratedSearch, SearchSettings
 from latprune.profiler.api import (PairedTiming, ProfileReport, ProfileSettings, ProfileStore, RoundsRule,
                                   VariantTimer, describe_device, fingerprint, measure_models, measure_paired,
@@ -50,24 +52,34 @@ __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryReque
 # ---------------------------------------------------------------- load and analyse
 
 
-def load(spec: str, weights: str | None = None, input_shape: str | Sequence[int] | None = None) -> LoadedModel:
-    """The dense model named by ``spec`` (``input_shape`` as ``NxCxHxW`` text or a tuple)."""
+def load(spec: str, weights: str | None = None, input_shape: str | Sequence[int] | None = None,
+         preprocessing: Mapping[str, Any] | None = None) -> LoadedModel:
+    """The dense model named by ``spec`` (``input_shape`` as ``NxCxHxW`` text or a tuple; ``preprocessing``: the
+    parts of its image preprocessing to replace, mean / std / resize)."""
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
-    return load_model(spec, weights=weights, input_shape=tuple(input_shape) if input_shape else None)
+    return load_model(spec, weights=weights, input_shape=tuple(input_shape) if input_shape else None,
+                      preprocessing=preprocessing)
 
 
 def load_pruned_or_dense(spec: str | None, weights: str | None = None, input_shape: str | None = None,
-                         pruned: str | None = None) -> LoadedModel | PrunedModel:
+                         pruned: str | None = None, preprocessing: Mapping[str, Any] | None = None
+                         ) -> LoadedModel | PrunedModel:
     """A pruned file (checked against ``spec`` when both are named; its own spec is imported only when built in
-    or named as ``spec``) or a dense model."""
+    or named as ``spec``) or a dense model. A pruned file keeps the preprocessing it records: one given that
+    differs is refused."""
     if pruned:
         if weights:
             raise LatpruneError("--weights and --pruned exclude each other (a pruned file holds its weights)")
-        return load_pruned(pruned, spec)
+        model = load_pruned(pruned, spec)
+        if preprocessing and model.preprocessing.with_options(**preprocessing) != model.preprocessing:
+            recorded = model.preprocessing.describe(model.input_shape)
+            raise LatpruneError(f"{pruned} records its preprocessing ({recorded}); --mean/--std/--resize differ "
+                                f"from it")
+        return model
     if not spec:
         raise LatpruneError("name a model with --model SPEC (or a pruned model with --pruned FILE)")
-    return load(spec, weights, input_shape)
+    return load(spec, weights, input_shape, preprocessing)
 
 
 # ---------------------------------------------------------------- profile, fit, predict
@@ -251,6 +263,11 @@ def prune(analysis: ModelAnalysis, chosen: Plan) -> PrunedModel:
         raise LatpruneError(f"the plan is for {chosen.model} at {chosen.input_shape}, not {analysis.spec} at "
                             f"{list(analysis.input_shape)}")
     chosen.check_groups(analysis.groups)
+    images = analysis.loaded.preprocessing
+    if chosen.preprocessing and Preprocessing.from_json(chosen.preprocessing, "the plan") != images:
+        planned = Preprocessing.from_json(chosen.preprocessing, "the plan").describe(analysis.input_shape)
+        raise LatpruneError(f"the plan was made with another image preprocessing ({planned}) than the model has "
+                            f"now ({images.describe(analysis.input_shape)}): give the same --mean/--std/--resize")
     return prune_loaded(analysis, chosen.kept(),
                         metadata={"plan": chosen.header(), "dense": dense_origin(analysis.loaded)})
 
@@ -261,14 +278,15 @@ def sparsify(loaded: LoadedModel, sparsity: float) -> PrunedModel:
 
     global_magnitude_sparsify(loaded.model, sparsity)
     return PrunedModel(loaded.model, loaded.spec, loaded.input_shape, {}, loaded.family,
-                       {"sparsity": sparsity, "method": "global-magnitude", "dense": dense_origin(loaded)})
+                       {"sparsity": sparsity, "method": "global-magnitude", "dense": dense_origin(loaded)},
+                       preprocessing=loaded.preprocessing)
 
 
 def calibration_images(folder: str, loaded: LoadedModel, size: int | None = IMPORTANCE_CALIB_SIZE) -> torch.Tensor:
     """Unlabeled images from any folder layout, preprocessed for ``loaded`` (labels are never read)."""
     from latprune.data import calibration_tensor
 
-    return calibration_tensor(folder, loaded.family, loaded.input_shape, size=size)
+    return calibration_tensor(folder, loaded.preprocessing, loaded.input_shape, size=size)
 
 
 def repair(analysis: ModelAnalysis, pruned: PrunedModel, request: RecoveryRequest,
@@ -313,7 +331,8 @@ def measure_against_dense(dense: nn.Module, models: Sequence[nn.Module], input_s
                           global_warmup_s=global_warmup_s, warn=warn)
 
 
-def evaluate(model: nn.Module, folder: str, family: str, input_shape: Sequence[int], limit: int | None = None,
+def evaluate(model: nn.Module, folder: str, preprocessing: Preprocessing | str, input_shape: Sequence[int],
+             limit: int | None = None,
              batch_size: int = 256, progress: bool = True, checked: bool = False) -> tuple[float, int]:
     """Top-1 accuracy on an ImageFolder (``limit``: the first N images); (top-1, images). Every image is decoded
     and checked first, unless ``checked`` says the caller has done so already (a run checks them before profiling
@@ -322,8 +341,8 @@ def evaluate(model: nn.Module, folder: str, family: str, input_shape: Sequence[i
 
     from latprune.data import check_image_folder, evaluate_top1, image_folder
 
-    dataset = (image_folder(folder, family, tuple(input_shape)) if checked else
-               check_image_folder(folder, family, tuple(input_shape), progress=progress))
+    dataset = (image_folder(folder, preprocessing, tuple(input_shape)) if checked else
+               check_image_folder(folder, preprocessing, tuple(input_shape), progress=progress))
     _warn_on_class_mismatch(model, dataset.classes, folder, input_shape)
     if limit is not None:
         if limit < 1:

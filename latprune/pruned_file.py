@@ -22,6 +22,7 @@ from latprune.analysis import ModelAnalysis, as_analysis
 from latprune.errors import LatpruneError
 from latprune.models import LoadedModel, apply_state_dict, check_spec_named, load_model, parse_input_shape
 from latprune.outputs import atomic_path
+from latprune.preprocessing import Preprocessing
 from latprune.surgery import prune_channels
 
 FORMAT = "latprune-pruned-model"
@@ -38,6 +39,11 @@ class PrunedModel:
     kept: dict[str, list[int]]
     family: str = "custom"
     metadata: dict = field(default_factory=dict)
+    preprocessing: Preprocessing | None = None  # the dense model's (None: the family's default, set when made)
+
+    def __post_init__(self) -> None:
+        if self.preprocessing is None:
+            self.preprocessing = Preprocessing.for_family(self.family)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -76,6 +82,7 @@ def prune_loaded(model: LoadedModel | ModelAnalysis, kept: Mapping[str, Sequence
         kept={gid: sorted(int(i) for i in idxs) for gid, idxs in kept.items()},
         family=loaded.family,
         metadata=dict(metadata or {}),
+        preprocessing=loaded.preprocessing,
     )
 
 
@@ -88,6 +95,7 @@ def save_pruned(pruned: PrunedModel, path: str | os.PathLike) -> None:
         "input_shape": list(pruned.input_shape),
         "kept": pruned.kept,
         "metadata": pruned.metadata,
+        "preprocessing": pruned.preprocessing.to_json(),
         "state_dict": {k: v.detach().cpu() for k, v in pruned.model.state_dict().items()},
     }
     with atomic_path(path) as tmp:
@@ -104,6 +112,7 @@ class SavedPruned:
     kept: dict[str, list[int]]
     metadata: dict
     state_dict: dict[str, torch.Tensor]
+    preprocessing: Preprocessing | None = None  # None: files written before it was recorded (the model's own)
 
     def check_made_from(self, spec: str) -> None:
         """Refuse a dense model other than the one this pruned model was made from."""
@@ -117,6 +126,8 @@ class SavedPruned:
             check_spec_named(self.spec, named_spec, self.path)
             base = as_analysis(load_model(self.spec, input_shape=self.input_shape))
         pruned = prune_loaded(base, self.kept, self.metadata)
+        if self.preprocessing is not None:
+            pruned.preprocessing = self.preprocessing
         apply_state_dict(pruned.model, self.state_dict, self.path, f"the pruned {self.spec}")
         pruned.model.eval()
         return pruned
@@ -145,8 +156,11 @@ def read_pruned(path: str | os.PathLike) -> SavedPruned:
     state = schema.mapping(payload["state_dict"], source, "state_dict")
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LatpruneError(f"{source}: state_dict must hold tensors only")
+    preprocessing = (Preprocessing.from_json(payload["preprocessing"], source)
+                     if payload.get("preprocessing") is not None else None)
     return SavedPruned(str(path), schema.text(payload["spec"], source, "spec"),
-                       schema.input_shape(payload["input_shape"], source), kept, dict(metadata), dict(state))
+                       schema.input_shape(payload["input_shape"], source), kept, dict(metadata), dict(state),
+                       preprocessing)
 
 
 def load_pruned(path: str | os.PathLike, spec: str | None = None) -> PrunedModel:

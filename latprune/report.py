@@ -147,6 +147,11 @@ def run_section(run: RunResult) -> str:
     depth = (f"<p>Residual branches removed whole ({len(plan.removed)}): {html.escape(', '.join(plan.removed))}; "
              f"each block keeps its shortcut plus the branch's constant output.</p>" if plan.removed else "")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in run.notes)
+    if plan.preprocessing:
+        from latprune.preprocessing import Preprocessing
+
+        preprocessing = Preprocessing.from_json(plan.preprocessing, "the plan").describe(run.input_shape)
+        notes += f"<li>image preprocessing: {html.escape(preprocessing)}</li>"
     pruned, dense = latency.pruned, latency.dense
     return f"""
 <h2>{html.escape(run.model)} on {html.escape(latency.backend)}</h2>

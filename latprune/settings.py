@@ -144,7 +144,7 @@ class RecoveryRequest:
         if self.train:
             from latprune.data import labelled_tensors
 
-            return labelled_tensors(self.train, loaded.family, loaded.input_shape, size=size)
+            return labelled_tensors(self.train, loaded.preprocessing, loaded.input_shape, size=size)
         from latprune.data import calibration_tensor
 
-        return calibration_tensor(self.calib, loaded.family, loaded.input_shape, size=size), None
+        return calibration_tensor(self.calib, loaded.preprocessing, loaded.input_shape, size=size), None

@@ -222,6 +222,12 @@ CASES = {
     "not a number": (["prune", *R20, "--uniform", "half", "--out", "x.pt"], 2, "not a number: 'half'"),
     # data folders
     "missing eval folder": (["eval", *R20, "--data", "missing"], 1, "data folder not found"),
+    "zero std": (["eval", *R20, "--data", "eval", "--std", "0.2,0,0.2"], 1, "preprocessing std must be positive"),
+    "two means for RGB": (["eval", *R20, "--data", "eval", "--mean", "0.5,0.5"], 1,
+                          "preprocessing has 2 means but 3 standard deviations"),
+    "nan mean": (["eval", *R20, "--data", "eval", "--mean", "nan,0,0"], 2, "--mean: must be a finite number"),
+    "preprocessing other than the pruned file's": (["eval", "--pruned", "p.pt", "--data", "eval", "--resize", "40"],
+                                                    1, "records its preprocessing"),
     "eval folder without classes": (["eval", *R20, "--data", "empty"], 1, "no images"),
     "calibration folder without images": (["prune", *R20, "--uniform", "0.5", "--recovery", "bn", "--calib", "empty",
                                            "--out", "x.pt"], 1, "no calibration images"),

@@ -79,6 +79,7 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     images = page.split('src="data:image/png;base64,')[1:]
     assert len(images) == 4  # widths, latency, accuracy, stages
+    assert "image preprocessing: resized to 37, centre crop 32x32" in page
     for image in images:
         assert base64.b64decode(image.split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "latprune.demo:digits_cnn" in page and "<script" not in page and "Closed loop:" in page

@@ -67,8 +67,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     from latprune import pipeline
 
     loaded = loaded_model(args)
-    top1, images = pipeline.evaluate(loaded.model, args.data, loaded.family, loaded.input_shape, limit=args.limit,
-                                     batch_size=args.batch_size)
+    top1, images = pipeline.evaluate(loaded.model, args.data, loaded.preprocessing, loaded.input_shape,
+                                     limit=args.limit, batch_size=args.batch_size)
     return {"model": loaded.spec, "data": args.data, "images": images, "top1": top1}
 
 

@@ -42,6 +42,11 @@ def comma_list(text: str) -> list[str]:
     return names
 
 
+def float_list(text: str) -> list[float]:
+    """``0.5,0.5,0.5``: finite numbers separated by commas."""
+    return [finite_float(part) for part in comma_list(text)]
+
+
 def finite_float(text: str) -> float:
     """An argparse type: a finite number (no nan or inf)."""
     try:
@@ -58,6 +63,13 @@ def model_options(parser: argparse.ArgumentParser, pruned: bool = False, require
                         help="torchvision:<name>, cifar:resnet20|32|44|56|110 or <module>:<callable>")
     parser.add_argument("--weights", metavar="FILE", help="state dict to load into the model")
     parser.add_argument("--input-shape", metavar="NxCxHxW", help="input shape (default per family)")
+    preprocessing = parser.add_argument_group("image preprocessing (default: the model's latprune_preprocessing, "
+                                              "else its family's)")
+    preprocessing.add_argument("--mean", type=float_list, metavar="M,M,M",
+                               help="per-channel mean subtracted from pixels in [0, 1]")
+    preprocessing.add_argument("--std", type=float_list, metavar="S,S,S", help="per-channel divisor after the mean")
+    preprocessing.add_argument("--resize", type=positive_int, metavar="PIXELS",
+                               help="shorter side before the centre crop to the input size (default input / 0.875)")
     if pruned:
         parser.add_argument("--pruned", metavar="FILE", help="a pruned model saved by latprune")
 

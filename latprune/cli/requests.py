@@ -14,13 +14,20 @@ def loaded_model(args: argparse.Namespace):
     """The model a command reads: the pruned file when ``--pruned`` is given, else the dense one."""
     from latprune import pipeline
 
-    return pipeline.load_pruned_or_dense(args.model, args.weights, args.input_shape, getattr(args, "pruned", None))
+    return pipeline.load_pruned_or_dense(args.model, args.weights, args.input_shape, getattr(args, "pruned", None),
+                                         preprocessing(args))
 
 
 def dense_model(args: argparse.Namespace):
     from latprune import pipeline
 
-    return pipeline.load(args.model, args.weights, args.input_shape)
+    return pipeline.load(args.model, args.weights, args.input_shape, preprocessing(args))
+
+
+def preprocessing(args: argparse.Namespace) -> dict | None:
+    """The parts of the image preprocessing given with --mean/--std/--resize (None: none given)."""
+    given = {k: getattr(args, k, None) for k in ("mean", "std", "resize")}
+    return {k: v for k, v in given.items() if v is not None} or None
 
 
 def margin(args: argparse.Namespace) -> float:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from latprune.cli.options import (backend_options, budget_options, calib_options, db_option, depth_option,
                                   importance_option, json_option, model_options, objective_options, output_options)
 from latprune.cli.registry import command
-from latprune.cli.requests import budget, margin, verification
+from latprune.cli.requests import budget, margin, preprocessing, verification
 from latprune.cli.text import search_line, table
 from latprune.defaults import RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
@@ -70,8 +70,9 @@ def cmd_run(args: argparse.Namespace) -> RunSummary:
 
     progress = not args.json
     if args.model is None:
-        given = [f"--{k.replace('_', '-')}" for k in ("budget_ms", "speedup", "weights", "input_shape", "calib",
-                                                     "eval", "recovery", "objective") if getattr(args, k) is not None]
+        named = ("budget_ms", "speedup", "weights", "input_shape", "calib", "eval", "recovery", "objective", "mean", "std",
+                 "resize")
+        given = [f"--{k.replace('_', '-')}" for k in named if getattr(args, k) is not None]
         if given:
             raise LatpruneError(f"{', '.join(given)} need --model SPEC (without --model, run runs its built-in demo)")
         check_output_folder(args.out, args.force)
@@ -84,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> RunSummary:
             eval=args.eval, recovery=args.recovery, importance=args.importance, objective=args.objective,
             search=SearchSettings(seconds=args.search_seconds),
             calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads,
-            verify=verification(args), depth=not args.no_depth)]
+            verify=verification(args), depth=not args.no_depth, preprocessing=preprocessing(args))]
         configs[0].check(progress)
         check_output_folder(args.out, args.force)
     return run_jobs(configs, args.out, progress=progress, checked=args.model is not None)

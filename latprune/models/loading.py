@@ -12,6 +12,7 @@ import difflib
 import importlib
 import os
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn as nn
 from latprune.errors import LatpruneError
 from latprune.models.cifar_resnet import DEPTHS, cifar_resnet
 from latprune.models.memory import check_memory
+from latprune.preprocessing import Preprocessing, of_model
 
 DEFAULT_INPUT_SHAPES = {
     "torchvision": (1, 3, 224, 224),
@@ -37,6 +39,11 @@ class LoadedModel:
     family: str
     input_shape: tuple[int, ...]
     weights: str | None = None  # the weights file loaded, if any (absolute path)
+    preprocessing: Preprocessing | None = None  # None: the family's default (set when made)
+
+    def __post_init__(self) -> None:
+        if self.preprocessing is None:
+            self.preprocessing = Preprocessing.for_family(self.family)
 
     def example_input(self, seed: int = 0) -> torch.Tensor:
         """A deterministic random input of the model's input shape."""
@@ -185,8 +192,11 @@ def load_model(
     spec: str,
     weights: str | os.PathLike | None = None,
     input_shape: tuple[int, ...] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
-    """Build the model named by ``spec`` in eval mode, optionally loading ``weights``."""
+    """Build the model named by ``spec`` in eval mode, optionally loading ``weights``. Its image preprocessing is
+    what the model states (``latprune_preprocessing``) or its family's default, with the parts given in
+    ``preprocessing`` (mean, std, resize: ``--mean/--std/--resize``) replaced."""
     family, factory = _factory_for(spec)
     try:
         model = factory()
@@ -200,8 +210,9 @@ def load_model(
         apply_state_dict(model, load_state_dict_file(weights), str(weights), spec)
     shape = tuple(input_shape) if input_shape else _default_input_shape(family, spec, model)
     check_memory(model, spec, shape)
+    images = of_model(model, family, spec).with_options(**(preprocessing or {}))  # (channels checked when read)
     return LoadedModel(model=model.eval(), spec=spec, family=family, input_shape=shape,
-                       weights=os.path.abspath(weights) if weights is not None else None)
+                       weights=os.path.abspath(weights) if weights is not None else None, preprocessing=images)
 
 
 def _default_input_shape(family: str, spec: str, model: Any) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ from latprune import schema
 from latprune.errors import LatpruneError
 from latprune.outputs import atomic_path
 from latprune.planner.records import SearchRecord, VerificationRecord
+from latprune.preprocessing import Preprocessing
 
 FORMAT = "latprune-plan"
 FORMAT_VERSION = 1
@@ -59,6 +60,8 @@ class Plan:
     verification: VerificationRecord | None = None
     # Residual branches the plan removes whole (their inner groups at width 0; latprune.branches).
     removed: list[str] = field(default_factory=list)
+    # The image preprocessing the model was planned with (latprune.preprocessing; calibration images read so).
+    preprocessing: dict = field(default_factory=dict)
 
     @property
     def predicted_speedup(self) -> float | None:
@@ -121,6 +124,8 @@ class Plan:
             groups=_groups_from_json(data["groups"], source),
             device=optional_text.get("device", ""), objective=optional_text.get("objective", "importance"),
             removed=[schema.text(r, source, "removed") for r in _list(data.get("removed", []), source, "removed")],
+            preprocessing=(Preprocessing.from_json(data["preprocessing"], source).to_json()
+                           if data.get("preprocessing") else {}),
             **records,
         )
 

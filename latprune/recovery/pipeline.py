@@ -120,7 +120,7 @@ def recover(
     report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib))
     started = time.perf_counter()
     result = PrunedModel(copy.deepcopy(pruned.model), pruned.spec, pruned.input_shape, dict(pruned.kept),
-                         pruned.family, copy.deepcopy(pruned.metadata))
+                         pruned.family, copy.deepcopy(pruned.metadata), pruned.preprocessing)
     report.error_before = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib)
     for step in steps:
         began = time.perf_counter()
