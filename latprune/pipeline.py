@@ -31,8 +31,8 @@ from latprune.planner import api as planner
 from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loop, round_cells
 from latprune.planner.records import LoopRound, VerificationRecord
 from latprune.planner.plan import Plan
-from latprune.preprocessing import Preprocessing
 from latprune.planner.search import CalibratedSearch, SearchSettings
+from latprune.preprocessing import Preprocessing
 from latprune.profiler.api import (PairedTiming, ProfileReport, ProfileSettings, ProfileStore, RoundsRule,
                                   VariantTimer, describe_device, fingerprint, measure_models, measure_paired,
                                   profile_model)
@@ -264,10 +264,11 @@ def prune(analysis: ModelAnalysis, chosen: Plan) -> PrunedModel:
                             f"{list(analysis.input_shape)}")
     chosen.check_groups(analysis.groups)
     images = analysis.loaded.preprocessing
-    if chosen.preprocessing and Preprocessing.from_json(chosen.preprocessing, "the plan") != images:
-        planned = Preprocessing.from_json(chosen.preprocessing, "the plan").describe(analysis.input_shape)
-        raise LatpruneError(f"the plan was made with another image preprocessing ({planned}) than the model has "
-                            f"now ({images.describe(analysis.input_shape)}): give the same --mean/--std/--resize")
+    planned = Preprocessing.from_json(chosen.preprocessing, "the plan") if chosen.preprocessing else images
+    if planned != images:
+        shape = analysis.input_shape
+        raise LatpruneError(f"the plan was made with another image preprocessing ({planned.describe(shape)}) than "
+                            f"the model has now ({images.describe(shape)}): give the same --mean/--std/--resize")
     return prune_loaded(analysis, chosen.kept(),
                         metadata={"plan": chosen.header(), "dense": dense_origin(analysis.loaded)})
 
