@@ -264,7 +264,7 @@ def prune(analysis: ModelAnalysis, chosen: Plan) -> PrunedModel:
                             f"{list(analysis.input_shape)}")
     chosen.check_groups(analysis.groups)
     images = analysis.loaded.preprocessing
-    planned = Preprocessing.from_json(chosen.preprocessing, "the plan") if chosen.preprocessing else images
+    planned = chosen.preprocessing or images
     if planned != images:
         shape = analysis.input_shape
         raise LatpruneError(f"the plan was made with another image preprocessing ({planned.describe(shape)}) than "

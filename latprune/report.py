@@ -148,10 +148,7 @@ def run_section(run: RunResult) -> str:
              f"each block keeps its shortcut plus the branch's constant output.</p>" if plan.removed else "")
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in run.notes)
     if plan.preprocessing:
-        from latprune.preprocessing import Preprocessing
-
-        preprocessing = Preprocessing.from_json(plan.preprocessing, "the plan").describe(run.input_shape)
-        notes += f"<li>image preprocessing: {html.escape(preprocessing)}</li>"
+        notes += f"<li>image preprocessing: {html.escape(plan.preprocessing.describe(run.input_shape))}</li>"
     pruned, dense = latency.pruned, latency.dense
     return f"""
 <h2>{html.escape(run.model)} on {html.escape(latency.backend)}</h2>

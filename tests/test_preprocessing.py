@@ -65,7 +65,7 @@ def test_pruned_files_and_plans_record_it(stated_module, tmp_path):
     loaded = pipeline.load(stated_module)
     analysis = pipeline.analyse(loaded)
     plan = pipeline.uniform(analysis, 0.5)
-    assert Preprocessing.from_json(plan.preprocessing, "plan") == loaded.preprocessing
+    assert plan.preprocessing == loaded.preprocessing
     plan.save(tmp_path / "plan.json")
     assert Plan.load(tmp_path / "plan.json").preprocessing == plan.preprocessing
     pruned = pipeline.prune(analysis, plan)

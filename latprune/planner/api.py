@@ -121,7 +121,7 @@ def build_plan(inputs: PlanningInputs, widths: list[int], method: str, budget: B
                 for g, w in zip(inputs.groups, widths)],
         solver=dict(solver or {}), device=inputs.device, budget=budget.to_json() if budget else {},
         removed=removed_branches(inputs.analysis, dict(zip([g.id for g in inputs.groups], widths))),
-        preprocessing=inputs.analysis.loaded.preprocessing.to_json(),
+        preprocessing=inputs.analysis.loaded.preprocessing,
     )
 
 

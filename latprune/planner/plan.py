@@ -60,8 +60,8 @@ class Plan:
     verification: VerificationRecord | None = None
     # Residual branches the plan removes whole (their inner groups at width 0; latprune.branches).
     removed: list[str] = field(default_factory=list)
-    # The image preprocessing the model was planned with (latprune.preprocessing; calibration images read so).
-    preprocessing: dict = field(default_factory=dict)
+    # The image preprocessing the model was planned with (calibration images read so); None in older files.
+    preprocessing: Preprocessing | None = None
 
     @property
     def predicted_speedup(self) -> float | None:
@@ -86,6 +86,7 @@ class Plan:
         data = asdict(self)
         data["search"] = self.search.to_json() if self.search else {}
         data["verification"] = self.verification.to_json() if self.verification else {}
+        data["preprocessing"] = self.preprocessing.to_json() if self.preprocessing else {}
         data["predicted_speedup"] = self.predicted_speedup
         return {"format": FORMAT, "version": FORMAT_VERSION, **data}
 
@@ -124,8 +125,7 @@ class Plan:
             groups=_groups_from_json(data["groups"], source),
             device=optional_text.get("device", ""), objective=optional_text.get("objective", "importance"),
             removed=[schema.text(r, source, "removed") for r in _list(data.get("removed", []), source, "removed")],
-            preprocessing=(Preprocessing.from_json(data["preprocessing"], source).to_json()
-                           if data.get("preprocessing") else {}),
+            preprocessing=Preprocessing.from_json(data["preprocessing"], source) if data.get("preprocessing") else None,
             **records,
         )
 

@@ -58,6 +58,7 @@ class Prepared:
     path: Path
     layers: tuple[str, ...]
     module: nn.Module | None = field(default=None, compare=False, repr=False)
+    input_shape: tuple[int, ...] = ()  # what ``module`` takes (the ONNX file states its own)
 
 
 class Backend:
@@ -134,9 +135,8 @@ class _TorchBackend(Backend):
 
     def __init__(self, threads: int | None = None):
         super().__init__(threads)
-        self._held_bytes = 0
+        self._held_bytes, self._held = 0, 0
         self._memory_budget: float | None = None  # half the memory available when the first network was prepared
-        self._input_shapes: dict[Path, tuple[int, ...]] = {}
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str], path: Path) -> Prepared:
         """A copy of ``model`` held in memory (nothing is written or read back: no pickle). Refused when the copies
@@ -147,14 +147,13 @@ class _TorchBackend(Backend):
             self._memory_budget = available / 2 if available is not None else float("inf")
         if self._held_bytes + size > self._memory_budget:
             raise LatpruneError(
-                f"{self.name}: holding {len(self._input_shapes) + 1} networks for timing would take "
+                f"{self.name}: holding {self._held + 1} networks for timing would take "
                 f"{(self._held_bytes + size) / 2 ** 30:.1f} GiB, over half the memory that was available "
                 f"({2 * self._memory_budget / 2 ** 30:.1f} GiB); time fewer variants (--variants) or use the ort-cpu "
                 f"backend, which keeps them on disk")
         module = copy.deepcopy(model).eval().to(self.device)
-        self._held_bytes += size
-        self._input_shapes[path] = tuple(input_shape)
-        return Prepared(path=path, layers=tuple(layers), module=module)
+        self._held_bytes, self._held = self._held_bytes + size, self._held + 1
+        return Prepared(path=path, layers=tuple(layers), module=module, input_shape=tuple(input_shape))
 
     def _sync(self) -> None:
         if self.device == "cuda":
@@ -164,7 +163,7 @@ class _TorchBackend(Backend):
         torch.set_num_threads(self.threads)
         if self.device == "cuda":
             torch.backends.cudnn.benchmark = True
-        model, x = prepared.module, torch.randn(self._input_shapes[prepared.path], device=self.device)
+        model, x = prepared.module, torch.randn(prepared.input_shape, device=self.device)
         with torch.inference_mode():
             for _ in range(warmup):
                 model(x)
