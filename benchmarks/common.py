@@ -8,6 +8,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from latprune.allocator import keep_large_buffers
+
+keep_large_buffers()  # as the command line does: large batches reuse heap buffers
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

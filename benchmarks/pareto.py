@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from benchmarks.common import DEFAULT_DB, RESULTS, SHARED, markdown_table, perf_model_for, write_result
@@ -79,6 +80,48 @@ def plans_at(analysis, perf, fitted, fraction: float, calib, seconds: float, onl
     return plans
 
 
+def measure_and_recover(name: str, fraction: float, analysis, plans: dict, calib, score, dense_top1: float,
+                        rounds: int, recoveries: dict[str, list[str]]) -> list[dict]:
+    """Rows for one budget: every feasible plan pruned, measured once more interleaved with the dense model (paired
+    ratios), then recovered by its ``recoveries`` on ``calib`` and scored (``score(model)``: top-1 in [0, 1])."""
+    loaded = analysis.loaded
+    infeasible = [{"model": name, "fraction": fraction, "method": m, "infeasible": p} for m, p in plans.items()
+                  if isinstance(p, str)]
+    feasible = {m: p for m, p in plans.items() if not isinstance(p, str)}
+    if "latprune" not in feasible:
+        return infeasible
+    pruned = {m: pipeline.prune(analysis, p) for m, p in feasible.items()}
+    timing, _ = measure_paired(loaded.model, [p.model for p in pruned.values()], loaded.input_shape, "ort-cpu",
+                               rule=RoundsRule(min_rounds=rounds, max_rounds=max(rounds, 60), max_seconds=300.0))
+    dense_m = timing.reference
+    ratios = {method: r.ratio for method, r in zip(feasible, timing.ratios)}  # paired round by round
+    rows = []
+    for index, ((method, plan), m) in enumerate(zip(feasible.items(), timing.networks)):
+        ratio = ratios[method]
+        interval = timing.ratios[index]
+        base = {"model": name, "fraction": fraction, "method": method, "objective": plan.objective,
+                "dense_ms": dense_m.median_ms, "dense_spread": dense_m.spread,
+                "measured_ms": timing.derived_ms(index), "raw_median_ms": m.median_ms,
+                "ratio_interval": [interval.low, interval.high],
+                "spread": m.spread, "measured_over_dense": ratio, "vs_latprune": ratio / ratios["latprune"],
+                "loop_measured_over_dense": plan.verification.measured_ms
+                / plan.verification.dense_measured_ms, "loop_status": plan.verification.status,
+                "loop_s": plan.verification.seconds,
+                "macs_fraction": plan.macs / plan.dense_macs, "widths": plan.widths(),
+                "search": plan.search.to_json() if plan.search else {},
+                "removed_branches": len(plan.removed),
+                "dense_top1": dense_top1}
+        for recipe in recoveries[method]:
+            recovered, report = recover(analysis, pruned[method], recipe, calib)
+            began = time.perf_counter()
+            accuracy = score(recovered.model)
+            rows.append({**base, "recovery": recipe, "top1": accuracy, "recovery_s": report.seconds,
+                         "eval_s": time.perf_counter() - began})
+            print(json.dumps({k: rows[-1][k] for k in ("model", "fraction", "method", "recovery", "top1",
+                                                        "measured_over_dense")}), flush=True)
+    return rows + infeasible
+
+
 def run_model(name: str, fractions: list[float], done: dict, quick: bool, seconds: float, rounds: int,
               cache: Path, only: set[str] = frozenset()) -> None:
     loaded = pipeline.load(f"cifar:{name}", str(SHARED / "models" / "cifar10" / WEIGHTS[name]))
@@ -93,35 +136,8 @@ def run_model(name: str, fractions: list[float], done: dict, quick: bool, second
         if key in done:
             continue
         plans = plans_at(analysis, perf, fitted, fraction, calib[:IMPORTANCE_CALIB_SIZE], seconds, only)
-        feasible = {m: p for m, p in plans.items() if not isinstance(p, str)}
-        pruned = {m: pipeline.prune(analysis, p) for m, p in feasible.items()}
-        timing, _ = measure_paired(loaded.model, [p.model for p in pruned.values()], loaded.input_shape, "ort-cpu",
-                                   rule=RoundsRule(min_rounds=rounds, max_rounds=max(rounds, 60), max_seconds=300.0))
-        dense_m = timing.reference
-        ratios = {method: r.ratio for method, r in zip(feasible, timing.ratios)}  # paired round by round
-        rows = []
-        for index, ((method, plan), m) in enumerate(zip(feasible.items(), timing.networks)):
-            ratio = ratios[method]
-            interval = timing.ratios[index]
-            base = {"model": name, "fraction": fraction, "method": method, "objective": plan.objective,
-                    "dense_ms": dense_m.median_ms, "dense_spread": dense_m.spread,
-                    "measured_ms": timing.derived_ms(index), "raw_median_ms": m.median_ms,
-                    "ratio_interval": [interval.low, interval.high],
-                    "spread": m.spread, "measured_over_dense": ratio, "vs_latprune": ratio / ratios["latprune"],
-                    "loop_measured_over_dense": plan.verification.measured_ms
-                    / plan.verification.dense_measured_ms, "loop_status": plan.verification.status,
-                    "macs_fraction": plan.macs / plan.dense_macs, "widths": plan.widths(),
-                    "search": plan.search.to_json() if plan.search else {},
-                    "removed_branches": len(plan.removed),
-                    "dense_top1": dense_top1}
-            for recipe in RECOVERIES[method]:
-                recovered, report = recover(analysis, pruned[method], recipe, calib)
-                rows.append({**base, "recovery": recipe, "top1": top1(recovered.model, images, labels),
-                             "recovery_s": report.seconds})
-                print(json.dumps({k: rows[-1][k] for k in ("model", "fraction", "method", "recovery", "top1",
-                                                            "measured_over_dense")}), flush=True)
-        rows += [{"model": name, "fraction": fraction, "method": m, "infeasible": p} for m, p in plans.items()
-                 if isinstance(p, str)]
+        rows = measure_and_recover(name, fraction, analysis, plans, calib, lambda m: top1(m, images, labels),
+                                   dense_top1, rounds, RECOVERIES)
         done[key] = rows
         with atomic_path(cache) as tmp:  # an interruption never leaves a half-written cache
             tmp.write_text(json.dumps(done, indent=1))

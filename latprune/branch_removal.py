@@ -17,11 +17,21 @@ from latprune.errors import LatpruneError
 from latprune.network.tracing import run_model
 
 
-def _owner(block: ResidualBlock) -> str:
-    """The innermost module whose forward holds the block's add and all its branch ("" for the network)."""
+def _owner(model: nn.Module, block: ResidualBlock, traceable: dict[str, bool]) -> str:
+    """The innermost module whose forward holds the block's add and all its branch and that torch.fx can trace
+    on its own ("" for the network: a block module whose forward branches on an argument, such as a
+    drop-connect rate, is traced only as part of its parent's)."""
     stack = [name for name, _ in (block.add.meta.get("nn_module_stack") or {}).values()]
     for owner in reversed(stack):
-        if all(m.startswith(owner + ".") for m in block.modules):
+        if not owner or not all(m.startswith(owner + ".") for m in block.modules):
+            continue
+        if owner not in traceable:
+            try:
+                trace_fx(model.get_submodule(owner))
+                traceable[owner] = True
+            except LatpruneError:
+                traceable[owner] = False
+        if traceable[owner]:
             return owner
     return ""
 
@@ -60,7 +70,9 @@ def remove_branches(model: nn.Module, example_input: torch.Tensor, branches: Seq
     constant its branch outputs with its inner channels removed, held by a bias layer named ``branch.id``.
 
     Only the module whose forward holds a block (a ResNet's ``layer1.0``) is replaced, by its graph module, so
-    every other module keeps its name and place (hooks on ``layer1`` still see its output). Changes ``model``
+    every other module keeps its name and place (hooks on ``layer1`` still see its output); where that module
+    cannot be traced alone (EfficientNet-Lite's blocks branch on a drop-connect argument), its nearest traceable
+    ancestor is, the network itself at worst (its layers keep their names, its block modules become containers). Changes ``model``
     in place and returns it (or, where a block is the network's own forward, its graph module); the result is
     checked to compute what ``model`` computes with those branches' inner channels zeroed.
     """
@@ -74,9 +86,10 @@ def remove_branches(model: nn.Module, example_input: torch.Tensor, branches: Seq
     blocks = [by_layers[b.layers] for b in branches]
     outputs, expected = branch_outputs(gm, blocks, [p for b in branches for p in b.zeroed], example_input)
     by_owner: dict[str, list[tuple[Branch, torch.Tensor]]] = {}
+    traceable: dict[str, bool] = {}
     for branch, block in zip(branches, blocks):
         constant = outputs[block.branch][0, :, 0, 0].detach().clone()
-        by_owner.setdefault(_owner(block), []).append((branch, constant))
+        by_owner.setdefault(_owner(model, block, traceable), []).append((branch, constant))
     for owner, removals in sorted(by_owner.items(), key=lambda item: -len(item[0])):
         if not owner:
             continue

@@ -66,10 +66,11 @@ class ResidualBlock:
 
 
 class _Tracer(fx.Tracer):
-    """Channel maps are single ops (their forward branches on pruned widths)."""
+    """Channel maps are single ops (their forward branches on pruned widths), and so is every convolution or
+    linear layer, also a subclass from another package (a convolution with "same" padding built in)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, ChannelMap) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (ChannelMap, *TIMED_TYPES)) or super().is_leaf_module(m, qualname)
 
 
 def trace_fx(model: nn.Module) -> fx.GraphModule:

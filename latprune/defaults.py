@@ -2,6 +2,8 @@
 
 IMPORTANCE_CALIB_SIZE = 256  # images scored for data-driven channel importance
 RECOVERY_CALIB_SIZE = 1024  # images for post-training recovery
+# Two-stage's time box: cifar resnet56 needs 100 s on 2 cores; EfficientNet-Lite0 at 224x224 would take 40 min.
+RECOVERY_SECONDS = 600.0
 DEFAULT_RECOVERY = "two-stage"  # the best post-training recovery in benchmarks/results/recovery_structured.md
 PLANNERS = ("latency", "flops", "uniform", "tp-global")  # the latency DP and its baselines, by CLI name
 OBJECTIVES = ("importance", "calibrated")  # what the latency planner maximises, by CLI name

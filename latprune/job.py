@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from latprune.budget import Budget, BudgetRequest
-from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
+from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS
 from latprune.errors import LatpruneError
 from latprune.models import default_input_shape, spec_family
 from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Verification
@@ -56,6 +56,7 @@ class JobConfig:
     objective: str | None = None  # None: calibrated (searched on calibration loss) with calib, else importance
     search: SearchSettings = field(default_factory=SearchSettings)
     calib_size: int = RECOVERY_CALIB_SIZE
+    recovery_seconds: float | None = RECOVERY_SECONDS  # two-stage's time box (None: every epoch)
     db: str | None = None
     threads: int | None = None
     bins: int = 2000
@@ -75,7 +76,8 @@ class JobConfig:
     def recovery_request(self) -> RecoveryRequest:
         """The recovery this job runs: ``recovery``, else two-stage with calibration images, else none."""
         recipe = self.recovery if self.recovery is not None else (DEFAULT_RECOVERY if self.calib else "none")
-        return RecoveryRequest(recipe=recipe, calib=self.calib, calib_size=self.calib_size)
+        return RecoveryRequest(recipe=recipe, calib=self.calib, calib_size=self.calib_size,
+                               seconds=self.recovery_seconds)
 
     def check(self, progress: bool = False) -> None:
         """Every mistake in the request, before the minutes of profiling: the evaluation images are all read

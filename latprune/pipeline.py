@@ -38,6 +38,7 @@ from latprune.profiler.api import (PairedTiming, ProfileReport, ProfileSettings,
                                   profile_model)
 from latprune.pruned_file import PrunedModel, dense_origin, load_dense_for, load_pruned, prune_loaded
 from latprune.recovery import RecoveryReport, recover
+from latprune.recovery.reconstruction import ReconstructionSettings
 from latprune.run_summary import RunSummary
 from latprune.settings import HOLD_CHANNEL_OPS, PlanSettings, RecoveryRequest, Verification, held_groups
 
@@ -141,10 +142,12 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
     inputs = planner.prepare(analysis, importance=settings.importance, calib=calib,
                              policy=settings.policy(fitted.alignment_step, analysis.groups), perf=perf,
                              backend=backend, device=fitted.device)
-    budget = inputs.resolve(request)
-    search = calibrated_search(inputs, settings, calib, verify.progress) if settings.objective == "calibrated" else None
     here = this_device(backend, verify.threads)
-    if not verify.enabled or fitted.device != here:
+    verifying = verify.enabled and fitted.device == here
+    # a budget in ms is judged against the dense model as measured: with the loop, only a measurement refuses it
+    budget = inputs.resolve(request, refuse_met=not verifying or request.budget_ms is None)
+    search = calibrated_search(inputs, settings, calib, verify.progress) if settings.objective == "calibrated" else None
+    if not verifying:
         chosen = _solve(inputs, budget, settings, search)
         reason = ("verification off (--no-verify)" if not verify.enabled else
                   f"the performance model is device {fitted.device}'s, not this machine's ({here}): not verified on "
@@ -157,11 +160,23 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
     with VariantTimer(analysis, backend, db=verify.db, threads=verify.threads, rule=rule,
                       settings=verify.timing) as timer:
         session = _LoopSession(inputs, settings, timer, verify, search)
+        correction = 1.0 if request.budget_ms is None else _dense_correction(inputs, budget, timer.dense_ms)
         chosen = closed_loop(session, timer, request, budget, verify.loop,
-                             on_round=_announce_round if verify.progress else None)
+                             on_round=_announce_round if verify.progress else None, correction=correction)
     # the loop's time with the timer's start and warm-up
     return chosen.with_records(verification=dataclasses.replace(chosen.verification,
                                                                 seconds=time.perf_counter() - began))
+
+
+def _dense_correction(inputs: planner.PlanningInputs, budget: Budget, dense_measured_ms: float) -> float:
+    """Measured over predicted latency of the dense model: a budget in milliseconds is a fraction of the dense
+    model as *measured*, so the first plan's aim is scaled by it. A budget the dense model meets as measured is
+    refused (nothing to prune)."""
+    predicted = inputs.dense_ms()
+    if dense_measured_ms <= budget.ceiling_ms:
+        raise LatpruneError(f"the dense model measures {dense_measured_ms:.4g} ms here (predicted {predicted:.4g} ms), "
+                            f"already within a budget of {budget.ceiling_ms:.4g} ms: nothing to prune")
+    return dense_measured_ms / predicted
 
 
 def calibrated_search(inputs: planner.PlanningInputs, settings: PlanSettings, calib: torch.Tensor | None,
@@ -300,8 +315,8 @@ def repair(analysis: ModelAnalysis, pruned: PrunedModel, request: RecoveryReques
     if not request.steps:
         return pruned, None
     calib, labels = images if images is not None else request.images(analysis.loaded)
-    return recover(analysis, pruned, request.recipe, calib, progress=progress, labels=labels,
-                   tuning=request.tuning)
+    return recover(analysis, pruned, request.recipe, calib, ReconstructionSettings(seconds=request.seconds),
+                   progress=progress, labels=labels, tuning=request.tuning)
 
 
 # ---------------------------------------------------------------- export, measure, evaluate

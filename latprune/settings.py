@@ -3,13 +3,14 @@ whether the plan is verified on the device, and how the pruned network is recove
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from latprune.defaults import OBJECTIVES, PLANNERS, RECOVERY_CALIB_SIZE
+from latprune.defaults import OBJECTIVES, PLANNERS, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS
 from latprune.errors import LatpruneError
 from latprune.groups import ChannelGroup
 from latprune.models import LoadedModel
@@ -118,6 +119,7 @@ class RecoveryRequest:
     train: str | None = None
     calib_size: int | None = None  # None: RECOVERY_CALIB_SIZE, or every image for fine-tuning
     tuning: FinetuneSettings = field(default_factory=FinetuneSettings)
+    seconds: float | None = RECOVERY_SECONDS  # two-stage's time box (None: every epoch)
 
     def __post_init__(self) -> None:
         steps = parse_recipe(self.recipe)
@@ -132,6 +134,8 @@ class RecoveryRequest:
             raise LatpruneError(f"recovery {self.recipe} needs unlabeled calibration images: --calib DIR{hint}")
         if self.calib_size is not None and self.calib_size < 1:
             raise LatpruneError(f"--calib-size must be at least 1, got {self.calib_size}")
+        if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise LatpruneError(f"--recovery-seconds must be a positive number (0: no time box), got {self.seconds}")
 
     @property
     def steps(self) -> list[str]:

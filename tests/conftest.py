@@ -5,6 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from latprune.allocator import keep_large_buffers
+
+keep_large_buffers()  # as the command line does: large batches reuse heap buffers
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR_TEST = SHARED / "data" / "cifar10-jpeg" / "test"
 CIFAR_TRAIN = SHARED / "data" / "cifar10-jpeg" / "train"

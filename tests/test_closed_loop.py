@@ -134,6 +134,32 @@ def test_a_model_that_learns_the_device_needs_no_correction():
     assert plan.verification.status == "in band"
 
 
+class _NoisyDevice(_Device):
+    """Nine timing rounds per plan: the variant's per-round times spread +-``spread`` around the true latency."""
+
+    def __init__(self, per_channel: float, spread: float):
+        super().__init__(per_channel)
+        self.spread = spread
+
+    def time(self, widths):
+        self.timed.append(widths["g"])
+        true = widths["g"] * self.per_channel
+        rounds = [[true * (1 + self.spread * (k - 4) / 4)] for k in range(9)]
+        return _Timing(Measurement.from_samples(rounds), Measurement.from_samples([[10.0]] * 9))
+
+
+@pytest.mark.parametrize("spread, rounds", [(0.05, 1), (0.005, 2)])
+def test_below_the_band_within_its_interval_is_in_band(spread, rounds):
+    """Measured 2.5% under the band: with a +-5% interval that reaches the band it is kept; measured tightly it is
+    below the band and re-planned."""
+    device = _NoisyDevice(per_channel=0.0097, spread=spread)  # the plan aimed at 4.925 ms measures 4.77 ms
+    plan = _loop(_LinearModel(), device)
+    first = plan.verification.rounds[0]
+    assert first.measured_ms < first.band_ms[0]
+    assert first.verdict() == ("in band" if rounds == 1 else "below band")
+    assert plan.verification.rounds_used == rounds and plan.verification.measured_ms <= 5.0
+
+
 def test_no_plan_over_budget_is_returned_when_a_measured_plan_met_it():
     # Round 1 lands below the band; every later plan measures over budget (a slow kernel at those widths).
     device = _Device(per_channel=0.009, overrides={w: 5.3 for w in range(500, 1001)})
@@ -210,7 +236,8 @@ def test_loop_settings_are_checked():
 # ---------------------------------------------------------------- the whole stage on a synthetic backend
 
 
-def test_the_pipeline_loop_learns_a_device_ten_percent_slower_than_its_profile(profiled, synthetic_backend):
+def test_the_pipeline_loop_aims_by_the_dense_model_on_a_device_ten_percent_slower_than_its_profile(
+        profiled, synthetic_backend):
     from latprune import pipeline
     from latprune.profiler.api import ProfileStore
 
@@ -224,12 +251,37 @@ def test_the_pipeline_loop_learns_a_device_ten_percent_slower_than_its_profile(p
     assert verification.verified and verification.rounds_used <= 3
     assert verification.measured_ms <= verification.budget_ms
     first = verification.rounds[0]
-    assert first.measured_ms > first.budget_ms  # trusting the profile would have missed
+    # the dense model measured 10% slower than predicted: the first plan aims 10% lower than the profile says
+    assert first.correction == pytest.approx(1.1, rel=0.02)
+    assert first.meets and first.measured_ms == pytest.approx(1.1 * first.predicted_ms, rel=0.03)
     assert first.new_layer_rows > 0  # the plan's layers were stored
     with ProfileStore(p.db, readonly=True) as store:
         keys = {n.variant_key for n in store.network_timings(store.find_device(p.fitted.device), "synthetic")}
     assert len(keys) >= 16 + len(verification.rounds)  # every measured plan is a profile row now
     json.dumps(plan.to_json(), allow_nan=False)
+
+
+def test_a_budget_in_ms_is_a_fraction_of_the_dense_model_as_measured(profiled, synthetic_backend):
+    """A profile that predicts the dense model 40% fast: a budget above its prediction but below the device's
+    dense latency is planned (it was refused as "nothing to prune"); round 1 aims by the dense correction."""
+    from latprune import pipeline
+
+    p = profiled
+    dense_ms = pipeline.predict(p.perf, p.fitted, p.analysis.loaded, "synthetic")["predicted_ms"]
+    synthetic_backend.scale = 1.6
+    request = BudgetRequest(budget_ms=1.1 * dense_ms)
+    with pytest.raises(LatpruneError, match="already meets"):  # open loop: the prediction is all there is
+        pipeline.plan(p.analysis, request, p.perf, p.fitted, "synthetic",
+                      verify=pipeline.Verification(enabled=False))
+    verify = pipeline.Verification(db=p.db, timing=p.timing, progress=False)
+    plan = pipeline.plan(p.analysis, request, p.perf, p.fitted, "synthetic", verify=verify)
+    verification = plan.verification
+    assert verification.verified and verification.measured_ms <= verification.budget_ms
+    first = verification.rounds[0]
+    assert first.correction > 1.2  # the dense model measured slower than predicted
+    assert first.aim_ms == pytest.approx(1.1 * dense_ms * (1 - LoopSettings().tol / 2) / first.correction)
+    with pytest.raises(LatpruneError, match="measures .* already within"):
+        pipeline.plan(p.analysis, BudgetRequest(budget_ms=3 * dense_ms), p.perf, p.fitted, "synthetic", verify=verify)
 
 
 def test_no_verify_and_foreign_profiles_are_labelled(profiled):

@@ -104,6 +104,67 @@ def test_removed_branches_are_gone_and_exact_against_the_masked_dense_model(spec
     assert masked_mismatch(pruned, analysis.model, analysis.layout, removed, x) is None
 
 
+class _SamePaddingConv(nn.Conv2d):
+    """A convolution subclass with its padding built into forward (as EfficientNet-Lite's packages write it)."""
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class _RateBlock(nn.Module):
+    """An inverted residual whose forward branches on an argument (a drop-connect rate): fx traces it only
+    within its parent."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.expand = nn.Conv2d(channels, 4 * channels, 1, bias=False)
+        self.bn0 = nn.BatchNorm2d(4 * channels)
+        self.depthwise = _SamePaddingConv(4 * channels, 4 * channels, 3, groups=4 * channels, bias=False)
+        self.bn1 = nn.BatchNorm2d(4 * channels)
+        self.project = nn.Conv2d(4 * channels, channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x, rate=None):
+        y = F.relu6(self.bn1(self.depthwise(F.relu6(self.bn0(self.expand(x))))))
+        y = self.bn2(self.project(y))
+        if rate:
+            y = F.dropout(y, rate, self.training)
+        return y + x
+
+
+class _RateNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = _SamePaddingConv(3, 8, 3, bias=False)
+        self.blocks = nn.ModuleList([_RateBlock(8), _RateBlock(8)])
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rate=0.1 * i)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_branches_of_blocks_traced_only_within_their_parent_are_found_and_removed_exactly():
+    torch.manual_seed(0)
+    model = _RateNet().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.bias.data.uniform_(-1, 1)
+    analysis = analyse(LoadedModel(model, "test:rate", "custom", (1, 3, 16, 16)))
+    assert len(analysis.branches) == 2
+    chosen = analysis.branches[1]
+    kept = {g.id: [] if g.id in chosen.groups else list(range(g.width)) for g in analysis.groups}
+    pruned = prune_loaded(analysis, kept).model
+    names = {n for n, _ in pruned.named_modules()}
+    assert chosen.id in names and not set(chosen.layers) & names
+    removed = {g.id: [i for i in range(g.width) if i not in kept[g.id]] for g in analysis.groups}
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert masked_mismatch(pruned, analysis.model, analysis.layout, removed, x) is None
+
+
 def test_a_half_removed_bottleneck_is_refused():
     analysis = _analysed("torchvision:resnet50")
     branch = analysis.branches[0]

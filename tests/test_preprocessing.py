@@ -111,3 +111,47 @@ def test_efficientnet_lite0_loads_with_its_own_preprocessing_and_classifies_imag
         predicted = loaded.model(images).argmax(1)
     correct = (predicted == torch.arange(20)).sum().item()
     assert correct >= 14  # 87% top-1 on the whole sample set; torchvision's mean/std or Swish would score far less
+
+
+CALIB = IMAGENET_SAMPLE.parent / "imagen-calib"
+
+
+def test_efficientnet_lite0_prunes_with_depth_exports_and_recovers(tmp_path):
+    """Lite0 through the stages on real photos: its 9 skip blocks found removable (its convolutions carry "same"
+    padding, its blocks take a drop-connect rate), a plan removing two of them and thinning every group prunes
+    exactly against the masked dense network, exports to ONNX with parity, saves and reloads, and bn, two-stage,
+    ridge and asr recovery run."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the optional [imagenet] packages are not installed")
+    if not CALIB.is_dir():
+        pytest.skip("../shared/data/imagen-calib is not here")
+    from latprune.channels import masked_mismatch
+    from latprune.data import calibration_tensor
+    from latprune.pruned_file import load_pruned, prune_loaded, save_pruned
+    from latprune.recovery import recover
+
+    loaded = pipeline.load("latprune.models.efficientnet_lite:lite0")
+    analysis = pipeline.analyse(loaded)
+    assert len(analysis.groups) == 24 and len(analysis.branches) == 9
+    assert {b.id for b in analysis.branches} >= {"_blocks.2.removed_branch", "_blocks.14.removed_branch"}
+    gone = {gid for b in analysis.branches[::4] for gid in b.groups}
+    kept = {g.id: [] if g.id in gone else list(range(0, g.width, 3)) + list(range(1, g.width, 3))
+            for g in analysis.groups}
+    pruned = prune_loaded(analysis, kept)
+    removed = {g.id: sorted(set(range(g.width)) - set(kept[g.id])) for g in analysis.groups}
+    calib = calibration_tensor(CALIB, loaded.preprocessing, loaded.input_shape, size=16, seed=0)
+    assert masked_mismatch(pruned.model, analysis.model, analysis.layout, removed, calib[:2]) is None
+    assert pipeline.export(pruned.model, loaded.input_shape, tmp_path / "p.onnx") < 1e-3
+    save_pruned(pruned, tmp_path / "p.pt")
+    again = load_pruned(tmp_path / "p.pt", spec="latprune.models.efficientnet_lite:lite0")
+    with torch.no_grad():
+        assert torch.equal(again.model.eval()(calib[:2]), pruned.model.eval()(calib[:2]))
+    with torch.no_grad():
+        dense_out = analysis.model.eval()(calib)
+        error = {"none": float((pruned.model.eval()(calib) - dense_out).pow(2).mean())}
+    for recipe in ("bn", "two-stage", "ridge", "asr"):
+        recovered, _ = recover(analysis, pruned, recipe, calib)
+        with torch.no_grad():
+            out = recovered.model.eval()(calib)
+        assert out.shape == dense_out.shape and torch.isfinite(out).all(), recipe
+        error[recipe] = float((out - dense_out).pow(2).mean())
+    assert error["two-stage"] < 0.5 * error["none"], error  # reconstruction moves the logits toward the dense ones

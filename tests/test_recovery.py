@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 
 from latprune.cli import main
@@ -89,7 +90,18 @@ def test_phase_two_lowers_the_layer_reconstruction_error(resnet20, pruned20, cal
                                                                                           batch_size=16))
     after = tap_errors(model, resnet20.model, taps, kept, calib)
     assert after < 0.8 * before
-    assert history[-1] < history[0]
+    assert history.losses[-1] < history.losses[0] and history.done == history.planned
+
+
+def test_two_stage_within_a_time_box_does_the_steps_that_fit(resnet20, pruned20, calib):
+    """A box far below one step's time: each phase does its first step only, and the report says so."""
+    settings = ReconstructionSettings(phase1_epochs=3, phase2_epochs=3, batch_size=16, seconds=1e-6)
+    _, report = recover(resnet20, pruned20, "two-stage", calib[:64], settings)
+    step = report.steps[0]
+    assert step["time_box_s"] == 1e-6
+    for phase in ("phase1", "phase2"):
+        assert step[phase]["steps"] == 1 and step[phase]["steps_planned"] == 12
+        assert len(step[phase]["loss"]) == 1
 
 
 @pytest.mark.parametrize("recipe", ["ridge", "two-stage"])
@@ -223,3 +235,22 @@ def test_cli_prune_with_recovery_sparsify_and_recover(tmp_path, capsys):
     assert main(["prune", "--model", "cifar:resnet20", "--uniform", "0.5", "--recovery", "bn",
                  "--out", str(tmp_path / "x.pt")]) == 1
     assert "--calib DIR" in capsys.readouterr().err
+
+
+class _PaddedInForward(nn.Conv2d):
+    """A convolution that pads in its own forward ("same" padding built in, as EfficientNet-Lite's package)."""
+
+    def forward(self, x):
+        pad = self.kernel_size[0] // 2
+        if self.stride[0] > 1:  # TensorFlow's "same" under a stride: one more pixel right and below
+            return super().forward(F.pad(x, (pad - 1, pad, pad - 1, pad)))
+        return super().forward(F.pad(x, (pad, pad, pad, pad)))
+
+
+def test_ridge_refits_only_layers_whose_output_is_the_plain_convolution_of_their_input():
+    from latprune.recovery.reconstruction import _ridge_supported
+
+    assert _ridge_supported(nn.Conv2d(4, 4, 3, padding=1)) and _ridge_supported(nn.Linear(4, 2))
+    assert not _ridge_supported(_PaddedInForward(4, 4, 3))  # its input rows would miss the padding
+    assert _ridge_supported(_PaddedInForward(4, 4, 1))  # padded by nothing: the plain convolution
+    assert not _ridge_supported(_PaddedInForward(4, 4, 3, stride=2))  # padded on one side: even sizes show it

@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from latprune.allocator import keep_large_buffers
 from latprune.cli import latency_commands, model_commands, plan_commands, run_command  # noqa: F401 (registers)
 from latprune.cli.registry import COMMANDS
 from latprune.errors import LatpruneError
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     cmd = COMMANDS[args.command]
+    keep_large_buffers()
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = cmd.action(args)

@@ -10,7 +10,8 @@ import math
 from collections.abc import Callable
 
 from latprune.defaults import (IMPORTANCE_CALIB_SIZE, IMPORTANCE_CRITERIA, LOOP_MAX_ROUNDS, LOOP_TOL, OBJECTIVES,
-                               RECOVERY_CALIB_SIZE, RECOVERY_METHODS, SEARCH_SECONDS, UNVERIFIED_MARGIN)
+                               RECOVERY_CALIB_SIZE, RECOVERY_METHODS, RECOVERY_SECONDS, SEARCH_SECONDS,
+                               UNVERIFIED_MARGIN)
 
 BACKENDS_HELP = "torch-cpu, torch-cuda, ort-cpu or ort-cuda"
 
@@ -153,6 +154,12 @@ def objective_options(parser: argparse.ArgumentParser) -> None:
                              f"the verification loop get a quarter)")
 
 
+def recovery_time_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recovery-seconds", type=finite_float, default=RECOVERY_SECONDS, metavar="S",
+                        help=f"time box of two-stage reconstruction: each phase does the steps that fit in half "
+                             f"of it (default {RECOVERY_SECONDS:g}; 0: every epoch, however long)")
+
+
 def recovery_options(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("--recovery", required=required, default=None if required else "none", metavar="METHOD",
                         help=f"{', '.join(RECOVERY_METHODS)}, or steps joined with + such as two-stage+asr "
@@ -167,6 +174,7 @@ def recovery_options(parser: argparse.ArgumentParser, required: bool = False) ->
     parser.add_argument("--batch-size", type=positive_int, help="fine-tuning batch size (default 64)")
     parser.add_argument("--expansion", type=positive_int,
                         help="overparam: width factor inside each expanded layer (default 2)")
+    recovery_time_option(parser)
 
 
 def db_option(parser: argparse.ArgumentParser) -> None:

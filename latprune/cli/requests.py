@@ -69,7 +69,7 @@ def recovery_request(args: argparse.Namespace):
     tuning = FinetuneSettings(**{k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "expansion")
                                  if getattr(args, k) is not None})
     return RecoveryRequest(recipe=args.recovery, calib=args.calib, train=args.train, calib_size=args.calib_size,
-                           tuning=tuning)
+                           tuning=tuning, seconds=args.recovery_seconds or None)
 
 
 def verification(args: argparse.Namespace):

@@ -6,7 +6,8 @@ import argparse
 from typing import TYPE_CHECKING
 
 from latprune.cli.options import (backend_options, budget_options, calib_options, db_option, depth_option,
-                                  importance_option, json_option, model_options, objective_options, output_options)
+                                  importance_option, json_option, model_options, objective_options, output_options,
+                                  recovery_time_option)
 from latprune.cli.registry import command
 from latprune.cli.requests import budget, margin, preprocessing, verification
 from latprune.cli.text import search_line, table
@@ -47,6 +48,7 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", metavar="DIR", help="labelled images (<class>/<image> folders): accuracy before and after")
     parser.add_argument("--recovery", metavar="METHOD",
                         help="recovery recipe (default two-stage with --calib, none without); see `latprune prune`")
+    recovery_time_option(parser)
     importance_option(parser)
     objective_options(parser)
     depth_option(parser)
@@ -84,7 +86,8 @@ def cmd_run(args: argparse.Namespace) -> RunSummary:
             input_shape=parse_input_shape(args.input_shape) if args.input_shape else None, calib=args.calib,
             eval=args.eval, recovery=args.recovery, importance=args.importance, objective=args.objective,
             search=SearchSettings(seconds=args.search_seconds),
-            calib_size=args.calib_size or RECOVERY_CALIB_SIZE, db=args.db, threads=args.threads,
+            calib_size=args.calib_size or RECOVERY_CALIB_SIZE, recovery_seconds=args.recovery_seconds or None,
+            db=args.db, threads=args.threads,
             verify=verification(args), depth=not args.no_depth, preprocessing=preprocessing(args))]
         configs[0].check(progress)
         check_output_folder(args.out, args.force)

@@ -60,13 +60,14 @@ class PlanningInputs:
             raise LatpruneError("latency planning needs a fitted performance model (--backend)")
         return self.latency
 
-    def resolve(self, request: BudgetRequest) -> Budget:
+    def resolve(self, request: BudgetRequest, refuse_met: bool = True) -> Budget:
         """A budget request in milliseconds: a speedup divides the *predicted* dense latency.
 
-        A budget the dense model already meets is refused: there would be nothing to prune."""
+        A budget the dense model already meets as predicted is refused (``refuse_met``): there would be nothing
+        to prune. A closed loop judges a budget in milliseconds against the dense model as measured instead."""
         dense = self.dense_ms()
         budget = request.resolve(dense, "predicted dense")
-        if budget.target_ms >= dense:
+        if refuse_met and budget.target_ms >= dense:
             raise LatpruneError(f"the dense model already meets a budget of {budget.target_ms:.4g} ms (predicted "
                                 f"{dense:.4g} ms): nothing to prune")
         return budget

@@ -24,6 +24,7 @@ a :class:`LoopModel` (solve, predict, learn) and a :class:`LoopDevice` (time a p
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -90,22 +91,27 @@ class LoopModel(Protocol):
 
 
 def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, first: Budget,
-                settings: LoopSettings = LoopSettings(), on_round: Callable[[LoopRound], None] | None = None) -> Plan:
+                settings: LoopSettings = LoopSettings(), on_round: Callable[[LoopRound], None] | None = None,
+                correction: float = 1.0) -> Plan:
     """The plan whose measured latency lies in the band, else the fastest-to-budget plan that met it.
 
     ``first`` is the budget as resolved for planning (a speedup over the *predicted* dense
     latency); each round re-resolves the request against the dense latency measured in its
-    own rounds. The returned plan's ``verification`` records every round (each also passed to
+    own rounds. ``correction`` is measured over predicted latency as known before the first round
+    (the dense model's, for a budget in milliseconds): the first plan aims at ``first`` divided by
+    it. The returned plan's ``verification`` records every round (each also passed to
     ``on_round`` when measured, for progress). Raises
     :class:`LatpruneError` when no measured plan met the budget (with the fastest measured).
     """
     began = time.perf_counter()
     centre = 1 - settings.tol / 2
-    budget = dataclasses.replace(first, aim=centre)
+    if not (math.isfinite(correction) and correction > 0):
+        raise ValueError(f"correction must be a positive number, got {correction}")
+    budget = dataclasses.replace(first, aim=centre / correction)
     rounds: list[LoopRound] = []
     plans: list[Plan] = []
     seen: set[tuple] = set()
-    correction, stop = 1.0, f"round limit ({settings.max_rounds})"
+    stop = f"round limit ({settings.max_rounds})"
     dense_rounds: list[list[float]] = []  # the dense network's samples of every round so far, pooled
     for index in range(settings.max_rounds):
         started = time.perf_counter()
@@ -113,7 +119,7 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
             plan = model.solve(budget)
         except LatpruneError as exc:
             fastest = model.fastest_ms()
-            if not rounds and budget.ceiling_ms < (1 - settings.reach) * fastest:
+            if not rounds and budget.ceiling_ms / correction < (1 - settings.reach) * fastest:
                 raise  # far below the fastest plan as predicted: not worth a measurement
             try:  # the (corrected) aim asks for less than the fastest plan: measure the fastest plan itself
                 plan = model.solve(dataclasses.replace(budget, aim=fastest / budget.ceiling_ms))
@@ -143,7 +149,8 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
             measured_ms=measured, raw_median_ms=timing.variant.median_ms, relative_to_dense=ratio.ratio,
             ratio_low=ratio.low, ratio_high=ratio.high, timing_rounds=ratio.rounds, p10_ms=timing.variant.p10_ms,
             p90_ms=timing.variant.p90_ms, spread=timing.variant.spread,
-            **_judgement(measured, judged, dense.median_ms, settings.tol),
+            **_judgement(measured, request.judged_ms(ratio.high, dense.median_ms), judged, dense.median_ms,
+                         settings.tol),
             new_layer_rows=timing.new_layer_rows, timing_s=timing.seconds,
             rejected_rounds=getattr(timing, "rejected_rounds", 0))
         plans.append(plan)
@@ -165,7 +172,8 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
     for r in rounds:
         measured = request.judged_ms(r.relative_to_dense, dense.median_ms)
         final.append(dataclasses.replace(r, measured_ms=measured,
-                                         **_judgement(measured, judged, dense.median_ms, settings.tol)))
+                                         **_judgement(measured, request.judged_ms(r.ratio_high, dense.median_ms),
+                                                      judged, dense.median_ms, settings.tol)))
     return _chosen(plans, final, rounds, stop, device.device, settings, time.perf_counter() - began)
 
 
@@ -184,15 +192,22 @@ def round_cells(record: LoopRound) -> list[str]:
             f"{record.correction:.3f}", record.verdict(), f"{record.seconds:.1f}"]
 
 
-def _judgement(measured_ms: float, judged: Budget, dense_ms: float, tol: float) -> dict:
+def _judgement(measured_ms: float, high_ms: float, judged: Budget, dense_ms: float, tol: float) -> dict:
+    """Whether a plan measured at ``measured_ms`` (its ratio's 95% interval reaching ``high_ms``) meets the budget
+    and lies in the band. A plan below the band whose interval still reaches it counts as in band (down to one
+    more band width): the measurement cannot tell it from a plan in the band, and re-planning would chase noise.
+    Over the ceiling is never in band."""
     band = ((1 - tol) * judged.ceiling_ms, judged.ceiling_ms)
+    in_band = band[0] <= measured_ms <= band[1] or (
+        (1 - 2 * tol) * judged.ceiling_ms <= measured_ms < band[0] <= high_ms)
     return {"dense_measured_ms": dense_ms, "budget_ms": judged.ms, "band_ms": band,
-            "meets": measured_ms <= judged.ms, "in_band": band[0] <= measured_ms <= band[1]}
+            "meets": measured_ms <= judged.ms, "in_band": in_band}
 
 
 def _chosen(plans: list[Plan], final: list[LoopRound], rounds: list[LoopRound], stop: str, device: str,
             settings: LoopSettings, seconds: float) -> Plan:
-    """The in-band plan, else the met plan measured slowest (nearest the budget); never one over it.
+    """The in-band plan measured slowest (nearest the budget), else the met plan measured slowest; never one
+    over it.
 
     ``final`` re-judges every round against the dense latency pooled over all rounds (a speedup's
     budget is only as steady as the dense measurement); ``rounds`` are the judgements as made.
@@ -205,7 +220,7 @@ def _chosen(plans: list[Plan], final: list[LoopRound], rounds: list[LoopRound], 
             f"{fastest.measured_ms:.4g} ms against a budget of {fastest.budget_ms:.4g} ms (predicted "
             f"{fastest.predicted_ms:.4g} ms; {stop}); raise the budget or --verify-rounds")
     in_band = [i for i in met if final[i].in_band]
-    best = in_band[0] if in_band else max(met, key=lambda i: final[i].measured_ms)
+    best = max(in_band or met, key=lambda i: final[i].measured_ms)
     record = final[best]
     return plans[best].with_records(verification=VerificationRecord(
         verified=True, device=device, status="in band" if in_band else "met the budget, outside the band",

@@ -78,6 +78,7 @@ class VariantTimer:
                                                Path(self._work.name) / "dense.bin")
             self._timer.warm_up([self._dense], settings.global_warmup_s)
             dense_ms = Measurement.from_samples([self._timer.sample(self._dense, settings.runs).plain_ms]).median_ms
+            self.dense_ms = dense_ms  # a first look at the dense network after the warm-up (one sample)
             self._runs = _round_runs(settings, dense_ms)
             profiled = self._store.drift_checks(self._device_id, self.backend.name, analysis.key)
             self._quiet_ms = min([dense_ms, *profiled])

@@ -40,9 +40,13 @@ FINETUNES = ("finetune", "overparam")
 METHODS = ("none",) + RECONSTRUCTIONS + CORRECTIONS + FINETUNES
 
 
+ERROR_IMAGES = 256  # calibration images the tap error before and after is reported on
+
+
 @dataclass
 class RecoveryReport:
-    """What a recovery did: each step's wall time and numbers, and the tap error before and after."""
+    """What a recovery did: each step's wall time and numbers, and the tap error before and after (on the first
+    ``error_images`` calibration images: a report, not worth a pass of every image through both networks)."""
 
     recipe: str
     calibration_images: int
@@ -50,6 +54,7 @@ class RecoveryReport:
     error_before: float | None = None
     error_after: float | None = None
     seconds: float = 0.0
+    error_images: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,17 +122,18 @@ def recover(
     ctx = _Context(analysis, taps, pruned_groups, layout,
                    kept_output_channels(layout, pruned_groups, pruned.kept), calib, labels, settings,
                    tuning or FinetuneSettings(), progress)
-    report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib))
+    report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib),
+                            error_images=min(len(calib), ERROR_IMAGES))
     started = time.perf_counter()
     result = PrunedModel(copy.deepcopy(pruned.model), pruned.spec, pruned.input_shape, dict(pruned.kept),
                          pruned.family, copy.deepcopy(pruned.metadata), pruned.preprocessing)
-    report.error_before = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib)
+    report.error_before = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib[:ERROR_IMAGES])
     for step in steps:
         began = time.perf_counter()
         details = STEPS[step](ctx, result)
         report.steps.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **details})
     result.model.eval()
-    report.error_after = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib)
+    report.error_after = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib[:ERROR_IMAGES])
     report.seconds = round(time.perf_counter() - started, 3)
     result.metadata["recovery"] = report.to_dict()
     return result, report
@@ -168,13 +174,16 @@ def _correction(rule: str) -> Callable[[_Context, PrunedModel], dict]:
 
 
 def _two_stage(ctx: _Context, result: PrunedModel) -> dict:
+    box, began = ctx.settings.seconds, time.perf_counter()
     full = copy.deepcopy(ctx.analysis.model)
     phase1 = phase_one(full, ctx.analysis.model, ctx.taps, ctx.kept, _removed_slices(ctx, result.kept),
-                       ctx.calib, ctx.settings, ctx.progress)
+                       ctx.calib, ctx.settings, ctx.progress, None if box is None else box / 2)
     result.model = prune_loaded(ctx.analysis, result.kept, weights_from=full).model
-    phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress)
+    left = None if box is None else max(box - (time.perf_counter() - began), 0.0)
+    phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress,
+                       left)
     restate_batchnorm(result.model, ctx.calib)
-    return {"phase1_loss": [round(v, 5) for v in phase1], "phase2_loss": [round(v, 5) for v in phase2]}
+    return {"phase1": phase1.to_json(), "phase2": phase2.to_json(), "time_box_s": box}
 
 
 def _ridge(ctx: _Context, result: PrunedModel) -> dict:

@@ -22,6 +22,7 @@ inputs to the dense tap outputs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,9 @@ class ReconstructionSettings:
     ridge: float = 1e-3
     positions_per_image: int = 32
     seed: int = 0
+    # Two-stage's wall-time box in seconds (None: every epoch). Half goes to phase 1, the rest to phase 2; each
+    # phase times its first step and does as many of its steps as fit (at least one).
+    seconds: float | None = None
 
 
 def reconstruction_loss(
@@ -62,6 +66,19 @@ def reconstruction_loss(
         target = select_channels(want[tap.output], kept_in_want.get(tap.layer))
         total = total + (y - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
     return total
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What a phase of Adam steps did: the mean loss per epoch (the last one maybe partial), and the steps done
+    out of those its epochs hold (fewer within a time box)."""
+
+    losses: list[float]
+    done: int
+    planned: int
+
+    def to_json(self) -> dict:
+        return {"loss": [round(v, 5) for v in self.losses], "steps": self.done, "steps_planned": self.planned}
 
 
 def _optimizer(model: nn.Module, taps: Sequence[Tap], settings: ReconstructionSettings) -> torch.optim.Adam:
@@ -92,8 +109,11 @@ def _epochs(
     desc: str,
     after_step: Callable[[float], None] | None = None,
     progress: bool = False,
-) -> list[float]:
-    """Adam epochs on the tap reconstruction loss, calling ``after_step(fraction done)``; mean loss per epoch."""
+    seconds: float | None = None,
+) -> Steps:
+    """Adam epochs on the tap reconstruction loss, calling ``after_step(fraction done)``; mean loss per epoch.
+    Within ``seconds`` (when given): after the second step, only as many steps as fit at its pace are planned."""
+    began = last = time.perf_counter()
     names = [t.output for t in taps]
     optimizer = _optimizer(model, taps, settings)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -104,11 +124,16 @@ def _epochs(
     history = []
     bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, leave=False)
     step = 0
+    planned = total_steps
     with capture_outputs(model, names) as got, capture_outputs(dense, names) as want:
         for _ in range(epochs):
+            if step >= total_steps:
+                break
             order = torch.randperm(len(calib), generator=generator)
             losses = []
             for batch_order in order.split(settings.batch_size):
+                if step >= total_steps:
+                    break
                 batch = calib[batch_order]
                 with torch.no_grad():
                     dense(batch)
@@ -119,6 +144,14 @@ def _epochs(
                 loss.backward()
                 optimizer.step()
                 step += 1
+                if seconds is not None and step <= 2:  # the first step warms up: the second one sets the pace
+                    now = time.perf_counter()
+                    if step == 1:
+                        total_steps = 1 if now - began >= seconds else total_steps
+                    else:
+                        total_steps = min(total_steps, 2 + max(int((began + seconds - now) / (now - last)), 0))
+                    last = now
+                    bar.total = total_steps
                 if after_step is not None:
                     after_step(step / total_steps)
                 bar.update()
@@ -126,7 +159,7 @@ def _epochs(
             bar.set_postfix(loss=f"{history[-1]:.4f}")
     bar.close()
     model.eval()
-    return history
+    return Steps(history, step, planned)
 
 
 def removal_decay(model: nn.Module, removed_slices: Sequence[LayerSlice]) -> Callable[[float], None]:
@@ -167,7 +200,8 @@ def phase_one(
     calib: torch.Tensor,
     settings: ReconstructionSettings,
     progress: bool = False,
-) -> list[float]:
+    seconds: float | None = None,
+) -> Steps:
     """Phase 1 on the full-width ``model`` (a copy of ``dense``): reconstruct kept channels, squeeze out the rest."""
     shrink = removal_decay(model, removed_slices)
     ratio = settings.decay_end / settings.decay_start
@@ -176,7 +210,7 @@ def phase_one(
         shrink(settings.decay_start * ratio**done)
 
     return _epochs(model, dense, taps, kept, kept, calib, settings.phase1_epochs, settings, "two-stage phase 1",
-                   after_step, progress)
+                   after_step, progress, seconds)
 
 
 def phase_two(
@@ -187,10 +221,11 @@ def phase_two(
     calib: torch.Tensor,
     settings: ReconstructionSettings,
     progress: bool = False,
-) -> list[float]:
+    seconds: float | None = None,
+) -> Steps:
     """Phase 2 on the pruned network: reconstruct dense kept channels from its own activations."""
     return _epochs(pruned, dense, taps, {}, kept, calib, settings.phase2_epochs, settings, "two-stage phase 2",
-                   None, progress)
+                   None, progress, seconds)
 
 
 def tap_errors(
@@ -234,9 +269,25 @@ def _targets(y: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
 
 
 def _ridge_supported(layer: nn.Module) -> bool:
+    """Whether the layer's output is the plain convolution (or linear map) of its input, which the regression
+    rows unfold. A subclass that pads in its own forward ("same" padding built in) is not, unless probing shows
+    it computes the same (a 1x1 convolution padded by nothing)."""
     if isinstance(layer, nn.Linear):
         return True
-    return isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
+    if not (isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)):
+        return False
+    if type(layer).forward is nn.Conv2d.forward:
+        return True
+    side = 2 * max(layer.kernel_size) * max(layer.dilation) + 3
+    generator = torch.Generator().manual_seed(0)
+    for size in (side, side + 1):  # odd and even: one-sided padding shows only at some sizes under a stride
+        x = torch.randn(1, layer.in_channels, size, size, generator=generator).to(layer.weight.dtype)
+        with torch.no_grad():
+            got = layer(x)
+            plain = F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        if got.shape != plain.shape or not torch.allclose(got, plain, rtol=1e-4, atol=1e-5):
+            return False
+    return True
 
 
 def _fold_solution(layer: nn.Module, norm: nn.Module | None, weight: torch.Tensor, shift: torch.Tensor) -> None:
