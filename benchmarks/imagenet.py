@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from benchmarks.common import DEFAULT_DB, RESULTS, SHARED, markdown_table, perf_model_for, write_result
+from benchmarks.common import DEFAULT_DB, SHARED, markdown_table, perf_model_for, write_result
 from benchmarks.pareto import MATCH, measure_and_recover, plans_at
 from latprune import pipeline
 from latprune.data import calibration_tensor, labelled_tensors
