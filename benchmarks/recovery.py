@@ -70,10 +70,10 @@ def test_tensors(limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
     model.eval()
     with torch.no_grad():
-        predictions = torch.cat([model(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])
+        predictions = torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
     return float((predictions == labels).float().mean())
 
 
