@@ -74,6 +74,13 @@ class BudgetRequest:
         if not (math.isfinite(self.margin) and 0 <= self.margin < 1):
             raise LatpruneError(f"--margin must be in [0, 1), got {self.margin}")
 
+    @classmethod
+    def from_budget(cls, budget: Budget, margin: float = 0.0) -> "BudgetRequest":
+        """The request a plan's recorded budget was made from (a speedup, or milliseconds as given)."""
+        if budget.speedup is not None:
+            return cls(speedup=budget.speedup, margin=margin)
+        return cls(budget_ms=budget.ms, margin=margin)
+
     def judged_ms(self, relative_to_dense: float, dense_ms: float) -> float:
         """The measured latency this request is judged by, for either kind of request: the pruned model's
         latency relative to the dense model, paired round by round (:func:`~latprune.network.paired_ratio`: a

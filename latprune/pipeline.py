@@ -25,7 +25,7 @@ from latprune.errors import LatpruneError
 from latprune.models import LoadedModel, load_model, parse_input_shape
 from latprune.network import Measurement, model_key, network_signatures
 from latprune.perfmodel import NetworkLatencyModel
-from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for, fit_perf_model
+from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for, fit_perf_model, fleet
 from latprune.perfmodel.validate import validate_model as validate
 from latprune.planner import api as planner
 from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loop, round_cells
@@ -47,7 +47,7 @@ __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryReque
            "measure_against_dense", "RoundsRule",
            "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify",
            "this_device", "uniform", "LoopSettings", "ROUND_COLUMNS", "Verification", "round_cells",
-           "OBJECTIVES", "SearchSettings", "calibrated_search", "validate", "HOLD_CHANNEL_OPS", "held_groups"]
+           "OBJECTIVES", "SearchSettings", "calibrated_search", "validate", "HOLD_CHANNEL_OPS", "held_groups", "fleet"]
 
 
 # ---------------------------------------------------------------- load and analyse
@@ -131,8 +131,9 @@ def predict(perf: NetworkLatencyModel, fitted: FitSummary, model: LoadedModel | 
 
 def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyModel, fitted: FitSummary,
          backend: str, settings: PlanSettings = PlanSettings(), calib: torch.Tensor | None = None,
-         verify: Verification = Verification(enabled=False)) -> Plan:
-    """Per-group widths within the budget; a speedup divides the predicted dense latency.
+         verify: Verification = Verification(enabled=False), start: Plan | None = None) -> Plan:
+    """Per-group widths within the budget; a speedup divides the predicted dense latency (``start``: the
+    closed loop's first plan, one made elsewhere; see `latprune verify`).
 
     With ``verify`` enabled on the profiled device, the closed loop measures each plan on the
     device and re-plans until the *measured* latency lies in the band (see
@@ -162,7 +163,8 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
         session = _LoopSession(inputs, settings, timer, verify, search)
         correction = 1.0 if request.budget_ms is None else _dense_correction(inputs, budget, timer.dense_ms)
         chosen = closed_loop(session, timer, request, budget, verify.loop,
-                             on_round=_announce_round if verify.progress else None, correction=correction)
+                             on_round=_announce_round if verify.progress else None, correction=correction,
+                             start=start)
     # the loop's time with the timer's start and warm-up
     return chosen.with_records(verification=dataclasses.replace(chosen.verification,
                                                                 seconds=time.perf_counter() - began))

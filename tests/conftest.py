@@ -164,3 +164,21 @@ def profiled(synthetic_backend, tmp_path) -> Profiled:
     pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
     perf, fitted = pipeline.fit(db, "synthetic")
     return Profiled(analysis, db, perf, fitted, fast)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """URL of a throwaway PostgreSQL server for this session (see tests/postgres_server.py)."""
+    from postgres_server import server_url
+
+    yield from server_url()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_location(request, tmp_path):
+    """A new profile store's location, once per kind: a SQLite file and a database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "profiles.sqlite")
+    from postgres_server import fresh_database
+
+    return fresh_database(request.getfixturevalue("postgres_server"))

@@ -363,3 +363,39 @@ def test_the_plan_command_verifies_by_default_and_prints_the_rounds(profiled, sy
     assert "not verified on the device: verification off (--no-verify)" in capsys.readouterr().out
     assert main(common + ["--tol", "0.7"]) == 1  # refused before anything is loaded or timed
     assert "--tol must be in (0, 0.5)" in capsys.readouterr().err
+
+
+def test_verify_closes_the_loop_on_a_plan_made_elsewhere_starting_from_it(profiled, synthetic_backend, tmp_path,
+                                                                           capsys):
+    """`latprune verify`: round 1 measures the plan as made (open loop, elsewhere); a device 40% slower than its
+    profile puts it over its millisecond budget, so the loop re-plans until it is in band. A plan for another device or model is
+    refused in one line before any timing."""
+    from latprune.cli import main
+    from latprune.planner.plan import Plan
+
+    from latprune import pipeline
+
+    p = profiled
+    common = ["--model", "cifar:resnet20", "--db", str(p.db), "--json"]
+    budget_ms = pipeline.predict(p.perf, p.fitted, p.analysis.loaded, "synthetic")["predicted_ms"] / 1.3
+    assert main(["plan", *common, "--backend", "synthetic", "--budget-ms", str(budget_ms), "--no-verify",
+                 "--margin", "0", "--out", str(tmp_path / "made.json")]) == 0
+    made = Plan.load(tmp_path / "made.json")
+    assert made.verification.verified is False
+    capsys.readouterr()
+    synthetic_backend.scale = 1.4
+    assert main(["verify", "--plan", str(tmp_path / "made.json"), *common, "--out", str(tmp_path / "v.json")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rounds = result["verification"]["rounds"]
+    assert rounds[0]["predicted_ms"] == pytest.approx(made.predicted_ms)  # round 1: the plan as it was made
+    assert rounds[0]["meets"] is False and len(rounds) >= 2  # over budget on this slower device
+    assert result["verification"]["verified"] and Plan.load(tmp_path / "v.json").verification.verified
+
+    other = {**made.to_json(), "device": "0123456789abcdef"}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["verify", "--plan", str(tmp_path / "other.json"), *common, "--out", str(tmp_path / "o.json")]) == 1
+    assert "planned for device 0123456789abcdef" in capsys.readouterr().err
+    assert main(["verify", "--plan", str(tmp_path / "made.json"), "--model", "cifar:resnet32", "--db", str(p.db),
+                 "--out", str(tmp_path / "o.json")]) == 1
+    assert "is a plan for cifar:resnet20" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()

@@ -13,7 +13,7 @@ from latprune.errors import LatpruneError
 from latprune.groups import find_channel_groups
 from latprune.models import load_model
 from latprune.perfmodel.api import device_id_for, fit_perf_model, load_perf_model
-from latprune.perfmodel.persistence import fit_path
+from latprune.profiler.store_sqlite import fit_path
 from latprune.perfmodel.estimator import LayerLatencyModel
 from latprune.network import model_key
 from latprune.network import LayerSignature, Measurement

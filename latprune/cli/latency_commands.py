@@ -15,7 +15,8 @@ def _format_profile(result: dict) -> str:
     return "\n".join([
         f"profiled {result['model']} on {result['backend']} (device {result['device']}) into {result['db']}",
         f"variants: {result['variants_timed']} timed, {result['variants_reused']} reused from other models, "
-        f"{result['variants_already_done']} already done (of {result['variants_planned']})",
+        f"{result['variants_already_done']} already done, {result['variants_by_others']} by another profiler of this "
+        f"device (of {result['variants_planned']})",
         f"layer signatures: {result['new_layer_rows']} new, {result['layer_rows']} in the database",
         (f"alignment step detected: {result['alignment_step']} channels" if result["alignment_detected"] else
          f"alignment step: inconclusive at this noise, using the {result['alignment_step']}-channel grid"),
@@ -36,6 +37,9 @@ def _profile_options(parser: argparse.ArgumentParser) -> None:
                         help="timed runs per round, plain and profiled each (default 8)")
     parser.add_argument("--warmup", type=natural_int, default=3, help="warm-up runs before each timing (default 3)")
     parser.add_argument("--step", type=positive_int, default=16, help="grid of aligned widths to cover (default 16)")
+    parser.add_argument("--claim-batch", type=positive_int, default=16, metavar="N",
+                        help="variants claimed and timed together; profilers of one device sharing a --db split the "
+                             "variants in such batches (default 16)")
     json_option(parser)
 
 
@@ -47,7 +51,7 @@ def cmd_profile(args: argparse.Namespace) -> dict:
 
     settings = ProfileSettings(widths=args.widths, variants=args.variants, rounds=args.rounds, runs=args.runs,
                                profiled_runs=args.runs, warmup=args.warmup, step=args.step,
-                               global_warmup_s=args.global_warmup)
+                               global_warmup_s=args.global_warmup, claim_batch=args.claim_batch)
     analysis = pipeline.analyse(dense_model(args))
     return pipeline.profile(analysis, args.backend, db=args.db, settings=settings, threads=args.threads).to_json()
 
@@ -106,8 +110,10 @@ def cmd_measure(args: argparse.Namespace) -> dict:
 
 def _format_devices(result: dict) -> str:
     rows = [(d["fingerprint"], d["backend"], d["description"].get("cpu", ""), d["description"].get("threads", ""),
-             d["layer_rows"], d["network_rows"]) for d in result["devices"]]
-    return f"{result['db']}\n" + table(["device", "backend", "cpu", "threads", "layer rows", "network rows"], rows)
+             d["layer_rows"], d["network_rows"], d["last_profiled_utc"] or "-", d["fit"])
+            for d in result["devices"]]
+    return f"{result['db']}\n" + table(["device", "backend", "cpu", "threads", "layer rows", "network rows",
+                                        "last profiled (UTC)", "performance model"], rows)
 
 
 def _devices_options(parser: argparse.ArgumentParser) -> None:
@@ -117,13 +123,18 @@ def _devices_options(parser: argparse.ArgumentParser) -> None:
 
 @command("devices", "devices and backends in a profile database", _devices_options, _format_devices)
 def cmd_devices(args: argparse.Namespace) -> dict:
-    """Devices and backends in a profile database, with row counts."""
-    from dataclasses import asdict
+    """The devices and backends in a profile database (a file or a team's server): row counts, when each was
+    last profiled, and whether its fitted performance model is current."""
+    import datetime
 
-    from latprune.profiler.api import ProfileStore
+    from latprune import pipeline
 
-    with ProfileStore(args.db, readonly=True) as store:
-        return {"db": str(store.path), "devices": [asdict(s) for s in store.summaries()]}
+    location, devices = pipeline.fleet(args.db)
+    for device in devices:
+        when = device["last_profiled"]
+        device["last_profiled_utc"] = (datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+                                       .strftime("%Y-%m-%d %H:%M") if when else None)
+    return {"db": location, "devices": devices}
 
 
 def _format_fit(result: dict) -> str:

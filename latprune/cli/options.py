@@ -103,6 +103,10 @@ def budget_options(parser: argparse.ArgumentParser, required: bool) -> None:
 def verify_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the closed loop: trust the performance model instead of measuring the plan")
+    loop_options(parser)
+
+
+def loop_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=finite_float, default=LOOP_TOL, metavar="FRACTION",
                         help=f"the closed loop stops when measured latency lies in [(1 - tol) x budget, budget] "
                              f"(default {LOOP_TOL})")
@@ -178,7 +182,8 @@ def recovery_options(parser: argparse.ArgumentParser, required: bool = False) ->
 
 
 def db_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", metavar="PATH", help="profile database (default $LATPRUNE_DB or the user cache)")
+    parser.add_argument("--db", metavar="PATH|URL", help="profile database: a SQLite file or a postgresql:// server "
+                        "URL (default $LATPRUNE_DB or a file in the user cache)")
 
 
 def output_options(parser: argparse.ArgumentParser, metavar: str, required: bool = True, help: str | None = None,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from latprune.cli.options import (backend_options, budget_options, calib_options, db_option, finite_float,
-                                  json_option, model_options, objective_options, output_options, planning_options,
-                                  positive_int, recovery_options)
+                                  json_option, loop_options, model_options, objective_options, output_options,
+                                  planning_options, positive_int, recovery_options)
 from latprune.cli.registry import command
 from latprune.cli.requests import (budget, dense_model, importance_images, plan_settings, recovery_request,
                                    verification)
@@ -78,6 +78,54 @@ def cmd_plan(args: argparse.Namespace) -> dict:
                          calib=importance_images(args, loaded), verify=verify)
     if args.out:
         plan.save(args.out)
+    return {**plan.to_json(), "out": args.out}
+
+
+def _verify_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", required=True, metavar="FILE",
+                        help="a plan made from this device's profile elsewhere (`latprune plan --device`)")
+    model_options(parser)
+    parser.add_argument("--threads", type=positive_int, help="intra-op threads (default: physical cores)")
+    db_option(parser)
+    loop_options(parser)
+    planning_options(parser)
+    objective_options(parser)
+    output_options(parser, "verified.json", help="write the verified plan here")
+    json_option(parser)
+
+
+@command("verify", "close the loop on a plan made elsewhere, on its device", _verify_options, _format_plan)
+def cmd_verify(args: argparse.Namespace) -> dict:
+    """Run on the device a plan was made for (from its profile, on another machine): the closed loop measures
+    the plan here next to the dense model and, until its measured latency lies in the band, re-plans the same
+    budget with the same method and objective on this device's profile (which the measurements extend)."""
+    from latprune import pipeline
+    from latprune.budget import Budget, BudgetRequest
+    from latprune.planner.plan import Plan
+
+    check_output(args.out, [args.weights, args.db, args.plan], args.force)
+    made = Plan.load(args.plan)
+    loaded = dense_model(args)
+    if made.model != loaded.spec or list(made.input_shape) != list(loaded.input_shape):
+        raise LatpruneError(f"{args.plan} is a plan for {made.model} at {made.input_shape}, not {loaded.spec} at "
+                            f"{list(loaded.input_shape)}")
+    if made.cost != "latency" or not made.budget:
+        raise LatpruneError(f"{args.plan} has no latency budget to verify (cost {made.cost!r})")
+    here = pipeline.this_device(made.backend, args.threads)
+    if made.device != here:
+        raise LatpruneError(f"{args.plan} was planned for device {made.device}; this machine is {here} on "
+                            f"{made.backend}: run verify on that device (`latprune devices` lists them)")
+    args.importance = args.importance or made.importance
+    args.objective = args.objective or made.objective
+    method = next(m for m in ("latency", "flops", "uniform", "tp-global") if made.method.startswith(m.split("-")[0]))
+    request, settings = BudgetRequest.from_budget(Budget.from_json(made.budget)), plan_settings(args, method)
+    args.no_verify = False
+    analysis = pipeline.analyse(loaded)
+    made.check_groups(analysis.groups, args.plan)
+    perf, fitted = pipeline.fit(args.db, made.backend, args.threads)
+    plan = pipeline.plan(analysis, request, perf, fitted, made.backend, settings,
+                         calib=importance_images(args, loaded), verify=verification(args), start=made)
+    plan.save(args.out)
     return {**plan.to_json(), "out": args.out}
 
 

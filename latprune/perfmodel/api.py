@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import sklearn
@@ -22,7 +21,7 @@ import sklearn
 import latprune
 from latprune.errors import LatpruneError
 from latprune.perfmodel.estimator import LayerLatencyModel, NetworkLatencyModel
-from latprune.perfmodel.persistence import UnreadableFit, fit_path, load_fit, save_fit
+from latprune.perfmodel.persistence import UnreadableFit, fit_bytes, read_fit_bytes
 from latprune.profiler.api import ProfileStore, describe_device, fingerprint
 
 
@@ -85,7 +84,7 @@ def device_id_for(store: ProfileStore, backend_name: str, threads: int | None = 
     if device_id is None or not store.layer_timings(device_id, backend_name):
         whose = f"device {key}" if device else f"this device ({key})"
         hint = "`latprune devices` lists the stored ones" if device else "run `latprune profile` first"
-        raise LatpruneError(f"no {backend_name} profile for {whose} in {store.path}; {hint}")
+        raise LatpruneError(f"no {backend_name} profile for {whose} in {store.location}; {hint}")
     return device_id, key
 
 
@@ -99,11 +98,11 @@ def current_perf_model(db, backend: str, threads: int | None = None,
 
 def fit_perf_model(store: ProfileStore, device_id: int, backend: str, estimator: str = "auto",
                    device: str = "") -> tuple[NetworkLatencyModel, FitSummary]:
-    """Fit on the profile rows of ``device_id`` and ``backend``, and store the fit beside the profile."""
+    """Fit on the profile rows of ``device_id`` and ``backend``, and keep the fit in the profile store."""
     started = time.time()
     timings = store.layer_timings(device_id, backend)
     if not timings:
-        raise LatpruneError(f"no {backend} layer timings to fit in {store.path}; run `latprune profile` first")
+        raise LatpruneError(f"no {backend} layer timings to fit in {store.location}; run `latprune profile` first")
     step = int(store.fact(device_id, backend, "alignment_step", 16) or 1)
     signatures = [t.signature for t in timings]
     layers = LayerLatencyModel(estimator=estimator, step=step).fit(signatures, [t.measurement.median_ms for t in timings])
@@ -120,8 +119,8 @@ def fit_perf_model(store: ProfileStore, device_id: int, backend: str, estimator:
                          fit_s=time.time() - started,
                          input_shapes=profiled_input_shapes(store, device_id, backend))
     try:
-        save_fit(_fit_file(store, device, backend), model, store.profile_hash(device_id, backend),
-                 library_versions(), summary.to_json())
+        store.write_fit(device, backend, fit_bytes(model, store.profile_hash(device_id, backend), library_versions(),
+                                                   summary.to_json()))
     except (OSError, LatpruneError) as exc:  # a read-only profile folder: the fit is used, just not kept
         print(f"latprune: the {backend} performance model could not be stored ({exc}); it will be refitted next "
               f"time", file=sys.stderr)
@@ -132,25 +131,11 @@ def load_perf_model(store: ProfileStore, device_id: int, backend: str, refit: bo
                     device: str = "") -> tuple[NetworkLatencyModel, FitSummary]:
     """The stored fit if it is current; otherwise refit it (or refuse when ``refit`` is false)."""
     device = device or store.device_fingerprint(device_id)
-    reason = None
-    try:
-        stored = load_fit(_fit_file(store, device, backend))
-    except UnreadableFit as exc:
-        stored, reason = None, f"the stored fit is unreadable ({exc})"
-    if stored is None:
-        reason = reason or "no fitted model yet"
-    else:
-        profile_hash, versions, summary, model = stored
-        if versions != library_versions():
-            changed = sorted(k for k in set(versions) | set(library_versions())
-                             if versions.get(k) != library_versions().get(k))
-            reason = "fitted under other library versions (" + ", ".join(
-                f"{k} {versions.get(k)} -> {library_versions().get(k)}" for k in changed) + ")"
-        elif profile_hash != store.profile_hash(device_id, backend):
-            reason = "the profile changed since the fit"
-        else:
-            return model, FitSummary(**{**summary, "status": "loaded",
-                                        "input_shapes": profiled_input_shapes(store, device_id, backend)})
+    stored, reason = stored_fit(store, device_id, backend, device)
+    if stored is not None:
+        model, summary = stored
+        return model, FitSummary(**{**summary, "status": "loaded",
+                                    "input_shapes": profiled_input_shapes(store, device_id, backend)})
     if not refit:
         raise LatpruneError(f"the stored {backend} performance model is stale: {reason}; run `latprune fit`")
     print(f"latprune: refitting the {backend} performance model: {reason}", file=sys.stderr)
@@ -159,5 +144,33 @@ def load_perf_model(store: ProfileStore, device_id: int, backend: str, refit: bo
     return model, summary
 
 
-def _fit_file(store: ProfileStore, device: str, backend: str) -> Path:
-    return fit_path(store.path, device, backend)
+def fleet(db) -> tuple[str, list[dict]]:
+    """The store's location, and its devices and backends: row counts, when last profiled (Unix time), and the
+    state of the stored performance model ("current", or why it would be refitted)."""
+    with ProfileStore(db, readonly=True) as store:
+        devices = []
+        for summary in store.summaries():
+            fitted, why_not = stored_fit(store, store.find_device(summary.fingerprint), summary.backend,
+                                         summary.fingerprint)
+            devices.append({**asdict(summary), "fit": "current" if fitted else why_not})
+        return store.location, devices
+
+
+def stored_fit(store: ProfileStore, device_id: int, backend: str,
+               device: str) -> tuple[tuple[NetworkLatencyModel, dict] | None, str | None]:
+    """((model, summary), None) when the stored fit of ``device`` and ``backend`` is current, else (None, why not)."""
+    try:
+        stored = read_fit_bytes(store.read_fit(device, backend), store.fit_source(device, backend))
+    except (UnreadableFit, OSError) as exc:
+        return None, f"the stored fit is unreadable ({exc})"
+    if stored is None:
+        return None, "no fitted model yet"
+    profile_hash, versions, summary, model = stored
+    if versions != library_versions():
+        changed = sorted(k for k in set(versions) | set(library_versions())
+                         if versions.get(k) != library_versions().get(k))
+        return None, "fitted under other library versions (" + ", ".join(
+            f"{k} {versions.get(k)} -> {library_versions().get(k)}" for k in changed) + ")"
+    if profile_hash != store.profile_hash(device_id, backend):
+        return None, "the profile changed since the fit"
+    return (model, summary), None

@@ -1,24 +1,23 @@
-"""Where a fitted performance model is kept: a file beside the profile, in formats that run no code.
+"""A fitted performance model as bytes, in formats that run no code.
 
-``profiles.sqlite`` gets a folder ``profiles.sqlite.perfmodels/`` with one zip per device and
-backend: ``fit.json`` (the profile hash and library versions it was fitted under, the fit
-summary, every parameter that is plain numbers) and one ``.skops`` entry per scikit-learn
-regressor. Regressors are read back with skops, trusting scikit-learn's own tree types
-only, so a crafted file cannot execute code; anything unreadable is treated as no fit
-(the caller refits from the profile rows).
+One zip per device and backend: ``fit.json`` (the profile hash and library versions it was
+fitted under, the fit summary, every parameter that is plain numbers) and one ``.skops``
+entry per scikit-learn regressor. Regressors are read back with skops, trusting
+scikit-learn's own tree types only, so a crafted file cannot execute code; anything
+unreadable is treated as no fit (the caller refits from the profile rows). The profile
+store keeps the bytes: a file beside a SQLite profile (``profiles.sqlite.perfmodels/``), a
+table of a server store.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import skops.io
 
-from latprune.outputs import atomic_path
 from latprune.perfmodel.estimator import FamilyLinear, LayerLatencyModel, LogTarget, NetworkLatencyModel
 
 FORMAT = "latprune-perfmodel"
@@ -31,41 +30,37 @@ class UnreadableFit(Exception):
     """A stored fit that cannot be read back (corrupt, foreign or of another format)."""
 
 
-def fit_path(db: str | os.PathLike, device: str, backend: str) -> Path:
-    """The file holding the fit of ``device`` (fingerprint) and ``backend`` for the profile at ``db``."""
-    return Path(f"{db}.perfmodels") / f"{device}-{backend}.zip"
-
-
-def save_fit(path: Path, model: NetworkLatencyModel, profile_hash: str, versions: dict, summary: dict) -> None:
-    """Write the fit atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def fit_bytes(model: NetworkLatencyModel, profile_hash: str, versions: dict, summary: dict) -> bytes:
+    """The fit as a zip archive's bytes."""
     blobs: dict[str, bytes] = {}
     state = {"format": FORMAT, "version": FORMAT_VERSION, "profile_hash": profile_hash, "versions": versions,
              "summary": summary, "model": _network_state(model, blobs)}
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("fit.json", json.dumps(state))
         for name, blob in blobs.items():
             archive.writestr(name, blob)
+    return buffer.getvalue()
 
 
-def load_fit(path: Path) -> tuple[str, dict, dict, NetworkLatencyModel] | None:
-    """(profile hash, versions, summary, model) of the stored fit; None if there is none.
+def read_fit_bytes(data: bytes | None, source: str) -> tuple[str, dict, dict, NetworkLatencyModel] | None:
+    """(profile hash, versions, summary, model) of a stored fit; None if there is none.
 
-    Raises :class:`UnreadableFit` for a file that is not a readable fit of this format.
+    Raises :class:`UnreadableFit` (naming ``source``) for bytes that are not a readable fit of this format.
     """
-    if not path.exists():
+    if data is None:
         return None
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             state = json.loads(archive.read("fit.json"))
             if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != FORMAT_VERSION:
-                raise UnreadableFit(f"{path} is not a latprune performance model of format {FORMAT_VERSION}")
+                raise UnreadableFit(f"{source} is not a latprune performance model of format {FORMAT_VERSION}")
             model = _network_from_state(state["model"], archive)
         return state["profile_hash"], state["versions"], state["summary"], model
     except UnreadableFit:
         raise
-    except Exception as exc:  # zip, JSON, skops and shape errors alike: the file is not usable
-        raise UnreadableFit(f"{path}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # zip, JSON, skops and shape errors alike: the bytes are not usable
+        raise UnreadableFit(f"{source}: {type(exc).__name__}: {exc}") from None
 
 
 def _network_state(model: NetworkLatencyModel, blobs: dict[str, bytes]) -> dict:

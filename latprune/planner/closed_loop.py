@@ -92,14 +92,15 @@ class LoopModel(Protocol):
 
 def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, first: Budget,
                 settings: LoopSettings = LoopSettings(), on_round: Callable[[LoopRound], None] | None = None,
-                correction: float = 1.0) -> Plan:
+                correction: float = 1.0, start: Plan | None = None) -> Plan:
     """The plan whose measured latency lies in the band, else the fastest-to-budget plan that met it.
 
     ``first`` is the budget as resolved for planning (a speedup over the *predicted* dense
     latency); each round re-resolves the request against the dense latency measured in its
     own rounds. ``correction`` is measured over predicted latency as known before the first round
     (the dense model's, for a budget in milliseconds): the first plan aims at ``first`` divided by
-    it. The returned plan's ``verification`` records every round (each also passed to
+    it. ``start`` (a plan made elsewhere, e.g. from this device's profile on another machine) is the first
+    round's plan instead of a solve. The returned plan's ``verification`` records every round (each also passed to
     ``on_round`` when measured, for progress). Raises
     :class:`LatpruneError` when no measured plan met the budget (with the fastest measured).
     """
@@ -116,7 +117,7 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
     for index in range(settings.max_rounds):
         started = time.perf_counter()
         try:
-            plan = model.solve(budget)
+            plan = start if start is not None and index == 0 else model.solve(budget)
         except LatpruneError as exc:
             fastest = model.fastest_ms()
             if not rounds and budget.ceiling_ms / correction < (1 - settings.reach) * fastest:

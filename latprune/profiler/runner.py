@@ -48,6 +48,8 @@ class ProfileSettings:
     anchors: int = 4  # variants always timed whole, even when every layer is already known
     reference_every: int = 8  # the dense network is re-timed after this many variant visits to normalise them
     global_warmup_s: float = 5.0  # measured here: timings settle only after ~5 s of steady load
+    # Variants claimed and timed together: profilers of one device sharing a store split the work in such batches.
+    claim_batch: int = 16
     seed: int = 0
 
 
@@ -61,6 +63,7 @@ class ProfileReport:
     variants_timed: int
     variants_reused: int
     variants_already_done: int
+    variants_by_others: int  # timed by another profiler of this device sharing the work
     new_layer_rows: int
     layer_rows: int
     alignment_step: int  # detected, or the configured grid step when detection was inconclusive
@@ -124,33 +127,50 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
                                branches=analysis.branches)
 
     known_elsewhere = store.known_signatures(device_id, backend.name, exclude_model=key)
-    done = {t.variant_key for t in store.network_timings(device_id, backend.name, key)}
-    pending = store.pending_rounds(device_id, backend.name, key)
-
-    jobs: list[_Job] = []
-    reused = 0
-    with tempfile.TemporaryDirectory(prefix="latprune-profile-") as work:
-        for index, variant in enumerate(_progress(variants, desc="prepare variants", unit="variant",
-                                                  disable=not progress)):
-            if variant.key in done:
-                continue
-            model = prune_channels(loaded.model, x, analysis.groups, variant.kept(analysis.groups),
-                                   branches=analysis.branches)
-            variant_layers = analysis.layers_of(model)
-            signatures = layer_signatures(model, variant_layers, loaded.input_shape[0], backend.name)
-            if index >= settings.anchors and all(s.key() in known_elsewhere for s in signatures.values()):
-                reused += 1
-                continue
-            prepared = backend.prepare(model, loaded.input_shape, list(variant_layers),
-                                       Path(work) / f"{variant.key}.bin")
-            jobs.append(_Job(variant, prepared, signatures, pending.get(variant.key, {})))
-
-        drift = 0.0
-        if jobs:
-            dense = variants[0]  # design_variants puts the dense network first
-            reference = next((j.prepared for j in jobs if j.variant.key == dense.key), None) or backend.prepare(
-                loaded.model, loaded.input_shape, list(layers), Path(work) / "reference.bin")
-            drift = _time_jobs(jobs, reference, backend, store, device_id, key, settings, progress)
+    done = store.finished_variants(device_id, backend.name, key)
+    todo = [(index, v) for index, v in enumerate(variants) if v.key not in done]
+    timed, reused, deferred = [], 0, []
+    drift = 0.0
+    try:
+        with tempfile.TemporaryDirectory(prefix="latprune-profile-") as work:
+            reference = None
+            while todo:
+                jobs: list[_Job] = []
+                later = []  # past this batch: claimed and timed in the next one
+                for index, variant in _progress(todo, desc="prepare variants", unit="variant",
+                                                disable=not progress):
+                    if len(jobs) >= settings.claim_batch:
+                        later.append((index, variant))
+                        continue
+                    model = prune_channels(loaded.model, x, analysis.groups, variant.kept(analysis.groups),
+                                           branches=analysis.branches)
+                    variant_layers = analysis.layers_of(model)
+                    signatures = layer_signatures(model, variant_layers, loaded.input_shape[0], backend.name)
+                    if index >= settings.anchors and all(s.key() in known_elsewhere for s in signatures.values()):
+                        reused += 1
+                        continue
+                    if not store.claim(device_id, backend.name, key, variant.key):
+                        deferred.append((index, variant))  # another profiler of this device is timing it
+                        continue
+                    prepared = backend.prepare(model, loaded.input_shape, list(variant_layers),
+                                               Path(work) / f"{variant.key}.bin")
+                    pending = store.pending_rounds(device_id, backend.name, key, variant.key)
+                    jobs.append(_Job(variant, prepared, signatures, pending.get(variant.key, {})))
+                if jobs:
+                    warmup_s = settings.global_warmup_s if reference is None else 0.0
+                    if reference is None:
+                        dense = variants[0]  # design_variants puts the dense network first
+                        reference = next((j.prepared for j in jobs if j.variant.key == dense.key), None) or \
+                            backend.prepare(loaded.model, loaded.input_shape, list(layers), Path(work) / "reference.bin")
+                    drift = max(drift, _time_jobs(jobs, reference, backend, store, device_id, key, settings, progress,
+                                                  warmup_s))
+                    timed += jobs
+                if later:
+                    todo = later
+                else:
+                    todo, deferred = _await_others(store, device_id, backend.name, key, deferred, progress)
+    finally:
+        store.release_claims()
 
     timings = [(t.signature, t.measurement.median_ms) for t in store.layer_timings(device_id, backend.name)]
     detected, scores = detect_alignment_step(timings)
@@ -162,12 +182,13 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
         model=key,
         backend=backend.name,
         device=device,
-        db=str(store.path),
+        db=store.location,
         variants_planned=len(variants),
-        variants_timed=len(jobs),
+        variants_timed=len(timed),
         variants_reused=reused,
         variants_already_done=len(done),
-        new_layer_rows=sum(j.new_rows for j in jobs),
+        variants_by_others=len(variants) - len(done) - reused - len(timed),
+        new_layer_rows=sum(j.new_rows for j in timed),
         layer_rows=len(timings),
         alignment_step=step,
         alignment_detected=detected is not None,
@@ -183,11 +204,11 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
 
 
 def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: ProfileStore, device_id: int,
-               key: str, settings: ProfileSettings, progress: bool) -> float:
+               key: str, settings: ProfileSettings, progress: bool, warmup_s: float) -> float:
     """Run the rounds, each variant's times normalised by the dense ``reference`` timed beside them; returns the
     largest relative drift of the reference from its first recorded time."""
     timer = Timer(backend, warmup=settings.warmup, seed=settings.seed)
-    timer.warm_up([reference], settings.global_warmup_s)
+    timer.warm_up([reference], warmup_s)
 
     def reference_ms() -> float:
         """Re-time the dense reference and record it (the quiet reference of later runs and loops too)."""
@@ -230,6 +251,24 @@ def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: P
                 job.new_rows = _finish(job, store, device_id, backend.name, key)
     checks = store.drift_checks(device_id, backend.name, key)
     return max(abs(c / checks[0] - 1) for c in checks)
+
+
+def _await_others(store: ProfileStore, device_id: int, backend: str, key: str, deferred: list[tuple[int, Variant]],
+                  progress: bool, poll_s: float = 2.0) -> tuple[list[tuple[int, Variant]], list[tuple[int, Variant]]]:
+    """Wait while other profilers time the ``deferred`` variants. Returns (those whose claim lapsed, now this
+    profiler's to time; those still with their profilers), or two empty lists once every one is finished."""
+    if deferred and progress:
+        print(f"latprune: {len(deferred)} variants are being timed by another profiler of this device; waiting for "
+              "them", file=sys.stderr)
+    while deferred:
+        finished = store.finished_variants(device_id, backend, key)
+        deferred = [(i, v) for i, v in deferred if v.key not in finished]
+        lapsed = [(i, v) for i, v in deferred if store.claim(device_id, backend, key, v.key)]
+        if lapsed:  # claimed now (claiming them again when they are prepared just renews the claim)
+            return lapsed, [item for item in deferred if item not in lapsed]
+        if deferred:
+            time.sleep(poll_s)
+    return [], []
 
 
 def _round_runs(settings: ProfileSettings, network_ms: float) -> tuple[int, int]:

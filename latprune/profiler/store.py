@@ -1,83 +1,49 @@
-"""``ProfileStore``: the SQLite database of timings. Nothing else in latprune writes SQL.
+"""``ProfileStore``: the database of timings. Nothing else in latprune writes SQL.
 
 One row per (device, backend, layer signature) for layer timings; whole-network timings
 per pruned variant; partial rounds of variants still being timed (so an interrupted run
-resumes); drift checks of a reference network. Every write is its own transaction, the
-database runs in WAL mode with a busy timeout, so two profilers can share it.
+resumes); drift checks of a reference network; claims by which profilers of one device
+share the variants to time. Every write is its own transaction.
+
+``ProfileStore(location)`` opens the store a location names: a file path is a SQLite
+database (the default; :mod:`latprune.profiler.store_sqlite`), a ``postgresql://`` URL a
+PostgreSQL server (:mod:`latprune.profiler.store_postgres`, the optional ``[postgres]``
+extra). Both run the same queries below; they differ only in how they connect, lock, check
+the schema and keep fitted performance models.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
+import socket
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from latprune.errors import LatpruneError
 from latprune.network import LayerSignature, Measurement
 from latprune.outputs import user_cache_dir
+from latprune.profiler.store_schema import CORE_TABLES, SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
-# How long a locked database is waited for before giving up with a clear message.
-LOCK_TIMEOUT_S = float(os.environ.get("LATPRUNE_DB_TIMEOUT_S", "30"))
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS devices (
-    id INTEGER PRIMARY KEY,
-    fingerprint TEXT NOT NULL UNIQUE,
-    description TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS layer_timings (
-    device_id INTEGER NOT NULL REFERENCES devices(id),
-    backend TEXT NOT NULL,
-    signature TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    median_ms REAL NOT NULL, p10_ms REAL NOT NULL, p90_ms REAL NOT NULL,
-    runs INTEGER NOT NULL, spread REAL NOT NULL,
-    source_model TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (device_id, backend, signature)
-);
-CREATE TABLE IF NOT EXISTS network_timings (
-    device_id INTEGER NOT NULL REFERENCES devices(id),
-    backend TEXT NOT NULL,
-    model_key TEXT NOT NULL,
-    variant_key TEXT NOT NULL,
-    widths TEXT NOT NULL,
-    median_ms REAL NOT NULL, p10_ms REAL NOT NULL, p90_ms REAL NOT NULL,
-    runs INTEGER NOT NULL, spread REAL NOT NULL,
-    layers_ms TEXT NOT NULL,
-    layer_signatures TEXT NOT NULL,
-    remainder_ms REAL NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (device_id, backend, model_key, variant_key)
-);
-CREATE TABLE IF NOT EXISTS pending_rounds (
-    device_id INTEGER NOT NULL, backend TEXT NOT NULL, model_key TEXT NOT NULL,
-    variant_key TEXT NOT NULL, round INTEGER NOT NULL, data TEXT NOT NULL,
-    PRIMARY KEY (device_id, backend, model_key, variant_key, round)
-);
-CREATE TABLE IF NOT EXISTS drift_checks (
-    device_id INTEGER NOT NULL, backend TEXT NOT NULL, model_key TEXT NOT NULL,
-    at REAL NOT NULL, median_ms REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS backend_facts (
-    device_id INTEGER NOT NULL, backend TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY (device_id, backend, key)
-);
-"""
+SERVER_SCHEMES = ("postgresql://", "postgres://")
+# How long a variant stays claimed by a profiler that stopped renewing its claim (a crashed one elsewhere).
+CLAIM_LEASE_S = float(os.environ.get("LATPRUNE_CLAIM_LEASE_S", "120"))
 
 
-def default_db_path() -> Path:
-    """``$LATPRUNE_DB``, else ``<user cache dir>/latprune/profiles.sqlite``."""
+def default_db_path() -> str | Path:
+    """``$LATPRUNE_DB`` (a path or a server URL), else ``<user cache dir>/latprune/profiles.sqlite``."""
     if os.environ.get("LATPRUNE_DB"):
-        return Path(os.environ["LATPRUNE_DB"])
+        value = os.environ["LATPRUNE_DB"]
+        return value if is_server_url(value) else Path(value)
     return user_cache_dir() / "profiles.sqlite"
+
+
+def is_server_url(location: str | os.PathLike | None) -> bool:
+    return isinstance(location, str) and location.startswith(SERVER_SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -105,50 +71,77 @@ class DeviceSummary:
     backend: str
     layer_rows: int
     network_rows: int
+    last_profiled: float | None = None  # when its newest timing was committed (Unix time)
 
 
-def _database_error(path: Path, exc: Exception) -> LatpruneError:
-    """One clear line for what SQLite (or the file system) said."""
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return LatpruneError(f"profile database {path} is locked by another process (waited {LOCK_TIMEOUT_S:g} s); "
-                             "try again when it has finished")
-    if "readonly" in text or "read-only" in text or isinstance(exc, PermissionError):
-        return LatpruneError(f"profile database {path} is read-only here; profile into a writable --db")
-    if "unable to open" in text:
-        return LatpruneError(f"cannot open profile database {path}: check the path and its folder's permissions")
-    return LatpruneError(f"profile database {path} is unreadable or corrupt: {text}")
+class _Write:
+    """What a write transaction hands its body: ``run(sql, params)`` returns the cursor."""
+
+    def __init__(self, run: Callable):
+        self.run = run
 
 
 class ProfileStore:
-    """Timings of one database file. Use as a context manager or call :meth:`close`."""
+    """Timings of one database. Use as a context manager or call :meth:`close`.
 
-    def __init__(self, path: str | os.PathLike | None = None, readonly: bool = False):
-        """Open (``readonly``: only read; the file must exist) or create a profile database.
+    ``ProfileStore(location, readonly)`` returns the store for ``location`` (see the module
+    docstring). A database that is not a latprune database, or one of a newer schema, is
+    refused before anything in it is changed.
+    """
 
-        A file that is not a latprune database, or one of a newer schema, is refused before
-        anything in it is changed. A database locked by another writer is waited for ``LOCK_TIMEOUT_S``
-        (``$LATPRUNE_DB_TIMEOUT_S``, default 30 s).
-        """
-        self.path = Path(path) if path else default_db_path()
+    location: str  # for messages: the file path, or the server URL without its password
+
+    def __new__(cls, location: str | os.PathLike | None = None, readonly: bool = False):
+        if cls is ProfileStore:  # the subclass's __init__ then runs with the same arguments
+            if is_server_url(location or default_db_path()):
+                from latprune.profiler.store_postgres import PostgresStore as cls
+            else:
+                from latprune.profiler.store_sqlite import SqliteStore as cls
+        return object.__new__(cls)
+
+    def __init__(self, location: str | os.PathLike | None = None, readonly: bool = False):
         self.readonly = readonly
-        if self.path.is_dir():
-            raise LatpruneError(f"profile database {self.path} is a folder")
-        if readonly and not self.path.is_file():
-            raise LatpruneError(f"no profile database at {self.path}; run `latprune profile` first")
-        try:
-            if not readonly:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(f"file:{self.path}{'?mode=ro' if readonly else ''}", uri=True,
-                                         timeout=LOCK_TIMEOUT_S, isolation_level=None)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT_S * 1000)}")
-            self._check_schema()
-            if not readonly:
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-                self._migrate()
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise _database_error(self.path, exc) from None
+        # Who holds a claim: this host and process, and this store (two stores of one process are two profilers).
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    # ------------------------------------------------------------ what each store provides
+
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def _transaction(self) -> AbstractContextManager[_Write]:
+        raise NotImplementedError
+
+    def read_fit(self, device: str, backend: str) -> bytes | None:
+        """The stored performance-model fit of ``device`` and ``backend`` (None: none stored)."""
+        raise NotImplementedError
+
+    def write_fit(self, device: str, backend: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def fit_source(self, device: str, backend: str) -> str:
+        """Where that fit is kept, for messages."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _table_names(self) -> set[str]:
+        raise NotImplementedError
+
+    def _check_schema(self) -> None:
+        """Refuse other programs' databases and newer schemas without writing anything."""
+        tables = self._table_names()
+        if not tables:
+            if self.readonly:
+                raise LatpruneError(f"{self.location} holds no profile yet; run `latprune profile` first")
+            return  # a new database
+        rows = self._read("SELECT value FROM meta WHERE key = 'schema_version'") if "meta" in tables else []
+        if not rows or not CORE_TABLES <= tables:
+            raise LatpruneError(f"{self.location} is not a latprune profile database (it was left unchanged)")
+        if int(rows[0][0]) > SCHEMA_VERSION:
+            raise LatpruneError(f"profile database {self.location} has schema {rows[0][0]}, newer than this "
+                                f"latprune ({SCHEMA_VERSION})")
 
     def __enter__(self) -> "ProfileStore":
         return self
@@ -156,81 +149,51 @@ class ProfileStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:
-        self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; SQLite's errors (locked, read-only, corrupt) become one clear line."""
-        try:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            raise _database_error(self.path, exc) from None
-
-    def _check_schema(self) -> None:
-        """Refuse other programs' databases and newer schemas without writing anything."""
-        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if not tables:
-            if self.readonly:
-                raise LatpruneError(f"{self.path} holds no profile yet; run `latprune profile` first")
-            return  # a new database
-        row = None
-        if "meta" in tables:
-            row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None or not {"devices", "layer_timings"} <= tables:
-            raise LatpruneError(f"{self.path} is not a latprune profile database (it was left unchanged)")
-        if int(row[0]) > SCHEMA_VERSION:
-            raise LatpruneError(
-                f"profile database {self.path} has schema {row[0]}, newer than this latprune ({SCHEMA_VERSION})"
-            )
-
-    def _migrate(self) -> None:
-        self._conn.executescript(_SCHEMA)  # idempotent; executescript manages its own commit
-        with self._transaction() as conn:
-            if conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-
     # -------------------------------------------------------------- devices
 
     def device_id(self, fingerprint: str, description: dict) -> int:
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO devices (fingerprint, description) VALUES (?, ?)",
-                (fingerprint, json.dumps(description, sort_keys=True)),
-            )
-            return conn.execute("SELECT id FROM devices WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
+        with self._transaction() as tx:
+            tx.run("INSERT INTO devices (fingerprint, description) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                   (fingerprint, json.dumps(description, sort_keys=True)))
+            return tx.run("SELECT id FROM devices WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
 
     def summaries(self) -> list[DeviceSummary]:
-        rows = self._conn.execute(
+        rows = self._read(
             """SELECT d.fingerprint, d.description, b.backend,
                       (SELECT COUNT(*) FROM layer_timings l WHERE l.device_id = d.id AND l.backend = b.backend),
-                      (SELECT COUNT(*) FROM network_timings n WHERE n.device_id = d.id AND n.backend = b.backend)
+                      (SELECT COUNT(*) FROM network_timings n WHERE n.device_id = d.id AND n.backend = b.backend),
+                      (SELECT MAX(n.created) FROM network_timings n WHERE n.device_id = d.id AND n.backend = b.backend)
                FROM devices d JOIN (SELECT device_id, backend FROM layer_timings
                                     UNION SELECT device_id, backend FROM network_timings) b
                ON b.device_id = d.id ORDER BY d.id, b.backend"""
-        ).fetchall()
-        return [DeviceSummary(r[0], json.loads(r[1]), r[2], r[3], r[4]) for r in rows]
+        )
+        return [DeviceSummary(r[0], json.loads(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def find_device(self, fingerprint: str) -> int | None:
+        rows = self._read("SELECT id FROM devices WHERE fingerprint = ?", (fingerprint,))
+        return rows[0][0] if rows else None
+
+    def device_fingerprint(self, device_id: int) -> str:
+        rows = self._read("SELECT fingerprint FROM devices WHERE id = ?", (device_id,))
+        if not rows:
+            raise LatpruneError(f"no device {device_id} in {self.location}")
+        return rows[0][0]
 
     # -------------------------------------------------------------- layer timings
 
     def known_signatures(self, device_id: int, backend: str, exclude_model: str | None = None) -> set[str]:
         """Signature keys already timed, optionally ignoring those first timed for one model."""
-        rows = self._conn.execute(
+        rows = self._read(
             "SELECT signature FROM layer_timings WHERE device_id = ? AND backend = ? AND source_model != ?",
             (device_id, backend, exclude_model or ""),
         )
         return {r[0] for r in rows}
 
     def layer_timings(self, device_id: int, backend: str) -> list[LayerTiming]:
-        rows = self._conn.execute(
+        """Ordered by signature: a fit depends on which rows there are, not on who committed them first."""
+        rows = self._read(
             """SELECT signature, median_ms, p10_ms, p90_ms, runs, spread, source_model
-               FROM layer_timings WHERE device_id = ? AND backend = ? ORDER BY rowid""",
+               FROM layer_timings WHERE device_id = ? AND backend = ? ORDER BY signature""",
             (device_id, backend),
         )
         return [
@@ -246,32 +209,37 @@ class ProfileStore:
         network: NetworkTiming,
         layers: Iterable[tuple[LayerSignature, Measurement]],
     ) -> int:
-        """Record a fully timed variant and its layers in one transaction.
+        """Record a fully timed variant and its layers in one transaction, and release its claim.
 
         Layer signatures already present keep their first measurement (reused, not
         re-timed). Returns the number of new layer rows.
         """
         now = time.time()
         m = network.measurement
-        with self._transaction() as conn:
+        with self._transaction() as tx:
             added = 0
             for signature, lm in layers:
-                cursor = conn.execute(
-                    "INSERT OR IGNORE INTO layer_timings VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                cursor = tx.run(
+                    "INSERT INTO layer_timings VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                     (device_id, backend, signature.key(), signature.kind, lm.median_ms, lm.p10_ms, lm.p90_ms,
                      lm.runs, lm.spread, network.model_key, now),
                 )
-                added += cursor.rowcount
-            conn.execute(
-                "INSERT OR REPLACE INTO network_timings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                added += max(cursor.rowcount, 0)
+            tx.run(
+                """INSERT INTO network_timings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT (device_id, backend, model_key, variant_key) DO UPDATE SET
+                   widths = excluded.widths, median_ms = excluded.median_ms, p10_ms = excluded.p10_ms,
+                   p90_ms = excluded.p90_ms, runs = excluded.runs, spread = excluded.spread,
+                   layers_ms = excluded.layers_ms, layer_signatures = excluded.layer_signatures,
+                   remainder_ms = excluded.remainder_ms, created = excluded.created""",
                 (device_id, backend, network.model_key, network.variant_key, json.dumps(network.widths),
                  m.median_ms, m.p10_ms, m.p90_ms, m.runs, m.spread, json.dumps(network.layers_ms),
                  json.dumps(network.layer_signatures), network.remainder_ms, now),
             )
-            conn.execute(
-                "DELETE FROM pending_rounds WHERE device_id = ? AND backend = ? AND model_key = ? AND variant_key = ?",
-                (device_id, backend, network.model_key, network.variant_key),
-            )
+            where = "WHERE device_id = ? AND backend = ? AND model_key = ? AND variant_key = ?"
+            key = (device_id, backend, network.model_key, network.variant_key)
+            tx.run(f"DELETE FROM pending_rounds {where}", key)
+            tx.run(f"DELETE FROM variant_claims {where}", key)
         return added
 
     def network_timings(self, device_id: int, backend: str, model_key: str | None = None) -> list[NetworkTiming]:
@@ -281,7 +249,7 @@ class ProfileStore:
         if model_key is not None:
             query += " AND model_key = ?"
             params += (model_key,)
-        rows = self._conn.execute(query + " ORDER BY rowid", params)
+        rows = self._read(query + " ORDER BY model_key, variant_key", params)
         return [
             NetworkTiming(r[0], r[1], json.loads(r[2]), Measurement(*r[3:8]), json.loads(r[8]), r[9], json.loads(r[10]))
             for r in rows
@@ -289,27 +257,72 @@ class ProfileStore:
 
     def model_keys(self, device_id: int, backend: str) -> list[str]:
         """The model keys (spec @ input shape) with whole-network timings on this device and backend."""
-        rows = self._conn.execute("SELECT DISTINCT model_key FROM network_timings WHERE device_id = ? AND backend = ?"
-                                  " ORDER BY model_key", (device_id, backend))
+        rows = self._read("SELECT DISTINCT model_key FROM network_timings WHERE device_id = ? AND backend = ?"
+                          " ORDER BY model_key", (device_id, backend))
         return [r[0] for r in rows]
 
     def save_round(self, device_id: int, backend: str, model_key: str, variant_key: str, round_index: int,
                    data: dict) -> None:
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO pending_rounds VALUES (?,?,?,?,?,?)",
+        """Commit one round of a variant, and renew every claim this store holds."""
+        with self._transaction() as tx:
+            tx.run(
+                """INSERT INTO pending_rounds VALUES (?,?,?,?,?,?)
+                   ON CONFLICT (device_id, backend, model_key, variant_key, round) DO UPDATE SET data = excluded.data""",
                 (device_id, backend, model_key, variant_key, round_index, json.dumps(data)),
             )
+            tx.run("UPDATE variant_claims SET expires = ? WHERE owner = ?", (time.time() + CLAIM_LEASE_S, self.owner))
 
-    def pending_rounds(self, device_id: int, backend: str, model_key: str) -> dict[str, dict[int, dict]]:
-        rows = self._conn.execute(
-            "SELECT variant_key, round, data FROM pending_rounds WHERE device_id = ? AND backend = ? AND model_key = ?",
-            (device_id, backend, model_key),
-        )
+    def pending_rounds(self, device_id: int, backend: str, model_key: str,
+                       variant_key: str | None = None) -> dict[str, dict[int, dict]]:
+        query = "SELECT variant_key, round, data FROM pending_rounds WHERE device_id = ? AND backend = ? AND model_key = ?"
+        params: tuple = (device_id, backend, model_key)
+        if variant_key is not None:
+            query += " AND variant_key = ?"
+            params += (variant_key,)
         pending: dict[str, dict[int, dict]] = {}
-        for variant_key, round_index, data in rows:
-            pending.setdefault(variant_key, {})[round_index] = json.loads(data)
+        for key, round_index, data in self._read(query, params):
+            pending.setdefault(key, {})[round_index] = json.loads(data)
         return pending
+
+    # -------------------------------------------------------------- claims (profilers sharing one device's work)
+
+    def claim(self, device_id: int, backend: str, model_key: str, variant_key: str) -> bool:
+        """Take the variant for this store's profiler unless it is finished or another live profiler holds it.
+
+        A claim is held until the variant is finished, renewed by every round this store
+        commits; it lapses ``CLAIM_LEASE_S`` after its holder's last round, or at once when
+        its holder was a process of this host that no longer runs (killed).
+        """
+        now = time.time()
+        key = (device_id, backend, model_key, variant_key)
+        where = "WHERE device_id = ? AND backend = ? AND model_key = ? AND variant_key = ?"
+        with self._transaction() as tx:
+            if tx.run(f"SELECT 1 FROM network_timings {where}", key).fetchone():
+                return False  # finished meanwhile by another profiler
+            taken = tx.run(
+                """INSERT INTO variant_claims VALUES (?,?,?,?,?,?)
+                   ON CONFLICT (device_id, backend, model_key, variant_key) DO UPDATE SET
+                   owner = excluded.owner, expires = excluded.expires
+                   WHERE variant_claims.expires < ? OR variant_claims.owner = ?""",
+                (*key, self.owner, now + CLAIM_LEASE_S, now, self.owner),
+            ).rowcount
+            if taken > 0:
+                return True
+            row = tx.run(f"SELECT owner FROM variant_claims {where}", key).fetchone()
+            if row is None or not _dead_here(row[0]):
+                return False
+            return tx.run(f"UPDATE variant_claims SET owner = ?, expires = ? {where} AND owner = ?",
+                          (self.owner, now + CLAIM_LEASE_S, *key, row[0])).rowcount > 0
+
+    def release_claims(self) -> None:
+        """Give up every claim this store holds (an interrupted profiler leaves its variants to the others)."""
+        with self._transaction() as tx:
+            tx.run("DELETE FROM variant_claims WHERE owner = ?", (self.owner,))
+
+    def finished_variants(self, device_id: int, backend: str, model_key: str) -> set[str]:
+        rows = self._read("SELECT variant_key FROM network_timings WHERE device_id = ? AND backend = ? "
+                          "AND model_key = ?", (device_id, backend, model_key))
+        return {r[0] for r in rows}
 
     # -------------------------------------------------------------- profile identity
 
@@ -317,43 +330,46 @@ class ProfileStore:
         """Changes whenever the timings of this device and backend change."""
         parts = []
         for table in ("layer_timings", "network_timings"):
-            parts.append(self._conn.execute(
+            parts.append(list(self._read(
                 f"SELECT COUNT(*), COALESCE(MAX(created), 0), COALESCE(SUM(median_ms), 0) FROM {table} "
-                "WHERE device_id = ? AND backend = ?", (device_id, backend)).fetchone())
+                "WHERE device_id = ? AND backend = ?", (device_id, backend))[0]))
         return json.dumps(parts)
-
-    def find_device(self, fingerprint: str) -> int | None:
-        row = self._conn.execute("SELECT id FROM devices WHERE fingerprint = ?", (fingerprint,)).fetchone()
-        return row[0] if row else None
-
-    def device_fingerprint(self, device_id: int) -> str:
-        row = self._conn.execute("SELECT fingerprint FROM devices WHERE id = ?", (device_id,)).fetchone()
-        if row is None:
-            raise LatpruneError(f"no device {device_id} in {self.path}")
-        return row[0]
 
     # -------------------------------------------------------------- drift and facts
 
     def record_drift_check(self, device_id: int, backend: str, model_key: str, median_ms: float) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT INTO drift_checks VALUES (?,?,?,?,?)",
-                         (device_id, backend, model_key, time.time(), median_ms))
+        with self._transaction() as tx:
+            tx.run("INSERT INTO drift_checks VALUES (?,?,?,?,?)", (device_id, backend, model_key, time.time(), median_ms))
 
     def drift_checks(self, device_id: int, backend: str, model_key: str) -> list[float]:
-        rows = self._conn.execute(
+        rows = self._read(
             "SELECT median_ms FROM drift_checks WHERE device_id = ? AND backend = ? AND model_key = ? ORDER BY at",
             (device_id, backend, model_key),
         )
         return [r[0] for r in rows]
 
     def set_fact(self, device_id: int, backend: str, key: str, value) -> None:
-        with self._transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO backend_facts VALUES (?,?,?,?)",
-                         (device_id, backend, key, json.dumps(value)))
+        with self._transaction() as tx:
+            tx.run("INSERT INTO backend_facts VALUES (?,?,?,?) ON CONFLICT (device_id, backend, key) "
+                   "DO UPDATE SET value = excluded.value", (device_id, backend, key, json.dumps(value)))
 
     def fact(self, device_id: int, backend: str, key: str, default=None):
-        row = self._conn.execute(
-            "SELECT value FROM backend_facts WHERE device_id = ? AND backend = ? AND key = ?",
-            (device_id, backend, key),
-        ).fetchone()
-        return json.loads(row[0]) if row else default
+        rows = self._read("SELECT value FROM backend_facts WHERE device_id = ? AND backend = ? AND key = ?",
+                          (device_id, backend, key))
+        return json.loads(rows[0][0]) if rows else default
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether a claim's holder was a process of this host that has ended."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+

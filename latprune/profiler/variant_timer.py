@@ -99,7 +99,7 @@ class VariantTimer:
 
     @property
     def db(self) -> str:
-        return str(self._store.path)
+        return self._store.location
 
     def time(self, widths: Mapping[str, int]) -> VariantTiming:
         """Time the variant with these widths (leading channels: timing does not depend on which) and
