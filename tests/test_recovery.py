@@ -106,7 +106,9 @@ def test_two_stage_within_a_time_box_does_the_steps_that_fit(resnet20, pruned20,
 
 @pytest.mark.parametrize("recipe", ["ridge", "two-stage"])
 def test_reconstruction_recipes_beat_plain_recalibration(resnet20, pruned20, calib, recipe):
-    settings = ReconstructionSettings(phase1_epochs=2, phase2_epochs=2, batch_size=16)
+    """Reconstruction (at its default learning rate: 16 + 16 steps on this random-weight toy) leaves a fifth less
+    layer error than BatchNorm recalibration alone."""
+    settings = ReconstructionSettings(phase1_epochs=8, phase2_epochs=8, batch_size=16)
     recovered, report = recover(resnet20, pruned20, recipe, calib[:32], settings)
     _, bn_report = recover(resnet20, pruned20, "bn", calib[:32])
     assert report.error_after < 0.8 * min(bn_report.error_after, report.error_before)
