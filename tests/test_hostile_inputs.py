@@ -515,7 +515,9 @@ def test_ctrl_c_during_an_onnx_runtime_profile_prints_one_line(workspace, tmp_pa
                                 # work that cannot finish before the signal, however fast the machine
                                 "--variants", "64", "--widths", "8", "--rounds", "50", "--global-warmup", "0"],
                                cwd=root, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               # as from a terminal, whatever launched pytest (a shell's background job ignores SIGINT)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(process, "profile ort-cpu")
     os.killpg(process.pid, signal.SIGINT)
     _, rest = process.communicate(timeout=60)
