@@ -117,9 +117,8 @@ def cmd_verify(args: argparse.Namespace) -> dict:
                             f"{made.backend}: run verify on that device (`latprune devices` lists them)")
     args.importance = args.importance or made.importance
     args.objective = args.objective or made.objective
-    method = next(m for m in ("latency", "flops", "uniform", "tp-global") if made.method.startswith(m.split("-")[0]))
+    method = next(m for m in PLANNERS if made.method.startswith(m.split("-")[0]))
     request, settings = BudgetRequest.from_budget(Budget.from_json(made.budget)), plan_settings(args, method)
-    args.no_verify = False
     analysis = pipeline.analyse(loaded)
     made.check_groups(analysis.groups, args.plan)
     perf, fitted = pipeline.fit(args.db, made.backend, args.threads)

@@ -75,5 +75,5 @@ def recovery_request(args: argparse.Namespace):
 def verification(args: argparse.Namespace):
     from latprune.pipeline import LoopSettings, Verification
 
-    return Verification(enabled=not args.no_verify, db=args.db, threads=args.threads,
+    return Verification(enabled=not getattr(args, "no_verify", False), db=args.db, threads=args.threads,
                         loop=LoopSettings(tol=args.tol, max_rounds=args.verify_rounds), progress=not args.json)

@@ -32,6 +32,8 @@ from latprune.profiler.store_schema import CORE_TABLES, SCHEMA_VERSION
 SERVER_SCHEMES = ("postgresql://", "postgres://")
 # How long a variant stays claimed by a profiler that stopped renewing its claim (a crashed one elsewhere).
 CLAIM_LEASE_S = float(os.environ.get("LATPRUNE_CLAIM_LEASE_S", "120"))
+# The rows of one variant, in the tables keyed by it.
+_VARIANT = "WHERE device_id = ? AND backend = ? AND model_key = ? AND variant_key = ?"
 
 
 def default_db_path() -> str | Path:
@@ -236,10 +238,9 @@ class ProfileStore:
                  m.median_ms, m.p10_ms, m.p90_ms, m.runs, m.spread, json.dumps(network.layers_ms),
                  json.dumps(network.layer_signatures), network.remainder_ms, now),
             )
-            where = "WHERE device_id = ? AND backend = ? AND model_key = ? AND variant_key = ?"
             key = (device_id, backend, network.model_key, network.variant_key)
-            tx.run(f"DELETE FROM pending_rounds {where}", key)
-            tx.run(f"DELETE FROM variant_claims {where}", key)
+            tx.run(f"DELETE FROM pending_rounds {_VARIANT}", key)
+            tx.run(f"DELETE FROM variant_claims {_VARIANT}", key)
         return added
 
     def network_timings(self, device_id: int, backend: str, model_key: str | None = None) -> list[NetworkTiming]:
@@ -295,9 +296,8 @@ class ProfileStore:
         """
         now = time.time()
         key = (device_id, backend, model_key, variant_key)
-        where = "WHERE device_id = ? AND backend = ? AND model_key = ? AND variant_key = ?"
         with self._transaction() as tx:
-            if tx.run(f"SELECT 1 FROM network_timings {where}", key).fetchone():
+            if tx.run(f"SELECT 1 FROM network_timings {_VARIANT}", key).fetchone():
                 return False  # finished meanwhile by another profiler
             taken = tx.run(
                 """INSERT INTO variant_claims VALUES (?,?,?,?,?,?)
@@ -308,10 +308,10 @@ class ProfileStore:
             ).rowcount
             if taken > 0:
                 return True
-            row = tx.run(f"SELECT owner FROM variant_claims {where}", key).fetchone()
+            row = tx.run(f"SELECT owner FROM variant_claims {_VARIANT}", key).fetchone()
             if row is None or not _dead_here(row[0]):
                 return False
-            return tx.run(f"UPDATE variant_claims SET owner = ?, expires = ? {where} AND owner = ?",
+            return tx.run(f"UPDATE variant_claims SET owner = ?, expires = ? {_VARIANT} AND owner = ?",
                           (self.owner, now + CLAIM_LEASE_S, *key, row[0])).rowcount > 0
 
     def release_claims(self) -> None:
