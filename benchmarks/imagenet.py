@@ -19,11 +19,9 @@ import argparse
 import json
 import time
 
-import torch
-
 from benchmarks.common import DEFAULT_DB, SHARED, markdown_table, perf_model_for, write_result
 from benchmarks.pareto import MATCH, measure_and_recover, plans_at
-from benchmarks.recovery import top1 as recovery_top1
+from benchmarks.recovery import top1
 from latprune import pipeline
 from latprune.data import calibration_tensor, labelled_tensors
 from latprune.defaults import IMPORTANCE_CALIB_SIZE
@@ -34,11 +32,6 @@ BASELINES = {"uniform", "flops-dp", "tp-global"}
 RECOVERIES = {name: ["two-stage"] for name in ("latprune", *BASELINES)}
 SAMPLE = SHARED / "data" / "imagenet-sample"
 CALIB = SHARED / "data" / "imagen-calib"
-
-
-def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 in batches of 100 (224x224 activations of 500 images would take gigabytes)."""
-    return recovery_top1(model, images, labels, batch=100)
 
 
 def goal_lines(rows: list[dict]) -> list[str]:

@@ -29,6 +29,7 @@ import torch
 
 from benchmarks.common import DEFAULT_DB, SHARED, markdown_table, perf_model_for, write_result
 from latprune import pipeline
+from latprune.batching import forward_in_batches
 from latprune.budget import BudgetRequest
 from latprune.errors import LatpruneError
 from latprune.profiler.api import RoundsRule, measure_paired
@@ -70,11 +71,10 @@ def test_tensors(limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
+def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 of ``model`` on ``images`` (in batches sized by the images, as latprune evaluates)."""
     model.eval()
-    with torch.no_grad():
-        predictions = torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
-    return float((predictions == labels).float().mean())
+    return float((forward_in_batches(model, images).argmax(1) == labels).float().mean())
 
 
 def uniform_for_macs(analysis, level: float, step: int = 4):

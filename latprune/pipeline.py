@@ -318,7 +318,7 @@ def repair(analysis: ModelAnalysis, pruned: PrunedModel, request: RecoveryReques
         return pruned, None
     calib, labels = images if images is not None else request.images(analysis.loaded)
     return recover(analysis, pruned, request.recipe, calib, ReconstructionSettings(seconds=request.seconds),
-                   progress=progress, labels=labels, tuning=request.tuning)
+                   progress=progress, labels=labels, tuning=request.boxed_tuning)
 
 
 # ---------------------------------------------------------------- export, measure, evaluate
@@ -351,7 +351,7 @@ def measure_against_dense(dense: nn.Module, models: Sequence[nn.Module], input_s
 
 def evaluate(model: nn.Module, folder: str, preprocessing: Preprocessing | str, input_shape: Sequence[int],
              limit: int | None = None,
-             batch_size: int = 256, progress: bool = True, checked: bool = False) -> tuple[float, int]:
+             batch_size: int | None = None, progress: bool = True, checked: bool = False) -> tuple[float, int]:
     """Top-1 accuracy on an ImageFolder (``limit``: the first N images); (top-1, images). Every image is decoded
     and checked first, unless ``checked`` says the caller has done so already (a run checks them before profiling
     and evaluates up to three models)."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from latprune.analysis import ModelAnalysis
+from latprune.batching import forward_in_batches
 from latprune.planner.damage import output_loss
 from latprune.pruned_file import prune_loaded
 from latprune.recovery.batchnorm import recalibrate_batchnorm
@@ -25,11 +26,9 @@ class CalibrationLoss:
     def __init__(self, analysis: ModelAnalysis, images: torch.Tensor):
         self.analysis, self.images = analysis, images
         analysis.model.eval()
-        with torch.no_grad():
-            self.reference = analysis.model(images)
+        self.reference = forward_in_batches(analysis.model, images)
 
     def __call__(self, kept: Mapping[str, Sequence[int]]) -> float:
         pruned = prune_loaded(self.analysis, kept).model
         recalibrate_batchnorm(pruned, self.images)
-        with torch.no_grad():
-            return output_loss(self.reference, pruned(self.images))
+        return output_loss(self.reference, forward_in_batches(pruned, self.images))

@@ -127,8 +127,11 @@ def verification_section(verification: VerificationRecord | None) -> str:
 
 def run_section(run: RunResult) -> str:
     latency, accuracy, plan = run.latency, run.accuracy, run.plan
-    verdict = ('<span class="ok">meets the budget</span>' if latency.meets_budget else
-               f'<span class="miss">exceeds the budget by {100 * (latency.measured_over_budget - 1):.1f}%</span>')
+    over = f"{100 * (latency.measured_over_budget - 1):.1f}%"
+    verdict = {"met": '<span class="ok">meets the budget</span>',
+               "within noise": f'<span class="ok">exceeds the budget by {over}, within the measurement\'s 95% '
+                               f'interval (+-{100 * latency.ratio.half_width:.1f}%)</span>',
+               "missed": f'<span class="miss">exceeds the budget by {over}</span>'}[latency.budget_verdict]
     rows = [
         ["dense", _ms(latency.dense.predicted_ms), _ms(latency.dense.measured_ms), f"{plan.dense_macs / 1e6:.1f}",
          _pct(accuracy and accuracy.dense)],

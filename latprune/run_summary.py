@@ -78,6 +78,20 @@ class LatencyOutcome:
         return self.pruned.measured_ms <= self.budget_ms
 
     @property
+    def budget_verdict(self) -> str:
+        """"met"; "within noise" when the measured latency is over the budget but its ratio's 95% interval
+        reaches below it (the measurement cannot tell it from a plan that meets it); else "missed"."""
+        if self.meets_budget:
+            return "met"
+        return "within noise" if self.ratio.low * self.dense.measured_ms <= self.budget_ms else "missed"
+
+    def verdict_text(self) -> str:
+        """The verdict in a few words: "yes", "within noise (+0.5%; +-6.1%)", "no (+4.0%)"."""
+        over = f"+{100 * (self.measured_over_budget - 1):.1f}%"
+        return {"met": "yes", "within noise": f"within noise ({over}; +-{100 * self.ratio.half_width:.1f}%)",
+                "missed": f"no ({over})"}[self.budget_verdict]
+
+    @property
     def noise(self) -> float:
         """The larger round spread of the two networks: how much the host moved while they were timed."""
         return max(self.dense.spread, self.pruned.spread)
@@ -90,6 +104,7 @@ class LatencyOutcome:
                 "measured_speedup": self.measured_speedup, "predicted_speedup": self.predicted_speedup,
                 "measured_over_budget": self.measured_over_budget,
                 "measured_over_predicted": self.measured_over_predicted, "meets_budget": self.meets_budget,
+                "budget_verdict": self.budget_verdict,
                 "noise": self.noise, "verification": self.verification.to_json() if self.verification else {}}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -119,7 +119,7 @@ class RecoveryRequest:
     train: str | None = None
     calib_size: int | None = None  # None: RECOVERY_CALIB_SIZE, or every image for fine-tuning
     tuning: FinetuneSettings = field(default_factory=FinetuneSettings)
-    seconds: float | None = RECOVERY_SECONDS  # two-stage's time box (None: every epoch)
+    seconds: float | None = RECOVERY_SECONDS  # each training step's time box: two-stage, finetune, overparam
 
     def __post_init__(self) -> None:
         steps = parse_recipe(self.recipe)
@@ -140,6 +140,11 @@ class RecoveryRequest:
     @property
     def steps(self) -> list[str]:
         return parse_recipe(self.recipe)
+
+    @property
+    def boxed_tuning(self) -> FinetuneSettings:
+        """The fine-tuning settings within this request's time box."""
+        return replace(self.tuning, seconds=self.seconds)
 
     def images(self, loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The images (and labels, from ``train``) the recipe reads, at the model's input size."""

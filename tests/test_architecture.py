@@ -9,6 +9,7 @@ import pytest
 import torch_pruning as tp
 
 import latprune.analysis
+from fixtures.budgets import budget_between
 from latprune.budget import Budget, BudgetRequest
 from latprune.cli import main
 from latprune.errors import LatpruneError
@@ -98,10 +99,15 @@ def test_recover_command_analyses_the_dense_model_once(graph_builds, loaded_mode
 
 
 def test_plan_command_analyses_once(graph_builds, loaded_models, profiled_resnet20, capsys):
+    budget, dense = budget_between(profiled_resnet20, "torch-cpu", "cifar:resnet20", 0.25)
+    speedup = round(dense / budget, 4)
+    graph_builds["analyses"] = 0  # counted from here: the command alone
+    graph_builds["graphs"].clear()
+    loaded_models.clear()
     assert main(["plan", "--model", "cifar:resnet20", "--backend", "torch-cpu", "--db", str(profiled_resnet20),
-                 "--speedup", "1.3", "--method", "tp-global", "--no-verify", "--json"]) == 0
+                 "--speedup", str(speedup), "--method", "tp-global", "--no-verify", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["budget"]["basis"] == "predicted dense" and plan["budget"]["speedup"] == 1.3
+    assert plan["budget"]["basis"] == "predicted dense" and plan["budget"]["speedup"] == speedup
     assert graph_builds["analyses"] == 1
     assert _dense_model_graphs(graph_builds, loaded_models[0]) == 1
 

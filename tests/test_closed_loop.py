@@ -185,6 +185,22 @@ def test_a_budget_just_below_the_predicted_fastest_plan_is_tried_on_the_device()
         _loop(_Narrowest400(), _Device(per_channel=0.008), budget_ms=2.9)  # 27.5% below: refused unmeasured
 
 
+class _StrictNarrowest400(_Narrowest400):
+    """Refuses any aim below its fastest plan's cost, by however little (as the solver does)."""
+
+    def solve(self, budget):
+        if budget.target_ms < self.fastest_ms():
+            raise LatpruneError(f"budget {budget.target_ms:.4g} ms is below the fastest achievable plan")
+        return _LinearModel.solve(self, budget)
+
+
+def test_the_fastest_plan_is_measured_when_its_cost_does_not_survive_rounding():
+    model = _StrictNarrowest400(unit=0.0123)  # fastest 4.92 ms; (4.92 / 4.159) * 4.159 < 4.92 in floating point
+    device = _Device(per_channel=0.0102)
+    plan = _loop(model, device, budget_ms=4.159)
+    assert device.timed[0] == 400 and plan.groups[0].width == 400 and plan.verification.measured_ms <= 4.159
+
+
 def test_no_measured_plan_meeting_the_budget_is_an_error_naming_the_fastest():
     device = _Device(per_channel=0.001, offset=6.0)  # a 6 ms floor the model does not know
     with pytest.raises(LatpruneError, match=r"no plan met the budget as measured.*fastest measured 6\.3\d+ ms"):

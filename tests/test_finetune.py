@@ -168,8 +168,34 @@ def test_cli_overparam_with_labelled_training_images(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)["recovery"]
     assert report["recipe"] == "overparam" and report["calibration_images"] == 24
     assert report["steps"][0]["labels"] is True and len(report["steps"][0]["loss"]) == 1
+    assert report["steps"][0]["steps"] == report["steps"][0]["steps_planned"] == 3  # 24 images, batches of 8
+    assert report["steps"][0]["time_box_s"] == 600  # --recovery-seconds' default boxes fine-tuning too
     tuned = load_pruned(out)
     assert not any(isinstance(m, (ExpandedConv2d, ExpandedLinear)) for m in tuned.model.modules())
     assert main(["prune", "--model", "cifar:resnet20", "--uniform", "0.5", "--recovery", "bn",
                  "--train", str(tmp_path / "train"), "--out", str(out)]) == 1
     assert "--train (labelled images) is read by the fine-tuning methods" in capsys.readouterr().err
+
+
+def test_a_time_box_plans_the_steps_that_fit_and_decays_the_rate_over_them(pruned20, resnet20, calib,
+                                                                           monkeypatch):
+    rates = []
+    step = torch.optim.SGD.step
+
+    def recording(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording)
+    student = copy.deepcopy(pruned20.model)
+    boxed = FinetuneSettings(epochs=3, batch_size=8, lr=0.01, seconds=1e-6)  # over after the first step
+    steps = finetune(student, resnet20.model, calib, None, boxed)
+    assert (steps.done, steps.planned) == (1, 3 * len(calib) // 8) and len(steps.losses) == 1
+    assert rates == [0.01]
+    rates.clear()
+    steps = finetune(copy.deepcopy(pruned20.model), resnet20.model, calib, None,
+                     FinetuneSettings(epochs=2, batch_size=8, lr=0.01))
+    assert steps.done == steps.planned == 2 * len(calib) // 8 == len(rates)
+    assert rates[0] == 0.01 and rates[-1] < 0.01 * 0.05 and rates == sorted(rates, reverse=True)
+    with pytest.raises(LatpruneError, match="seconds"):
+        FinetuneSettings(seconds=0)

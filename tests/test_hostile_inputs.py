@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fixtures.budgets import budget_between
 from latprune.cli import main
 from latprune.models import load_model
 from latprune.profiler.store import ProfileStore
@@ -405,8 +406,9 @@ def test_the_console_script_refuses_the_same_way(workspace, case):
     assert checksums(workspace[0]) == before
 
 
-def test_plan_json_never_holds_nan(workspace):
-    result = run(workspace, "plan", *R20, *PROFILE, "--speedup", "1.2", "--no-verify", "--json")
+def test_plan_json_never_holds_nan(workspace, profiled_resnet20):
+    budget, _ = budget_between(profiled_resnet20, "torch-cpu", "cifar:resnet20")
+    result = run(workspace, "plan", *R20, *PROFILE, "--budget-ms", str(budget), "--no-verify", "--json")
     assert result.returncode == 0, result.stderr
     assert "NaN" not in result.stdout and "Infinity" not in result.stdout
 
@@ -459,8 +461,9 @@ def _start(workspace, *argv) -> subprocess.Popen:
                             text=True)
 
 
-def _wait_for(process: subprocess.Popen, needle: str, timeout: float = 60) -> None:
-    """Read stderr until ``needle`` appears (the job reached the stage worth interrupting)."""
+def _wait_for(process: subprocess.Popen, needle: str, timeout: float = 900) -> None:
+    """Read stderr until ``needle`` appears (the job reached the stage worth interrupting). The timeout only
+    guards against a hang: a host busy with other work may take minutes to get there."""
     deadline = time.time() + timeout
     seen = ""
     while time.time() < deadline:
@@ -479,7 +482,7 @@ def test_sigterm_during_recovery_leaves_no_output_and_one_line(workspace):
                      "two-stage", "--calib", "calib", "--out", "sigterm.pt")
     _wait_for(process, "phase")
     process.send_signal(signal.SIGTERM)
-    _, rest = process.communicate(timeout=60)
+    _, rest = process.communicate(timeout=300)
     assert process.returncode == 143
     assert rest.strip().splitlines()[-1] == "latprune prune: terminated" and "Traceback" not in rest
     assert not any(p.name.startswith(("sigterm.pt", ".sigterm.pt")) for p in root.iterdir())
@@ -520,7 +523,7 @@ def test_ctrl_c_during_an_onnx_runtime_profile_prints_one_line(workspace, tmp_pa
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(process, "profile ort-cpu")
     os.killpg(process.pid, signal.SIGINT)
-    _, rest = process.communicate(timeout=60)
+    _, rest = process.communicate(timeout=300)
     assert process.returncode == 130
     assert "Traceback" not in rest and rest.strip().splitlines()[-1] == "latprune profile: interrupted"
     with ProfileStore(tmp_path / "p.sqlite", readonly=True) as store:  # what was committed is intact

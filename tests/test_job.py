@@ -65,6 +65,7 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     # a speedup is judged against the dense model measured in the same rounds
     assert latency["budget_ms"] == pytest.approx(latency["dense"]["measured_ms"] / 1.2)
     assert latency["meets_budget"] == (latency["measured_speedup"] >= 1.2)
+    assert latency["budget_verdict"] in ("met", "within noise", "missed")
     assert latency["pruned"]["measured_ms"] > 0 and latency["dense"]["measured_ms"] > 0
     assert run["accuracy"]["images"] == 449 and 0 <= run["accuracy"]["recovered"] <= 1
     assert run["recovery"]["recipe"] == "bn" and run["onnx_max_abs_diff"] < 1e-4
@@ -83,6 +84,25 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     for image in images:
         assert base64.b64decode(image.split('"')[0])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "latprune.demo:digits_cnn" in page and "<script" not in page and "Closed loop:" in page
+
+
+@pytest.mark.parametrize("ratio, low, verdict, text", [
+    (0.66, 0.62, "met", "yes"),
+    (0.67, 0.646, "within noise", "within noise (+0.5%; +-3.6%)"),
+    (0.70, 0.68, "missed", "no (+5.0%)"),
+])
+def test_a_budget_is_missed_only_when_the_whole_interval_lies_over_it(ratio, low, verdict, text):
+    from latprune.network import PairedRatio
+    from latprune.run_summary import LatencyFigures, LatencyOutcome
+
+    dense = LatencyFigures(None, 3.0, 2.5, 4.0, 0.5, 100)
+    outcome = LatencyOutcome(
+        backend="ort-cpu", budget_ms=2.0, planned_ms=2.0, margin=0.0, budget_basis="measured dense / 1.5",
+        budget={}, plan_budget={}, dense=dense, pruned=LatencyFigures(1.9, ratio * 3.0, 1.8, 2.4, 0.3, 100),
+        ratio=PairedRatio(ratio, low, ratio + (ratio - low), 30), ratio_converged=False, predicted_speedup=None,
+        verification=None)
+    assert outcome.budget_verdict == verdict and outcome.verdict_text() == text
+    assert outcome.to_json()["budget_verdict"] == verdict and outcome.meets_budget == (verdict == "met")
 
 
 def test_run_reports_bad_input_clearly(tmp_path, capsys):

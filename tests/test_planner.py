@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import latprune.planner.structure as structure
+from fixtures.budgets import budget_between
 from fixtures.fake_perf import MacsLatency
 from latprune.cli import main
 from latprune.errors import LatpruneError
@@ -21,7 +22,6 @@ from latprune.planner.plan import Plan
 from latprune.planner.problem import LayerTerm, PlanningProblem
 from latprune.planner.solver import Infeasible, solve
 from latprune.planner.widths import WidthPolicy, kept_channels
-from latprune.perfmodel.api import current_perf_model
 from latprune.pruned_file import prune_loaded
 
 
@@ -237,10 +237,7 @@ def test_plan_file_from_a_newer_version_is_refused(tmp_path):
 def test_plan_and_prune_commands_on_a_real_profile(capsys, profiled_resnet20, tmp_path):
     plan_path, pruned_path = tmp_path / "plan.json", tmp_path / "pruned.pt"
     common = ["--model", "cifar:resnet20", "--backend", "torch-cpu", "--db", str(profiled_resnet20)]
-    perf, _ = current_perf_model(profiled_resnet20, "torch-cpu")  # the budget: halfway from fastest to dense
-    loaded = load_model("cifar:resnet20")
-    problem = prepare(loaded, perf=perf, backend="torch-cpu").latency_problem()
-    budget = (problem.total_cost(problem.fastest()) + problem.total_cost(problem.full())) / 2
+    budget, _ = budget_between(profiled_resnet20, "torch-cpu", "cifar:resnet20")  # halfway from dense to fastest
     assert main(["plan", *common, "--budget-ms", str(budget), "--no-verify", "--out", str(plan_path), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["predicted_ms"] <= plan["budget_ms"] == pytest.approx(budget / 1.03)  # unverified: 3% headroom

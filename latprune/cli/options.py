@@ -160,8 +160,9 @@ def objective_options(parser: argparse.ArgumentParser) -> None:
 
 def recovery_time_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recovery-seconds", type=finite_float, default=RECOVERY_SECONDS, metavar="S",
-                        help=f"time box of two-stage reconstruction: each phase does the steps that fit in half "
-                             f"of it (default {RECOVERY_SECONDS:g}; 0: every epoch, however long)")
+                        help=f"time box of each training step: two-stage's phases do the steps that fit in half "
+                             f"of it each, finetune/overparam the steps that fit in it, decaying their learning "
+                             f"rate over those (default {RECOVERY_SECONDS:g}; 0: every epoch, however long)")
 
 
 def recovery_options(parser: argparse.ArgumentParser, required: bool = False) -> None:

@@ -27,8 +27,7 @@ def _format_run(summary: RunSummary) -> str:
         predicted = latency.pruned.predicted_ms
         rows.append((run.name, f"{latency.budget_ms:.3f}", "-" if predicted is None else f"{predicted:.3f}",
                      f"{latency.pruned.measured_ms:.3f}", f"{latency.dense.measured_ms:.3f}",
-                     f"{latency.measured_speedup:.2f}x", "yes" if latency.meets_budget else
-                     f"no (+{100 * (latency.measured_over_budget - 1):.1f}%)", top1,
+                     f"{latency.measured_speedup:.2f}x", latency.verdict_text(), top1,
                      f"{sum(run.stages_s.values()):.0f}"))
     lines = [table(["run", "budget ms", "predicted ms", "measured ms", "dense ms", "speedup", "meets budget",
                     "top-1 dense -> pruned", "seconds"], rows)]

@@ -123,7 +123,8 @@ def closed_loop(model: LoopModel, device: LoopDevice, request: BudgetRequest, fi
             if not rounds and budget.ceiling_ms / correction < (1 - settings.reach) * fastest:
                 raise  # far below the fastest plan as predicted: not worth a measurement
             try:  # the (corrected) aim asks for less than the fastest plan: measure the fastest plan itself
-                plan = model.solve(dataclasses.replace(budget, aim=fastest / budget.ceiling_ms))
+                # (a hair above its cost: fastest / ceiling * ceiling may round below fastest)
+                plan = model.solve(dataclasses.replace(budget, aim=fastest * (1 + 1e-9) / budget.ceiling_ms))
             except LatpruneError:
                 if not rounds:
                     raise exc from None

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from latprune.batching import forward_in_batches
 from latprune.channels import Layout, masked_channels
 from latprune.errors import LatpruneError
 from latprune.groups import ChannelGroup
@@ -115,8 +116,7 @@ def measure_damage(model: nn.Module, spec: str, groups: Sequence[ChannelGroup], 
         print(f"latprune: warning: cached damage table {path} {problem}; measuring it again", file=sys.stderr)
     began = time.perf_counter()
     model.eval()
-    with torch.no_grad():
-        reference = model(images)
+    reference = forward_in_batches(model, images)
     damage = {}
     runs = [(g, w) for g in groups for w in widths[g.id] if w < g.width]
     measured: dict[tuple[str, int], float] = {}
@@ -124,8 +124,8 @@ def measure_damage(model: nn.Module, spec: str, groups: Sequence[ChannelGroup], 
                              leave=False):
         keep = set(kept[group.id][width])
         removed = [i for i in range(group.width) if i not in keep]
-        with masked_channels(model, layout, {group.id: removed}), torch.no_grad():
-            measured[group.id, width] = output_loss(reference, model(images))
+        with masked_channels(model, layout, {group.id: removed}):
+            measured[group.id, width] = output_loss(reference, forward_in_batches(model, images))
     bad = [k for k, v in measured.items() if not np.isfinite(v)]
     if bad:
         raise LatpruneError(f"the model's outputs are not finite on the calibration images with group {bad[0][0]} "

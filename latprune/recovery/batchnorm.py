@@ -6,16 +6,20 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from latprune.batching import batch_size_for
 from latprune.recovery.taps import NORMS
 
 
-def recalibrate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int = 128, progress: bool = False) -> int:
+def recalibrate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int | None = None,
+                          progress: bool = False) -> int:
     """Reset every BatchNorm's running statistics and re-estimate them on ``calib``.
 
     BatchNorm layers run in train mode (everything else stays in eval mode, so dropout is
     off) under no_grad with ``momentum=None``: the running statistics become the plain
     average of the per-batch mean and unbiased variance. Returns the number of BatchNorms.
+    ``batch_size``: default up to 128 images per batch, fewer for large images.
     """
+    batch_size = batch_size or batch_size_for(calib.shape, 128)
     norms = [m for m in model.modules() if isinstance(m, NORMS) and m.track_running_stats]
     if not norms:
         return 0
@@ -38,7 +42,7 @@ def recalibrate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int
     return len(norms)
 
 
-def restate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int = 128) -> int:
+def restate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int | None = None) -> int:
     """Set every BatchNorm's running statistics to its input's moments on ``calib``, keeping the function.
 
     One eval-mode pass measures each BatchNorm's input mean and variance; its scale and
@@ -46,6 +50,7 @@ def restate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int = 1
     outputs. A network tuned with frozen statistics (two-stage, ridge) thereby agrees
     with a later recalibration (as in ``asr``) instead of being undone by it.
     """
+    batch_size = batch_size or batch_size_for(calib.shape, 128)
     norms = {name: m for name, m in model.named_modules()
              if isinstance(m, NORMS) and m.track_running_stats and m.affine}
     if not norms:

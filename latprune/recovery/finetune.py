@@ -10,6 +10,7 @@ images look alike to a layer, so widths may differ between the networks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from latprune.errors import LatpruneError
 from latprune.recovery.taps import capture_outputs, forward_once
+from latprune.recovery.timebox import StepBox, Steps
 
 
 @dataclass
@@ -34,10 +36,12 @@ class FinetuneSettings:
     expansion: int = 2
     augment: bool = True
     seed: int = 0
+    seconds: float | None = None  # wall-time box: the steps that fit, the learning rate decayed over those
 
     def __post_init__(self) -> None:
         checks = {"epochs": self.epochs >= 1, "lr": self.lr > 0, "batch_size": self.batch_size >= 2,
-                  "expansion": self.expansion >= 1, "sp_beta": self.sp_beta >= 0, "temperature": self.temperature > 0}
+                  "expansion": self.expansion >= 1, "sp_beta": self.sp_beta >= 0, "temperature": self.temperature > 0,
+                  "seconds": self.seconds is None or (math.isfinite(self.seconds) and self.seconds > 0)}
         for name, ok in checks.items():
             if not ok:
                 raise LatpruneError(f"fine-tuning {name} = {getattr(self, name)} is out of range")
@@ -104,8 +108,10 @@ def finetune(
     settings: FinetuneSettings,
     sp_layers: Sequence[str] = (),
     progress: bool = False,
-) -> list[float]:
-    """SGD (momentum, cosine-decayed learning rate) on ``student``; returns the mean loss per epoch.
+) -> Steps:
+    """SGD (momentum, learning rate cosine-decayed over the steps planned) on ``student``; the mean loss per
+    epoch and the steps done. Within ``settings.seconds`` the steps that fit are planned after the second one,
+    and the decay follows them, so a boxed run still ends at a small learning rate.
 
     ``teacher`` (the dense network) stays in eval mode; the student trains in train mode,
     so its BatchNorms use batch statistics.
@@ -113,18 +119,23 @@ def finetune(
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.SGD(student.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, nesterov=True)
-    steps_per_epoch = (len(images) + settings.batch_size - 1) // settings.batch_size
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(settings.epochs * steps_per_epoch, 1))
+    steps_per_epoch = len(images) // settings.batch_size + (len(images) % settings.batch_size >= 2)
+    box = StepBox(settings.epochs * steps_per_epoch, settings.seconds)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / box.total, 1.0))))
     teacher.eval()
     needs_teacher = labels is None or bool(sp_layers)
     history = []
-    bar = tqdm(total=settings.epochs * steps_per_epoch, desc="fine-tune", unit="step", disable=not progress,
-               leave=False)
+    bar = tqdm(total=box.total, desc="fine-tune", unit="step", disable=not progress, leave=False)
     with capture_outputs(student, sp_layers) as got, capture_outputs(teacher, sp_layers) as want:
         for _ in range(settings.epochs):
+            if box.finished:
+                break
             student.train()
             losses = []
             for order in torch.randperm(len(images), generator=generator).split(settings.batch_size):
+                if box.finished:
+                    break
                 if len(order) < 2:
                     continue  # a batch of one cannot train BatchNorm
                 batch = images[order]
@@ -144,6 +155,7 @@ def finetune(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                bar.total = box.step_done()
                 scheduler.step()
                 losses.append(float(loss.detach()))
                 bar.update()
@@ -151,4 +163,4 @@ def finetune(
             bar.set_postfix(loss=f"{history[-1]:.4f}")
     bar.close()
     student.eval()
-    return history
+    return Steps(history, box.done, box.planned)

@@ -195,18 +195,18 @@ def _ridge(ctx: _Context, result: PrunedModel) -> dict:
 
 
 def _finetune(ctx: _Context, result: PrunedModel) -> dict:
-    history = finetune(result.model, ctx.analysis.model, ctx.calib, ctx.labels, ctx.tuning, progress=ctx.progress)
+    steps = finetune(result.model, ctx.analysis.model, ctx.calib, ctx.labels, ctx.tuning, progress=ctx.progress)
     recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
-    return {"loss": [round(v, 5) for v in history], "labels": ctx.labels is not None}
+    return {**steps.to_json(), "labels": ctx.labels is not None, "time_box_s": ctx.tuning.seconds}
 
 
 def _overparam(ctx: _Context, result: PrunedModel) -> dict:
     sp_layers = stage_outputs(ctx.analysis.model, ctx.analysis.example_input())
     expanded = expand_network(result.model, ctx.tuning.expansion, ctx.tuning.seed)
-    history = finetune(result.model, ctx.analysis.model, ctx.calib, ctx.labels, ctx.tuning, sp_layers, ctx.progress)
+    steps = finetune(result.model, ctx.analysis.model, ctx.calib, ctx.labels, ctx.tuning, sp_layers, ctx.progress)
     merge_network(result.model)
     recalibrate_batchnorm(result.model, ctx.calib, progress=ctx.progress)
-    return {"loss": [round(v, 5) for v in history], "labels": ctx.labels is not None,
+    return {**steps.to_json(), "labels": ctx.labels is not None, "time_box_s": ctx.tuning.seconds,
             "expanded_layers": len(expanded), "sp_layers": sp_layers}
 
 

@@ -22,7 +22,6 @@ inputs to the dense tap outputs.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from latprune.graph import LayerSlice
 from latprune.recovery.taps import Tap, capture_outputs, layer_input, select_channels
+from latprune.recovery.timebox import StepBox, Steps
 
 
 @dataclass
@@ -70,19 +70,6 @@ def reconstruction_loss(
     return total
 
 
-@dataclass(frozen=True)
-class Steps:
-    """What a phase of Adam steps did: the mean loss per epoch (the last one maybe partial), and the steps done
-    out of those its epochs hold (fewer within a time box)."""
-
-    losses: list[float]
-    done: int
-    planned: int
-
-    def to_json(self) -> dict:
-        return {"loss": [round(v, 5) for v in self.losses], "steps": self.done, "steps_planned": self.planned}
-
-
 def _optimizer(model: nn.Module, taps: Sequence[Tap], settings: ReconstructionSettings) -> torch.optim.Adam:
     modules = dict(model.named_modules())
     groups, seen = [], set()
@@ -115,26 +102,23 @@ def _epochs(
 ) -> Steps:
     """Adam epochs on the tap reconstruction loss, calling ``after_step(fraction done)``; mean loss per epoch.
     Within ``seconds`` (when given): after the second step, only as many steps as fit at its pace are planned."""
-    began = last = time.perf_counter()
     names = [t.output for t in taps]
     optimizer = _optimizer(model, taps, settings)
     generator = torch.Generator().manual_seed(settings.seed)
     steps_per_epoch = (len(calib) + settings.batch_size - 1) // settings.batch_size
-    total_steps = max(epochs * steps_per_epoch, 1)
+    box = StepBox(epochs * steps_per_epoch, seconds)
     model.eval()
     dense.eval()
     history = []
-    bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, leave=False)
-    step = 0
-    planned = total_steps
+    bar = tqdm(total=box.total, desc=desc, unit="step", disable=not progress, leave=False)
     with capture_outputs(model, names) as got, capture_outputs(dense, names) as want:
         for _ in range(epochs):
-            if step >= total_steps:
+            if box.finished:
                 break
             order = torch.randperm(len(calib), generator=generator)
             losses = []
             for batch_order in order.split(settings.batch_size):
-                if step >= total_steps:
+                if box.finished:
                     break
                 batch = calib[batch_order]
                 with torch.no_grad():
@@ -145,23 +129,15 @@ def _epochs(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                step += 1
-                if seconds is not None and step <= 2:  # the first step warms up: the second one sets the pace
-                    now = time.perf_counter()
-                    if step == 1:
-                        total_steps = 1 if now - began >= seconds else total_steps
-                    else:
-                        total_steps = min(total_steps, 2 + max(int((began + seconds - now) / (now - last)), 0))
-                    last = now
-                    bar.total = total_steps
+                bar.total = box.step_done()
                 if after_step is not None:
-                    after_step(step / total_steps)
+                    after_step(box.done / box.total)
                 bar.update()
             history.append(sum(losses) / len(losses))
             bar.set_postfix(loss=f"{history[-1]:.4f}")
     bar.close()
     model.eval()
-    return Steps(history, step, planned)
+    return Steps(history, box.done, box.planned)
 
 
 def removal_decay(model: nn.Module, removed_slices: Sequence[LayerSlice]) -> Callable[[float], None]:

@@ -1,0 +1,47 @@
+"""How many optimiser steps fit in a wall-time box, judged from the steps' own pace."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What a run of optimiser steps did: the mean loss per epoch (the last one maybe partial), and the steps
+    done out of those its epochs hold (fewer within a time box)."""
+
+    losses: list[float]
+    done: int
+    planned: int
+
+    def to_json(self) -> dict:
+        return {"loss": [round(v, 5) for v in self.losses], "steps": self.done, "steps_planned": self.planned}
+
+
+class StepBox:
+    """Steps planned within ``seconds`` (None: all ``planned``). The first step warms up (allocations, caches),
+    the second sets the pace: after it, only the steps that fit in what is left of the box stay planned."""
+
+    def __init__(self, planned: int, seconds: float | None):
+        self.planned = self.total = max(planned, 1)
+        self.seconds = seconds
+        self.done = 0
+        self.began = self.last = time.perf_counter()
+
+    def step_done(self) -> int:
+        """Count a finished step; returns the steps now planned in all."""
+        self.done += 1
+        if self.seconds is not None and self.done <= 2:
+            now = time.perf_counter()
+            if self.done == 1:
+                self.total = 1 if now - self.began >= self.seconds else self.total
+            else:
+                fit = int((self.began + self.seconds - now) / max(now - self.last, 1e-9))
+                self.total = min(self.total, 2 + max(fit, 0))
+            self.last = now
+        return self.total
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.total
