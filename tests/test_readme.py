@@ -45,7 +45,7 @@ def test_every_readme_command_parses(command):
 
 @pytest.mark.slow
 def test_the_quickstart_runs_as_written(tmp_path):
-    """The README's first command after the install (`latprune run`, about 5.5 minutes on 2 cores) on a fresh
+    """The README's first command after the install (`latprune run`, about 5 minutes on 2 cores) on a fresh
     profile database and cache: it exits 0 and writes its report and summary."""
     import json
     import os
