@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from latprune.batching import batch_size_for
 from latprune.errors import LatpruneError
 from latprune.preprocessing import Preprocessing, as_preprocessing
 
@@ -135,20 +134,19 @@ def loader(dataset: Dataset, batch_size: int = 128, shuffle: bool = False, worke
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers)
 
 
-def evaluate_top1(model: nn.Module, dataset: Dataset, batch_size: int | None = None, progress: bool = True
-                  ) -> float:
-    """Top-1 accuracy of ``model`` on a labelled dataset (``batch_size``: default by the images' size)."""
+def evaluate_top1(model: nn.Module, dataset: Dataset, batch_size: int = 256, progress: bool = True) -> float:
+    """Top-1 accuracy of ``model`` on a labelled dataset (:func:`latprune.pipeline.evaluate` sizes the batches
+    by the model's input)."""
     from tqdm import tqdm
 
-    if len(dataset) == 0:
-        raise LatpruneError("the evaluation dataset is empty")
     model.eval()
     correct = total = 0
-    batch_size = batch_size or batch_size_for((1, *dataset[0][0].shape))
     with torch.no_grad():
         for images, labels in tqdm(loader(dataset, batch_size), desc="eval", unit="batch", disable=not progress):
             correct += (model(images).argmax(dim=1) == labels).sum().item()
             total += labels.numel()
+    if total == 0:
+        raise LatpruneError("the evaluation dataset is empty")
     return correct / total
 
 

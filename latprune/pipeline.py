@@ -357,6 +357,7 @@ def evaluate(model: nn.Module, folder: str, preprocessing: Preprocessing | str, 
     and evaluates up to three models)."""
     from torch.utils.data import Subset
 
+    from latprune.batching import batch_size_for
     from latprune.data import check_image_folder, evaluate_top1, image_folder
 
     dataset = (image_folder(folder, preprocessing, tuple(input_shape)) if checked else
@@ -366,7 +367,7 @@ def evaluate(model: nn.Module, folder: str, preprocessing: Preprocessing | str, 
         if limit < 1:
             raise LatpruneError(f"--limit must be at least 1, got {limit}")
         dataset = Subset(dataset, range(min(limit, len(dataset))))
-    return evaluate_top1(model, dataset, batch_size=batch_size, progress=progress), len(dataset)
+    return evaluate_top1(model, dataset, batch_size or batch_size_for(input_shape), progress), len(dataset)
 
 
 def _warn_on_class_mismatch(model: nn.Module, classes: Sequence[str], folder: str, input_shape: Sequence[int]) -> None:
