@@ -10,7 +10,7 @@ OBJECTIVES = ("importance", "calibrated")  # what the latency planner maximises,
 SEARCH_SECONDS = 60.0  # time box of the calibrated search: cifar resnet56 plans in about 2-3 minutes on 2 cores
 # Names the CLI offers before it imports the stages (tests/test_architecture.py checks them against the registries).
 IMPORTANCE_CRITERIA = ("l1", "l2", "bn", "taylor", "sensitivity")  # latprune.planner.importance.CRITERIA
-RECOVERY_METHODS = ("none", "two-stage", "ridge", "bn", "layerwise", "asr", "finetune", "overparam")
+RECOVERY_METHODS = ("none", "two-stage", "ridge", "ridge-tuned", "bn", "layerwise", "asr", "finetune", "overparam")
 LOOP_TOL = 0.03  # the closed loop's band: measured latency in [(1 - tol) x budget, budget]
 LOOP_MAX_ROUNDS = 4  # most plans the closed loop measures
 UNVERIFIED_MARGIN = 0.03  # headroom below the budget when a plan is only predicted (--no-verify)

@@ -104,7 +104,7 @@ def test_two_stage_within_a_time_box_does_the_steps_that_fit(resnet20, pruned20,
         assert len(step[phase]["loss"]) == 1
 
 
-@pytest.mark.parametrize("recipe", ["ridge", "two-stage"])
+@pytest.mark.parametrize("recipe", ["ridge", "two-stage", "ridge-tuned"])
 def test_reconstruction_recipes_beat_plain_recalibration(resnet20, pruned20, calib, recipe):
     """Reconstruction (at its default learning rate: 16 + 16 steps on this random-weight toy) leaves a fifth less
     layer error than BatchNorm recalibration alone."""
