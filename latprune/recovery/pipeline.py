@@ -195,8 +195,8 @@ def _ridge(ctx: _Context, result: PrunedModel) -> dict:
 
 
 def _ridge_tuned(ctx: _Context, result: PrunedModel) -> dict:
-    """Ridge, then two-stage's phase 2 from the ridge solution (the rest of the box): on networks with removed
-    residual branches the closed form compensates a missing block that phase 1's decay does not."""
+    """Ridge, then two-stage's phase 2 from the ridge solution (in the rest of the box). Measured on cifar resnet20
+    plans with removed residual branches, it kept far more top-1 than two-stage (docs/recovery.md)."""
     began = time.perf_counter()
     summary = _ridge(ctx, result)
     box = ctx.settings.seconds
