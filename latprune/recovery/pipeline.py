@@ -173,15 +173,19 @@ def _correction(rule: str) -> Callable[[_Context, PrunedModel], dict]:
     return step
 
 
+def _left_in_box(box: float | None, began: float) -> float | None:
+    """Seconds of a reconstruction's box not yet spent since ``began`` (None: unboxed)."""
+    return None if box is None else max(box - (time.perf_counter() - began), 0.0)
+
+
 def _two_stage(ctx: _Context, result: PrunedModel) -> dict:
     box, began = ctx.settings.seconds, time.perf_counter()
     full = copy.deepcopy(ctx.analysis.model)
     phase1 = phase_one(full, ctx.analysis.model, ctx.taps, ctx.kept, _removed_slices(ctx, result.kept),
                        ctx.calib, ctx.settings, ctx.progress, None if box is None else box / 2)
     result.model = prune_loaded(ctx.analysis, result.kept, weights_from=full).model
-    left = None if box is None else max(box - (time.perf_counter() - began), 0.0)
     phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress,
-                       left)
+                       _left_in_box(box, began))
     restate_batchnorm(result.model, ctx.calib)
     return {"phase1": phase1.to_json(), "phase2": phase2.to_json(), "time_box_s": box}
 
@@ -200,9 +204,8 @@ def _ridge_tuned(ctx: _Context, result: PrunedModel) -> dict:
     began = time.perf_counter()
     summary = _ridge(ctx, result)
     box = ctx.settings.seconds
-    left = None if box is None else max(box - (time.perf_counter() - began), 0.0)
     phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress,
-                       left)
+                       _left_in_box(box, began))
     restate_batchnorm(result.model, ctx.calib)
     return {"ridge": summary, "phase2": phase2.to_json(), "time_box_s": box}
 
