@@ -184,7 +184,7 @@ def _dense_correction(inputs: planner.PlanningInputs, budget: Budget, dense_meas
 def calibrated_search(inputs: planner.PlanningInputs, settings: PlanSettings, calib: torch.Tensor | None,
                       progress: bool = True) -> CalibratedSearch:
     """The calibrated objective of a model: its damage table (measured or cached) and the plan loss on ``calib``."""
-    from latprune.plan_scoring import DESCRIPTION, CalibrationLoss
+    from latprune.plan_scoring import DESCRIPTION, CalibrationLoss, RepairedLoss
     from latprune.planner.damage import DAMAGE_IMAGES, measure_damage
 
     settings.check_images(calib is not None)
@@ -193,7 +193,7 @@ def calibrated_search(inputs: planner.PlanningInputs, settings: PlanSettings, ca
                             inputs.macs.candidates, calib[:DAMAGE_IMAGES], cache_dir=settings.cache_dir,
                             progress=progress)
     return CalibratedSearch(damage, CalibrationLoss(analysis, calib), settings.search, progress=progress,
-                            description=DESCRIPTION)
+                            description=DESCRIPTION, repaired=RepairedLoss.for_images(analysis, calib))
 
 
 def _solve(inputs: planner.PlanningInputs, budget: Budget, settings: PlanSettings,

@@ -190,3 +190,41 @@ def test_search_finds_the_family_its_loss_prefers(inputs, calib, tmp_path, wante
         assert set(widths.values()) <= {0, *full.values()} and plan.removed
         assert all(widths[gid] in (0, full[gid]) for gid in widths)
     assert plan.predicted_ms <= budget.target_ms
+
+
+def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):
+    """The search's own loss prefers width-only plans, the repaired loss depth-only ones: the family leaders are
+    re-scored and the depth-only leader returned, with every finalist recorded."""
+    full = {g.id: g.width for g in inputs.groups}
+
+    def removed(kept) -> float:
+        return float(sum(not len(k) for k in kept.values()))
+
+    def partial(kept) -> float:
+        return float(sum(0 < len(k) < full[gid] for gid, k in kept.items()))
+
+    table = _damage(inputs, calib[:16], tmp_path)
+    search = CalibratedSearch(table, removed, SearchSettings(seconds=1.0, patience=1000), progress=False,
+                              repaired=partial)
+    budget = Budget(0.7 * inputs.dense_ms(), "given")
+    plan = search.plan(inputs, budget)
+    record = plan.search
+    assert plan.removed and all(w in (0, full[gid]) for gid, w in plan.widths().items())
+    assert "depth only" in record.chosen_from and record.loss_chosen > 0.0  # not the search loss's favourite
+    assert len(record.finalists) >= 2 and "plain DP" in {f.source for f in record.finalists}
+    assert min(f.repaired_loss for f in record.finalists) == 0.0 == partial(plan.kept())
+    assert [f.loss for f in record.finalists] == sorted(f.loss for f in record.finalists)
+    again = type(record).from_json(record.to_json(), "the plan")
+    assert again == record
+
+
+def test_repaired_loss_holds_images_out_and_is_small_for_the_unpruned_network(inputs, calib):
+    from latprune.plan_scoring import RepairedLoss
+
+    assert RepairedLoss.for_images(inputs.analysis, calib[:16]) is None
+    loss = RepairedLoss.for_images(inputs.analysis, calib)
+    assert len(loss.fit) == 48 and len(loss.held) == 16
+    whole = {g.id: list(range(g.width)) for g in inputs.groups}
+    halved = {g.id: list(range(g.width // 2)) for g in inputs.groups}
+    unpruned, pruned = loss(whole), loss(halved)
+    assert 0.0 <= unpruned < 0.1 * pruned, (unpruned, pruned)

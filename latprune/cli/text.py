@@ -28,9 +28,13 @@ def search_line(search: dict) -> str:
     record = SearchRecord.from_json(search, "the plan")
     damage = record.damage
     measured = "cached" if damage.cached else f"measured in {damage.seconds:.1f} s"
-    return (f"search: {record.candidates_scored} plans scored in {record.seconds:.1f} s (damage table "
+    line = (f"search: {record.candidates_scored} plans scored in {record.seconds:.1f} s (damage table "
             f"{measured}); {record.objective}: "
             f"{record.loss_chosen:.4g} chosen ({record.chosen_from}) vs {record.loss_plain_dp:.4g} plain DP")
+    if record.finalists:
+        scored = ", ".join(f"{f.repaired_loss:.4g} {f.source}" for f in record.finalists)
+        line += f"; finalists by {record.final_objective} ({record.final_seconds:.1f} s): {scored}"
+    return line
 
 
 def verification_lines(verification: dict) -> list[str]:

@@ -30,8 +30,20 @@ class DamageRecord:
 
 
 @dataclass(frozen=True)
+class Finalist:
+    """A plan the search re-scored after a stronger repair: where it came from, the search's loss and the loss
+    after that repair on held-out images."""
+
+    source: str
+    loss: float
+    repaired_loss: float
+
+
+@dataclass(frozen=True)
 class SearchRecord:
-    """What the calibrated search did: the loss of the chosen plan against the plain DP's, and its cost."""
+    """What the calibrated search did: the loss of the chosen plan against the plain DP's, and its cost. Where the
+    finalists (the best plan of each family and the plain DP plan) were re-scored after a stronger repair,
+    ``finalists`` holds them and the chosen plan is the one with the lowest repaired loss."""
 
     objective: str
     chosen_from: str
@@ -42,15 +54,24 @@ class SearchRecord:
     seconds: float
     time_box_s: float
     damage: DamageRecord
+    final_objective: str = ""
+    final_seconds: float = 0.0
+    finalists: tuple[Finalist, ...] = ()
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["finalists"] = [dataclasses.asdict(f) for f in self.finalists]
+        return data
 
     @classmethod
     def from_json(cls, data: Any, source: str, name: str = "search") -> "SearchRecord":
         data = schema.mapping(data, source, name)
         damage = _record(DamageRecord, data.get("damage"), source, f"{name}.damage")
-        return _record(cls, {**data, "damage": 0}, source, name, damage=damage)
+        finalists = data.get("finalists", [])
+        if not isinstance(finalists, list):
+            raise LatpruneError(f"{source}: {name}.finalists must be a list")
+        parsed = tuple(_record(Finalist, f, source, f"{name}.finalists[{i}]") for i, f in enumerate(finalists))
+        return _record(cls, {**data, "damage": 0, "finalists": 0}, source, name, damage=damage, finalists=parsed)
 
 
 @dataclass(frozen=True)
