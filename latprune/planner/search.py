@@ -8,7 +8,8 @@ coefficient vector gives a DP plan within the budget, the plan is scored by the 
 the pruned network on calibration images (after a fast repair, supplied by the caller), and a
 perturbation of the best coefficients so far is tried next, its scale shrinking over the time
 box. The plain DP plan on channel importance is scored first and kept unless a candidate beats
-it, so the search never returns a plan with a higher calibration loss than the plain DP plan.
+it, so without the finalists' step below the search never returns a plan with a higher calibration loss
+than the plain DP plan (with it, never one with a higher repaired loss).
 
 Where residual branches can be removed, removal damages do not add up either (two removed blocks
 hurt more than the sum of each alone), so the search starts from three families of plans: depth and
@@ -18,7 +19,7 @@ and width is returned only where it scores better than what either alone reaches
 
 The fast repair's loss ranks plans of one family well but not across families: after BatchNorm
 recalibration alone a plan narrowing a whole stage scored ahead of one removing more branches, and after a
-real repair the order was the other way round (cifar resnet20 at 0.5x, docs/planner.md). So where the
+real repair the order was the other way round (cifar resnet20 at 0.5x, docs/planning.md). So where the
 caller supplies a second, repaired loss, the finalists (the best plan of each family and the plain DP plan)
 are re-scored with it and the lowest wins.
 """
