@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +54,10 @@ class PlanningInputs:
 
     def dense_ms(self) -> float:
         return self.latency_problem().cost_of_widths(self.full_widths)
+
+    def kept_at(self, widths: Sequence[int]) -> dict[str, list[int]]:
+        """The best-scoring channels of each group at these widths (in group order)."""
+        return {g.id: kept_channels(g, self.scores[g.id], w) for g, w in zip(self.groups, widths)}
 
     def latency_problem(self) -> PlanningProblem:
         if self.latency is None:
@@ -105,7 +109,7 @@ def with_perf(inputs: PlanningInputs, perf: NetworkLatencyModel) -> PlanningInpu
 def build_plan(inputs: PlanningInputs, widths: list[int], method: str, budget: Budget | None,
                solver: dict | None = None, kept: dict[str, list[int]] | None = None, cost: str = "latency") -> Plan:
     """A plan for explicit widths; kept channels are the best-scoring unless given."""
-    kept = kept or {g.id: kept_channels(g, inputs.scores[g.id], w) for g, w in zip(inputs.groups, widths)}
+    kept = kept or inputs.kept_at(widths)
     total = sum(float(inputs.scores[g.id].sum()) for g in inputs.groups)
     retained = sum(float(inputs.scores[g.id][kept[g.id]].sum()) for g in inputs.groups)
     predicted = dense = None

@@ -42,7 +42,6 @@ from latprune.planner.damage import DamageTable
 from latprune.planner.plan import Plan
 from latprune.planner.records import DamageRecord, Finalist, SearchRecord
 from latprune.planner.solver import Infeasible, solve
-from latprune.planner.widths import kept_channels
 
 PlanLoss = Callable[[Mapping[str, Sequence[int]]], float]  # kept channels per group -> calibration loss
 _FORBIDDEN = 1e9  # the value a forbidden width loses: far above any damage a plan can save
@@ -133,7 +132,7 @@ class CalibratedSearch:
 
         def score(widths: tuple[int, ...], source: str, family: str, leading: str | None = None) -> _Candidate:
             if widths not in self.losses:
-                self.losses[widths] = self.loss(self._kept(inputs, widths))
+                self.losses[widths] = self.loss(inputs.kept_at(widths))
             candidate = _Candidate(widths, self.losses[widths], f"{source}, {family}" if family else source)
             leading = family if leading is None else leading
             if leading not in leaders or candidate.loss < leaders[leading].loss:
@@ -192,21 +191,20 @@ class CalibratedSearch:
         chosen = build_plan(inputs, list(best.widths), "latency-search", budget, dict(plain.solver))
         return chosen.with_records(objective="calibrated", search=record)
 
-    def _kept(self, inputs: PlanningInputs, widths: Sequence[int]) -> dict[str, list[int]]:
-        return {g.id: kept_channels(g, inputs.scores[g.id], w) for g, w in zip(inputs.groups, widths)}
-
     def _final(self, inputs: PlanningInputs, best: _Candidate,
                leaders: Mapping[str, _Candidate]) -> tuple[_Candidate, tuple[Finalist, ...]]:
         """The plan to return: the lowest repaired loss among the families' leaders, where a repaired loss is
         given and the leaders differ; else the best plan on the search's own loss."""
-        distinct = {c.widths: c for c in sorted(leaders.values(), key=lambda c: c.loss, reverse=True)}
-        if self.repaired is None or len(distinct) < 2:
+        distinct: dict[tuple[int, ...], _Candidate] = {}  # one per plan: the lowest-loss source of it
+        for candidate in sorted(leaders.values(), key=lambda c: c.loss):
+            distinct.setdefault(candidate.widths, candidate)
+        finalists = list(distinct.values())
+        if self.repaired is None or len(finalists) < 2:
             return best, ()
-        finalists = sorted(distinct.values(), key=lambda c: c.loss)
         for candidate in tqdm(finalists, desc="repairing finalists", unit="plan", disable=not self.progress,
                               leave=False):
             if candidate.widths not in self.repaired_losses:
-                self.repaired_losses[candidate.widths] = self.repaired(self._kept(inputs, candidate.widths))
+                self.repaired_losses[candidate.widths] = self.repaired(inputs.kept_at(candidate.widths))
         chosen = min(finalists, key=lambda c: self.repaired_losses[c.widths])
         return chosen, tuple(Finalist(c.source, float(c.loss), float(self.repaired_losses[c.widths]))
                              for c in finalists)

@@ -173,9 +173,15 @@ def _correction(rule: str) -> Callable[[_Context, PrunedModel], dict]:
     return step
 
 
-def _left_in_box(box: float | None, began: float) -> float | None:
-    """Seconds of a reconstruction's box not yet spent since ``began`` (None: unboxed)."""
-    return None if box is None else max(box - (time.perf_counter() - began), 0.0)
+def _phase_two_in_box(ctx: _Context, result: PrunedModel, began: float) -> dict:
+    """Two-stage's phase 2 on ``result`` in what is left of the reconstruction's box since ``began``, then the
+    BatchNorm statistics restated; the phase's record."""
+    box = ctx.settings.seconds
+    left = None if box is None else max(box - (time.perf_counter() - began), 0.0)
+    phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress,
+                       left)
+    restate_batchnorm(result.model, ctx.calib)
+    return phase2.to_json()
 
 
 def _two_stage(ctx: _Context, result: PrunedModel) -> dict:
@@ -184,10 +190,7 @@ def _two_stage(ctx: _Context, result: PrunedModel) -> dict:
     phase1 = phase_one(full, ctx.analysis.model, ctx.taps, ctx.kept, _removed_slices(ctx, result.kept),
                        ctx.calib, ctx.settings, ctx.progress, None if box is None else box / 2)
     result.model = prune_loaded(ctx.analysis, result.kept, weights_from=full).model
-    phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress,
-                       _left_in_box(box, began))
-    restate_batchnorm(result.model, ctx.calib)
-    return {"phase1": phase1.to_json(), "phase2": phase2.to_json(), "time_box_s": box}
+    return {"phase1": phase1.to_json(), "phase2": _phase_two_in_box(ctx, result, began), "time_box_s": box}
 
 
 def _ridge(ctx: _Context, result: PrunedModel) -> dict:
@@ -203,11 +206,7 @@ def _ridge_tuned(ctx: _Context, result: PrunedModel) -> dict:
     plans with removed residual branches, it kept far more top-1 than two-stage (docs/recovery.md)."""
     began = time.perf_counter()
     summary = _ridge(ctx, result)
-    box = ctx.settings.seconds
-    phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress,
-                       _left_in_box(box, began))
-    restate_batchnorm(result.model, ctx.calib)
-    return {"ridge": summary, "phase2": phase2.to_json(), "time_box_s": box}
+    return {"ridge": summary, "phase2": _phase_two_in_box(ctx, result, began), "time_box_s": ctx.settings.seconds}
 
 
 def _finetune(ctx: _Context, result: PrunedModel) -> dict:
