@@ -164,3 +164,21 @@ def test_step_aware_features_learn_a_latency_staircase():
     truth = np.array([staircase(a, b) for a, b in test])
     assert np.mean(np.abs(predicted / truth - 1) <= 0.10) >= 0.95
     assert set(model.selection_["conv"]) == {"hist-gbm", "random-forest", "family-linear"}
+
+
+def test_signature_key_is_the_canonical_json_of_its_own_fields():
+    """The database key: sorted keys, tuples as lists; computed once per signature, and a signature made from
+    another (dataclasses.replace) or read back from JSON has the key of its own fields."""
+    import dataclasses
+
+    from latprune.network.signature import LayerSignature
+
+    sig = LayerSignature("conv", 16, 32, (3, 3), (1, 1), (1, 1), 1, (1, 1), 8, 8, 1, "float32", "ort-cpu", "relu")
+    expected = json.dumps(dataclasses.asdict(sig), sort_keys=True, separators=(",", ":"))
+    assert sig.key() == expected and sig.key() == expected  # the second call answers from the cache
+    assert sig.to_json() == dataclasses.asdict(sig) and "_key" not in sig.to_json()
+    narrower = dataclasses.replace(sig, cout=8)
+    assert narrower.key() == expected.replace('"cout":32', '"cout":8') != sig.key()
+    back = LayerSignature.from_json(json.loads(sig.key()))
+    assert back == sig and hash(back) == hash(sig) and back.key() == expected
+    assert pickle.loads(pickle.dumps(narrower)).key() == narrower.key()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,16 @@ class LayerSignature:
     epilogue: str
 
     def key(self) -> str:
-        """Canonical text form, used as the database key."""
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        """Canonical text form, used as the database key (computed once: a plan's cost tables ask for it
+        about a hundred thousand times)."""
+        cached = self.__dict__.get("_key")
+        if cached is None:
+            cached = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+            object.__setattr__(self, "_key", cached)  # not a field: equality, hashing and to_json ignore it
+        return cached
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _FIELD_NAMES}  # as asdict, without its deep copy
 
     @classmethod
     def from_json(cls, data: Mapping) -> "LayerSignature":
@@ -76,3 +81,6 @@ class LayerSignature:
         groups = cin if self.depthwise else self.groups
         ratio = (cin // max(groups, 1)) * cout / max((self.cin // self.groups) * self.cout, 1)
         return self.macs * ratio
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(LayerSignature))
