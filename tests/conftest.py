@@ -130,7 +130,7 @@ def synthetic_backend(monkeypatch):
                                                            self.name).macs for name in layers if name in infos}
             return Prepared(Path(path), tuple(layers))
 
-        def time(self, prepared, warmup, runs, profiled_runs):
+        def time(self, prepared, warmup, runs, profiled_runs, warmup_ms=0.0):
             Synthetic.calls += 1
             contention = Synthetic.slowdown(Synthetic.calls) if Synthetic.slowdown else 1.0
             segments = {k: v * Synthetic.scale * contention for k, v in Synthetic.networks[str(prepared.path)].items()}

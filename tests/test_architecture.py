@@ -225,7 +225,8 @@ class _FakeBackend:
     def __init__(self):
         self.visits: list[str] = []
 
-    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int) -> RoundSample:
+    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int,
+             warmup_ms: float = 0.0) -> RoundSample:
         self.visits.append(prepared.path.name)
         base = float(prepared.path.name[1:])
         return RoundSample([base + i / 100 for i in range(runs)], [], [], {})

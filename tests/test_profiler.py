@@ -154,9 +154,11 @@ def test_ort_segments_cover_every_layer_and_add_up(tmp_path):
     backend = get_backend("ort-cpu")
     try:
         prepared = backend.prepare(loaded.model, loaded.input_shape, layers, tmp_path / "m.onnx")
-        sample = backend.time(prepared, warmup=2, runs=5, profiled_runs=5)
+        # 30 ms of warm-up is several runs more than 2: the profile must still skip exactly the warm-up runs
+        sample = backend.time(prepared, warmup=2, runs=5, profiled_runs=5, warmup_ms=30.0)
     finally:
         backend.close()
+    assert len(sample.segments) == len(sample.profiled_ms) == len(sample.plain_ms) == 5
     covered = []
     for run, total in zip(sample.segments, sample.profiled_ms):
         assert set(layers) <= set(run)
@@ -165,6 +167,24 @@ def test_ort_segments_cover_every_layer_and_add_up(tmp_path):
     # A single run can stall between kernels on a shared machine (seen in CI: 0.6 of 4.8 ms);
     # the runner uses medians, so the typical run is what has to add up.
     assert statistics.median(covered) >= 0.7
+
+
+def test_a_visit_warms_up_for_its_runs_and_its_milliseconds(monkeypatch):
+    from latprune.profiler import ort_worker
+
+    class Session:  # each run takes 1 ms of a fake clock
+        runs = 0
+
+        def run(self, outputs, feed):
+            Session.runs += 1
+            clock[0] += 1e-3
+
+    clock = [100.0]
+    monkeypatch.setattr(ort_worker.time, "perf_counter", lambda: clock[0])
+    assert ort_worker._warm_up(Session(), {}, warmup=3, warmup_ms=10.0) == 10  # the time rule decides
+    assert ort_worker._warm_up(Session(), {}, warmup=12, warmup_ms=10.0) == 12  # the count decides
+    assert ort_worker._warm_up(Session(), {}, warmup=0, warmup_ms=0.0) == 0
+    assert Session.runs == 22
 
 
 def test_torch_backend_times_a_copy_held_in_memory_and_writes_nothing(tmp_path, monkeypatch):

@@ -25,6 +25,7 @@ from latprune.errors import LatpruneError
 from latprune.models.memory import available_bytes
 from latprune.profiler.device import cpu_identity, cpu_model, physical_cores
 from latprune.network import TIMED_TYPES
+from latprune.profiler.node_attribution import NodeAttribution
 
 
 @dataclass
@@ -61,6 +62,14 @@ class Prepared:
     input_shape: tuple[int, ...] = ()  # what ``module`` takes (the ONNX file states its own)
 
 
+# Every visit warms up for at least this long before it times anything. Measured on ort-cpu (2 cores, a fresh
+# timing process per visit): the first 15-25 ms of runs are slow, by 60% for the dense digits CNN (0.44 against
+# 0.27 ms) and 15% for a pruned copy, so visits of 3 warm-up and 10 timed runs measured a paired ratio of 0.67-0.71
+# where visits of 100 runs, and a long-running process, measured 0.94-0.97. Part of the device description: profiles
+# timed with another warm-up are not mixed with these.
+VISIT_WARMUP_MS = 40.0
+
+
 class Backend:
     name: str = ""
 
@@ -73,13 +82,15 @@ class Backend:
     def description(self) -> dict:
         """Facts that decide whether timings are comparable (part of the device fingerprint)."""
         return {"backend": self.name, "cpu": cpu_model(), **cpu_identity(), "cores": physical_cores(),
-                "threads": self.threads,
-                "torch": torch.__version__.split("+")[0]}
+                "threads": self.threads, "torch": torch.__version__.split("+")[0], "visit_warmup_ms": VISIT_WARMUP_MS}
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str], path: Path) -> Prepared:
         raise NotImplementedError
 
-    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int) -> RoundSample:
+    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int,
+             warmup_ms: float = 0.0) -> RoundSample:
+        """One visit: at least ``warmup`` runs and ``warmup_ms`` of running, then ``profiled_runs`` per-layer runs
+        and ``runs`` plain whole-network runs."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -159,14 +170,17 @@ class _TorchBackend(Backend):
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int) -> RoundSample:
+    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int,
+             warmup_ms: float = 0.0) -> RoundSample:
         torch.set_num_threads(self.threads)
         if self.device == "cuda":
             torch.backends.cudnn.benchmark = True
         model, x = prepared.module, torch.randn(prepared.input_shape, device=self.device)
         with torch.inference_mode():
-            for _ in range(warmup):
+            count, began = 0, time.perf_counter()
+            while count < warmup or (time.perf_counter() - began) * 1e3 < warmup_ms:
                 model(x)
+                count += 1
             self._sync()
             profiled, segments = self._profiled_runs(model, x, profiled_runs)
             plain = [self._timed(model, x) for _ in range(runs)]
@@ -227,9 +241,6 @@ class TorchCudaBackend(_TorchBackend):
 
 # ---------------------------------------------------------------- ONNX Runtime
 
-LAYER_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
-
-
 class _OrtBackend(Backend):
     provider = "CPUExecutionProvider"
 
@@ -281,13 +292,14 @@ class _OrtBackend(Backend):
         self._maps[path] = NodeAttribution.from_onnx(path, layers)
         return prepared
 
-    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int) -> RoundSample:
+    def time(self, prepared: Prepared, warmup: int, runs: int, profiled_runs: int,
+             warmup_ms: float = 0.0) -> RoundSample:
         # Every session gets a fresh process: measured here, sessions created after others in
         # one process ran pruned ResNet-50s up to 20% slower (allocator state), while fresh
         # processes (as in deployment) agree within a few percent.
         self.close()
         reply = self._request(cmd="time", onnx=str(prepared.path), provider=self.provider, threads=self.threads,
-                              warmup=warmup, runs=runs, profiled_runs=profiled_runs)
+                              warmup=warmup, warmup_ms=warmup_ms, runs=runs, profiled_runs=profiled_runs)
         attribution = self._maps.get(prepared.path) or NodeAttribution.from_onnx(prepared.path, prepared.layers)
         self._maps[prepared.path] = attribution
         segments, counts = [], {}
@@ -323,75 +335,3 @@ class OrtCpuBackend(_OrtBackend):
 @register("ort-cuda")
 class OrtCudaBackend(_OrtBackend):
     provider = "CUDAExecutionProvider"
-
-
-class NodeAttribution:
-    """Maps ONNX Runtime's optimised nodes back to the network's conv/linear layers.
-
-    The exporter emits Conv/Gemm nodes in the order PyTorch runs the layers, which names
-    them. ORT renames fused nodes after a tensor of the exported graph (e.g.
-    ``/layer1/layer1.0/relu/Relu_output_0_nchwc``); walking back from that tensor's
-    producer to the nearest Conv/Gemm finds the layer. Other nodes join the segment of
-    the layer that ran before them; nodes before the first layer form the prologue.
-    """
-
-    PROLOGUE = ""
-
-    def __init__(self, producer: dict[str, object], node_layer: dict[str, str], by_name: dict[str, object]):
-        self._producer = producer
-        self._node_layer = node_layer
-        self._by_name = by_name
-        self._cache: dict[str, str | None] = {}
-
-    @classmethod
-    def from_onnx(cls, path: Path, layers: Sequence[str]) -> "NodeAttribution":
-        import onnx
-
-        graph = onnx.load(str(path), load_external_data=False).graph
-        layer_nodes = [n for n in graph.node if n.op_type in LAYER_OPS]
-        if len(layer_nodes) != len(layers):
-            raise LatpruneError(
-                f"exported graph has {len(layer_nodes)} conv/gemm nodes but the network runs {len(layers)} layers"
-            )
-        node_layer = {n.name: layer for n, layer in zip(layer_nodes, layers)}
-        producer = {out: n for n in graph.node for out in n.output}
-        return cls(producer, node_layer, {n.name: n for n in graph.node})
-
-    def layer_of(self, ort_name: str) -> str | None:
-        if ort_name not in self._cache:
-            self._cache[ort_name] = self._resolve(ort_name)
-        return self._cache[ort_name]
-
-    def _resolve(self, ort_name: str) -> str | None:
-        name = ort_name.removeprefix("fused ")  # ORT's name for fused Gemm/MatMul nodes
-        node = self._by_name.get(name)
-        while node is None and name:
-            node = self._producer.get(name)
-            if node is None and "_" in name:
-                name = name.rsplit("_", 1)[0]  # drop ORT's suffixes (_nchwc, _token_N, ...)
-            elif node is None:
-                break
-        for _ in range(16):  # walk back through fused element-wise ops to the conv/gemm
-            if node is None or node.op_type == "Concat":  # a concat has no single source layer
-                return None
-            if node.name in self._node_layer:
-                return self._node_layer[node.name]
-            node = next((self._producer[i] for i in node.input if i in self._producer), None)
-        return None
-
-    def segments(self, nodes: Sequence[Sequence]) -> tuple[dict[str, float], dict[str, int]]:
-        """Sum one run's node times [name, op, ms] into layer segments (and count nodes)."""
-        times: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        started: set[str] = set()
-        current = self.PROLOGUE
-        for name, op, ms in nodes:
-            layer = self.layer_of(name) if op in LAYER_OPS else None
-            # ORT also emits Conv nodes of its own (a lone BatchNorm becomes a 1x1 conv):
-            # those resolve to no layer, or to one already started, and join the segment.
-            if layer is not None and layer not in started:
-                started.add(layer)
-                current = layer
-            times[current] = times.get(current, 0.0) + ms
-            counts[current] = counts.get(current, 0) + 1
-        return times, counts

@@ -4,7 +4,7 @@ Reads one JSON request per line on stdin, answers one JSON line on stdout. Only 
 session is alive at a time; it is dropped before the next request is served.
 
 Requests: ``{"cmd": "info", "provider": P}`` and ``{"cmd": "time", "onnx": PATH,
-"provider": P, "threads": T, "warmup": W, "runs": N, "profiled_runs": K}``.
+"provider": P, "threads": T, "warmup": W, "warmup_ms": M, "runs": N, "profiled_runs": K}``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ def _input_for(session) -> dict:
     return {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
 
 
+def _warm_up(session, feed: dict, warmup: int, warmup_ms: float) -> int:
+    """Run at least ``warmup`` times and for at least ``warmup_ms``; the number of runs made."""
+    count, began = 0, time.perf_counter()
+    while count < warmup or (time.perf_counter() - began) * 1e3 < warmup_ms:
+        session.run(None, feed)
+        count += 1
+    return count
+
+
 def _node_runs(profile_path: str, skip: int) -> tuple[list[list], list[float]]:
     """Per timed run: the kernel events [name, op, ms] in execution order, and the run's ms."""
     with open(profile_path) as f:
@@ -56,23 +65,26 @@ def _node_runs(profile_path: str, skip: int) -> tuple[list[list], list[float]]:
     return runs, totals
 
 
-def time_model(onnx: str, provider: str, threads: int, warmup: int, runs: int, profiled_runs: int) -> dict:
+def time_model(onnx: str, provider: str, threads: int, warmup: int, runs: int, profiled_runs: int,
+               warmup_ms: float = 0.0) -> dict:
     """Per-node times from a profiling session, then plain whole-network times from a session of its own: a
     variant's plain times must be comparable with a dense network timed without profiling (the closed loop's
-    paired ratio, taken from a profiling session's plain runs, disagreed with an independent one by up to 15%)."""
+    paired ratio, taken from a profiling session's plain runs, disagreed with an independent one by up to 15%).
+    Each session warms up for ``warmup`` runs and ``warmup_ms`` first: this process is new, and its first
+    milliseconds run slower (see :data:`latprune.profiler.backends.VISIT_WARMUP_MS`)."""
     with tempfile.TemporaryDirectory() as profile_dir:
         node_runs, profiled_totals = [], []
         if profiled_runs:
             session = _session(onnx, provider, threads, profile_dir)
             feed = _input_for(session)
-            for _ in range(warmup + profiled_runs):
+            warmed = _warm_up(session, feed, warmup, warmup_ms)
+            for _ in range(profiled_runs):
                 session.run(None, feed)
-            node_runs, profiled_totals = _node_runs(session.end_profiling(), skip=warmup)
+            node_runs, profiled_totals = _node_runs(session.end_profiling(), skip=warmed)
             del session
         session = _session(onnx, provider, threads, None)
         feed = _input_for(session)
-        for _ in range(warmup):
-            session.run(None, feed)
+        _warm_up(session, feed, warmup, warmup_ms)
         plain = []
         for _ in range(runs):
             start = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from latprune.errors import LatpruneError
 from latprune.network import Measurement, PairedRatio, paired_interval
-from latprune.profiler.backends import Backend, Prepared, RoundSample
+from latprune.profiler.backends import VISIT_WARMUP_MS, Backend, Prepared, RoundSample
 
 T = TypeVar("T")
 
@@ -69,10 +69,11 @@ class PairedTiming:
 
 
 class Timer:
-    """Times prepared networks on one backend; ``warmup`` runs precede every timed visit."""
+    """Times prepared networks on one backend; at least ``warmup`` runs and ``warmup_ms`` of running precede every
+    timed visit."""
 
-    def __init__(self, backend: Backend, warmup: int = 3, seed: int = 0):
-        self.backend, self.warmup = backend, warmup
+    def __init__(self, backend: Backend, warmup: int = 3, seed: int = 0, warmup_ms: float = VISIT_WARMUP_MS):
+        self.backend, self.warmup, self.warmup_ms = backend, warmup, warmup_ms
         self._rng = random.Random(seed)
 
     def warm_up(self, prepared: Sequence[Prepared], seconds: float) -> None:
@@ -83,8 +84,8 @@ class Timer:
                 self.backend.time(p, warmup=1, runs=2, profiled_runs=0)
 
     def sample(self, prepared: Prepared, runs: int, profiled_runs: int = 0) -> RoundSample:
-        """One visit: warm-up runs, ``profiled_runs`` per-layer runs, ``runs`` plain whole-network runs."""
-        return self.backend.time(prepared, self.warmup, runs, profiled_runs)
+        """One visit: the warm-up, ``profiled_runs`` per-layer runs, ``runs`` plain whole-network runs."""
+        return self.backend.time(prepared, self.warmup, runs, profiled_runs, warmup_ms=self.warmup_ms)
 
     def shuffled(self, items: Sequence[T]) -> list[T]:
         """``items`` in this round's order (a new shuffle each call, reproducible from the seed)."""
