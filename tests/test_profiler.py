@@ -170,21 +170,20 @@ def test_ort_segments_cover_every_layer_and_add_up(tmp_path):
 
 
 def test_a_visit_warms_up_for_its_runs_and_its_milliseconds(monkeypatch):
-    from latprune.profiler import ort_worker
+    from latprune.profiler import visit_warmup
 
-    class Session:  # each run takes 1 ms of a fake clock
-        runs = 0
-
-        def run(self, outputs, feed):
-            Session.runs += 1
-            clock[0] += 1e-3
-
+    calls = []
     clock = [100.0]
-    monkeypatch.setattr(ort_worker.time, "perf_counter", lambda: clock[0])
-    assert ort_worker._warm_up(Session(), {}, warmup=3, warmup_ms=10.0) == 10  # the time rule decides
-    assert ort_worker._warm_up(Session(), {}, warmup=12, warmup_ms=10.0) == 12  # the count decides
-    assert ort_worker._warm_up(Session(), {}, warmup=0, warmup_ms=0.0) == 0
-    assert Session.runs == 22
+
+    def run():  # each run takes 1 ms of a fake clock
+        calls.append(1)
+        clock[0] += 1e-3
+
+    monkeypatch.setattr(visit_warmup.time, "perf_counter", lambda: clock[0])
+    assert visit_warmup.warm_up_visit(run, runs=3, ms=10.0) == 10  # the time rule decides
+    assert visit_warmup.warm_up_visit(run, runs=12, ms=10.0) == 12  # the count decides
+    assert visit_warmup.warm_up_visit(run, runs=0, ms=0.0) == 0
+    assert len(calls) == 22
 
 
 def test_torch_backend_times_a_copy_held_in_memory_and_writes_nothing(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from latprune.models.memory import available_bytes
 from latprune.profiler.device import cpu_identity, cpu_model, physical_cores
 from latprune.network import TIMED_TYPES
 from latprune.profiler.node_attribution import NodeAttribution
+from latprune.profiler.visit_warmup import VISIT_WARMUP_MS, warm_up_visit
 
 
 @dataclass
@@ -60,14 +61,6 @@ class Prepared:
     layers: tuple[str, ...]
     module: nn.Module | None = field(default=None, compare=False, repr=False)
     input_shape: tuple[int, ...] = ()  # what ``module`` takes (the ONNX file states its own)
-
-
-# Every visit warms up for at least this long before it times anything. Measured on ort-cpu (2 cores, a fresh
-# timing process per visit): the first 15-25 ms of runs are slow, by 60% for the dense digits CNN (0.44 against
-# 0.27 ms) and 15% for a pruned copy, so visits of 3 warm-up and 10 timed runs measured a paired ratio of 0.67-0.71
-# where visits of 100 runs, and a long-running process, measured 0.94-0.97. Part of the device description: profiles
-# timed with another warm-up are not mixed with these.
-VISIT_WARMUP_MS = 40.0
 
 
 class Backend:
@@ -177,10 +170,7 @@ class _TorchBackend(Backend):
             torch.backends.cudnn.benchmark = True
         model, x = prepared.module, torch.randn(prepared.input_shape, device=self.device)
         with torch.inference_mode():
-            count, began = 0, time.perf_counter()
-            while count < warmup or (time.perf_counter() - began) * 1e3 < warmup_ms:
-                model(x)
-                count += 1
+            warm_up_visit(lambda: model(x), warmup, warmup_ms)
             self._sync()
             profiled, segments = self._profiled_runs(model, x, profiled_runs)
             plain = [self._timed(model, x) for _ in range(runs)]

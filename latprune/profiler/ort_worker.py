@@ -19,6 +19,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
+from latprune.profiler.visit_warmup import warm_up_visit
+
 
 def _session(path: str, provider: str, threads: int, profile_dir: str | None):
     options = ort.SessionOptions()
@@ -37,15 +39,6 @@ def _input_for(session) -> dict:
     spec = session.get_inputs()[0]
     shape = [d if isinstance(d, int) else 1 for d in spec.shape]
     return {spec.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-
-
-def _warm_up(session, feed: dict, warmup: int, warmup_ms: float) -> int:
-    """Run at least ``warmup`` times and for at least ``warmup_ms``; the number of runs made."""
-    count, began = 0, time.perf_counter()
-    while count < warmup or (time.perf_counter() - began) * 1e3 < warmup_ms:
-        session.run(None, feed)
-        count += 1
-    return count
 
 
 def _node_runs(profile_path: str, skip: int) -> tuple[list[list], list[float]]:
@@ -71,20 +64,20 @@ def time_model(onnx: str, provider: str, threads: int, warmup: int, runs: int, p
     variant's plain times must be comparable with a dense network timed without profiling (the closed loop's
     paired ratio, taken from a profiling session's plain runs, disagreed with an independent one by up to 15%).
     Each session warms up for ``warmup`` runs and ``warmup_ms`` first: this process is new, and its first
-    milliseconds run slower (see :data:`latprune.profiler.backends.VISIT_WARMUP_MS`)."""
+    milliseconds run slower (see :mod:`latprune.profiler.visit_warmup`)."""
     with tempfile.TemporaryDirectory() as profile_dir:
         node_runs, profiled_totals = [], []
         if profiled_runs:
             session = _session(onnx, provider, threads, profile_dir)
             feed = _input_for(session)
-            warmed = _warm_up(session, feed, warmup, warmup_ms)
+            warmed = warm_up_visit(lambda: session.run(None, feed), warmup, warmup_ms)
             for _ in range(profiled_runs):
                 session.run(None, feed)
             node_runs, profiled_totals = _node_runs(session.end_profiling(), skip=warmed)
             del session
         session = _session(onnx, provider, threads, None)
         feed = _input_for(session)
-        _warm_up(session, feed, warmup, warmup_ms)
+        warm_up_visit(lambda: session.run(None, feed), warmup, warmup_ms)
         plain = []
         for _ in range(runs):
             start = time.perf_counter()

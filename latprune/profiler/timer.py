@@ -16,7 +16,8 @@ from typing import TypeVar
 
 from latprune.errors import LatpruneError
 from latprune.network import Measurement, PairedRatio, paired_interval
-from latprune.profiler.backends import VISIT_WARMUP_MS, Backend, Prepared, RoundSample
+from latprune.profiler.backends import Backend, Prepared, RoundSample
+from latprune.profiler.visit_warmup import VISIT_WARMUP_MS
 
 T = TypeVar("T")
 
@@ -69,11 +70,11 @@ class PairedTiming:
 
 
 class Timer:
-    """Times prepared networks on one backend; at least ``warmup`` runs and ``warmup_ms`` of running precede every
-    timed visit."""
+    """Times prepared networks on one backend; at least ``warmup`` runs and :data:`VISIT_WARMUP_MS` of running
+    precede every timed visit (the fingerprint records that warm-up, so it is not a setting)."""
 
-    def __init__(self, backend: Backend, warmup: int = 3, seed: int = 0, warmup_ms: float = VISIT_WARMUP_MS):
-        self.backend, self.warmup, self.warmup_ms = backend, warmup, warmup_ms
+    def __init__(self, backend: Backend, warmup: int = 3, seed: int = 0):
+        self.backend, self.warmup = backend, warmup
         self._rng = random.Random(seed)
 
     def warm_up(self, prepared: Sequence[Prepared], seconds: float) -> None:
@@ -85,7 +86,7 @@ class Timer:
 
     def sample(self, prepared: Prepared, runs: int, profiled_runs: int = 0) -> RoundSample:
         """One visit: the warm-up, ``profiled_runs`` per-layer runs, ``runs`` plain whole-network runs."""
-        return self.backend.time(prepared, self.warmup, runs, profiled_runs, warmup_ms=self.warmup_ms)
+        return self.backend.time(prepared, self.warmup, runs, profiled_runs, warmup_ms=VISIT_WARMUP_MS)
 
     def shuffled(self, items: Sequence[T]) -> list[T]:
         """``items`` in this round's order (a new shuffle each call, reproducible from the seed)."""
