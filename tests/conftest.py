@@ -127,7 +127,7 @@ def synthetic_backend(monkeypatch):
             infos = trace_layers(model, torch.zeros(input_shape))
             Synthetic.networks[str(path)] = {
                 name: 0.002 + 2e-8 * infos[name].signature(infos[name].cin, infos[name].cout, input_shape[0], "float32",
-                                                           self.name).macs for name in layers if name in infos}
+                                                           self.name, next_align=0).macs for name in layers if name in infos}
             return Prepared(Path(path), tuple(layers))
 
         def time(self, prepared, warmup, runs, profiled_runs, warmup_ms=0.0):

@@ -22,6 +22,7 @@ from latprune.planner.plan import Plan
 from latprune.planner.problem import LayerTerm, PlanningProblem
 from latprune.planner.solver import Infeasible, solve
 from latprune.planner.widths import WidthPolicy, kept_channels
+from latprune.network import network_signatures
 from latprune.pruned_file import prune_loaded
 
 
@@ -276,3 +277,25 @@ def test_bisection_finds_the_largest_fitting_budget_and_keeps_the_best_result():
                           better=lambda new, old: new[1] > old[1])
     assert best[0] == pytest.approx(5.0)
     assert thin_evenly(list(range(10)), 4) == [0, 3, 6, 9] and thin_evenly([1, 2], 4) == [1, 2]
+
+
+class _ContextLatency(MacsLatency):
+    """MACs latency plus a cost that depends on the next layer's alignment."""
+
+    def predict(self, signatures):
+        return super().predict(signatures) + np.array([0.001 * (1 + s.next_align) for s in signatures])
+
+
+@pytest.mark.parametrize("spec, shape", [("cifar:resnet20", (1, 3, 32, 32)),
+                                         ("torchvision:mobilenet_v2", (1, 3, 64, 64))])
+def test_the_planner_costs_the_dense_network_with_its_own_signatures(spec, shape):
+    """A layer's cost depends on the next layer's alignment; the planner, whose layer costs may depend only on
+    their own widths, must still cost the dense network exactly as the network runs (last layer: 0)."""
+    loaded = load_model(spec, input_shape=shape)
+    perf = _ContextLatency()
+    inputs = prepare(loaded, "l2", policy=WidthPolicy(step=16, max_count=3), perf=perf, backend="fake")
+    expected = network_signatures(loaded.model, shape, "fake")
+    dense = inputs.latency_problem().cost_of_widths([g.width for g in inputs.groups])
+    assert dense == pytest.approx(0.2 + perf.predict(expected).sum(), rel=1e-9)
+    assert expected[-1].next_align == 0 and {s.next_align for s in expected[:-1]} <= {1, 2, 4, 8, 16}
+    assert len({s.next_align for s in expected}) >= 3  # the test would not see a wrong context otherwise

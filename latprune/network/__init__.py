@@ -6,7 +6,7 @@ recovery), and every stage imports it.
 
 from latprune.network.keys import model_key
 from latprune.network.measurement import CONFIDENCE, Measurement, PairedRatio, paired_interval, paired_ratio
-from latprune.network.signature import LayerSignature
+from latprune.network.signature import ALIGNMENT_CAP, SIGNATURE_VERSION, LayerSignature, channel_alignment
 from latprune.network.tracing import (
     DTYPE,
     TIMED_TYPES,
@@ -18,6 +18,6 @@ from latprune.network.tracing import (
     trace_layers,
 )
 
-__all__ = ["CONFIDENCE", "DTYPE", "TIMED_TYPES", "LayerInfo", "LayerSignature", "Measurement", "PairedRatio",
+__all__ = ["ALIGNMENT_CAP", "CONFIDENCE", "DTYPE", "TIMED_TYPES", "LayerInfo", "LayerSignature", "Measurement", "PairedRatio", "SIGNATURE_VERSION",
            "layer_signatures", "layer_widths", "model_key", "network_signatures", "paired_interval", "paired_ratio",
-           "run_model", "trace_layers"]
+           "run_model", "trace_layers", "channel_alignment"]

@@ -8,13 +8,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 
+# Part of every device fingerprint: rows of another version are timed under another key and never mixed.
+# 2: a layer's signature carries the next layer's alignment (``next_align``).
+SIGNATURE_VERSION = 2
+ALIGNMENT_CAP = 16  # float32 channels in the widest blocked layouts (512-bit vectors): more alignment changes nothing
+
+
+def channel_alignment(*widths: int) -> int:
+    """The largest power of two, at most :data:`ALIGNMENT_CAP`, dividing every one of ``widths``."""
+    align = ALIGNMENT_CAP
+    while align > 1 and any(w % align for w in widths):
+        align //= 2
+    return align
+
+
 @dataclass(frozen=True)
 class LayerSignature:
     """Everything a layer's in-network latency depends on, for one backend.
 
     ``epilogue`` names the ops that run between this layer and the next conv/linear
     (e.g. ``batch_norm+add+relu``): backends fuse them into the layer or run them right
-    after it, and their cost is timed with it.
+    after it, and their cost is timed with it. ``next_align`` is the channel alignment of the
+    next layer (:func:`channel_alignment` of its widths; 0 after the last layer): a backend with
+    a blocked channel layout converts the layout back after this layer when the next one cannot
+    use it, unfusing its epilogue, and that runs in this layer's time (measured on ONNX Runtime:
+    a 16->16 conv with add+relu 0.042 ms before an aligned layer, 0.068 ms before a 13-channel one).
     """
 
     kind: str  # "conv" or "linear"
@@ -31,6 +49,7 @@ class LayerSignature:
     dtype: str
     backend: str
     epilogue: str
+    next_align: int = ALIGNMENT_CAP
 
     def key(self) -> str:
         """Canonical text form, used as the database key (computed once: a plan's cost tables ask for it
@@ -46,7 +65,9 @@ class LayerSignature:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "LayerSignature":
-        values = {f.name: data[f.name] for f in fields(cls)}
+        # Rows recorded before ``next_align`` existed belong to another device fingerprint; read them as aligned.
+        values = {f.name: data.get(f.name, ALIGNMENT_CAP) if f.name == "next_align" else data[f.name]
+                  for f in fields(cls)}
         for name in ("kernel", "stride", "padding", "dilation"):
             values[name] = tuple(values[name])
         return cls(**values)
@@ -54,7 +75,7 @@ class LayerSignature:
     def family(self) -> tuple:
         """Everything but the widths: the same layer of the same network at any pruning."""
         data = self.to_json()
-        for varying in ("cin", "cout", "groups"):
+        for varying in ("cin", "cout", "groups", "next_align"):
             data.pop(varying)
         return tuple(sorted((k, str(v)) for k, v in data.items()))
 

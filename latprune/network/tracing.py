@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from latprune.errors import LatpruneError
-from latprune.network.signature import LayerSignature
+from latprune.network.signature import LayerSignature, channel_alignment
 
 TIMED_TYPES = (nn.Conv2d, nn.Linear)
 DTYPE = "float32"
@@ -66,8 +66,10 @@ class LayerInfo:
     width: int
     epilogue: str
 
-    def signature(self, cin: int, cout: int, batch: int, dtype: str, backend: str) -> LayerSignature:
-        """The signature of this layer at widths ``cin`` -> ``cout``."""
+    def signature(self, cin: int, cout: int, batch: int, dtype: str, backend: str, *, next_align: int
+                  ) -> LayerSignature:
+        """The signature of this layer at widths ``cin`` -> ``cout``, before a layer of channel alignment
+        ``next_align`` (0: the last layer)."""
         return LayerSignature(
             kind=self.kind,
             cin=cin,
@@ -83,6 +85,7 @@ class LayerInfo:
             dtype=dtype,
             backend=backend,
             epilogue=self.epilogue,
+            next_align=next_align,
         )
 
 
@@ -181,9 +184,13 @@ def _pair(padding) -> tuple[int, int]:
 
 def layer_signatures(model: nn.Module, layers: dict[str, LayerInfo], batch: int, backend: str
                      ) -> dict[str, LayerSignature]:
-    """Signatures of ``model``'s layers at its current widths; ``layers`` traced from its architecture."""
+    """Signatures of ``model``'s layers at its current widths; ``layers`` traced from its architecture, in
+    execution order (each layer's context is the alignment of the one after it)."""
     modules = dict(model.named_modules())
-    return {name: info.signature(*layer_widths(modules[name]), batch, DTYPE, backend) for name, info in layers.items()}
+    widths = [layer_widths(modules[name]) for name in layers]
+    after = [channel_alignment(*w) for w in widths[1:]] + [0]
+    return {name: info.signature(*w, batch, DTYPE, backend, next_align=align)
+            for (name, info), w, align in zip(layers.items(), widths, after)}
 
 
 def network_signatures(model: nn.Module, input_shape: tuple[int, ...], backend: str) -> list[LayerSignature]:

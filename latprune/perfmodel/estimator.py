@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 
-from latprune.perfmodel.features import bytes_moved, feature_matrix
+from latprune.perfmodel.features import bytes_moved, feature_matrix, next_off_grid
 from latprune.network import LayerSignature
 
 
@@ -50,7 +50,8 @@ class LogTarget:
 
 
 class FamilyLinear:
-    """Per layer family (all but the widths fixed): ms ~ linear in padded MACs, bytes and misalignment.
+    """Per layer family (all but the widths fixed): ms ~ linear in padded MACs, bytes and misalignment (its
+    own and the next layer's).
 
     Families with too few points, and unseen ones, fall back to gradient boosting.
     """
@@ -62,7 +63,8 @@ class FamilyLinear:
 
     def _design(self, signatures) -> np.ndarray:
         return np.array([[1.0, s.padded_macs(self.step) * 1e-6, bytes_moved(s) * 1e-6,
-                          float(s.cin % self.step != 0), float(s.cout % self.step != 0)] for s in signatures])
+                          float(s.cin % self.step != 0), float(s.cout % self.step != 0), next_off_grid(s, self.step)]
+                         for s in signatures])
 
     def fit(self, signatures, ms):
         self.fallback_ = LogTarget(_hist_gbm, self.step).fit(signatures, ms)

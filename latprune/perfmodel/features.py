@@ -1,8 +1,8 @@
 """Numeric features of a layer signature for latency regression.
 
 Besides sizes and FLOPs they carry the channel alignment of the backend: MACs with
-widths rounded up to the detected step and whether each width is off the step grid, so
-a model can learn latency staircases rather than a smooth FLOPs line.
+widths rounded up to the detected step and whether each width (and the next layer's) is
+off the step grid, so a model can learn latency staircases rather than a smooth FLOPs line.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ EPILOGUE_OPS = ("add", "relu", "relu6", "hardswish", "silu", "sigmoid", "hardsig
 
 FEATURE_NAMES = (
     "log_cin", "log_cout", "log_hw", "kernel", "stride", "log_groups", "depthwise", "log_macs",
-    "log_padded_macs", "log_bytes", "cin_off_grid", "cout_off_grid", "cin_steps", "cout_steps",
+    "log_padded_macs", "log_bytes", "cin_off_grid", "cout_off_grid", "cin_steps", "cout_steps", "next_off_grid",
+    "log2_next_align",
     *(f"epi_{op}" for op in EPILOGUE_OPS),
 )
 
@@ -30,6 +31,11 @@ def bytes_moved(signature: LayerSignature) -> float:
     weights = signature.cout * (signature.cin // signature.groups) * signature.kernel[0] * signature.kernel[1]
     outputs = signature.batch * signature.cout * out_hw
     return 4.0 * (inputs + weights + outputs)
+
+
+def next_off_grid(signature: LayerSignature, step: int) -> float:
+    """1 when the next layer's channels are off the step grid (a blocked layout is converted after this layer)."""
+    return float(0 < signature.next_align < step)
 
 
 def layer_features(signature: LayerSignature, step: int) -> np.ndarray:
@@ -49,6 +55,8 @@ def layer_features(signature: LayerSignature, step: int) -> np.ndarray:
         float(signature.cout % step != 0),
         math.ceil(signature.cin / step),
         math.ceil(signature.cout / step),
+        next_off_grid(signature, step),
+        math.log2(signature.next_align + 1),
         *(float(op in epilogue) for op in EPILOGUE_OPS),
     ])
 
