@@ -299,3 +299,24 @@ def test_the_planner_costs_the_dense_network_with_its_own_signatures(spec, shape
     assert dense == pytest.approx(0.2 + perf.predict(expected).sum(), rel=1e-9)
     assert expected[-1].next_align == 0 and {s.next_align for s in expected[:-1]} <= {1, 2, 4, 8, 16}
     assert len({s.next_align for s in expected}) >= 3  # the test would not see a wrong context otherwise
+
+
+def test_the_planner_sees_a_misaligned_width_the_next_layer_gets_from_this_one():
+    """ResNet-20 with its first stage's hub at 13 channels: the layer after each ``hub -> inner`` layer is
+    ``inner -> hub``, so the planner knows it is misaligned although the layer's own output is not, and the
+    plan costs what the pruned network's own signatures cost. (Not so in a downsampling block, where the next
+    layer writes another hub: there the dense width stands in.)"""
+    from latprune.surgery import prune_channels
+
+    loaded = load_model("cifar:resnet20")
+    perf = _ContextLatency()
+    inputs = prepare(loaded, "l2", policy=WidthPolicy(step=16, max_count=3), perf=perf, backend="fake")
+    analysis = analyse(loaded)
+    widths = {g.id: 13 if g.id == "conv1" else g.width for g in analysis.groups}
+    hub = next(g for g in analysis.groups if g.id == "conv1")
+    pruned = prune_channels(loaded.model, loaded.example_input(), analysis.groups,
+                            {"conv1": hub.leading_channels(13)}, branches=analysis.branches)
+    expected = network_signatures(pruned, loaded.input_shape, "fake")
+    assert [s.next_align for s in expected if s.cin == 13 and s.cout == 16] == [1, 1, 1]
+    planned = inputs.latency_problem().cost_of_widths([widths[g.id] for g in inputs.groups])
+    assert planned == pytest.approx(0.2 + perf.predict(expected).sum(), rel=1e-9)

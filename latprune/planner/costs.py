@@ -13,8 +13,9 @@ import numpy as np
 from latprune.branches import Branch
 from latprune.groups import ChannelGroup
 from latprune.perfmodel import CostTerms
+from latprune.planner.next_context import NextLayerContext
 from latprune.planner.problem import LayerTerm, PlanningProblem
-from latprune.network import ALIGNMENT_CAP, DTYPE, LayerInfo, LayerSignature, channel_alignment
+from latprune.network import DTYPE, LayerInfo, LayerSignature
 
 
 def layer_terms(layers: Mapping[str, LayerInfo], groups: Sequence[ChannelGroup],
@@ -58,30 +59,17 @@ def signature_problem(layers: Mapping[str, LayerInfo], batch: int, groups: Seque
     their bias layers' ``branch_layers``) may be removed where a group's candidates include 0."""
     branches = usable_branches(branches, groups)
     infos = list(layers.values()) + [branch_layers[b.id] for b in branches]
-    next_limit = _next_alignment_limits(infos, len(layers))
+    terms = layer_terms(layers, groups, branches)
+    context = NextLayerContext(terms, infos, len(layers))
 
     def cost(rows):
-        return cost_of([infos[i].signature(cin, cout, batch, DTYPE, backend,
-                                           next_align=min(channel_alignment(cout), next_limit[i]))
+        return cost_of([infos[i].signature(cin, cout, batch, DTYPE, backend, next_align=context.align(i, cin, cout))
                         for i, cin, cout in rows])
 
     index = {g.id: i for i, g in enumerate(groups)}
     together = [tuple(index[gid] for gid in b.groups) for b in branches if len(b.groups) > 1]
-    return PlanningProblem([g.id for g in groups], candidates, values, layer_terms(layers, groups, branches), cost,
+    return PlanningProblem([g.id for g in groups], candidates, values, terms, cost,
                            constant=constant, unit=unit, together=together)
-
-
-def _next_alignment_limits(infos: Sequence[LayerInfo], traced: int) -> list[int]:
-    """Per layer, the alignment of the layer after it in the dense network (0 after the last layer).
-
-    A layer's cost may depend only on its own widths (that is what makes the dynamic program exact), so its
-    context (the next layer's alignment, which decides whether a blocked layout is converted after it) is
-    taken as the alignment of its own output width, at most this limit: exact for the dense network and for
-    plans that keep the next layer as aligned as it was; a misaligned next width's layout conversion is left
-    to the closed loop's measurement. Bias layers of removed branches: their own width's alignment.
-    """
-    limits = [channel_alignment(infos[i + 1].cin, infos[i + 1].cout) for i in range(traced - 1)]
-    return limits + [0] * min(traced, 1) + [ALIGNMENT_CAP] * (len(infos) - traced)
 
 
 def latency_problem(layers: Mapping[str, LayerInfo], batch: int, groups: Sequence[ChannelGroup],
