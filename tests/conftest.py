@@ -126,8 +126,9 @@ def synthetic_backend(monkeypatch):
         def prepare(self, model, input_shape, layers, path):
             infos = trace_layers(model, torch.zeros(input_shape))
             Synthetic.networks[str(path)] = {
-                name: 0.002 + 2e-8 * infos[name].signature(infos[name].cin, infos[name].cout, input_shape[0], "float32",
-                                                           self.name, next_align=0).macs for name in layers if name in infos}
+                name: 0.002 + 2e-8 * infos[name].signature(infos[name].cin, infos[name].cout, input_shape[0],
+                                                           "float32", self.name, next_align=0).macs
+                for name in layers if name in infos}
             return Prepared(Path(path), tuple(layers))
 
         def time(self, prepared, warmup, runs, profiled_runs, warmup_ms=0.0):

@@ -18,6 +18,6 @@ from latprune.network.tracing import (
     trace_layers,
 )
 
-__all__ = ["ALIGNMENT_CAP", "CONFIDENCE", "DTYPE", "TIMED_TYPES", "LayerInfo", "LayerSignature", "Measurement", "PairedRatio", "SIGNATURE_VERSION",
-           "layer_signatures", "layer_widths", "model_key", "network_signatures", "paired_interval", "paired_ratio",
-           "run_model", "trace_layers", "channel_alignment"]
+__all__ = ["ALIGNMENT_CAP", "CONFIDENCE", "DTYPE", "SIGNATURE_VERSION", "TIMED_TYPES", "LayerInfo", "LayerSignature",
+           "Measurement", "PairedRatio", "channel_alignment", "layer_signatures", "layer_widths", "model_key",
+           "network_signatures", "paired_interval", "paired_ratio", "run_model", "trace_layers"]
