@@ -26,6 +26,7 @@ from latprune.models.memory import available_bytes
 from latprune.profiler.device import cpu_identity, cpu_model, physical_cores
 from latprune.network import SIGNATURE_VERSION, TIMED_TYPES
 from latprune.profiler.node_attribution import NodeAttribution
+from latprune.profiler.quiet_reference import QUIET_QUANTILE
 from latprune.profiler.visit_warmup import VISIT_WARMUP_MS, warm_up_visit
 
 
@@ -76,7 +77,7 @@ class Backend:
         """Facts that decide whether timings are comparable (part of the device fingerprint)."""
         return {"backend": self.name, "cpu": cpu_model(), **cpu_identity(), "cores": physical_cores(),
                 "threads": self.threads, "torch": torch.__version__.split("+")[0], "visit_warmup_ms": VISIT_WARMUP_MS,
-                "signature_version": SIGNATURE_VERSION}
+                "signature_version": SIGNATURE_VERSION, "quiet_quantile": QUIET_QUANTILE}
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], layers: Sequence[str], path: Path) -> Prepared:
         raise NotImplementedError

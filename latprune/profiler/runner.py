@@ -6,9 +6,10 @@ drifts spread over all variants instead of biasing some); each round of each var
 committed at once, so an interrupted run resumes where it stopped; a variant whose round
 medians disagree by more than ``retime_spread`` gets extra rounds. The dense network is
 re-timed (and recorded) at the start of every round and after every ``reference_every``
-variant visits, and each variant's times are divided by how much slower than its quickest
-recorded time the dense network then ran: a slow minute of the host does not become a slow
-layer, and the profile holds the layer times of a quiet host.
+variant visits, and each variant's times are divided by how much slower than its quiet time
+(:mod:`~latprune.profiler.quiet_reference`: the lower quartile of every recorded check) the
+dense network then ran: a slow minute of the host does not become a slow layer, and the
+profile holds the layer times of a quiet host.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from latprune.models import LoadedModel
 from latprune.profiler.alignment import detect_alignment_step
 from latprune.profiler.backends import Backend, Prepared, RoundSample, get_backend
 from latprune.profiler.device import fingerprint
+from latprune.profiler.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.network import LayerSignature, Measurement
 from latprune.profiler.store import NetworkTiming, ProfileStore
 from latprune.profiler.timer import Timer
@@ -77,6 +79,9 @@ class ProfileReport:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+INITIAL_CHECKS = 3  # dense checks before the first variant visit
 
 
 @dataclass
@@ -216,8 +221,9 @@ def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: P
         store.record_drift_check(device_id, backend.name, key, median)
         return median
 
-    dense_ms = reference_ms()
-    base = min(store.drift_checks(device_id, backend.name, key))  # the quietest the host has run it
+    for _ in range(INITIAL_CHECKS - 1):  # with the first round's own check: a quiet time no single visit sets
+        dense_ms = reference_ms()
+    base = quiet_reference_ms(store.drift_checks(device_id, backend.name, key))
     visits = 0
     runs, profiled_runs = _round_runs(settings, dense_ms)
     finished: set[str] = set()
@@ -234,9 +240,9 @@ def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: P
             for job in timer.shuffled(todo):
                 if visits % settings.reference_every == 0:
                     dense_ms = reference_ms()
-                    base = min(base, dense_ms)
+                    base = quiet_reference_ms(store.drift_checks(device_id, backend.name, key))
                 visits += 1
-                sample = timer.sample(job.prepared, runs, profiled_runs).scaled(dense_ms / base)
+                sample = timer.sample(job.prepared, runs, profiled_runs).scaled(slowdown_factor(dense_ms, base))
                 job.rounds[round_index] = sample.to_json()
                 store.save_round(device_id, backend.name, key, job.variant.key, round_index, job.rounds[round_index])
                 complete = len(job.rounds) >= settings.rounds

@@ -28,6 +28,7 @@ from latprune.errors import LatpruneError
 from latprune.network import Measurement, PairedRatio, layer_signatures, paired_interval
 from latprune.profiler.backends import RoundSample, get_backend
 from latprune.profiler.device import fingerprint
+from latprune.profiler.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.profiler.runner import ProfileSettings, _finish, _Job, _round_runs
 from latprune.profiler.store import ProfileStore
 from latprune.profiler.timer import RoundsRule, Timer
@@ -47,7 +48,7 @@ class VariantTiming:
     rejected_rounds: int = 0  # rounds left out because the host was contended while they ran
 
 
-# A round whose dense time exceeds this many times the quietest dense time seen (this timer's rounds and the
+# A round whose dense time exceeds this many times the dense network's quiet time (over this timer's rounds and the
 # profile's own checks of the dense network) was run on a contended host. This host's own swings reach 2x.
 CONTENDED_FACTOR = 2.5
 MIN_CLEAN_ROUNDS = 2
@@ -80,8 +81,8 @@ class VariantTimer:
             dense_ms = Measurement.from_samples([self._timer.sample(self._dense, settings.runs).plain_ms]).median_ms
             self.dense_ms = dense_ms  # a first look at the dense network after the warm-up (one sample)
             self._runs = _round_runs(settings, dense_ms)
-            profiled = self._store.drift_checks(self._device_id, self.backend.name, analysis.key)
-            self._quiet_ms = min([dense_ms, *profiled])
+            self._checks = [*self._store.drift_checks(self._device_id, self.backend.name, analysis.key), dense_ms]
+            self._quiet_ms = quiet_reference_ms(self._checks)
         except BaseException:
             self.close()
             raise
@@ -123,7 +124,8 @@ class VariantTimer:
                     taken[which] = self._timer.sample(self._dense, runs).plain_ms
                 else:
                     taken[which] = self._timer.sample(prepared, runs, profiled_runs).to_json()
-            self._quiet_ms = min(self._quiet_ms, statistics.median(taken["dense"]))
+            self._checks.append(statistics.median(taken["dense"]))
+            self._quiet_ms = quiet_reference_ms(self._checks)
             rounds.append((taken["dense"], taken["variant"]))
             clean = self._clean(rounds)
             if len(clean) >= rule.min_rounds:
@@ -140,9 +142,9 @@ class VariantTimer:
                 f"the host is contended: the dense network took up to {slowest:.4g} ms in {len(rounds) - len(clean)} "
                 f"of {len(rounds)} rounds against {self._quiet_ms:.4g} ms quiet (another process is using the CPU?); "
                 f"nothing was stored in the profile: run again on a quiet machine")
-        # Stored like the profiler's rows: each round divided by how much slower than its quietest the host ran.
+        # Stored like the profiler's rows: each round divided by how much slower than its quiet time the host ran.
         job = _Job(variant, prepared, signatures, {
-            i: RoundSample.from_json(v).scaled(statistics.median(d) / self._quiet_ms).to_json()
+            i: RoundSample.from_json(v).scaled(slowdown_factor(statistics.median(d), self._quiet_ms)).to_json()
             for i, (d, v) in enumerate(clean)})
         new_rows = _finish(job, self._store, self._device_id, self.backend.name, analysis.key)
         whole = Measurement.from_samples([v["plain_ms"] for _, v in clean])
@@ -150,7 +152,7 @@ class VariantTimer:
                              time.perf_counter() - began, rejected_rounds=len(rounds) - len(clean))
 
     def _clean(self, rounds: list[tuple[list[float], dict]]) -> list[tuple[list[float], dict]]:
-        """The rounds whose dense time says the host was not contended (judged against the quietest seen)."""
+        """The rounds whose dense time says the host was not contended (judged against the quiet time)."""
         return [r for r in rounds if statistics.median(r[0]) <= CONTENDED_FACTOR * self._quiet_ms]
 
 
