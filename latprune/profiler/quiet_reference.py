@@ -4,9 +4,10 @@ The profiler and the closed loop divide each round's layer times by how much slo
 quiet time the dense network ran beside them, so a slow minute does not become a slow layer.
 Measured on the 2-core AVX2 host: each timing visit (a fresh ONNX Runtime worker process) of cifar
 resnet20 runs either at about 0.82 ms or, in about one visit in seven, at 0.62 ms, independently of
-the visits before and after it. With the fastest check as the quiet time, every variant was stored
-1.3x too fast (the closed loop then measured plans 30-57% over their predictions), and a fast check
-says nothing about the visits after it. So the quiet time is the lower quartile of the checks
+the visits before and after it. With the fastest check as the quiet time, every variant timed after
+one fast check was stored 1.3x too fast (the closed loop then measured resnet20 plans 49-62% over
+their predictions, and the README's `plan --speedup 2` failed), and a fast check says nothing about
+the visits after it. So the quiet time is the lower quartile of the checks
 (slow spells, even half of the time, stay out of it; a fast minority changes nothing), and a
 round is only ever scaled down for running slow, never up for a fast check.
 """
