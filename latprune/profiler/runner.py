@@ -215,15 +215,18 @@ def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: P
     timer = Timer(backend, warmup=settings.warmup, seed=settings.seed)
     timer.warm_up([reference], warmup_s)
 
+    checks = store.drift_checks(device_id, backend.name, key)  # this host's earlier checks of the model
+
     def reference_ms() -> float:
         """Re-time the dense reference and record it (the quiet reference of later runs and loops too)."""
         median = statistics.median(timer.sample(reference, runs=2 * settings.runs).plain_ms)
         store.record_drift_check(device_id, backend.name, key, median)
+        checks.append(median)
         return median
 
     for _ in range(INITIAL_CHECKS - 1):  # with the first round's own check: a quiet time no single visit sets
         dense_ms = reference_ms()
-    base = quiet_reference_ms(store.drift_checks(device_id, backend.name, key))
+    base = quiet_reference_ms(checks)
     visits = 0
     runs, profiled_runs = _round_runs(settings, dense_ms)
     finished: set[str] = set()
@@ -240,7 +243,7 @@ def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: P
             for job in timer.shuffled(todo):
                 if visits % settings.reference_every == 0:
                     dense_ms = reference_ms()
-                    base = quiet_reference_ms(store.drift_checks(device_id, backend.name, key))
+                    base = quiet_reference_ms(checks)
                 visits += 1
                 sample = timer.sample(job.prepared, runs, profiled_runs).scaled(slowdown_factor(dense_ms, base))
                 job.rounds[round_index] = sample.to_json()

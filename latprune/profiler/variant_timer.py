@@ -82,7 +82,6 @@ class VariantTimer:
             self.dense_ms = dense_ms  # a first look at the dense network after the warm-up (one sample)
             self._runs = _round_runs(settings, dense_ms)
             self._checks = [*self._store.drift_checks(self._device_id, self.backend.name, analysis.key), dense_ms]
-            self._quiet_ms = quiet_reference_ms(self._checks)
         except BaseException:
             self.close()
             raise
@@ -101,6 +100,11 @@ class VariantTimer:
     @property
     def db(self) -> str:
         return self._store.location
+
+    @property
+    def _quiet_ms(self) -> float:
+        """The dense network's quiet time over the profile's checks and this timer's rounds."""
+        return quiet_reference_ms(self._checks)
 
     def time(self, widths: Mapping[str, int]) -> VariantTiming:
         """Time the variant with these widths (leading channels: timing does not depend on which) and
@@ -125,7 +129,6 @@ class VariantTimer:
                 else:
                     taken[which] = self._timer.sample(prepared, runs, profiled_runs).to_json()
             self._checks.append(statistics.median(taken["dense"]))
-            self._quiet_ms = quiet_reference_ms(self._checks)
             rounds.append((taken["dense"], taken["variant"]))
             clean = self._clean(rounds)
             if len(clean) >= rule.min_rounds:
