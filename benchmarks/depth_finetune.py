@@ -6,7 +6,7 @@ are the l2-best, as the planner keeps them), prunes it, repairs it with two-stag
 images, then fine-tunes it over-parameterised (2x) with the dense network as teacher on the 10,000 train
 images *without labels*, for the steps of ``--epochs`` that fit the time box (10 minutes on 2 cores; the
 learning rate decays over those). Top-1 on all 10,000 CIFAR-10 test images.
-Run: ``python -m benchmarks.depth_finetune [--epochs 4] [--fraction 0.5]`` after ``benchmarks.pareto`` (its
+Run: ``python -m benchmarks.depth_finetune [--epochs 10] [--fraction 0.5]`` after ``benchmarks.pareto`` (its
 resumable cache), or on the plan recorded in ``results/pareto_depth_families.json``.
 """
 
@@ -32,7 +32,7 @@ TIME_BOX_S = TIME_LIMIT_S - 30.0  # the training steps' box; the rest for expans
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fraction", type=float, default=0.5)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="one epoch")
     args = parser.parse_args(argv)
     if args.quick:

@@ -55,6 +55,34 @@ def test_every_factor_of_an_expansion_gets_a_gradient_from_the_first_step():
     assert expanded.last.weight.grad[:, 6:].abs().max() > 0
 
 
+@pytest.mark.parametrize("layer", [nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=True),
+                                   nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect", bias=False),
+                                   nn.Linear(5, 3)], ids=["conv-stride-bias", "conv-reflect", "linear"])
+def test_the_product_forward_is_the_chain_in_value_and_in_every_gradient(layer):
+    """Training runs an expansion as one layer with the product weight: the same function of the same
+    parameters as the three layers in a row, so the same gradients reach every factor."""
+    torch.manual_seed(0)
+    wrap = ExpandedConv2d if isinstance(layer, nn.Conv2d) else ExpandedLinear
+    expanded = wrap(layer, 2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for param in expanded.parameters():  # trained factors, not the identity-like initialisation
+            param.add_(0.1 * torch.randn_like(param))
+    x = torch.randn(3, 4, 9, 9) if isinstance(layer, nn.Conv2d) else torch.randn(3, 5)
+    target = torch.randn_like(expanded.last(expanded.middle(expanded.first(x))))
+
+    def gradients(forward) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        expanded.zero_grad()
+        out = forward(x)
+        (out - target).pow(2).sum().backward()
+        return out.detach(), [p.grad.clone() for p in expanded.parameters()]
+
+    chain_out, chain_grads = gradients(lambda x: expanded.last(expanded.middle(expanded.first(x))))
+    product_out, product_grads = gradients(expanded)
+    assert torch.allclose(product_out, chain_out, atol=1e-5, rtol=1e-5)
+    for got, want in zip(product_grads, chain_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_merged_network_equals_expanded_after_training_and_has_the_compact_architecture(pruned20, resnet20, calib):
     student = copy.deepcopy(pruned20.model)
     expand_network(student, expansion=2, seed=0)

@@ -14,12 +14,18 @@ block sees ``N1 x``). Only the middle layer has a bias (when the compact layer h
 a bias before a zero-padded convolution could not be folded back exactly. Grouped
 convolutions (depthwise included) stay compact: their expansion would not fold back into
 the grouped shape.
+
+Training runs the chain as one convolution with the product weight ``last @ middle @ first``,
+formed at every forward pass: the chain is linear and its 1x1 ends have no bias or padding,
+so that is the same function of the same parameters, with the same gradients for every
+factor, at about the compact layer's cost instead of ``expansion**2`` times it.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -61,8 +67,16 @@ class ExpandedConv2d(nn.Module):
                 self.middle.bias[:cout] = conv.bias.detach()
         self.to(conv.weight.dtype)
 
+    def product(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The compact layer's weight and bias, ``last @ middle @ first``, differentiable in every factor."""
+        last = self.last.weight[:, :, 0, 0].to(dtype)
+        first = self.first.weight[:, :, 0, 0].to(dtype)
+        weight = torch.einsum("oj,jlhw,li->oihw", last, self.middle.weight.to(dtype), first)
+        bias = None if self.middle.bias is None else last @ self.middle.bias.to(dtype)
+        return weight, bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last(self.middle(self.first(x)))
+        return self.middle._conv_forward(x, *self.product())
 
     def folded(self) -> nn.Conv2d:
         """The compact convolution computing the same function."""
@@ -70,12 +84,10 @@ class ExpandedConv2d(nn.Module):
         conv = nn.Conv2d(self.first.in_channels, self.last.out_channels, m.kernel_size, m.stride, m.padding,
                          m.dilation, bias=m.bias is not None, padding_mode=m.padding_mode)
         with torch.no_grad():
-            first = self.first.weight.double()[:, :, 0, 0]
-            last = self.last.weight.double()[:, :, 0, 0]
-            weight = torch.einsum("oj,jlhw,li->oihw", last, m.weight.double(), first)
+            weight, bias = self.product(torch.float64)
             conv.weight.copy_(weight)
-            if m.bias is not None:
-                conv.bias.copy_(last @ m.bias.double())
+            if bias is not None:
+                conv.bias.copy_(bias)
         return conv.to(self.middle.weight.dtype)
 
 
@@ -106,18 +118,25 @@ class ExpandedLinear(nn.Module):
                 self.middle.bias[:fout] = linear.bias.detach()
         self.to(linear.weight.dtype)
 
+    def product(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The compact layer's weight and bias, ``last @ middle @ first``, differentiable in every factor."""
+        last = self.last.weight.to(dtype)
+        weight = last @ self.middle.weight.to(dtype) @ self.first.weight.to(dtype)
+        bias = None if self.middle.bias is None else last @ self.middle.bias.to(dtype)
+        return weight, bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last(self.middle(self.first(x)))
+        return F.linear(x, *self.product())
 
     def folded(self) -> nn.Linear:
         """The compact linear layer computing the same function."""
         m = self.middle
         linear = nn.Linear(self.first.in_features, self.last.out_features, bias=m.bias is not None)
         with torch.no_grad():
-            last = self.last.weight.double()
-            linear.weight.copy_(last @ m.weight.double() @ self.first.weight.double())
-            if m.bias is not None:
-                linear.bias.copy_(last @ m.bias.double())
+            weight, bias = self.product(torch.float64)
+            linear.weight.copy_(weight)
+            if bias is not None:
+                linear.bias.copy_(bias)
         return linear.to(m.weight.dtype)
 
 
