@@ -12,7 +12,8 @@ Goals: ratio MAPE <= 3% (held-out resnet32: <= 4%), every variant within +-8%, K
 >= 0.95 (held-out: >= 0.9); held-out layer pairs >= 95% within +-10%. The measurement noise
 (round spread) and the widest ratio interval are recorded beside every error.
 Run: ``python -m benchmarks.perfmodel_accuracy [--db PATH] [--variants 20] [--backends ...] [--models ...]
-[--held-out SPEC] [--quick]``. Run it alone.
+[--held-out SPEC] [--quick] [--noise spells]``. Run it alone (``--noise spells`` makes the host noisy on
+purpose, the same way every run: see ``benchmarks/host_noise.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 from pathlib import Path
 
 from benchmarks.common import DEFAULT_DB, RESULTS, markdown_table, perf_model_for, write_result
+from benchmarks.host_noise import NoiseSpec, add_noise_option, noise_spec, noisy_host
 from latprune import pipeline
 from latprune.analysis import analyse
 from latprune.models import load_model
@@ -38,7 +40,14 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", type=int, default=20)
     parser.add_argument("--name", default="perfmodel_accuracy", help="result file name")
     parser.add_argument("--quick", action="store_true", help="cifar resnet56 on ort-cpu, 6 variants")
+    add_noise_option(parser)
     args = parser.parse_args(argv)
+    noise = noise_spec(args.noise)
+    with noisy_host(noise):
+        _run(args, noise)
+
+
+def _run(args: argparse.Namespace, noise: NoiseSpec | None) -> None:
     backends = ["ort-cpu"] if args.quick else [b for b in args.backends.split(",") if b]
     models = ["cifar:resnet56"] if args.quick else [m for m in args.models.split(",") if m]
     held_out = [m for m in args.held_out.split(",") if m]
@@ -64,17 +73,19 @@ def main(argv=None) -> None:
                          f"{result['kendall_tau']:.3f}", f"{100 * dense['error']:+.1f}%",
                          f"{result['rounds']}", f"+-{100 * result['widest_interval']:.1f}%",
                          f"{100 * result['noise']:.1f}%", f"{100 * result['noise_p10_p90']:.1f}%"])
-            write_result(name, {"variants": variants, "results": results}, _summary(name, rows, layer_rows))
+            write_result(name, {"variants": variants, "results": results, "host_noise": noise and noise.to_json()},
+                         _summary(name, rows, layer_rows, noise))
         for kind, chosen in summary.chosen.items():
             stats = summary.selection[kind][chosen]
             layer_rows.append([backend, kind, chosen, stats["n"], f"{100 * stats['mape']:.1f}%",
                                f"{100 * stats['within_10pct']:.0f}%", f"{100 * stats['p95']:.1f}%"])
             results.append({"backend": backend, "layer_kind": kind, "estimator": chosen, **stats,
                             "all_estimators": summary.selection[kind]})
-    write_result(name, {"variants": variants, "results": results}, _summary(name, rows, layer_rows))
+    write_result(name, {"variants": variants, "results": results, "host_noise": noise and noise.to_json()},
+                 _summary(name, rows, layer_rows, noise))
 
 
-def _summary(name: str, rows: list, layer_rows: list) -> str:
+def _summary(name: str, rows: list, layer_rows: list, noise: NoiseSpec | None) -> str:
     table = markdown_table(["model", "backend", "variants", "ratio MAPE", "max ratio error", "within +-5%",
                             "within +-8%", "Kendall tau (ratios)", "dense: predicted / measured - 1",
                             "paired rounds", "widest 95% interval", "noise (round spread)", "noise (p10-p90)"], rows)
@@ -83,7 +94,8 @@ def _summary(name: str, rows: list, layer_rows: list) -> str:
     return ("## Whole network (random pruned variants, paired ratio to the dense model)\n\n" + table
             + "\n\nGoals: ratio MAPE <= 3% (held-out model <= 4%), all within +-8%, tau >= 0.95 (held out: "
             + ">= 0.9).\n\n## Layers (held-out (cin, cout) pairs of the fit)\n\n" + layers
-            + "\n\nGoal: >= 95% within +-10%. Scatter plots: `" + name + "/*.png`.")
+            + "\n\nGoal: >= 95% within +-10%. Scatter plots: `" + name + "/*.png`."
+            + (f"\n\nThis run: {noise.describe()}." if noise else ""))
 
 
 if __name__ == "__main__":

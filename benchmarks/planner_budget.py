@@ -14,8 +14,9 @@ Goals (#26): the check within [0.95, 1.02] x budget in >= 90% of plans and never
 median rounds <= 2; the seconds the loop adds per plan are recorded. Round 1 of each loop is
 the open-loop plan (what latprune returned before the loop), so its measured/budget is the baseline.
 Run: ``python -m benchmarks.planner_budget [--db PATH] [--backends ort-cpu,torch-cpu] [--models ...] [--fractions
-0.35,0.5,...] [--quick]``.
-Run it alone: any other load on the machine moves the numbers.
+0.35,0.5,...] [--quick] [--noise spells]``.
+Run it alone: any other load on the machine moves the numbers (``--noise spells`` adds load on purpose, the
+same way every run, to show the rules on a noisy host: see ``benchmarks/host_noise.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.common import DEFAULT_DB, markdown_table, perf_model_for, write_result
+from benchmarks.host_noise import NoiseSpec, add_noise_option, noise_spec, noisy_host
 from latprune import pipeline
 from latprune.budget import BudgetRequest
 from latprune.errors import LatpruneError
@@ -103,16 +105,20 @@ def main(argv=None) -> None:
     parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)),
                         help="budgets as fractions of the measured dense latency")
     parser.add_argument("--name", default="planner_budget", help="result file name")
+    add_noise_option(parser)
     args = parser.parse_args(argv)
+    noise = noise_spec(args.noise)
     backends = ["ort-cpu"] if args.quick else [b for b in args.backends.split(",") if b]
     models = ["cifar:resnet56"] if args.quick else [m for m in args.models.split(",") if m]
     fractions = [0.5, 0.7, 0.9] if args.quick else [float(f) for f in args.fractions.split(",") if f]
     name = args.name + ("_quick" if args.quick else "")
     cases: list[dict] = []
-    for backend in backends:
-        for spec in models:  # the result file is rewritten after every model: nothing is lost on interruption
-            cases += run_model(spec, backend, args.db, fractions)
-            write_result(name, {"cases": cases, **_goals(cases)}, _summary(cases))
+    with noisy_host(noise):
+        for backend in backends:
+            for spec in models:  # the result file is rewritten after every model: nothing is lost on interruption
+                cases += run_model(spec, backend, args.db, fractions)
+                write_result(name, {"cases": cases, **_goals(cases), "host_noise": noise and noise.to_json()},
+                             _summary(cases, noise))
 
 
 def _goals(cases: list[dict]) -> dict:
@@ -136,7 +142,7 @@ def _goals(cases: list[dict]) -> dict:
     }
 
 
-def _summary(cases: list[dict]) -> str:
+def _summary(cases: list[dict], noise: NoiseSpec | None) -> str:
     rows = []
     for c in cases:
         head = [c["model"], c["backend"], f"{c['fraction']:.2f}", c.get("request", "speedup"), f"{c['budget_ms']:.3f}"]
@@ -169,6 +175,8 @@ def _summary(cases: list[dict]) -> str:
             f"\nMedian rounds {goals['median_rounds']} (goal <= 2); median seconds the loop adds per plan "
             f"{goals['median_loop_s']:.0f} (timer start, warm-up, timing and refits); median check noise (round "
             f"spread of a plan) {100 * goals['median_check_spread']:.1f}%.")
+    if noise:
+        text += f"\n\nThis run: {noise.describe()}."
     return text
 
 
