@@ -65,7 +65,7 @@ def _format_measure(result: dict) -> str:
     ratio = result["ratio"]
     return (f"{result['model']} pruned ({result['pruned']}) on {result['backend']}: {ratio['ratio']:.4f} of the dense "
             f"model's latency, paired round by round (95% interval {ratio['low']:.4f}-{ratio['high']:.4f}, "
-            f"+-{100 * ratio['half_width']:.1f}%, {ratio['rounds']} rounds): speedup {1 / ratio['ratio']:.2f}x\n"
+            f"+-{100 * ratio['half_width']:.1f}%, {ratio['rounds']} quiet rounds): speedup {1 / ratio['ratio']:.2f}x\n"
             f"that is {result['derived_ms']:.3f} ms at the dense model's {dense['median_ms']:.3f} ms ({spread})")
 
 
@@ -213,7 +213,7 @@ def _format_validate(result: dict) -> str:
         errors("plan-like variants", result.get("plan_like") or {}),
         f"dense reference: predicted {dense['predicted_ms']:.3f} ms, measured {dense['measured_ms']:.3f} ms (p10 "
         f"{dense['p10_ms']:.3f}, p90 {dense['p90_ms']:.3f}): {100 * dense['error']:+.1f}%",
-        f"{result['rounds']} paired rounds ({known}); measurement noise (round spread) {100 * result['noise']:.1f}%",
+        f"{result['rounds']} quiet paired rounds ({known}); measurement noise (round spread) {100 * result['noise']:.1f}%",
         *(f"wrote {f}" for f in result.get("files", [])),
     ])
 

@@ -7,6 +7,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from latprune.network.quiet_reference import quiet_reference_ms
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -50,19 +52,36 @@ class Measurement:
 
 
 def paired_ratio(network: Measurement, reference: Measurement) -> float:
-    """Median over rounds of ``network``'s round median over ``reference``'s, both timed in the same rounds.
+    """Median over the quiet rounds of ``network``'s round median over ``reference``'s, both timed in the same
+    rounds.
 
     A host that slows down for a while (seconds to minutes, as shared virtual machines do)
-    slows both networks of a round alike, so the per-round ratio cancels what the pooled
-    medians keep. Falls back to the ratio of medians when the rounds do not pair up.
+    slows both networks of a round, so the per-round ratio cancels what the pooled medians keep.
+    But not alike: on the 2-core AVX2 host, a process spinning on one core moved resnet56's
+    0.5x plan from 0.524 of the dense network (quiet) to 0.40 (the core taken 30% of the time)
+    and 0.28 (all the time). So only quiet rounds count (:func:`quiet_rounds`). Falls back to
+    the ratio of medians when the rounds do not pair up.
     """
     if not network.rounds or len(network.rounds) != len(reference.rounds):
         return network.median_ms / reference.median_ms
     return statistics.median(_round_ratios(network, reference))
 
 
+QUIET_ROUND_TOLERANCE = 1.05
+
+
+def quiet_rounds(reference: Measurement) -> list[int]:
+    """The rounds in which the reference (the dense network) ran at its quiet-host time: its round median at most
+    :data:`QUIET_ROUND_TOLERANCE` times the lower quartile of its round medians (the profiler's quiet time:
+    slow spells, even half of the time, stay out of it). Never empty."""
+    medians = [statistics.median(r) if r else math.inf for r in reference.rounds]
+    quiet = quiet_reference_ms(m for m in medians if math.isfinite(m))
+    return [i for i, m in enumerate(medians) if m <= QUIET_ROUND_TOLERANCE * quiet]
+
+
 def _round_ratios(network: Measurement, reference: Measurement) -> list[float]:
-    return [statistics.median(a) / statistics.median(b) for a, b in zip(network.rounds, reference.rounds) if a and b]
+    pairs = [(network.rounds[i], reference.rounds[i]) for i in quiet_rounds(reference)]
+    return [statistics.median(a) / statistics.median(b) for a, b in pairs if a and b]
 
 
 CONFIDENCE = 0.95
@@ -73,8 +92,9 @@ class PairedRatio:
     """A network's latency relative to a reference timed in the same rounds: the median of the per-round
     ratios, with a distribution-free confidence interval of that median (order statistics of the ratios).
 
-    ``covered``: whether the interval reaches the confidence asked for (fewer than six rounds cannot reach
-    95%; the interval is then the range of the ratios).
+    ``rounds``: the quiet rounds the ratio stands on (:func:`quiet_rounds`). ``covered``: whether the interval
+    reaches the confidence asked for (fewer than six rounds cannot reach 95%; the interval is then the range of
+    the ratios).
     """
 
     ratio: float
@@ -98,7 +118,7 @@ class PairedRatio:
 
     def describe(self) -> str:
         return (f"{self.ratio:.4f} of the reference ({100 * self.confidence:.0f}% interval {self.low:.4f}-"
-                f"{self.high:.4f}, +-{100 * self.half_width:.1f}%, {self.rounds} rounds)")
+                f"{self.high:.4f}, +-{100 * self.half_width:.1f}%, {self.rounds} quiet rounds)")
 
 
 def paired_interval(network: Measurement, reference: Measurement, confidence: float = CONFIDENCE) -> PairedRatio:

@@ -7,7 +7,7 @@ committed at once, so an interrupted run resumes where it stopped; a variant who
 medians disagree by more than ``retime_spread`` gets extra rounds. The dense network is
 re-timed (and recorded) at the start of every round and after every ``reference_every``
 variant visits, and each variant's times are divided by how much slower than its quiet time
-(:mod:`~latprune.profiler.quiet_reference`: the lower quartile of every recorded check) the
+(:mod:`~latprune.network.quiet_reference`: the lower quartile of every recorded check) the
 dense network then ran: a slow minute of the host does not become a slow layer, and the
 profile holds the layer times of a quiet host.
 """
@@ -27,7 +27,7 @@ from latprune.models import LoadedModel
 from latprune.profiler.alignment import detect_alignment_step
 from latprune.profiler.backends import Backend, Prepared, RoundSample, get_backend
 from latprune.profiler.device import fingerprint
-from latprune.profiler.quiet_reference import quiet_reference_ms, slowdown_factor
+from latprune.network.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.network import LayerSignature, Measurement
 from latprune.profiler.store import NetworkTiming, ProfileStore
 from latprune.profiler.timer import Timer

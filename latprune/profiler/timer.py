@@ -64,9 +64,9 @@ class PairedTiming:
         if self.converged:
             return None
         widest = self.widest()
-        return (f"latprune: warning: the host is noisy: after {widest.rounds} rounds ({self.seconds:.0f} s) a "
-                f"ratio is known to +-{100 * widest.half_width:.1f}% only (reference round spread "
-                f"{100 * self.reference.spread:.0f}%)")
+        return (f"latprune: warning: the host is noisy: after {len(self.reference.rounds)} rounds "
+                f"({self.seconds:.0f} s; {widest.rounds} of them quiet) a ratio is known to "
+                f"+-{100 * widest.half_width:.1f}% only (reference round spread {100 * self.reference.spread:.0f}%)")
 
 
 class Timer:

@@ -28,7 +28,7 @@ from latprune.errors import LatpruneError
 from latprune.network import Measurement, PairedRatio, layer_signatures, paired_interval
 from latprune.profiler.backends import RoundSample, get_backend
 from latprune.profiler.device import fingerprint
-from latprune.profiler.quiet_reference import quiet_reference_ms, slowdown_factor
+from latprune.network.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.profiler.runner import ProfileSettings, _finish, _Job, _round_runs
 from latprune.profiler.store import ProfileStore
 from latprune.profiler.timer import RoundsRule, Timer
