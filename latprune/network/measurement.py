@@ -73,9 +73,12 @@ QUIET_ROUND_TOLERANCE = 1.05
 def quiet_rounds(reference: Measurement) -> list[int]:
     """The rounds in which the reference (the dense network) ran at its quiet-host time: its round median at most
     :data:`QUIET_ROUND_TOLERANCE` times the lower quartile of its round medians (the profiler's quiet time:
-    slow spells, even half of the time, stay out of it). Never empty."""
+    slow spells, even half of the time, stay out of it). Empty only when no round holds a timing."""
     medians = [statistics.median(r) if r else math.inf for r in reference.rounds]
-    quiet = quiet_reference_ms(m for m in medians if math.isfinite(m))
+    timed = [m for m in medians if math.isfinite(m)]
+    if not timed:
+        return []
+    quiet = quiet_reference_ms(timed)
     return [i for i, m in enumerate(medians) if m <= QUIET_ROUND_TOLERANCE * quiet]
 
 

@@ -1,7 +1,8 @@
 """The dense network's quiet-host time, and how much slower a round ran than that.
 
 The profiler and the closed loop divide each round's layer times by how much slower than its
-quiet time the dense network ran beside them, so a slow minute does not become a slow layer.
+quiet time the dense network ran beside them, so a slow minute does not become a slow layer;
+paired ratios count only the rounds near it (:func:`~latprune.network.measurement.quiet_rounds`).
 Measured on the 2-core AVX2 host: each timing visit (a fresh ONNX Runtime worker process) of cifar
 resnet20 runs either at about 0.82 ms or, in about one visit in seven, at 0.62 ms, independently of
 the visits before and after it. With the fastest check as the quiet time, every variant timed after

@@ -68,7 +68,9 @@ class ExpandedConv2d(nn.Module):
         self.to(conv.weight.dtype)
 
     def product(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The compact layer's weight and bias, ``last @ middle @ first``, differentiable in every factor."""
+        """The compact layer's weight and bias, ``last @ middle @ first`` (in ``dtype``, default the layer's own),
+        differentiable in every factor."""
+        dtype = dtype or self.middle.weight.dtype
         last = self.last.weight[:, :, 0, 0].to(dtype)
         first = self.first.weight[:, :, 0, 0].to(dtype)
         weight = torch.einsum("oj,jlhw,li->oihw", last, self.middle.weight.to(dtype), first)
@@ -119,7 +121,9 @@ class ExpandedLinear(nn.Module):
         self.to(linear.weight.dtype)
 
     def product(self, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The compact layer's weight and bias, ``last @ middle @ first``, differentiable in every factor."""
+        """The compact layer's weight and bias, ``last @ middle @ first`` (in ``dtype``, default the layer's own),
+        differentiable in every factor."""
+        dtype = dtype or self.middle.weight.dtype
         last = self.last.weight.to(dtype)
         weight = last @ self.middle.weight.to(dtype) @ self.first.weight.to(dtype)
         bias = None if self.middle.bias is None else last @ self.middle.bias.to(dtype)
