@@ -71,8 +71,6 @@ def test_only_quiet_rounds_count_when_load_moves_the_ratio_itself(synthetic_back
     """Measured on the AVX2 host: a process spinning on one core slowed the dense resnet56 more than its pruned
     copy, and their paired ratio fell from 0.52 to 0.40. Here three rounds in five are loaded that way (dense
     1.5x, pruned 1.2x): the quiet rounds' ratio is the quiet host's; every round's median is not."""
-    from latprune.profiler.backends import RoundSample
-
     analysis, pruned = _pruned_resnet20()
     dense, shape = analysis.model, analysis.input_shape
     quiet, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(10, 10), global_warmup_s=0)
@@ -84,8 +82,7 @@ def test_only_quiet_rounds_count_when_load_moves_the_ratio_itself(synthetic_back
         if (synthetic_backend.calls - start - 1) // 2 % 5 >= 2:  # a round: one visit of each network
             dense_ms = max(sum(n.values()) for n in networks.values())  # the dense network is the slowest
             factor = 1.5 if sum(networks[str(prepared.path)].values()) == dense_ms else 1.2
-            sample = RoundSample([t * factor for t in sample.plain_ms], sample.profiled_ms, sample.segments,
-                                 sample.nodes_per_layer)
+            sample = sample.scaled(1 / factor)
         return sample
 
     monkeypatch.setattr(synthetic_backend, "time", loaded)

@@ -25,8 +25,8 @@ from latprune.errors import LatpruneError
 from latprune.models.memory import available_bytes
 from latprune.profiler.device import cpu_identity, cpu_model, physical_cores
 from latprune.network import SIGNATURE_VERSION, TIMED_TYPES
-from latprune.profiler.node_attribution import NodeAttribution
 from latprune.network.quiet_reference import QUIET_QUANTILE
+from latprune.profiler.node_attribution import NodeAttribution
 from latprune.profiler.visit_warmup import VISIT_WARMUP_MS, warm_up_visit
 
 

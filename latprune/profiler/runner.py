@@ -27,8 +27,8 @@ from latprune.models import LoadedModel
 from latprune.profiler.alignment import detect_alignment_step
 from latprune.profiler.backends import Backend, Prepared, RoundSample, get_backend
 from latprune.profiler.device import fingerprint
-from latprune.network.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.network import LayerSignature, Measurement
+from latprune.network.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.profiler.store import NetworkTiming, ProfileStore
 from latprune.profiler.timer import Timer
 from latprune.network import layer_signatures

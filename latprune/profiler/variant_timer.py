@@ -26,9 +26,9 @@ from pathlib import Path
 from latprune.analysis import ModelAnalysis
 from latprune.errors import LatpruneError
 from latprune.network import Measurement, PairedRatio, layer_signatures, paired_interval
+from latprune.network.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.profiler.backends import RoundSample, get_backend
 from latprune.profiler.device import fingerprint
-from latprune.network.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.profiler.runner import ProfileSettings, _finish, _Job, _round_runs
 from latprune.profiler.store import ProfileStore
 from latprune.profiler.timer import RoundsRule, Timer
@@ -156,7 +156,8 @@ class VariantTimer:
 
     def _clean(self, rounds: list[tuple[list[float], dict]]) -> list[tuple[list[float], dict]]:
         """The rounds whose dense time says the host was not contended (judged against the quiet time)."""
-        return [r for r in rounds if statistics.median(r[0]) <= CONTENDED_FACTOR * self._quiet_ms]
+        limit = CONTENDED_FACTOR * self._quiet_ms
+        return [r for r in rounds if statistics.median(r[0]) <= limit]
 
 
 def _ratio(rounds: list[tuple[list[float], dict]]) -> PairedRatio:
