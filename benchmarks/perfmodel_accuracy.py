@@ -61,10 +61,14 @@ def _run(args: argparse.Namespace, noise: NoiseSpec | None) -> None:
             if spec in held_out:
                 perf, summary = pipeline.fit(args.db, backend)  # never profiled: predicted from other models' rows
             else:
-                perf, summary = perf_model_for(analysis, backend, args.db)
+                perf, summary = perf_model_for(analysis, backend, args.db, reports := [])
             result = validate_model(analysis, backend, perf, summary.alignment_step, variants=variants,
                                     out_dir=RESULTS / name)
             result["held_out"] = spec in held_out
+            if spec not in held_out:  # how this run profiled it (nothing timed when the database had it)
+                profiled = reports[0]
+                result["profile"] = {k: getattr(profiled, k) for k in (
+                    "variants_timed", "variants_already_done", "visits_retimed", "visits_kept_loaded", "wall_s")}
             results.append(result)
             dense = result["dense"]
             rows.append([spec + (" (held out)" if spec in held_out else ""), backend, variants,

@@ -347,12 +347,12 @@ def test_a_slow_spell_of_the_host_cancels_in_the_paired_ratio():
 
 def test_a_speedup_budget_is_judged_by_the_paired_ratio():
     class SpellyDevice(_Device):
-        """A 2x slow spell begins in round 2 between the plan's visit and the dense model's."""
+        """A 2x slow spell begins in round 2 between the plan's visit and the dense model's, and lasts to round 4."""
 
         def time(self, widths):
             ms = widths["g"] * self.per_channel
-            return _Timing(Measurement.from_samples([[ms], [ms], [2 * ms]]),
-                           Measurement.from_samples([[10.0], [20.0], [20.0]]))
+            return _Timing(Measurement.from_samples([[ms], [ms], [2 * ms], [2 * ms], [ms]]),
+                           Measurement.from_samples([[10.0], [20.0], [20.0], [20.0], [10.0]]))
 
     request = BudgetRequest(speedup=2.0)
     plan = closed_loop(_LinearModel(), SpellyDevice(per_channel=0.01), request,

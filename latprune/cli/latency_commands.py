@@ -22,6 +22,8 @@ def _format_profile(result: dict) -> str:
          f"alignment step: inconclusive at this noise, using the {result['alignment_step']}-channel grid"),
         f"noise: round spread {100 * result['noise_round_spread']:.1f}%, p10-p90 {100 * result['noise_p10_p90']:.1f}%;"
         f" drift of the reference network {100 * result['drift']:.1f}%",
+        *([f"host load: {result['visits_retimed']} visits timed again, {result['visits_kept_loaded']} kept loaded "
+           "(scaled by the dense network's slowdown)"] if result.get("visits_retimed") else []),
         f"wall time {result['wall_s']:.0f} s",
     ])
 

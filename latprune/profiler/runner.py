@@ -6,10 +6,9 @@ drifts spread over all variants instead of biasing some); each round of each var
 committed at once, so an interrupted run resumes where it stopped; a variant whose round
 medians disagree by more than ``retime_spread`` gets extra rounds. The dense network is
 re-timed (and recorded) at the start of every round and after every ``reference_every``
-variant visits, and each variant's times are divided by how much slower than its quiet time
-(:mod:`~latprune.network.quiet_reference`: the lower quartile of every recorded check) the
-dense network then ran: a slow minute of the host does not become a slow layer, and the
-profile holds the layer times of a quiet host.
+variant visits; the visits between two checks are kept only when both checks ran at the dense
+network's quiet time, else they are timed again (:mod:`~latprune.profiler.quiet_visits`): a slow
+minute of the host does not become a slow layer, and the profile holds the layer times of a quiet host.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ from latprune.models import LoadedModel
 from latprune.profiler.alignment import detect_alignment_step
 from latprune.profiler.backends import Backend, Prepared, RoundSample, get_backend
 from latprune.profiler.device import fingerprint
+from latprune.profiler.quiet_visits import QuietVisits, VisitCounts
 from latprune.network import LayerSignature, Measurement
-from latprune.network.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.profiler.store import NetworkTiming, ProfileStore
 from latprune.profiler.timer import Timer
 from latprune.network import layer_signatures
@@ -74,6 +73,8 @@ class ProfileReport:
     noise_round_spread: float
     noise_p10_p90: float
     drift: float
+    visits_retimed: int  # visits timed again because the dense network beside them ran slower than quiet
+    visits_kept_loaded: int  # visits kept, scaled by the dense slowdown, after every try ran loaded
     wall_s: float
     settings: dict = field(default_factory=dict)
 
@@ -135,7 +136,7 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
     done = store.finished_variants(device_id, backend.name, key)
     todo = [(index, v) for index, v in enumerate(variants) if v.key not in done]
     timed, reused, deferred = [], 0, []
-    drift = 0.0
+    drift, counts = 0.0, VisitCounts()
     try:
         with tempfile.TemporaryDirectory(prefix="latprune-profile-") as work:
             reference = None
@@ -167,8 +168,11 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
                         dense = variants[0]  # design_variants puts the dense network first
                         reference = next((j.prepared for j in jobs if j.variant.key == dense.key), None) or \
                             backend.prepare(loaded.model, loaded.input_shape, list(layers), Path(work) / "reference.bin")
-                    drift = max(drift, _time_jobs(jobs, reference, backend, store, device_id, key, settings, progress,
-                                                  warmup_s))
+                    batch_drift, batch_counts = _time_jobs(jobs, reference, backend, store, device_id, key,
+                                                           settings, progress, warmup_s)
+                    drift = max(drift, batch_drift)
+                    counts.retimed += batch_counts.retimed
+                    counts.kept_loaded += batch_counts.kept_loaded
                     timed += jobs
                 if later:
                     todo = later
@@ -203,32 +207,31 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
             [(n.measurement.p90_ms - n.measurement.p10_ms) / n.measurement.median_ms for n in networks]
         ) if networks else 0.0,
         drift=drift,
+        visits_retimed=counts.retimed,
+        visits_kept_loaded=counts.kept_loaded,
         wall_s=time.time() - started,
         settings=asdict(settings),
     )
 
 
 def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: ProfileStore, device_id: int,
-               key: str, settings: ProfileSettings, progress: bool, warmup_s: float) -> float:
-    """Run the rounds, each variant's times normalised by the dense ``reference`` timed beside them; returns the
-    largest relative drift of the reference from its first recorded time."""
+               key: str, settings: ProfileSettings, progress: bool, warmup_s: float) -> tuple[float, VisitCounts]:
+    """Run the rounds, each variant visit kept only between two quiet checks of the dense ``reference``
+    (:mod:`~latprune.profiler.quiet_visits`); returns the largest relative drift of the reference from its
+    first recorded time, and how the host's load changed the visits."""
     timer = Timer(backend, warmup=settings.warmup, seed=settings.seed)
     timer.warm_up([reference], warmup_s)
 
-    checks = store.drift_checks(device_id, backend.name, key)  # this host's earlier checks of the model
-
     def reference_ms() -> float:
-        """Re-time the dense reference and record it (the quiet reference of later runs and loops too)."""
-        median = statistics.median(timer.sample(reference, runs=2 * settings.runs).plain_ms)
-        store.record_drift_check(device_id, backend.name, key, median)
-        checks.append(median)
-        return median
+        """Re-time the dense reference."""
+        return statistics.median(timer.sample(reference, runs=2 * settings.runs).plain_ms)
 
-    for _ in range(INITIAL_CHECKS - 1):  # with the first round's own check: a quiet time no single visit sets
-        dense_ms = reference_ms()
-    base = quiet_reference_ms(checks)
-    visits = 0
-    runs, profiled_runs = _round_runs(settings, dense_ms)
+    # Its checks are recorded: the quiet reference of later runs and loops too.
+    visits = QuietVisits(reference_ms, store.drift_checks(device_id, backend.name, key), settings.reference_every,
+                         record=lambda ms: store.record_drift_check(device_id, backend.name, key, ms))
+    for _ in range(INITIAL_CHECKS - 1):  # with the first bracket's own check: a quiet time no single visit sets
+        visits.bounding_check()
+    runs, profiled_runs = _round_runs(settings, visits.checks[-1])
     finished: set[str] = set()
     total = sum(max(0, settings.rounds - len(j.rounds)) for j in jobs)
     with _progress(total=total, desc=f"profile {backend.name}", unit="run", disable=not progress) as bar:
@@ -240,12 +243,8 @@ def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: P
             ]
             if round_index >= settings.rounds:
                 bar.total += len(todo)
-            for job in timer.shuffled(todo):
-                if visits % settings.reference_every == 0:
-                    dense_ms = reference_ms()
-                    base = quiet_reference_ms(checks)
-                visits += 1
-                sample = timer.sample(job.prepared, runs, profiled_runs).scaled(slowdown_factor(dense_ms, base))
+
+            def keep(job: _Job, sample: RoundSample) -> None:
                 job.rounds[round_index] = sample.to_json()
                 store.save_round(device_id, backend.name, key, job.variant.key, round_index, job.rounds[round_index])
                 complete = len(job.rounds) >= settings.rounds
@@ -254,12 +253,13 @@ def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: P
                     job.new_rows = _finish(job, store, device_id, backend.name, key)
                     finished.add(job.variant.key)
                 bar.update(1)
-            visits = 0  # every round starts with the reference timed afresh
+
+            visits.visit(timer.shuffled(todo), lambda job: timer.sample(job.prepared, runs, profiled_runs), keep)
         for job in jobs:  # jobs still above the spread limit after all extra rounds
             if job.variant.key not in finished:
                 job.new_rows = _finish(job, store, device_id, backend.name, key)
     checks = store.drift_checks(device_id, backend.name, key)
-    return max(abs(c / checks[0] - 1) for c in checks)
+    return max(abs(c / checks[0] - 1) for c in checks), visits.counts
 
 
 def _await_others(store: ProfileStore, device_id: int, backend: str, key: str, deferred: list[tuple[int, Variant]],

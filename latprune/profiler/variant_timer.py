@@ -26,6 +26,7 @@ from pathlib import Path
 from latprune.analysis import ModelAnalysis
 from latprune.errors import LatpruneError
 from latprune.network import Measurement, PairedRatio, layer_signatures, paired_interval
+from latprune.network.measurement import paired_quiet_rounds
 from latprune.network.quiet_reference import quiet_reference_ms, slowdown_factor
 from latprune.profiler.backends import RoundSample, get_backend
 from latprune.profiler.device import fingerprint
@@ -145,13 +146,16 @@ class VariantTimer:
                 f"the host is contended: the dense network took up to {slowest:.4g} ms in {len(rounds) - len(clean)} "
                 f"of {len(rounds)} rounds against {self._quiet_ms:.4g} ms quiet (another process is using the CPU?); "
                 f"nothing was stored in the profile: run again on a quiet machine")
-        # Stored like the profiler's rows: each round divided by how much slower than its quiet time the host ran.
+        # Stored from the rounds the paired ratio stands on (the quiet ones), each divided by how much slower than
+        # its quiet time the host ran, like the profiler's rows: load slows the dense network and its variants
+        # unlike each other, so a loaded round's layer times are not a quiet host's.
+        quiet = paired_quiet_rounds(*_measurements(clean))
         job = _Job(variant, prepared, signatures, {
             i: RoundSample.from_json(v).scaled(slowdown_factor(statistics.median(d), self._quiet_ms)).to_json()
-            for i, (d, v) in enumerate(clean)})
+            for i, (d, v) in enumerate(clean) if i in quiet})
         new_rows = _finish(job, self._store, self._device_id, self.backend.name, analysis.key)
-        whole = Measurement.from_samples([v["plain_ms"] for _, v in clean])
-        return VariantTiming(variant.key, whole, Measurement.from_samples([d for d, _ in clean]), new_rows,
+        whole, dense = _measurements(clean)
+        return VariantTiming(variant.key, whole, dense, new_rows,
                              time.perf_counter() - began, rejected_rounds=len(rounds) - len(clean))
 
     def _clean(self, rounds: list[tuple[list[float], dict]]) -> list[tuple[list[float], dict]]:
@@ -160,7 +164,12 @@ class VariantTimer:
         return [r for r in rounds if statistics.median(r[0]) <= limit]
 
 
+def _measurements(rounds: list[tuple[list[float], dict]]) -> tuple[Measurement, Measurement]:
+    """The variant's and the dense network's whole-network times over these (dense samples, variant round) rounds."""
+    return (Measurement.from_samples([v["plain_ms"] for _, v in rounds]),
+            Measurement.from_samples([d for d, _ in rounds]))
+
+
 def _ratio(rounds: list[tuple[list[float], dict]]) -> PairedRatio:
     """The variant's paired ratio to the dense network over these (dense samples, variant round) rounds."""
-    return paired_interval(Measurement.from_samples([v["plain_ms"] for _, v in rounds]),
-                           Measurement.from_samples([d for d, _ in rounds]))
+    return paired_interval(*_measurements(rounds))
