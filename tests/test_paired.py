@@ -28,6 +28,16 @@ def test_the_interval_of_the_median_comes_from_order_statistics():
     assert ratio.half_width == pytest.approx(max(0.4 - ratios[4], ratios[10] - 0.4) / 0.4)
 
 
+def test_rounds_quiet_for_both_networks_and_the_reference_alone_when_none_is():
+    from latprune.network.measurement import paired_quiet_rounds
+
+    dense = Measurement.from_samples([[10.0], [10.2], [20.0], [10.1], [10.0], [10.0]])
+    plan = Measurement.from_samples([[5.0], [5.2], [10.0], [10.0], [5.1], [5.4]])  # round 3: only the plan slowed
+    assert paired_quiet_rounds(plan, dense) == [0, 1, 4, 5]  # 5.4 is within 10% of the plan's own 5.0-5.1
+    alternating = Measurement.from_samples([[10.0], [20.0]])
+    assert paired_quiet_rounds(Measurement.from_samples([[10.0], [5.0]]), alternating) == [0]  # none quiet for both
+
+
 def test_a_budget_in_ms_is_judged_like_a_speedup():
     """Both kinds: the paired ratio times the dense median of the same command."""
     for request in (BudgetRequest(budget_ms=5.0), BudgetRequest(speedup=2.0)):
