@@ -55,14 +55,18 @@ def write_result(name: str, data: dict, summary_markdown: str) -> Path:
 DEFAULT_DB = Path(__file__).resolve().parent / ".cache" / "profiles.sqlite"
 
 
-def perf_model_for(model, backend: str, db: Path, reports: list | None = None):
-    """Profile a model (loaded or analysed) on ``backend`` into ``db`` unless already there, then the fitted
-    perf model. Returns (perf model, fit summary); the profile's report is appended to ``reports`` if given."""
+def profile_into(model, backend: str, db: Path):
+    """Profile a model (loaded or analysed) on ``backend`` into ``db`` unless already there; the profile's report."""
     from latprune import pipeline
     from latprune.analysis import as_analysis
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    report = pipeline.profile(as_analysis(model), backend, db=db)
-    if reports is not None:
-        reports.append(report)
+    return pipeline.profile(as_analysis(model), backend, db=db)
+
+
+def perf_model_for(model, backend: str, db: Path):
+    """:func:`profile_into`, then the fitted perf model. Returns (perf model, fit summary)."""
+    from latprune import pipeline
+
+    profile_into(model, backend, db)
     return pipeline.fit(db, backend)

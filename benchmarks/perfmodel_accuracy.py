@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_DB, RESULTS, markdown_table, perf_model_for, write_result
+from benchmarks.common import DEFAULT_DB, RESULTS, markdown_table, profile_into, write_result
 from benchmarks.host_noise import NoiseSpec, add_noise_option, noise_spec, noisy_host
 from latprune import pipeline
 from latprune.analysis import analyse
@@ -58,15 +58,13 @@ def _run(args: argparse.Namespace, noise: NoiseSpec | None) -> None:
         summary = None
         for spec in models + held_out:
             analysis = analyse(load_model(spec))
-            if spec in held_out:
-                perf, summary = pipeline.fit(args.db, backend)  # never profiled: predicted from other models' rows
-            else:
-                perf, summary = perf_model_for(analysis, backend, args.db, reports := [])
+            if spec not in held_out:  # a held-out model is never profiled: predicted from other models' rows
+                profiled = profile_into(analysis, backend, args.db)
+            perf, summary = pipeline.fit(args.db, backend)
             result = validate_model(analysis, backend, perf, summary.alignment_step, variants=variants,
                                     out_dir=RESULTS / name)
             result["held_out"] = spec in held_out
             if spec not in held_out:  # how this run profiled it (nothing timed when the database had it)
-                profiled = reports[0]
                 result["profile"] = {k: getattr(profiled, k) for k in (
                     "variants_timed", "variants_already_done", "visits_retimed", "visits_kept_loaded", "wall_s")}
             results.append(result)

@@ -93,9 +93,9 @@ def paired_quiet_rounds(network: Measurement, reference: Measurement) -> list[in
     (:data:`NETWORK_LOAD_TOLERANCE`): a slow spell that begins after the reference's visit of a round makes
     that round's ratio too high, and the reference's time cannot tell. When no round is quiet for both (a host
     whose spells alternate with the visits), the reference's quiet rounds."""
-    loaded = set(range(len(network.rounds))) - set(quiet_rounds(network, NETWORK_LOAD_TOLERANCE))
+    network_quiet = set(quiet_rounds(network, NETWORK_LOAD_TOLERANCE))
     reference_quiet = quiet_rounds(reference)
-    return [i for i in reference_quiet if i not in loaded] or reference_quiet
+    return [i for i in reference_quiet if i in network_quiet] or reference_quiet
 
 
 def _round_ratios(network: Measurement, reference: Measurement) -> list[float]:

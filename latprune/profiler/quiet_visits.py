@@ -49,10 +49,10 @@ class QuietVisits:
     """
 
     def __init__(self, check: Callable[[], float], checks: list[float], bracket: int,
-                 record: Callable[[float], None] = lambda ms: None):
+                 record: Callable[[float], None] = lambda ms: None, counts: VisitCounts | None = None):
         self._check, self._record = check, record
         self.checks, self.bracket = checks, max(1, bracket)
-        self.counts = VisitCounts()
+        self.counts = VisitCounts() if counts is None else counts  # shared by the batches of one profile
 
     @property
     def quiet_ms(self) -> float:
@@ -70,16 +70,15 @@ class QuietVisits:
     def _loaded(self, check_ms: float) -> bool:
         return check_ms > QUIET_ROUND_TOLERANCE * self.quiet_ms
 
-    def _quiet_check(self, patient: bool) -> tuple[float, bool]:
-        """A check for a bracket to start from: when ``patient``, checks until one is quiet or
-        :data:`QUIET_WAIT_S` pass; returns it and whether to be patient again (not after a wait in vain)."""
+    def _quiet_check(self) -> tuple[float, bool]:
+        """A check for a bracket to start from: checks until one is quiet or :data:`QUIET_WAIT_S` pass; returns it
+        and whether to wait again (not after a wait in vain)."""
         ms, waiting_since = self._check(), time.perf_counter()
-        while patient and self._loaded(ms):
+        while self._loaded(ms):
             if time.perf_counter() - waiting_since >= QUIET_WAIT_S:
-                patient = False
-                break
+                return self._kept(ms), False
             ms = self._check()
-        return self._kept(ms), patient
+        return self._kept(ms), True
 
     def visit(self, items: Sequence[T], sample: Callable[[T], RoundSample],
               keep: Callable[[T, RoundSample], None]) -> None:
@@ -87,10 +86,10 @@ class QuietVisits:
         host ran beside it, to ``keep``. A wait for a quiet check that ends in vain is not repeated in this call:
         a host loaded for long costs each visit at most ``MAX_RETIMES`` more tries, not a wait each."""
         queue, tries, size = deque(range(len(items))), [0] * len(items), self.bracket
-        before, patient = self._quiet_check(patient=True)
+        before, patient = self._quiet_check()
         while queue:
             if self._loaded(before) and patient:
-                before, patient = self._quiet_check(patient)
+                before, patient = self._quiet_check()
             group = [queue.popleft() for _ in range(min(size, len(queue)))]
             samples = [sample(items[i]) for i in group]
             after = self.bounding_check()

@@ -168,11 +168,8 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
                         dense = variants[0]  # design_variants puts the dense network first
                         reference = next((j.prepared for j in jobs if j.variant.key == dense.key), None) or \
                             backend.prepare(loaded.model, loaded.input_shape, list(layers), Path(work) / "reference.bin")
-                    batch_drift, batch_counts = _time_jobs(jobs, reference, backend, store, device_id, key,
-                                                           settings, progress, warmup_s)
-                    drift = max(drift, batch_drift)
-                    counts.retimed += batch_counts.retimed
-                    counts.kept_loaded += batch_counts.kept_loaded
+                    drift = max(drift, _time_jobs(jobs, reference, backend, store, device_id, key, settings,
+                                                  progress, warmup_s, counts))
                     timed += jobs
                 if later:
                     todo = later
@@ -215,10 +212,10 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
 
 
 def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: ProfileStore, device_id: int,
-               key: str, settings: ProfileSettings, progress: bool, warmup_s: float) -> tuple[float, VisitCounts]:
+               key: str, settings: ProfileSettings, progress: bool, warmup_s: float, counts: VisitCounts) -> float:
     """Run the rounds, each variant visit kept only between two quiet checks of the dense ``reference``
-    (:mod:`~latprune.profiler.quiet_visits`); returns the largest relative drift of the reference from its
-    first recorded time, and how the host's load changed the visits."""
+    (:mod:`~latprune.profiler.quiet_visits`; how the host's load changed the visits is added to ``counts``);
+    returns the largest relative drift of the reference from its first recorded time."""
     timer = Timer(backend, warmup=settings.warmup, seed=settings.seed)
     timer.warm_up([reference], warmup_s)
 
@@ -228,7 +225,7 @@ def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: P
 
     # Its checks are recorded: the quiet reference of later runs and loops too.
     visits = QuietVisits(reference_ms, store.drift_checks(device_id, backend.name, key), settings.reference_every,
-                         record=lambda ms: store.record_drift_check(device_id, backend.name, key, ms))
+                         record=lambda ms: store.record_drift_check(device_id, backend.name, key, ms), counts=counts)
     for _ in range(INITIAL_CHECKS - 1):  # with the first bracket's own check: a quiet time no single visit sets
         visits.bounding_check()
     runs, profiled_runs = _round_runs(settings, visits.checks[-1])
@@ -259,7 +256,7 @@ def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: P
             if job.variant.key not in finished:
                 job.new_rows = _finish(job, store, device_id, backend.name, key)
     checks = store.drift_checks(device_id, backend.name, key)
-    return max(abs(c / checks[0] - 1) for c in checks), visits.counts
+    return max(abs(c / checks[0] - 1) for c in checks)
 
 
 def _await_others(store: ProfileStore, device_id: int, backend: str, key: str, deferred: list[tuple[int, Variant]],

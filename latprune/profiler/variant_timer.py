@@ -149,12 +149,12 @@ class VariantTimer:
         # Stored from the rounds the paired ratio stands on (the quiet ones), each divided by how much slower than
         # its quiet time the host ran, like the profiler's rows: load slows the dense network and its variants
         # unlike each other, so a loaded round's layer times are not a quiet host's.
-        quiet = paired_quiet_rounds(*_measurements(clean))
+        whole, dense = _measurements(clean)
+        quiet = paired_quiet_rounds(whole, dense)
         job = _Job(variant, prepared, signatures, {
             i: RoundSample.from_json(v).scaled(slowdown_factor(statistics.median(d), self._quiet_ms)).to_json()
             for i, (d, v) in enumerate(clean) if i in quiet})
         new_rows = _finish(job, self._store, self._device_id, self.backend.name, analysis.key)
-        whole, dense = _measurements(clean)
         return VariantTiming(variant.key, whole, dense, new_rows,
                              time.perf_counter() - began, rejected_rounds=len(rounds) - len(clean))
 
