@@ -14,7 +14,8 @@ Goals (#26): the check within [0.95, 1.02] x budget in >= 90% of plans and never
 median rounds <= 2; the seconds the loop adds per plan are recorded. Round 1 of each loop is
 the open-loop plan (what latprune returned before the loop), so its measured/budget is the baseline.
 Run: ``python -m benchmarks.planner_budget [--db PATH] [--backends ort-cpu,torch-cpu] [--models ...] [--fractions
-0.35,0.5,...] [--quick] [--noise spells]``.
+0.35,0.5,...] [--quick] [--noise spells] [--keep-other-models]`` (the last adds the models run now to the result
+file's other models, measured earlier on this CPU under the same noise).
 Run it alone: any other load on the machine moves the numbers (``--noise spells`` adds load on purpose, the
 same way every run, to show the rules on a noisy host: see ``benchmarks/host_noise.py``).
 """
@@ -22,10 +23,11 @@ same way every run, to show the rules on a noisy host: see ``benchmarks/host_noi
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_DB, markdown_table, perf_model_for, write_result
+from benchmarks.common import DEFAULT_DB, RESULTS, environment, markdown_table, perf_model_for, write_result
 from benchmarks.host_noise import NoiseSpec, add_noise_option, noise_spec, noisy_host
 from latprune import pipeline
 from latprune.budget import BudgetRequest
@@ -105,6 +107,8 @@ def main(argv=None) -> None:
     parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)),
                         help="budgets as fractions of the measured dense latency")
     parser.add_argument("--name", default="planner_budget", help="result file name")
+    parser.add_argument("--keep-other-models", action="store_true",
+                        help="keep the result file's cases of models not run now (same CPU only)")
     add_noise_option(parser)
     args = parser.parse_args(argv)
     noise = noise_spec(args.noise)
@@ -112,13 +116,28 @@ def main(argv=None) -> None:
     models = ["cifar:resnet56"] if args.quick else [m for m in args.models.split(",") if m]
     fractions = [0.5, 0.7, 0.9] if args.quick else [float(f) for f in args.fractions.split(",") if f]
     name = args.name + ("_quick" if args.quick else "")
-    cases: list[dict] = []
+    cases = earlier_cases(name, models, noise) if args.keep_other_models else []
     with noisy_host(noise):
         for backend in backends:
             for spec in models:  # the result file is rewritten after every model: nothing is lost on interruption
                 cases += run_model(spec, backend, args.db, fractions)
                 write_result(name, {"cases": cases, **_goals(cases), "host_noise": noise and noise.to_json()},
                              _summary(cases, noise))
+
+
+def earlier_cases(name: str, models: list[str], noise: NoiseSpec | None) -> list[dict]:
+    """The cases of other models in an existing result file, when it was measured on this CPU under the same noise."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return []
+    earlier = json.loads(path.read_text())
+    here = environment()
+    if any(earlier["environment"].get(k) != here.get(k) for k in ("cpu_id", "isa", "cores")):
+        raise SystemExit(f"{path} was measured on another machine ({earlier['environment'].get('cpu_id')}); "
+                         "its cases cannot stand beside this one's")
+    if earlier.get("host_noise") != json.loads(json.dumps(noise and noise.to_json())):
+        raise SystemExit(f"{path} was measured under other host noise; run without --keep-other-models")
+    return [{"measured_on": earlier["environment"]["date"], **c} for c in earlier["cases"] if c["model"] not in models]
 
 
 def _goals(cases: list[dict]) -> dict:

@@ -1,0 +1,34 @@
+"""A benchmark's result file grows by models run later only when they were measured on the same machine and noise."""
+
+import json
+
+import pytest
+
+import benchmarks.planner_budget as planner_budget
+from benchmarks.common import environment
+from benchmarks.host_noise import noise_spec
+
+
+def _write(tmp_path, env: dict, noise) -> None:
+    cases = [{"model": "torchvision:resnet18", "fraction": 0.5}, {"model": "torchvision:mobilenet_v2", "fraction": 0.5}]
+    payload = {"environment": env, "cases": cases, "host_noise": noise and noise.to_json()}
+    (tmp_path / "budget.json").write_text(json.dumps(payload))
+
+
+def test_other_models_cases_are_kept_with_their_date_and_the_rerun_model_replaced(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(planner_budget, "RESULTS", tmp_path)
+    noise = noise_spec("spells")
+    _write(tmp_path, {**environment(), "date": "2026-12-04 12:49 UTC"}, noise)
+    kept = planner_budget.earlier_cases("budget", ["torchvision:mobilenet_v2"], noise)
+    assert kept == [{"measured_on": "2026-12-04 12:49 UTC", "model": "torchvision:resnet18", "fraction": 0.5}]
+    assert planner_budget.earlier_cases("absent", ["torchvision:mobilenet_v2"], noise) == []
+
+
+def test_cases_from_another_machine_or_other_noise_are_refused(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(planner_budget, "RESULTS", tmp_path)
+    _write(tmp_path, {**environment(), "cpu_id": "vendor_id AuthenticAMD cpu family 25 model 17"}, None)
+    with pytest.raises(SystemExit, match="another machine"):
+        planner_budget.earlier_cases("budget", ["torchvision:mobilenet_v2"], None)
+    _write(tmp_path, environment(), None)
+    with pytest.raises(SystemExit, match="other host noise"):
+        planner_budget.earlier_cases("budget", ["torchvision:mobilenet_v2"], noise_spec("spells"))
