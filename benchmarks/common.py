@@ -33,6 +33,14 @@ def environment() -> dict:
     }
 
 
+def same_machine(recorded: dict) -> bool:
+    """Whether an ``environment()`` recorded earlier names this machine: its CPU identity and core count."""
+    from latprune.profiler.api import cpu_identity
+
+    here = environment()
+    return all(recorded.get(k) == here[k] for k in (*cpu_identity(), "cores"))
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
     def cell(v) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)

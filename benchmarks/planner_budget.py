@@ -27,7 +27,7 @@ import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_DB, RESULTS, environment, markdown_table, perf_model_for, write_result
+from benchmarks.common import DEFAULT_DB, RESULTS, markdown_table, perf_model_for, same_machine, write_result
 from benchmarks.host_noise import NoiseSpec, add_noise_option, noise_spec, noisy_host
 from latprune import pipeline
 from latprune.budget import BudgetRequest
@@ -131,11 +131,10 @@ def earlier_cases(name: str, models: list[str], noise: NoiseSpec | None) -> list
     if not path.exists():
         return []
     earlier = json.loads(path.read_text())
-    here = environment()
-    if any(earlier["environment"].get(k) != here.get(k) for k in ("cpu_id", "isa", "cores")):
+    if not same_machine(earlier["environment"]):
         raise SystemExit(f"{path} was measured on another machine ({earlier['environment'].get('cpu_id')}); "
                          "its cases cannot stand beside this one's")
-    if earlier.get("host_noise") != json.loads(json.dumps(noise and noise.to_json())):
+    if earlier.get("host_noise") != json.loads(json.dumps(noise and noise.to_json())):  # as JSON holds it: lists
         raise SystemExit(f"{path} was measured under other host noise; run without --keep-other-models")
     return [{"measured_on": earlier["environment"]["date"], **c} for c in earlier["cases"] if c["model"] not in models]
 
