@@ -29,7 +29,8 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import DEFAULT_DB, RESULTS, SHARED, markdown_table, perf_model_for, write_result
+from benchmarks.common import (DEFAULT_DB, RESULTS, SHARED, environment, markdown_table, perf_model_for,
+                               same_machine, write_result)
 from benchmarks.recovery import test_tensors, top1
 from latprune import pipeline
 from latprune.budget import BudgetRequest
@@ -144,7 +145,20 @@ def run_model(name: str, fractions: list[float], done: dict, quick: bool, second
                                    dense_top1, rounds, recoveries_for(recipes))
         done[key] = rows
         with atomic_path(cache) as tmp:  # an interruption never leaves a half-written cache
-            tmp.write_text(json.dumps(done, indent=1))
+            tmp.write_text(json.dumps({"environment": environment(), "rows": done}, indent=1))
+
+
+def resumed_rows(cache: Path) -> dict:
+    """The rows of an interrupted run, per model and budget; none without a cache. A cache from another machine
+    (or one that does not say which) is refused: its latencies cannot stand beside this machine's."""
+    if not cache.exists():
+        return {}
+    earlier = json.loads(cache.read_text())
+    recorded = earlier.get("environment", {})
+    if not same_machine(recorded):
+        raise SystemExit(f"{cache} holds rows measured on {recorded.get('cpu_id', 'an unrecorded machine')}, not "
+                         "this one: run with --fresh or another --name")
+    return earlier["rows"]
 
 
 def goal_lines(rows: list[dict], recipe: str = "two-stage") -> list[str]:
@@ -236,7 +250,7 @@ def main(argv=None) -> None:
     recipes = [r for r in args.recoveries.split(",") if r]
     name = args.name or "pareto" + ("_quick" if args.quick else "")
     cache = DEFAULT_DB.parent / f"{name}_rows.json"
-    done = {} if args.fresh or not cache.exists() else json.loads(cache.read_text())
+    done = {} if args.fresh else resumed_rows(cache)
     for model in args.models.split(","):
         run_model(model, [float(f) for f in args.fractions.split(",")], done, args.quick, args.search_seconds,
                   args.rounds, cache, recipes, {b for b in args.baselines.split(",") if b})

@@ -1,4 +1,5 @@
-"""A benchmark's result file grows by models run later only when they were measured on the same machine and noise."""
+"""A benchmark's result file grows by models run later only when they were measured on the same machine and noise;
+a pareto run resumes only rows measured on this machine."""
 
 import json
 
@@ -32,3 +33,20 @@ def test_cases_from_another_machine_or_other_noise_are_refused(tmp_path, monkeyp
     _write(tmp_path, environment(), None)
     with pytest.raises(SystemExit, match="other host noise"):
         planner_budget.earlier_cases("budget", ["torchvision:mobilenet_v2"], noise_spec("spells"))
+
+
+def test_pareto_resumes_rows_from_this_machine_only(tmp_path) -> None:
+    from benchmarks.pareto import resumed_rows
+
+    cache = tmp_path / "rows.json"
+    assert resumed_rows(cache) == {}
+    rows = {"resnet20@0.7": [{"model": "resnet20", "fraction": 0.7, "method": "latprune"}]}
+    cache.write_text(json.dumps({"environment": environment(), "rows": rows}))
+    assert resumed_rows(cache) == rows
+    cache.write_text(json.dumps({"environment": {**environment(), "cpu_id": "vendor_id AuthenticAMD cpu family 25"},
+                                 "rows": rows}))
+    with pytest.raises(SystemExit, match="family 25, not this one"):
+        resumed_rows(cache)
+    cache.write_text(json.dumps(rows))  # an older cache that does not say where it was measured
+    with pytest.raises(SystemExit, match="an unrecorded machine"):
+        resumed_rows(cache)

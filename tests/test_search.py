@@ -228,3 +228,34 @@ def test_repaired_loss_holds_images_out_and_is_small_for_the_unpruned_network(in
     halved = {g.id: list(range(g.width // 2)) for g in inputs.groups}
     unpruned, pruned = loss(whole), loss(halved)
     assert 0.0 <= unpruned < 0.1 * pruned, (unpruned, pruned)
+
+
+def test_the_best_plans_at_other_depths_are_repaired_too(inputs, calib, tmp_path):
+    """The search's own loss prefers one removed branch, the repaired loss two: beside the families' leaders the
+    best plan at each other depth the search scored is repaired (at most ``finalists`` of them), so a plan at a
+    depth no leader has can be returned; with ``finalists=0`` only the leaders compete."""
+    full = {g.id: g.width for g in inputs.groups}
+
+    def removed(kept) -> int:
+        return sum(not len(k) for k in kept.values())
+
+    def fast(kept) -> float:  # the depth-and-width family is the one searched
+        return abs(removed(kept) - 1) + 0.001 * sum(len(k) < full[gid] for gid, k in kept.items())
+
+    def repaired(kept) -> float:
+        return float(abs(removed(kept) - 2))
+
+    table = _damage(inputs, calib[:16], tmp_path)
+    budget = Budget(0.7 * inputs.dense_ms(), "given")
+    plans = {}
+    for extra in (0, 2):
+        settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=40, finalists=extra)
+        plans[extra] = CalibratedSearch(table, fast, settings, progress=False, repaired=repaired).plan(inputs, budget)
+    leaders, finalists = plans[0].search.finalists, plans[2].search.finalists
+    extras = [f for f in finalists if "best with" in f.source]
+    assert leaders and all("best with" not in f.source for f in leaders)
+    assert {(f.source, f.loss) for f in leaders} <= {(f.source, f.loss) for f in finalists}
+    assert 1 <= len(extras) <= 2 and len(finalists) == len(leaders) + len(extras)
+    assert min(f.repaired_loss for f in leaders) > 0 and len(plans[0].removed) != 2
+    assert len(plans[2].removed) == 2 and "best with 2 removed" in plans[2].search.chosen_from
+    assert [f.loss for f in finalists] == sorted(f.loss for f in finalists)
