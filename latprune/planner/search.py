@@ -41,7 +41,7 @@ from tqdm import tqdm
 from latprune.budget import Budget
 from latprune.defaults import SEARCH_SECONDS
 from latprune.errors import LatpruneError
-from latprune.planner.api import PlanningInputs, build_plan, latency_plan
+from latprune.planner.api import PlanningInputs, build_plan, latency_plan, removed_branches
 from latprune.planner.damage import DamageTable
 from latprune.planner.plan import Plan
 from latprune.planner.records import DamageRecord, Finalist, SearchRecord
@@ -207,7 +207,7 @@ class CalibratedSearch:
         distinct: dict[tuple[int, ...], _Candidate] = {}  # one per plan: the lowest-loss source of it
         for candidate in sorted(leaders.values(), key=lambda c: c.loss):
             distinct.setdefault(candidate.widths, candidate)
-        for candidate in self._best_at_other_depths(scored, distinct):
+        for candidate in self._best_at_other_depths(inputs, scored, distinct):
             distinct[candidate.widths] = candidate
         finalists = sorted(distinct.values(), key=lambda c: c.loss)
         if self.repaired is None or len(finalists) < 2:
@@ -220,11 +220,13 @@ class CalibratedSearch:
         return chosen, tuple(Finalist(c.source, float(c.loss), float(self.repaired_losses[c.widths]))
                              for c in finalists)
 
-    def _best_at_other_depths(self, scored: Iterable[_Candidate],
+    def _best_at_other_depths(self, inputs: PlanningInputs, scored: Iterable[_Candidate],
                               finalists: Mapping[tuple[int, ...], _Candidate]) -> list[_Candidate]:
         """The lowest-loss plan at each count of removed branches no finalist has, the ``finalists`` lowest."""
+        ids = [g.id for g in inputs.groups]
+
         def removed(widths: tuple[int, ...]) -> int:
-            return sum(w == 0 for w in widths)
+            return len(removed_branches(inputs.analysis, dict(zip(ids, widths))))
 
         depths = {removed(w) for w in finalists}
         best: dict[int, _Candidate] = {}
