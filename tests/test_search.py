@@ -135,7 +135,7 @@ def test_a_second_search_starts_from_the_first_and_reuses_scored_plans(inputs, c
     search.plan(inputs, budget)
     scored = len(calls)
     search.plan(inputs, budget)
-    assert search.log_coefficients is not None and search.searches == 2
+    assert search.log_coefficients and search.searches == 2
     assert len(calls) - scored < scored or scored <= 2  # known plans are not scored again
     assert len(set(calls)) == len(calls)
 
@@ -192,6 +192,27 @@ def test_search_finds_the_family_its_loss_prefers(inputs, calib, tmp_path, wante
     assert plan.predicted_ms <= budget.target_ms
 
 
+def test_every_family_is_searched_not_only_the_best_start(inputs, calib, tmp_path):
+    """The loss prefers depth-only plans, so the depth-only start scores best; the width-only and the depth-and-
+    width families are searched too (plans of each beyond its start are scored), each within the time box."""
+    full = {g.id: g.width for g in inputs.groups}
+
+    def partial(kept) -> float:
+        return float(sum(0 < len(k) < full[gid] for gid, k in kept.items()))
+
+    table = _damage(inputs, calib[:16], tmp_path)
+    search = CalibratedSearch(table, partial, SearchSettings(seconds=600.0, patience=1000, max_candidates=60),
+                              progress=False)
+    search.plan(inputs, Budget(0.7 * inputs.dense_ms(), "given"))
+    ids = [g.id for g in inputs.groups]
+    kinds = {"width only": 0, "depth only": 0, "depth and width": 0}
+    for widths in search.losses:
+        removes, narrows = 0 in widths, any(0 < w < full[gid] for gid, w in zip(ids, widths))
+        kinds["depth and width" if removes and narrows else "depth only" if removes else "width only"] += 1
+    assert all(count >= 3 for count in kinds.values()), kinds
+    assert set(search.log_coefficients) == set(kinds) and len(search.losses) <= 60 + 4
+
+
 def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):
     """The search's own loss prefers width-only plans, the repaired loss depth-only ones: the family leaders are
     re-scored and the depth-only leader returned, with every finalist recorded."""
@@ -239,7 +260,7 @@ def test_the_best_plans_at_other_depths_are_repaired_too(inputs, calib, tmp_path
     def removed(kept) -> int:
         return sum(not len(k) for k in kept.values())
 
-    def fast(kept) -> float:  # the depth-and-width family is the one searched
+    def fast(kept) -> float:
         return abs(removed(kept) - 1) + 0.001 * sum(len(k) < full[gid] for gid, k in kept.items())
 
     def repaired(kept) -> float:
