@@ -149,9 +149,12 @@ def main(argv=None) -> None:
     parser.add_argument("--plans", type=int, default=12)
     parser.add_argument("--seeds", type=int, default=3, help="searches per time box (15 s and 45 s)")
     parser.add_argument("--short-seconds", type=float, default=15.0, help="time box of the short two-stage proxies")
+    parser.add_argument("--quick", action="store_true", help="4 plans from one seed, 1,000 test images")
     parser.add_argument("--name", default=None)
     args = parser.parse_args(argv)
-    name = args.name or f"plan_proxy_{args.model}"
+    if args.quick:
+        args.plans, args.seeds = 4, 1
+    name = args.name or f"plan_proxy_{args.model}" + ("_quick" if args.quick else "")
     cache = Path(__file__).resolve().parent / ".cache" / f"{name}_rows.json"
     done = resumed_rows(cache)
     plans = [tuple(p) for p in json.loads(cache.read_text()).get("plans", [])] if done else []
@@ -163,7 +166,7 @@ def main(argv=None) -> None:
     images = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
                                 size=2 * RECOVERY_CALIB_SIZE, seed=0)
     calib, extra = images[:RECOVERY_CALIB_SIZE], images[RECOVERY_CALIB_SIZE:]
-    test = test_tensors(None)
+    test = test_tensors(1000 if args.quick else None)
     settings = pipeline.PlanSettings(objective="calibrated")
     inputs = planner.prepare(analysis, importance=settings.importance, calib=calib[:IMPORTANCE_CALIB_SIZE],
                              policy=settings.policy(fitted.alignment_step, analysis.groups), perf=perf,
@@ -195,10 +198,10 @@ def main(argv=None) -> None:
          "s / plan"],
         [[s["proxy"], f"{s['spearman']:+.2f}", f"{s['pairs_right']}/{s['pairs']}", f"{100 * s['chosen_top1']:.2f}",
           f"{s['seconds_per_plan']:.1f}"] for s in summary])
+    tops = [100 * r["top1"] for r in rows]
     text = (f"cifar:{args.model} at {args.speedup:g}x of predicted dense (ort-cpu), {len(rows)} plans from the "
             f"calibrated search ({args.seeds} seeds x 15 s and 45 s); two-stage on {RECOVERY_CALIB_SIZE} calibration "
-            f"images, top-1 on the 10,000 test images (best plan {100 * max(r['top1'] for r in rows):.2f}%, worst "
-            f"{100 * min(r['top1'] for r in rows):.2f}%). Short two-stage proxies: {args.short_seconds:g} s box.\n\n"
+            f"images, top-1 on {len(test[0]):,} test images (best plan {max(tops):.2f}%, worst {min(tops):.2f}%). Short two-stage proxies: {args.short_seconds:g} s box.\n\n"
             f"{proxy_table}\n\n{plan_table}")
     write_result(name, {"model": args.model, "speedup": args.speedup, "short_seconds": args.short_seconds,
                         "proxies": summary, "rows": rows}, text)

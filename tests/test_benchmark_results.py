@@ -16,6 +16,13 @@ def _write(tmp_path, env: dict, noise) -> None:
     (tmp_path / "budget.json").write_text(json.dumps(payload))
 
 
+def _other_cpu() -> str:
+    """A CPU identity that is not this machine's, whichever machine runs the tests."""
+    other = "vendor_id AuthenticAMD cpu family 99 model 1"
+    assert environment()["cpu_id"] != other
+    return other
+
+
 def test_other_models_cases_are_kept_with_their_date_and_the_rerun_model_replaced(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(planner_budget, "RESULTS", tmp_path)
     noise = noise_spec("spells")
@@ -27,7 +34,7 @@ def test_other_models_cases_are_kept_with_their_date_and_the_rerun_model_replace
 
 def test_cases_from_another_machine_or_other_noise_are_refused(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(planner_budget, "RESULTS", tmp_path)
-    _write(tmp_path, {**environment(), "cpu_id": "vendor_id AuthenticAMD cpu family 25 model 17"}, None)
+    _write(tmp_path, {**environment(), "cpu_id": _other_cpu()}, None)
     with pytest.raises(SystemExit, match="another machine"):
         planner_budget.earlier_cases("budget", ["torchvision:mobilenet_v2"], None)
     _write(tmp_path, environment(), None)
@@ -43,9 +50,8 @@ def test_pareto_resumes_rows_from_this_machine_only(tmp_path) -> None:
     rows = {"resnet20@0.7": [{"model": "resnet20", "fraction": 0.7, "method": "latprune"}]}
     cache.write_text(json.dumps({"environment": environment(), "rows": rows}))
     assert resumed_rows(cache) == rows
-    cache.write_text(json.dumps({"environment": {**environment(), "cpu_id": "vendor_id AuthenticAMD cpu family 25"},
-                                 "rows": rows}))
-    with pytest.raises(SystemExit, match="family 25, not this one"):
+    cache.write_text(json.dumps({"environment": {**environment(), "cpu_id": _other_cpu()}, "rows": rows}))
+    with pytest.raises(SystemExit, match="family 99 model 1, not this one"):
         resumed_rows(cache)
     cache.write_text(json.dumps(rows))  # an older cache that does not say where it was measured
     with pytest.raises(SystemExit, match="an unrecorded machine"):
