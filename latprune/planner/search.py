@@ -69,11 +69,12 @@ def plan_families(candidates: Sequence[np.ndarray]) -> dict[str, list[np.ndarray
 @dataclass(frozen=True)
 class SearchSettings:
     """``seconds``: the time box of a first search; a re-plan at another budget (closed loop) gets
-    ``later_share`` of it and starts from the best coefficients found. The search also stops after
-    ``patience`` scored plans in a row without improvement, or ``max_candidates`` scored plans. With a repaired
-    loss, up to ``finalists`` plans beside the families' leaders are repaired: the best at other depths.
-    Perturbations change the log-coefficients of a ``share`` of the groups by N(0, sigma), sigma
-    shrinking geometrically from ``sigma_start`` to ``sigma_end`` over the time box."""
+    ``later_share`` of it and starts from each family's best coefficients found. Each family's search also
+    stops after ``patience`` scored plans in a row without improvement; all together score at most
+    ``max_candidates`` plans. With a repaired loss, up to ``finalists`` plans beside the families' leaders are
+    repaired: the best at other depths. Perturbations change the log-coefficients of a ``share`` of the groups
+    by N(0, sigma), sigma shrinking geometrically from ``sigma_start`` to ``sigma_end`` over a family's share of
+    the time box."""
 
     seconds: float = SEARCH_SECONDS
     later_share: float = 0.25
