@@ -62,11 +62,9 @@ def candidate_plans(inputs, budget, search: CalibratedSearch, runs: list[tuple[i
                                progress=True)
         run.plan(inputs, budget)
         losses.update(run.losses)
-    ids = [g.id for g in inputs.groups]
     by_depth: dict[int, list] = {}
     for widths, loss in sorted(losses.items(), key=lambda item: item[1]):
-        depth = len(planner.removed_branches(inputs.analysis, dict(zip(ids, widths))))
-        by_depth.setdefault(depth, []).append(widths)
+        by_depth.setdefault(len(inputs.removed_at(widths)), []).append(widths)
     chosen = []
     while len(chosen) < count and any(by_depth.values()):
         for depth in sorted(by_depth):
@@ -113,8 +111,7 @@ def score_plan(analysis, inputs, widths, calib, extra, test, short_seconds: floa
     row["final-held"], row["final-held disagree"] = losses(analysis, recovered.model, extra)
     row["seconds"]["final-held"] = time.perf_counter() - began
     row["top1"] = top1(recovered.model, *test)
-    ids = [g.id for g in inputs.groups]
-    row["removed_branches"] = len(planner.removed_branches(analysis, dict(zip(ids, widths))))
+    row["removed_branches"] = len(inputs.removed_at(widths))
     row["narrowed_groups"] = sum(0 < w < g.width for w, g in zip(widths, inputs.groups))
     row["macs_fraction"] = inputs.macs.cost_of_widths(list(widths)) / inputs.macs.cost_of_widths(inputs.full_widths)
     row["predicted_fraction"] = inputs.latency_problem().cost_of_widths(list(widths)) / inputs.dense_ms()

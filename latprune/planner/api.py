@@ -55,6 +55,10 @@ class PlanningInputs:
     def dense_ms(self) -> float:
         return self.latency_problem().cost_of_widths(self.full_widths)
 
+    def removed_at(self, widths: Sequence[int]) -> list[str]:
+        """The residual branches these widths (in group order) remove."""
+        return removed_branches(self.analysis, {g.id: int(w) for g, w in zip(self.groups, widths)})
+
     def kept_at(self, widths: Sequence[int]) -> dict[str, list[int]]:
         """The best-scoring channels of each group at these widths (in group order)."""
         return {g.id: kept_channels(g, self.scores[g.id], w) for g, w in zip(self.groups, widths)}
@@ -125,7 +129,7 @@ def build_plan(inputs: PlanningInputs, widths: list[int], method: str, budget: B
         groups=[GroupPlan(g.id, int(w), g.width, sorted(int(i) for i in kept[g.id]))
                 for g, w in zip(inputs.groups, widths)],
         solver=dict(solver or {}), device=inputs.device, budget=budget.to_json() if budget else {},
-        removed=removed_branches(inputs.analysis, dict(zip([g.id for g in inputs.groups], widths))),
+        removed=inputs.removed_at(widths),
         preprocessing=inputs.analysis.loaded.preprocessing,
     )
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from latprune.budget import Budget
 from latprune.defaults import SEARCH_SECONDS
 from latprune.errors import LatpruneError
-from latprune.planner.api import PlanningInputs, build_plan, latency_plan, removed_branches
+from latprune.planner.api import PlanningInputs, build_plan, latency_plan
 from latprune.planner.damage import DamageTable
 from latprune.planner.plan import Plan
 from latprune.planner.records import DamageRecord, Finalist, SearchRecord
@@ -238,10 +238,8 @@ class CalibratedSearch:
     def _best_at_other_depths(self, inputs: PlanningInputs, scored: Iterable[_Candidate],
                               finalists: Mapping[tuple[int, ...], _Candidate]) -> list[_Candidate]:
         """The lowest-loss plan at each count of removed branches no finalist has, the ``finalists`` lowest."""
-        ids = [g.id for g in inputs.groups]
-
         def removed(widths: tuple[int, ...]) -> int:
-            return len(removed_branches(inputs.analysis, dict(zip(ids, widths))))
+            return len(inputs.removed_at(widths))
 
         depths = {removed(w) for w in finalists}
         best: dict[int, _Candidate] = {}
