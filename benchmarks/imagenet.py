@@ -24,7 +24,6 @@ from benchmarks.pareto import MATCH, measure_and_recover, plans_at
 from benchmarks.recovery import top1
 from latprune import pipeline
 from latprune.data import calibration_tensor, labelled_tensors
-from latprune.defaults import IMPORTANCE_CALIB_SIZE
 from latprune.outputs import atomic_path
 
 SPEC = "latprune.models.efficientnet_lite:lite0"
@@ -89,7 +88,7 @@ def main(argv=None) -> None:
             continue
         fraction = 1 / speedup
         began = time.perf_counter()
-        plans = plans_at(analysis, perf, fitted, fraction, calib[:IMPORTANCE_CALIB_SIZE], args.search_seconds,
+        plans = plans_at(analysis, perf, fitted, fraction, calib, args.search_seconds,
                          BASELINES)
         planned_s = time.perf_counter() - began
         rows = measure_and_recover("lite0", fraction, analysis, plans, calib, lambda m: top1(m, images, labels),

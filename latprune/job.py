@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from latprune.budget import Budget, BudgetRequest
-from latprune.defaults import DEFAULT_RECOVERY, IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS
+from latprune.defaults import DEFAULT_RECOVERY, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS
 from latprune.errors import LatpruneError
 from latprune.models import default_input_shape, spec_family
 from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Verification
@@ -132,12 +132,11 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     with stage("fit"):
         perf, fitted = pipeline.fit(profiled.db, config.backend, config.threads)
     with stage("plan"):
-        scoring = None if images is None else images[0][:IMPORTANCE_CALIB_SIZE]
         settings = config.plan_settings()
         verify = dataclasses.replace(config.verify, db=profiled.db, threads=config.threads, timing=config.profile,
                                      progress=config.verify.progress and progress)
-        plan = pipeline.plan(analysis, config.budget, perf, fitted, config.backend, settings, calib=scoring,
-                             verify=verify)
+        plan = pipeline.plan(analysis, config.budget, perf, fitted, config.backend, settings,
+                             calib=None if images is None else images[0], verify=verify)
         plan.save(folder / "plan.json")
     with stage("prune"):
         pruned = pipeline.prune(analysis, plan)

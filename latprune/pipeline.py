@@ -27,6 +27,7 @@ from latprune.network import Measurement, model_key, network_signatures
 from latprune.perfmodel import NetworkLatencyModel
 from latprune.perfmodel.api import FitSummary, current_perf_model, device_id_for, fit_perf_model, fleet
 from latprune.perfmodel.validate import validate_model as validate
+from latprune.plan_scoring import calibrated_search, scoring_images
 from latprune.planner import api as planner
 from latprune.planner.closed_loop import ROUND_COLUMNS, LoopSettings, closed_loop, round_cells
 from latprune.planner.records import LoopRound, VerificationRecord
@@ -133,14 +134,15 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
          backend: str, settings: PlanSettings = PlanSettings(), calib: torch.Tensor | None = None,
          verify: Verification = Verification(enabled=False), start: Plan | None = None) -> Plan:
     """Per-group widths within the budget; a speedup divides the predicted dense latency (``start``: the
-    closed loop's first plan, one made elsewhere; see `latprune verify`).
+    closed loop's first plan, one made elsewhere; see `latprune verify`). Of ``calib``, importance and the search
+    score the first ``IMPORTANCE_CALIB_SIZE``, the search's finalists are repaired on all.
 
     With ``verify`` enabled on the profiled device, the closed loop measures each plan on the
     device and re-plans until the *measured* latency lies in the band (see
     :mod:`latprune.planner.closed_loop`); otherwise the plan meets the budget as predicted.
     """
     fitted.check_input_shape(analysis.input_shape, analysis.spec)
-    inputs = planner.prepare(analysis, importance=settings.importance, calib=calib,
+    inputs = planner.prepare(analysis, importance=settings.importance, calib=scoring_images(calib),
                              policy=settings.policy(fitted.alignment_step, analysis.groups), perf=perf,
                              backend=backend, device=fitted.device)
     here = this_device(backend, verify.threads)
@@ -179,21 +181,6 @@ def _dense_correction(inputs: planner.PlanningInputs, budget: Budget, dense_meas
         raise LatpruneError(f"the dense model measures {dense_measured_ms:.4g} ms here (predicted {predicted:.4g} ms), "
                             f"already within a budget of {budget.ceiling_ms:.4g} ms: nothing to prune")
     return dense_measured_ms / predicted
-
-
-def calibrated_search(inputs: planner.PlanningInputs, settings: PlanSettings, calib: torch.Tensor | None,
-                      progress: bool = True) -> CalibratedSearch:
-    """The calibrated objective of a model: its damage table (measured or cached) and the plan loss on ``calib``."""
-    from latprune.plan_scoring import DESCRIPTION, CalibrationLoss, RepairedLoss
-    from latprune.planner.damage import DAMAGE_IMAGES, measure_damage
-
-    settings.check_images(calib is not None)
-    analysis = inputs.analysis
-    damage = measure_damage(analysis.model, analysis.spec, inputs.groups, analysis.layout, inputs.scores,
-                            inputs.macs.candidates, calib[:DAMAGE_IMAGES], cache_dir=settings.cache_dir,
-                            progress=progress)
-    return CalibratedSearch(damage, CalibrationLoss(analysis, calib), settings.search, progress=progress,
-                            description=DESCRIPTION, repaired=RepairedLoss.for_images(analysis, calib))
 
 
 def _solve(inputs: planner.PlanningInputs, budget: Budget, settings: PlanSettings,
@@ -266,7 +253,7 @@ def plan_like_widths(analysis: ModelAnalysis, perf: NetworkLatencyModel, fitted:
 def uniform(analysis: ModelAnalysis, ratio: float, settings: PlanSettings = PlanSettings(),
             calib: torch.Tensor | None = None) -> Plan:
     """Keep the fraction ``ratio`` of every group (no performance model needed)."""
-    inputs = planner.prepare(analysis, importance=settings.importance, calib=calib,
+    inputs = planner.prepare(analysis, importance=settings.importance, calib=scoring_images(calib),
                              policy=settings.policy(None, analysis.groups))
     return planner.uniform_plan(inputs, ratio)
 

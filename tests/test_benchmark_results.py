@@ -56,3 +56,25 @@ def test_pareto_resumes_rows_from_this_machine_only(tmp_path) -> None:
     cache.write_text(json.dumps(rows))  # an older cache that does not say where it was measured
     with pytest.raises(SystemExit, match="an unrecorded machine"):
         resumed_rows(cache)
+
+
+def _pareto_row(method: str, top1: float, vs_latprune: float, measured: float = 0.5) -> dict:
+    return {"model": "resnet20", "fraction": 0.5, "method": method, "recovery": "two-stage", "top1": top1,
+            "vs_latprune": vs_latprune, "measured_over_dense": measured * vs_latprune, "dense_top1": 0.81}
+
+
+def test_pareto_goal_counts_no_baseline_measured_faster_that_scores_lower() -> None:
+    """A baseline measured faster than latprune beyond the +-2% match is no evidence when it scores lower: with
+    only such baselines the goal is not shown; one that scores higher still counts; latprune over its budget is said."""
+    from benchmarks.pareto import goal_lines
+
+    faster_only = goal_lines([_pareto_row("latprune", 0.62, 1.0, measured=0.567),
+                              _pareto_row("depth-only", 0.35, 0.744), _pareto_row("latprune-width", 0.18, 0.947)])
+    assert "measured 0.567x of dense" in faster_only[0] and "over its budget" in faster_only[0]
+    assert "no comparison at equal latency, goal NOT shown" in faster_only[1] and ": met" not in "".join(faster_only)
+    matched = goal_lines([_pareto_row("latprune", 0.62, 1.0), _pareto_row("depth-only", 0.55, 0.99),
+                          _pareto_row("uniform", 0.61, 0.90)])
+    assert "+7.00 points" in matched[0] and matched[0].endswith(": met")
+    assert "left out of the goal" in matched[1] and "uniform 61.00% at 0.900x" in matched[1]
+    beaten = goal_lines([_pareto_row("latprune", 0.62, 1.0), _pareto_row("depth-only", 0.65, 0.90)])
+    assert "-3.00 points" in beaten[0] and beaten[0].endswith("NOT met")

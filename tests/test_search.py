@@ -239,16 +239,40 @@ def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):
     assert again == record
 
 
-def test_repaired_loss_holds_images_out_and_is_small_for_the_unpruned_network(inputs, calib):
-    from latprune.plan_scoring import RepairedLoss
+def test_disagreement_is_the_share_of_images_whose_top_class_changed():
+    from latprune.plan_scoring import disagreement
 
-    assert RepairedLoss.for_images(inputs.analysis, calib[:16]) is None
-    loss = RepairedLoss.for_images(inputs.analysis, calib)
-    assert len(loss.fit) == 48 and len(loss.held) == 16
-    whole = {g.id: list(range(g.width)) for g in inputs.groups}
-    halved = {g.id: list(range(g.width // 2)) for g in inputs.groups}
-    unpruned, pruned = loss(whole), loss(halved)
-    assert 0.0 <= unpruned < 0.1 * pruned, (unpruned, pruned)
+    reference = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 0.5], [5.0, 4.0, 0.0]])
+    output = torch.tensor([[1.0, 2.0, 0.0], [0.0, 3.0, 4.0], [2.0, 0.0, 1.0], [9.0, 4.0, 0.0]])
+    assert disagreement(reference, output) == 0.5 and disagreement(reference, reference) == 0.0
+    single = torch.tensor([1.0, 2.0])  # one score per image has no top class: the output loss instead
+    assert disagreement(single, single + 1.0) == output_loss(single, single + 1.0) > 0.0
+
+
+def test_repaired_loss_holds_images_out_and_scores_top_class_disagreement(monkeypatch):
+    """Ridge on the first three quarters of at most FINALIST_IMAGES images, the share of the last quarter whose top
+    class differs from the dense model's: none for the unpruned network, more the narrower the plan (the trained
+    cifar resnet20 on real images: a random-weight network gives every image one class)."""
+    import latprune.plan_scoring as scoring
+    from conftest import CIFAR_TRAIN, shared_checkpoint
+    from latprune.data import calibration_tensor
+    from latprune.models import load_model
+
+    loaded = load_model("cifar:resnet20", weights=str(shared_checkpoint("resnet20")))
+    images = calibration_tensor(CIFAR_TRAIN, loaded.preprocessing, loaded.input_shape, size=128, seed=0)
+    analysis = analyse(loaded)
+    assert scoring.RepairedLoss.for_images(analysis, images[:16]) is None
+    monkeypatch.setattr(scoring, "FINALIST_IMAGES", 100)
+    loss = scoring.RepairedLoss.for_images(analysis, images)
+    assert len(loss.fit) == 75 and len(loss.held) == 25
+    assert torch.equal(loss.held, images[75:100])
+
+    def share(fraction: int) -> float:
+        return loss({g.id: list(range(max(1, g.width // fraction))) for g in analysis.groups})
+
+    unpruned, halved, quartered = share(1), share(2), share(4)
+    assert unpruned == 0.0 < halved < quartered <= 1.0, (halved, quartered)
+    assert (halved * 25) == round(halved * 25)  # a share of the 25 held-out images
 
 
 def test_the_best_plans_at_other_depths_are_repaired_too(inputs, calib, tmp_path):

@@ -117,8 +117,9 @@ def loop_options(parser: argparse.ArgumentParser) -> None:
 def calib_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", metavar="DIR", help="unlabeled calibration images (any folder layout)")
     parser.add_argument("--calib-size", type=positive_int, metavar="N",
-                        help=f"calibration images (default {IMPORTANCE_CALIB_SIZE} for importance, "
-                             f"{RECOVERY_CALIB_SIZE} for recovery; all of them for fine-tuning)")
+                        help=f"calibration images (default {IMPORTANCE_CALIB_SIZE} for planning: importance and "
+                             f"the calibrated search score the first {IMPORTANCE_CALIB_SIZE}, its finalists are "
+                             f"repaired on all; {RECOVERY_CALIB_SIZE} for recovery; all of them for fine-tuning)")
 
 
 def importance_option(parser: argparse.ArgumentParser) -> None:
