@@ -135,7 +135,7 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
          verify: Verification = Verification(enabled=False), start: Plan | None = None) -> Plan:
     """Per-group widths within the budget; a speedup divides the predicted dense latency (``start``: the
     closed loop's first plan, one made elsewhere; see `latprune verify`). Of ``calib``, importance and the search
-    score the first ``IMPORTANCE_CALIB_SIZE``, the search's finalists are repaired on all.
+    score the first ``IMPORTANCE_CALIB_SIZE``, the search's finalists are repaired on up to 1,024.
 
     With ``verify`` enabled on the profiled device, the closed loop measures each plan on the
     device and re-plans until the *measured* latency lies in the band (see

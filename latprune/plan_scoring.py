@@ -94,7 +94,7 @@ def scoring_images(calib: torch.Tensor | None) -> torch.Tensor | None:
 def calibrated_search(inputs: PlanningInputs, settings: PlanSettings, calib: torch.Tensor | None,
                       progress: bool = True) -> CalibratedSearch:
     """The calibrated objective of a model: its damage table (measured or cached), :class:`CalibrationLoss` on
-    the :func:`scoring_images` of ``calib`` and the finalists' :class:`RepairedLoss` on all of them."""
+    the :func:`scoring_images` of ``calib`` and the finalists' :class:`RepairedLoss` on up to ``FINALIST_IMAGES``."""
     settings.check_images(calib is not None)
     analysis = inputs.analysis
     damage = measure_damage(analysis.model, analysis.spec, inputs.groups, analysis.layout, inputs.scores,
