@@ -166,11 +166,12 @@ def goal_lines(rows: list[dict], recipe: str = "two-stage") -> list[str]:
     lines = []
     for (model, fraction) in sorted({(r["model"], r["fraction"]) for r in rows}):
         at = [r for r in rows if r["model"] == model and r["fraction"] == fraction and "top1" in r]
-        ours = next((r["top1"] for r in at if r["method"] == "latprune" and r["recovery"] == recipe), None)
-        if ours is None:
+        ours_row = next((r for r in at if r["method"] == "latprune" and r["recovery"] == recipe), None)
+        if ours_row is None:
             reason = next(r["infeasible"] for r in rows if r["model"] == model and r["fraction"] == fraction)
             lines.append(f"- {model} at {fraction}x: latprune infeasible ({reason})")
             continue
+        ours, measured = ours_row["top1"], ours_row["measured_over_dense"]
         baselines = [r for r in at if r["method"] != "latprune" and r["recovery"] == recipe]
         if not baselines:
             lines.append(f"- {model} at {fraction}x: latprune + {recipe} {100 * ours:.2f}%; no baseline could be "
@@ -180,7 +181,6 @@ def goal_lines(rows: list[dict], recipe: str = "two-stage") -> list[str]:
         left_out = [r for r in baselines if r["vs_latprune"] < 1 - MATCH and r["top1"] <= ours]
         counted = [r for r in baselines if r not in left_out]
         faster = ", ".join(f"{r['method']} {100 * r['top1']:.2f}% at {r['vs_latprune']:.3f}x" for r in left_out)
-        measured = next(r for r in at if r["method"] == "latprune" and r["recovery"] == recipe)["measured_over_dense"]
         if measured > fraction * (1 + MATCH):
             lines.append(f"- {model} at {fraction}x: latprune's plan measured {measured:.3f}x of dense in the final "
                          f"interleaved measurement, over its budget: the comparison below is at that latency")

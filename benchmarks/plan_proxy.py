@@ -42,7 +42,7 @@ from latprune.budget import BudgetRequest
 from latprune.data import calibration_tensor
 from latprune.defaults import IMPORTANCE_CALIB_SIZE, RECOVERY_CALIB_SIZE
 from latprune.outputs import atomic_path
-from latprune.plan_scoring import HELD_OUT_SHARE
+from latprune.plan_scoring import HELD_OUT_SHARE, disagreement
 from latprune.planner import api as planner
 from latprune.planner.damage import output_loss
 from latprune.planner.search import CalibratedSearch, SearchSettings
@@ -78,7 +78,7 @@ def losses(analysis, model: torch.nn.Module, images: torch.Tensor) -> tuple[floa
     """KL(dense || ``model``) on ``images`` and the share of them whose top class differs from the dense one's."""
     reference = forward_in_batches(analysis.model.eval(), images)
     outputs = forward_in_batches(model.eval(), images)
-    return output_loss(reference, outputs), float((outputs.argmax(1) != reference.argmax(1)).float().mean())
+    return output_loss(reference, outputs), disagreement(reference, outputs)
 
 
 def held_out_losses(analysis, kept, images: torch.Tensor, recipe: str, seconds: float | None) -> tuple:
