@@ -16,10 +16,13 @@ For each model and budget (a fraction of the dense model's measured latency):
 4. recovery: two-stage (or the ``--recoveries`` given) for every method, and BN recalibration for
    tp-global (its usual repair), all on the same 1,024 unlabeled train images; top-1 on all 10,000
    CIFAR-10 test images. The goals are checked per recovery: latprune and the baselines repaired alike.
+   The planners also get ``--selection-images`` (default 1,024) other train images, on which the calibrated
+   search's last stage scores its structures' best plans after two-stage (as ``latprune run`` reads them);
+   recovery never sees them. ``--selection-images 0`` turns that stage off.
 
 Interrupted runs resume: every finished budget's rows are kept in ``benchmarks/.cache/<name>_rows.json``.
 Run: ``python -m benchmarks.pareto [--models resnet56,resnet20] [--fractions 0.5,0.6,0.7,0.8]
-[--recoveries two-stage,ridge-tuned] [--name pareto_x] [--quick]``.
+[--recoveries two-stage,ridge-tuned] [--selection-images 1024] [--name pareto_x] [--quick]``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from latprune.errors import LatpruneError
 from latprune.outputs import atomic_path
 from latprune.planner.closed_loop import LoopSettings
 from latprune.profiler.api import RoundsRule, measure_paired
+from latprune.defaults import RECOVERY_CALIB_SIZE, SELECTION_IMAGES
 from latprune.recovery import recover
+from latprune.settings import SelectionSettings
 
 WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
 # name -> (method, objective, depth, narrowest width fraction); 1.0 holds every width: depth only
@@ -55,20 +60,24 @@ def recoveries_for(recipes: list[str]) -> dict[str, list[str]]:
 
 
 def _plan(analysis, perf, fitted, relative: float, method: str, objective: str, calib, tol: float, seconds: float,
-          depth: bool = True, min_width: float = 0.1):
-    """A plan whose measured latency / measured dense lies in [(1 - tol) x relative, relative]."""
+          depth: bool = True, min_width: float = 0.1, recovery_images: int = RECOVERY_CALIB_SIZE):
+    """A plan whose measured latency / measured dense lies in [(1 - tol) x relative, relative]; the calibrated
+    search's last stage recovers its finalists on the first ``recovery_images`` of ``calib``."""
     settings = pipeline.PlanSettings(method=method, objective=objective, depth=depth, min_width=min_width,
-                                     search=pipeline.SearchSettings(seconds=seconds))
+                                     search=pipeline.SearchSettings(seconds=seconds),
+                                     selection=SelectionSettings(fit_images=recovery_images))
     verify = pipeline.Verification(db=DEFAULT_DB, loop=LoopSettings(tol=tol, max_rounds=4), progress=True)
     return pipeline.plan(analysis, BudgetRequest(speedup=1 / relative), perf, fitted, "ort-cpu", settings,
                          calib=calib, verify=verify)
 
 
-def plans_at(analysis, perf, fitted, fraction: float, calib, seconds: float, only: set[str] = frozenset()) -> dict:
+def plans_at(analysis, perf, fitted, fraction: float, calib, seconds: float, only: set[str] = frozenset(),
+             recovery_images: int = RECOVERY_CALIB_SIZE) -> dict:
     """latprune's plan at ``fraction`` of measured dense, and every baseline re-planned to its measured latency."""
     plans = {}
     try:
-        ours = _plan(analysis, perf, fitted, fraction, "latency", "calibrated", calib, 0.03, seconds)
+        ours = _plan(analysis, perf, fitted, fraction, "latency", "calibrated", calib, 0.03, seconds,
+                     recovery_images=recovery_images)
     except LatpruneError as exc:
         return {"latprune": str(exc)}
     plans["latprune"] = ours
@@ -78,7 +87,7 @@ def plans_at(analysis, perf, fitted, fraction: float, calib, seconds: float, onl
             continue
         try:
             plans[name] = _plan(analysis, perf, fitted, reached * (1 + MATCH), method, objective, calib,
-                                1 - (1 - MATCH) / (1 + MATCH), seconds, depth, min_width)
+                                1 - (1 - MATCH) / (1 + MATCH), seconds, depth, min_width, recovery_images)
         except LatpruneError as exc:
             plans[name] = str(exc)
     return plans
@@ -127,19 +136,21 @@ def measure_and_recover(name: str, fraction: float, analysis, plans: dict, calib
 
 
 def run_model(name: str, fractions: list[float], done: dict, quick: bool, seconds: float, rounds: int,
-              cache: Path, recipes: list[str], only: set[str] = frozenset()) -> None:
+              cache: Path, recipes: list[str], only: set[str] = frozenset(), selection_images: int = 0) -> None:
     loaded = pipeline.load(f"cifar:{name}", str(SHARED / "models" / "cifar10" / WEIGHTS[name]))
     analysis = pipeline.analyse(loaded)
     perf, fitted = perf_model_for(analysis, "ort-cpu", DEFAULT_DB)
-    calib = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
-                               size=256 if quick else 1024, seed=0)
+    recovery_images = 256 if quick else RECOVERY_CALIB_SIZE
+    planning = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
+                                  size=recovery_images + selection_images, seed=0)
+    calib = planning[:recovery_images]  # what every recovery fits on; the planners get the rest too
     images, labels = test_tensors(1000 if quick else None)
     dense_top1 = top1(loaded.model, images, labels)
     for fraction in fractions:
         key = f"{name}@{fraction}"
         if key in done:
             continue
-        plans = plans_at(analysis, perf, fitted, fraction, calib, seconds, only)
+        plans = plans_at(analysis, perf, fitted, fraction, planning, seconds, only, recovery_images)
         rows = measure_and_recover(name, fraction, analysis, plans, calib, lambda m: top1(m, images, labels),
                                    dense_top1, rounds, recoveries_for(recipes))
         done[key] = rows
@@ -261,6 +272,8 @@ def main(argv=None) -> None:
     parser.add_argument("--fresh", action="store_true", help="discard the rows of an interrupted run")
     parser.add_argument("--baselines", default="", help="comma-separated subset of the baselines (default: all)")
     parser.add_argument("--recoveries", default="two-stage", help="comma-separated recipes every method gets")
+    parser.add_argument("--selection-images", type=int, default=SELECTION_IMAGES,
+                        help="train images beyond recovery's the planners' last stage scores on (0: no such stage)")
     parser.add_argument("--name", default="", help="result name (default: pareto, or pareto_quick with --quick)")
     args = parser.parse_args(argv)
     recipes = [r for r in args.recoveries.split(",") if r]
@@ -269,7 +282,7 @@ def main(argv=None) -> None:
     done = {} if args.fresh else resumed_rows(cache)
     for model in args.models.split(","):
         run_model(model, [float(f) for f in args.fractions.split(",")], done, args.quick, args.search_seconds,
-                  args.rounds, cache, recipes, {b for b in args.baselines.split(",") if b})
+                  args.rounds, cache, recipes, {b for b in args.baselines.split(",") if b}, args.selection_images)
     rows = [r for key in done for r in done[key]]
     plot(rows, RESULTS / f"{name}.png", recipes)
     table = markdown_table(
@@ -284,10 +297,12 @@ def main(argv=None) -> None:
     summary = (f"![pareto]({name}.png)\n\nAccuracy at equal measured latency (ort-cpu). latprune: calibrated "
                f"objective, search time box {args.search_seconds:g} s; baselines re-planned until their measured "
                f"latency is within +-{100 * MATCH:.0f}% of latprune's; `vs latprune` is the final interleaved "
-               f"measurement's ratio.\n\n" + table + "\n\n## Goals (issues #15, #25)\n\n"
+               f"measurement's ratio. The calibrated planners' last stage (two-stage on the recovery images, "
+               f"scored on {args.selection_images} other train images): "
+               f"{'on' if args.selection_images else 'off'}.\n\n" + table + "\n\n## Goals (issues #15, #25)\n\n"
                + "\n".join(line for recipe in recipes for line in goal_lines(rows, recipe)))
     write_result(name, {"rows": rows, "backend": "ort-cpu", "quick": args.quick, "recoveries": recipes,
-                        "search_seconds": args.search_seconds}, summary)
+                        "search_seconds": args.search_seconds, "selection_images": args.selection_images}, summary)
 
 
 if __name__ == "__main__":

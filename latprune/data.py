@@ -121,8 +121,11 @@ def calibration_set(path: str | os.PathLike, preprocessing: Preprocessing | str,
 
 
 def random_subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:
-    """Up to ``size`` items of ``dataset`` chosen at random with ``seed`` (all of them when ``size`` is None)."""
-    if size is None or size >= len(dataset):
+    """Up to ``size`` items of ``dataset`` in an order drawn with ``seed`` (all of them, in order, when ``size`` is
+    None). Shuffled even when ``size`` takes them all, so that any first part of them (recovery's, ahead of the
+    planner's extra images) is a random draw, not the folder's first classes; and the first ``n`` of a larger
+    ``size`` are the ``n`` a smaller one draws."""
+    if size is None:
         return dataset
     indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].tolist()
     return Subset(dataset, indices)

@@ -2,6 +2,10 @@
 
 IMPORTANCE_CALIB_SIZE = 256  # images scored for data-driven channel importance
 RECOVERY_CALIB_SIZE = 1024  # images for post-training recovery
+# Calibration images beyond recovery's on which the search's last stage scores its finalists after that recovery
+# (benchmarks/results/plan_proxy_resnet56.md: on 1,024 such images it ranked 58 of 58 plan pairs right).
+SELECTION_IMAGES = 1024
+MIN_SELECTION_IMAGES = 256  # fewer beyond recovery's: the last stage is skipped (one image would be 0.4 points)
 # Two-stage's time box: cifar resnet56 needs 100 s on 2 cores; EfficientNet-Lite0 at 224x224 would take 40 min.
 RECOVERY_SECONDS = 600.0
 DEFAULT_RECOVERY = "two-stage"  # the best post-training recovery in benchmarks/results/recovery_structured.md

@@ -71,7 +71,8 @@ class JobConfig:
     def plan_settings(self) -> PlanSettings:
         """How this job plans: :meth:`PlanSettings.for_request`'s defaults, as the ``plan`` command."""
         return PlanSettings.for_request(bool(self.calib), self.importance, self.objective, bins=self.bins,
-                                        search=self.search, depth=self.depth)
+                                        search=self.search, depth=self.depth,
+                                        selection=self.recovery_request().selection)
 
     def recovery_request(self) -> RecoveryRequest:
         """The recovery this job runs: ``recovery``, else two-stage with calibration images, else none."""
@@ -125,14 +126,15 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     with stage("load"):
         loaded = pipeline.load(config.model, config.weights, config.input_shape, config.preprocessing)
         analysis = pipeline.analyse(loaded)
-        images = recovery.images(loaded) if config.calib else None
+        settings = config.plan_settings()
+        # the planner's last stage scores its finalists' recovery on images after recovery's
+        images = recovery.images(loaded, extra=settings.selection.images) if config.calib else None
     with stage("profile"):
         profiled = pipeline.profile(analysis, config.backend, db=config.db, settings=config.profile,
                                     threads=config.threads, progress=progress)
     with stage("fit"):
         perf, fitted = pipeline.fit(profiled.db, config.backend, config.threads)
     with stage("plan"):
-        settings = config.plan_settings()
         verify = dataclasses.replace(config.verify, db=profiled.db, threads=config.threads, timing=config.profile,
                                      progress=config.verify.progress and progress)
         plan = pipeline.plan(analysis, config.budget, perf, fitted, config.backend, settings,
@@ -143,7 +145,8 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     report, final = None, pruned
     if recovery.steps:
         with stage("recover"):
-            final, report = pipeline.repair(analysis, pruned, recovery, images, progress=progress)
+            own = None if images is None else (images[0][:recovery.size], None)  # the planner's extra left out
+            final, report = pipeline.repair(analysis, pruned, recovery, own, progress=progress)
     with stage("export"):
         save_pruned(final, folder / "pruned.pt")
         onnx_diff = pipeline.export(final.model, loaded.input_shape, folder / "pruned.onnx")

@@ -135,7 +135,9 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
          verify: Verification = Verification(enabled=False), start: Plan | None = None) -> Plan:
     """Per-group widths within the budget; a speedup divides the predicted dense latency (``start``: the
     closed loop's first plan, one made elsewhere; see `latprune verify`). Of ``calib``, importance and the search
-    score the first ``IMPORTANCE_CALIB_SIZE``, the search's finalists are repaired on up to 1,024.
+    score the first ``IMPORTANCE_CALIB_SIZE``, the search's finalists are repaired on up to 1,024, and with at
+    least 256 images after the first ``settings.selection.fit_images`` (recovery's), the best finalist of each
+    structure is recovered by ``settings.selection.recipe`` and scored on up to 1,024 of them.
 
     With ``verify`` enabled on the profiled device, the closed loop measures each plan on the
     device and re-plans until the *measured* latency lies in the band (see

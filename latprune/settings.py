@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from latprune.defaults import OBJECTIVES, PLANNERS, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS
+from latprune.defaults import (DEFAULT_RECOVERY, OBJECTIVES, PLANNERS, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS,
+                               SELECTION_IMAGES)
 from latprune.errors import LatpruneError
 from latprune.groups import ChannelGroup
 from latprune.models import LoadedModel
@@ -19,6 +20,35 @@ from latprune.planner.search import SearchSettings
 from latprune.planner.widths import WidthPolicy
 from latprune.profiler.api import ProfileSettings
 from latprune.recovery import FINETUNES, FinetuneSettings, parse_recipe
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """The recovery the calibrated search's last stage runs on its finalists, the one the user will run: fitted on
+    the first ``fit_images`` calibration images (recovery's), scored on up to ``SELECTION_IMAGES`` after them.
+    ``recipe`` None: no such stage. Post-training recipes only (a fine-tune per finalist would take hours)."""
+
+    recipe: str | None = DEFAULT_RECOVERY
+    fit_images: int = RECOVERY_CALIB_SIZE
+    seconds: float | None = RECOVERY_SECONDS  # each training step's time box, as the recovery's
+
+    def __post_init__(self) -> None:
+        if self.recipe is not None and any(step in FINETUNES for step in parse_recipe(self.recipe)):
+            raise LatpruneError(f"the search's finalists are recovered post-training only, not by {self.recipe!r}")
+        if self.fit_images < 1:
+            raise LatpruneError(f"the recovery's image count must be at least 1, got {self.fit_images}")
+
+    @classmethod
+    def for_recipe(cls, recipe: str, fit_images: int | None, seconds: float | None) -> "SelectionSettings":
+        """The selection for a recovery recipe: its post-training steps before any fine-tune (None when none)."""
+        steps = parse_recipe(recipe)
+        before = steps[:next((i for i, s in enumerate(steps) if s in FINETUNES), len(steps))]
+        return cls("+".join(before) or None, fit_images or RECOVERY_CALIB_SIZE, seconds)
+
+    @property
+    def images(self) -> int:
+        """How many calibration images the search can use beyond recovery's."""
+        return SELECTION_IMAGES if self.recipe else 0
 
 
 @dataclass(frozen=True)
@@ -37,6 +67,7 @@ class PlanSettings:
     search: SearchSettings = field(default_factory=SearchSettings)
     cache_dir: str | os.PathLike | None = None  # damage tables; None: $LATPRUNE_CACHE or the user cache
     depth: bool = True  # residual branches may be removed whole (width 0 of their inner groups)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)  # the search's recovered last stage
 
     def __post_init__(self) -> None:
         if self.method not in PLANNERS:
@@ -142,14 +173,28 @@ class RecoveryRequest:
         return parse_recipe(self.recipe)
 
     @property
+    def size(self) -> int | None:
+        """How many images the recipe reads: ``calib_size``, else every image for fine-tuning, else 1,024."""
+        tunes = any(s in FINETUNES for s in self.steps)
+        return self.calib_size or (None if tunes else RECOVERY_CALIB_SIZE)
+
+    @property
+    def selection(self) -> SelectionSettings:
+        """The recovery the planner's last stage runs on its finalists: this recipe's post-training steps."""
+        return SelectionSettings.for_recipe(self.recipe, self.size, self.seconds)
+
+    @property
     def boxed_tuning(self) -> FinetuneSettings:
         """The fine-tuning settings within this request's time box."""
         return replace(self.tuning, seconds=self.seconds)
 
-    def images(self, loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The images (and labels, from ``train``) the recipe reads, at the model's input size."""
-        tunes = any(s in FINETUNES for s in self.steps)
-        size = self.calib_size or (None if tunes else RECOVERY_CALIB_SIZE)
+    def images(self, loaded: LoadedModel, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The images (and labels, from ``train``) the recipe reads, at the model's input size, and up to ``extra``
+        more after them where the request reads a fixed count (the planner's; the recipe reads the first
+        :attr:`size`)."""
+        size = self.size
+        if size is not None:
+            size += extra
         if self.train:
             from latprune.data import labelled_tensors
 

@@ -9,9 +9,9 @@ import argparse
 import math
 from collections.abc import Callable
 
-from latprune.defaults import (IMPORTANCE_CALIB_SIZE, IMPORTANCE_CRITERIA, LOOP_MAX_ROUNDS, LOOP_TOL, OBJECTIVES,
-                               RECOVERY_CALIB_SIZE, RECOVERY_METHODS, RECOVERY_SECONDS, SEARCH_SECONDS,
-                               UNVERIFIED_MARGIN)
+from latprune.defaults import (IMPORTANCE_CALIB_SIZE, IMPORTANCE_CRITERIA, LOOP_MAX_ROUNDS, LOOP_TOL,
+                               MIN_SELECTION_IMAGES, OBJECTIVES, RECOVERY_CALIB_SIZE, RECOVERY_METHODS,
+                               RECOVERY_SECONDS, SEARCH_SECONDS, SELECTION_IMAGES, UNVERIFIED_MARGIN)
 
 BACKENDS_HELP = "torch-cpu, torch-cuda, ort-cpu or ort-cuda"
 
@@ -119,7 +119,11 @@ def calib_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-size", type=positive_int, metavar="N",
                         help=f"calibration images (default {IMPORTANCE_CALIB_SIZE} for planning: importance and "
                              f"the calibrated search score the first {IMPORTANCE_CALIB_SIZE}, its finalists are "
-                             f"repaired on all; {RECOVERY_CALIB_SIZE} for recovery; all of them for fine-tuning)")
+                             f"repaired on up to {RECOVERY_CALIB_SIZE}, and from {RECOVERY_CALIB_SIZE} + "
+                             f"{MIN_SELECTION_IMAGES} on, the best of each plan structure is recovered by two-stage "
+                             f"on the first {RECOVERY_CALIB_SIZE} and scored on up to {SELECTION_IMAGES} after them; "
+                             f"{RECOVERY_CALIB_SIZE} for recovery, and `run` reads up to {SELECTION_IMAGES} more for "
+                             f"its planner; all of them for fine-tuning)")
 
 
 def importance_option(parser: argparse.ArgumentParser) -> None:

@@ -34,6 +34,11 @@ def search_line(search: dict) -> str:
     if record.finalists:
         scored = ", ".join(f"{f.repaired_loss:.4g} {f.source}" for f in record.finalists)
         line += f"; finalists by {record.final_objective} ({record.final_seconds:.1f} s): {scored}"
+    if record.recovered:
+        scored = ", ".join(f"{f.recovered_loss:.4g} {f.source}" for f in record.recovered)
+        line += f"; recovered by {record.selection_objective}: {scored}"
+    if record.structure:
+        line += f"; structure {record.structure} (chosen after recovery)"
     return line
 
 

@@ -31,19 +31,22 @@ class DamageRecord:
 
 @dataclass(frozen=True)
 class Finalist:
-    """A plan the search re-scored after a stronger repair: where it came from, the search's loss and the loss
-    after that repair on held-out images."""
+    """A plan the search re-scored after a stronger repair: where it came from, the search's loss, the loss
+    after that repair on held-out images and, for the plans the last stage recovered, the loss after that
+    recovery on images it did not fit."""
 
     source: str
     loss: float
     repaired_loss: float
+    recovered_loss: float | None = None
 
 
 @dataclass(frozen=True)
 class SearchRecord:
     """What the calibrated search did: the loss of the chosen plan against the plain DP's, and its cost. Where the
     finalists (the best plan of each family and the plain DP plan) were re-scored after a stronger repair,
-    ``finalists`` holds them and the chosen plan is the one with the lowest repaired loss."""
+    ``finalists`` holds them and the chosen plan is the one with the lowest repaired loss, or where the last stage
+    recovered the best of each structure (``selection_objective``), the lowest recovered loss of its ``structure``."""
 
     objective: str
     chosen_from: str
@@ -57,21 +60,28 @@ class SearchRecord:
     final_objective: str = ""
     final_seconds: float = 0.0
     finalists: tuple[Finalist, ...] = ()
+    selection_objective: str = ""  # the last stage's loss, where it ran (this search or an earlier one)
+    structure: str = ""  # the structure the last stage chose: depth and width, depth only or width only
+    recovered: tuple[Finalist, ...] = ()  # the plans the last stage recovered, with ``recovered_loss``
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
         data["finalists"] = [dataclasses.asdict(f) for f in self.finalists]
+        data["recovered"] = [dataclasses.asdict(f) for f in self.recovered]
         return data
 
     @classmethod
     def from_json(cls, data: Any, source: str, name: str = "search") -> "SearchRecord":
         data = schema.mapping(data, source, name)
         damage = _record(DamageRecord, data.get("damage"), source, f"{name}.damage")
-        finalists = data.get("finalists", [])
-        if not isinstance(finalists, list):
-            raise LatpruneError(f"{source}: {name}.finalists must be a list")
-        parsed = tuple(_record(Finalist, f, source, f"{name}.finalists[{i}]") for i, f in enumerate(finalists))
-        return _record(cls, {**data, "damage": 0, "finalists": 0}, source, name, damage=damage, finalists=parsed)
+        lists = {}
+        for key in ("finalists", "recovered"):
+            items = data.get(key, [])
+            if not isinstance(items, list):
+                raise LatpruneError(f"{source}: {name}.{key} must be a list")
+            lists[key] = tuple(_record(Finalist, f, source, f"{name}.{key}[{i}]") for i, f in enumerate(items))
+        return _record(cls, {**data, "damage": 0, "finalists": 0, "recovered": 0}, source, name, damage=damage,
+                       **lists)
 
 
 @dataclass(frozen=True)
