@@ -6,6 +6,7 @@ RECOVERY_CALIB_SIZE = 1024  # images for post-training recovery
 # (benchmarks/results/plan_proxy_resnet56.md: on 1,024 such images it ranked 58 of 58 plan pairs right).
 SELECTION_IMAGES = 1024
 MIN_SELECTION_IMAGES = 256  # fewer beyond recovery's: the last stage is skipped (one image would be 0.4 points)
+RECOVERED_PLANS = 2  # structures whose best plan the last stage recovers (0 or 1: no last stage)
 # Two-stage's time box: cifar resnet56 needs 100 s on 2 cores; EfficientNet-Lite0 at 224x224 would take 40 min.
 RECOVERY_SECONDS = 600.0
 DEFAULT_RECOVERY = "two-stage"  # the best post-training recovery in benchmarks/results/recovery_structured.md

@@ -95,7 +95,7 @@ class RepairedLoss:
 class RecoveredLoss:
     """Callable: kept channels per group -> the pruned network's top-class :func:`disagreement` with the dense model
     on images recovery never saw, after the recovery the user will run (``selection.recipe``) on recovery's own
-    images (the first ``selection.fit_images``). About 100 s per plan for two-stage on cifar resnet56, so the search
+    images (the first ``selection.fit_images``). About 75 s per plan for two-stage on cifar resnet56, so the search
     runs it on a few plans only."""
 
     def __init__(self, analysis: ModelAnalysis, images: torch.Tensor, selection: SelectionSettings):

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 
 from latprune.defaults import (IMPORTANCE_CALIB_SIZE, IMPORTANCE_CRITERIA, LOOP_MAX_ROUNDS, LOOP_TOL,
-                               MIN_SELECTION_IMAGES, OBJECTIVES, RECOVERY_CALIB_SIZE, RECOVERY_METHODS,
+                               MIN_SELECTION_IMAGES, OBJECTIVES, RECOVERED_PLANS, RECOVERY_CALIB_SIZE, RECOVERY_METHODS,
                                RECOVERY_SECONDS, SEARCH_SECONDS, SELECTION_IMAGES, UNVERIFIED_MARGIN)
 
 BACKENDS_HELP = "torch-cpu, torch-cuda, ort-cpu or ort-cuda"
@@ -161,6 +161,12 @@ def objective_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-seconds", type=finite_float, default=SEARCH_SECONDS, metavar="S",
                         help=f"time box of the calibrated search (default {SEARCH_SECONDS:g}; re-plans in "
                              f"the verification loop get a quarter)")
+    parser.add_argument("--recovered-plans", type=natural_int, default=RECOVERED_PLANS, metavar="N",
+                        help=f"the calibrated search's last stage recovers the best plan of each of the N "
+                             f"best-repairing structures (depth only, depth and width, width only) and keeps the "
+                             f"one scoring best on images recovery did not fit (default {RECOVERED_PLANS}; 0 or 1: "
+                             f"no last stage). It needs {MIN_SELECTION_IMAGES}+ calibration images beyond "
+                             f"recovery's and costs a recovery per plan (about 75 s for two-stage on cifar resnet56)")
 
 
 def recovery_time_option(parser: argparse.ArgumentParser) -> None:

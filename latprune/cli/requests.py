@@ -44,14 +44,21 @@ def budget(args: argparse.Namespace):
 
 
 def plan_settings(args: argparse.Namespace, method: str = "latency"):
-    from latprune.pipeline import PlanSettings, SearchSettings
+    from latprune.pipeline import PlanSettings
 
     options = {"method": method, "widths": args.widths, "step": args.step, "min_width": args.min_width,
                "bins": getattr(args, "bins", 2000), "max_macs": getattr(args, "max_macs", None),
                "hold": tuple(args.hold or ()), "depth": not args.no_depth}
     if hasattr(args, "search_seconds"):
-        options["search"] = SearchSettings(seconds=args.search_seconds)
+        options["search"] = search_settings(args)
     return PlanSettings.for_request(bool(args.calib), args.importance, getattr(args, "objective", None), **options)
+
+
+def search_settings(args: argparse.Namespace):
+    """The calibrated search's time box and last stage, as given."""
+    from latprune.pipeline import SearchSettings
+
+    return SearchSettings(seconds=args.search_seconds, recovered=args.recovered_plans)
 
 
 def importance_images(args: argparse.Namespace, loaded):

@@ -9,7 +9,7 @@ from latprune.cli.options import (backend_options, budget_options, calib_options
                                   importance_option, json_option, model_options, objective_options, output_options,
                                   recovery_time_option)
 from latprune.cli.registry import command
-from latprune.cli.requests import budget, margin, preprocessing, verification
+from latprune.cli.requests import budget, margin, preprocessing, search_settings, verification
 from latprune.cli.text import search_line, table
 from latprune.defaults import RECOVERY_CALIB_SIZE
 from latprune.errors import LatpruneError
@@ -67,8 +67,6 @@ def cmd_run(args: argparse.Namespace) -> RunSummary:
     """
     from latprune.job import JobConfig, default_jobs, run_jobs
     from latprune.models import parse_input_shape
-    from latprune.pipeline import SearchSettings
-
     progress = not args.json
     if args.model is None:
         named = ("budget_ms", "speedup", "weights", "input_shape", "calib", "eval", "recovery", "objective", "mean", "std",
@@ -84,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> RunSummary:
             model=args.model, budget=budget(args), backend=args.backend, weights=args.weights,
             input_shape=parse_input_shape(args.input_shape) if args.input_shape else None, calib=args.calib,
             eval=args.eval, recovery=args.recovery, importance=args.importance, objective=args.objective,
-            search=SearchSettings(seconds=args.search_seconds),
+            search=search_settings(args),
             calib_size=args.calib_size or RECOVERY_CALIB_SIZE, recovery_seconds=args.recovery_seconds or None,
             db=args.db, threads=args.threads,
             verify=verification(args), depth=not args.no_depth, preprocessing=preprocessing(args))]

@@ -46,7 +46,7 @@ class SearchRecord:
     """What the calibrated search did: the loss of the chosen plan against the plain DP's, and its cost. Where the
     finalists (the best plan of each family and the plain DP plan) were re-scored after a stronger repair,
     ``finalists`` holds them and the chosen plan is the one with the lowest repaired loss, or where the last stage
-    recovered the best of each structure (``selection_objective``), the lowest recovered loss of its ``structure``."""
+    recovered the best of each structure (``selection_objective``), the lowest recovered loss (its ``structure``)."""
 
     objective: str
     chosen_from: str
@@ -60,7 +60,7 @@ class SearchRecord:
     final_objective: str = ""
     final_seconds: float = 0.0
     finalists: tuple[Finalist, ...] = ()
-    selection_objective: str = ""  # the last stage's loss, where it ran (this search or an earlier one)
+    selection_objective: str = ""  # the last stage's loss, where it ran
     structure: str = ""  # the structure the last stage chose: depth and width, depth only or width only
     recovered: tuple[Finalist, ...] = ()  # the plans the last stage recovered, with ``recovered_loss``
 

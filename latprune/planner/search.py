@@ -34,9 +34,11 @@ the ``finalists`` lowest of them.
 The repaired loss still ranks structures wrongly at times (resnet56 at 0.5x: a depth-and-width plan 0.180 ahead
 of a depth-only one at 0.246, reversed after two-stage). Where the caller supplies a third loss, the recovery the
 user will run scored on images it did not fit, the best-repairing finalist of each structure (depth and width,
-depth only, width only) is recovered and scored, the ``recovered`` best of them, and the lowest wins. That costs a
-recovery per plan, so it runs once: later searches (the closed loop's re-plans at nearby budgets) return the
-best-repairing finalist of the structure it chose.
+depth only, width only) is recovered and scored, the ``recovered`` best of them, and the lowest wins. It runs in
+every search, the closed loop's re-plans included (plans recovered before are not recovered again): keeping the
+first search's structure for the re-plans instead left resnet56 at 0.7x with the only depth-and-width finalist of
+a quarter-length re-plan, unrepaired, a stage stream cut to 8 of 64 channels (35.7% after two-stage, depth-only
+81.1%; ``pareto_avx512_selection``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from latprune.budget import Budget
-from latprune.defaults import SEARCH_SECONDS
+from latprune.defaults import RECOVERED_PLANS, SEARCH_SECONDS
 from latprune.errors import LatpruneError
 from latprune.planner.api import PlanningInputs, build_plan, latency_plan
 from latprune.planner.damage import DamageTable
@@ -96,7 +98,7 @@ class SearchSettings:
     patience: int = 60
     max_candidates: int = 1000
     finalists: int = 3
-    recovered: int = 2
+    recovered: int = RECOVERED_PLANS
     share: float = 0.3
     sigma_start: float = 1.0
     sigma_end: float = 0.05
@@ -127,8 +129,6 @@ class CalibratedSearch:
         self.repaired_losses: dict[tuple[int, ...], float] = {}
         self.recovered = recovered  # the user's recovery, scored on images it did not fit; ``description`` says what
         self.recovered_losses: dict[tuple[int, ...], float] = {}
-        self.structure: str | None = None  # of the plan the recovered loss chose: later searches keep to it
-        self.recovered_finalists: tuple[Finalist, ...] = ()  # the plans it chose among, with their losses
         self.log_coefficients: dict[str, np.ndarray] = {}  # per family, the best found so far
         self.searches = 0
 
@@ -222,7 +222,7 @@ class CalibratedSearch:
             bar.close()
         self.searches += 1
         final_began = time.perf_counter()
-        best, finalists = self._final(inputs, best, leaders, scored.values())
+        best, finalists, recovered = self._final(inputs, best, leaders, scored.values())
         record = SearchRecord(
             objective=self.description, chosen_from=best.source, loss_chosen=float(best.loss),
             loss_plain_dp=float(baseline.loss), candidates_scored=len(self.losses) - scored_before, dp_solves=solves,
@@ -231,57 +231,54 @@ class CalibratedSearch:
                                 cached=bool(self.damage.cached), key=self.damage.key),
             final_objective=getattr(self.repaired, "description", "") if finalists else "",
             final_seconds=time.perf_counter() - final_began, finalists=finalists,
-            selection_objective=getattr(self.recovered, "description", "") if self.structure else "",
-            structure=self.structure or "", recovered=self.recovered_finalists)
+            selection_objective=getattr(self.recovered, "description", "") if recovered else "",
+            structure=structure_of(inputs, best.widths) if recovered else "", recovered=recovered)
         chosen = build_plan(inputs, list(best.widths), "latency-search", budget, dict(plain.solver))
         return chosen.with_records(objective="calibrated", search=record)
 
     def _final(self, inputs: PlanningInputs, best: _Candidate, leaders: Mapping[str, _Candidate],
-               scored: Iterable[_Candidate]) -> tuple[_Candidate, tuple[Finalist, ...]]:
+               scored: Iterable[_Candidate]) -> tuple[_Candidate, tuple[Finalist, ...], tuple[Finalist, ...]]:
         """The plan to return: the lowest repaired loss among the finalists (the families' leaders and the best
         plans at other depths), where a repaired loss is given and there are two or more; else the best plan on
-        the search's own loss. Where an earlier search's last stage chose a structure, only finalists of it
-        compete (if the search found any)."""
+        the search's own loss; with a recovered loss, as :meth:`_recovered_choice` picks. Also the finalists and
+        the plans recovered."""
         distinct: dict[tuple[int, ...], _Candidate] = {}  # one per plan: the lowest-loss source of it
         for candidate in sorted(leaders.values(), key=lambda c: c.loss):
             distinct.setdefault(candidate.widths, candidate)
         for candidate in self._best_at_other_depths(inputs, scored, distinct):
             distinct[candidate.widths] = candidate
         finalists = sorted(distinct.values(), key=lambda c: c.loss)
-        if self.structure is not None:
-            finalists = [c for c in finalists if structure_of(inputs, c.widths) == self.structure] or finalists
         if self.repaired is None or len(finalists) < 2:
-            return (best if self.structure is None else finalists[0]), ()
+            return best, (), ()
         for candidate in tqdm(finalists, desc="repairing finalists", unit="plan", disable=not self.progress,
                               leave=False):
             if candidate.widths not in self.repaired_losses:
                 self.repaired_losses[candidate.widths] = self.repaired(inputs.kept_at(candidate.widths))
-        chosen = self._recovered_choice(inputs, sorted(finalists, key=lambda c: self.repaired_losses[c.widths]))
+        chosen, recovered = self._recovered_choice(inputs, sorted(finalists,
+                                                                  key=lambda c: self.repaired_losses[c.widths]))
         return chosen, tuple(Finalist(c.source, float(c.loss), float(self.repaired_losses[c.widths]))
-                             for c in finalists)
+                             for c in finalists), recovered
 
-    def _recovered_choice(self, inputs: PlanningInputs, ranked: list[_Candidate]) -> _Candidate:
-        """Of finalists ranked by repaired loss: the first, without a recovered loss or once a structure is chosen;
-        else the lowest recovered loss among the best of each structure (the ``recovered`` best-repairing
-        structures), whose structure later searches keep to."""
-        if self.recovered is None or self.structure is not None:
-            return ranked[0]
+    def _recovered_choice(self, inputs: PlanningInputs,
+                          ranked: list[_Candidate]) -> tuple[_Candidate, tuple[Finalist, ...]]:
+        """Of finalists ranked by repaired loss: the first, without a recovered loss or with one structure among
+        them; else the lowest recovered loss among the best of each structure (the ``recovered`` best-repairing
+        structures). Also the plans recovered, with their losses."""
+        if self.recovered is None:
+            return ranked[0], ()
         leaders: dict[str, _Candidate] = {}
         for candidate in ranked:
             leaders.setdefault(structure_of(inputs, candidate.widths), candidate)
         contenders = list(leaders.values())[:self.settings.recovered]
         if len(contenders) < 2:
-            return ranked[0]
+            return ranked[0], ()
         for candidate in tqdm(contenders, desc="recovering finalists", unit="plan", disable=not self.progress,
                               leave=False):
             if candidate.widths not in self.recovered_losses:
                 self.recovered_losses[candidate.widths] = self.recovered(inputs.kept_at(candidate.widths))
         chosen = min(contenders, key=lambda c: self.recovered_losses[c.widths])  # ties: the better repaired
-        self.structure = structure_of(inputs, chosen.widths)
-        self.recovered_finalists = tuple(
-            Finalist(c.source, float(c.loss), float(self.repaired_losses[c.widths]),
-                     float(self.recovered_losses[c.widths])) for c in contenders)
-        return chosen
+        return chosen, tuple(Finalist(c.source, float(c.loss), float(self.repaired_losses[c.widths]),
+                                      float(self.recovered_losses[c.widths])) for c in contenders)
 
     def _best_at_other_depths(self, inputs: PlanningInputs, scored: Iterable[_Candidate],
                               finalists: Mapping[tuple[int, ...], _Candidate]) -> list[_Candidate]:
