@@ -128,8 +128,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         analysis = pipeline.analyse(loaded)
         settings = config.plan_settings()
         # the planner's last stage scores its finalists' recovery on images after recovery's
-        extra = settings.selection.images if settings.search.recovered > 1 else 0
-        images = recovery.images(loaded, extra=extra) if config.calib else None
+        images = recovery.images(loaded, extra=settings.extra_images) if config.calib else None
     with stage("profile"):
         profiled = pipeline.profile(analysis, config.backend, db=config.db, settings=config.profile,
                                     threads=config.threads, progress=progress)

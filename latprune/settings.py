@@ -98,6 +98,12 @@ class PlanSettings:
             raise LatpruneError("--objective calibrated needs unlabeled calibration images: --calib DIR "
                                 "(or --objective importance)")
 
+    @property
+    def extra_images(self) -> int:
+        """Calibration images beyond recovery's the search's last stage reads: none when it is off (no recipe, or
+        fewer than 2 plans to recover)."""
+        return self.selection.images if self.search.recovered > 1 else 0
+
     def policy(self, profile_step: int | None, groups: Sequence[ChannelGroup] = ()) -> WidthPolicy:
         return WidthPolicy(step=self.step or profile_step or 16, aligned=self.widths == "aligned",
                            min_fraction=self.min_width, hold=held_groups(self.hold, groups), depth=self.depth)

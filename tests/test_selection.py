@@ -169,7 +169,7 @@ def test_the_plan_text_names_the_recovered_finalists_and_the_structure_chosen():
     assert "plain DP" not in line.split("recovered by")[1]
 
 
-def test_recovered_plans_option_sets_the_last_stage_and_the_job_selects_with_its_post_training_steps():
+def test_recovered_plans_option_and_the_jobs_last_stage_recipe_and_extra_images():
     from latprune.cli.app import build_parser
     from latprune.cli.requests import plan_settings
     from latprune.job import JobConfig
@@ -184,3 +184,7 @@ def test_recovered_plans_option_sets_the_last_stage_and_the_job_selects_with_its
     job = JobConfig(model="cifar:resnet20", budget=BudgetRequest(speedup=2.0), calib="x", recovery="ridge+finetune",
                     calib_size=300)
     assert job.plan_settings().selection == SelectionSettings("ridge", 300)
+    assert job.plan_settings().extra_images == 1024
+    off = JobConfig(model="cifar:resnet20", budget=BudgetRequest(speedup=2.0), calib="x", recovery="ridge",
+                    search=SearchSettings(recovered=1))
+    assert off.plan_settings().extra_images == 0
