@@ -120,9 +120,10 @@ def calib_options(parser: argparse.ArgumentParser) -> None:
                         help=f"calibration images (default {IMPORTANCE_CALIB_SIZE} for planning: importance and "
                              f"the calibrated search score the first {IMPORTANCE_CALIB_SIZE}, its finalists are "
                              f"repaired on up to {RECOVERY_CALIB_SIZE}, and from {RECOVERY_CALIB_SIZE} + "
-                             f"{MIN_SELECTION_IMAGES} on, the best of each plan structure is recovered by two-stage "
-                             f"on the first {RECOVERY_CALIB_SIZE} and scored on up to {SELECTION_IMAGES} after them; "
-                             f"{RECOVERY_CALIB_SIZE} for recovery, and `run` reads up to {SELECTION_IMAGES} more for "
+                             f"{MIN_SELECTION_IMAGES} on, the best of each plan structure is recovered (by two-stage; "
+                             f"`run`: by its recipe's post-training steps) on the first {RECOVERY_CALIB_SIZE} and "
+                             f"scored on up to {SELECTION_IMAGES} after them; {RECOVERY_CALIB_SIZE} for recovery, "
+                             f"and `run` reads up to {SELECTION_IMAGES} more for "
                              f"its planner; all of them for fine-tuning)")
 
 
@@ -162,8 +163,9 @@ def objective_options(parser: argparse.ArgumentParser) -> None:
                         help=f"time box of the calibrated search (default {SEARCH_SECONDS:g}; re-plans in "
                              f"the verification loop get a quarter)")
     parser.add_argument("--recovered-plans", type=natural_int, default=RECOVERED_PLANS, metavar="N",
-                        help=f"the calibrated search's last stage recovers the best plan of each of the N "
-                             f"best-repairing structures (depth only, depth and width, width only) and keeps the "
+                        help=f"the calibrated search's last stage recovers (two-stage; `run`: its recipe's "
+                             f"post-training steps) the best plan of each of the N best-repairing structures "
+                             f"(depth only, depth and width, width only) and keeps the "
                              f"one scoring best on images recovery did not fit (default {RECOVERED_PLANS}; 0 or 1: "
                              f"no last stage). It needs {MIN_SELECTION_IMAGES}+ calibration images beyond "
                              f"recovery's and costs a recovery per plan (about 75 s for two-stage on cifar resnet56)")
