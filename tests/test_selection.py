@@ -7,7 +7,7 @@ import torch
 
 from fixtures.fake_perf import MacsLatency
 from latprune.analysis import analyse
-from latprune.budget import Budget
+from latprune.budget import Budget, BudgetRequest
 from latprune.errors import LatpruneError
 from latprune.planner.api import prepare
 from latprune.planner.damage import measure_damage
@@ -179,7 +179,6 @@ def test_recovered_plans_option_and_the_jobs_last_stage_recipe_and_extra_images(
     assert plan_settings(build_parser().parse_args(command)).search.recovered == 2
     with pytest.raises(SystemExit):
         build_parser().parse_args([*command, "--recovered-plans", "-1"])
-    from latprune.budget import BudgetRequest
 
     job = JobConfig(model="cifar:resnet20", budget=BudgetRequest(speedup=2.0), calib="x", recovery="ridge+finetune",
                     calib_size=300)

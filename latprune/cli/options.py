@@ -123,8 +123,8 @@ def calib_options(parser: argparse.ArgumentParser) -> None:
                              f"{MIN_SELECTION_IMAGES} on, the best of each plan structure is recovered (by two-stage; "
                              f"`run`: by its recipe's post-training steps) on the first {RECOVERY_CALIB_SIZE} and "
                              f"scored on up to {SELECTION_IMAGES} after them; {RECOVERY_CALIB_SIZE} for recovery, "
-                             f"and `run` reads up to {SELECTION_IMAGES} more for "
-                             f"its planner; all of them for fine-tuning)")
+                             f"and `run` reads up to {SELECTION_IMAGES} more for its planner; all of them for "
+                             f"fine-tuning)")
 
 
 def importance_option(parser: argparse.ArgumentParser) -> None:
@@ -165,10 +165,10 @@ def objective_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recovered-plans", type=natural_int, default=RECOVERED_PLANS, metavar="N",
                         help=f"the calibrated search's last stage recovers (two-stage; `run`: its recipe's "
                              f"post-training steps) the best plan of each of the N best-repairing structures "
-                             f"(depth only, depth and width, width only) and keeps the "
-                             f"one scoring best on images recovery did not fit (default {RECOVERED_PLANS}; 0 or 1: "
-                             f"no last stage). It needs {MIN_SELECTION_IMAGES}+ calibration images beyond "
-                             f"recovery's and costs a recovery per plan (about 75 s for two-stage on cifar resnet56)")
+                             f"(depth only, depth and width, width only) and keeps the one scoring best on images "
+                             f"recovery did not fit (default {RECOVERED_PLANS}; 0 or 1: no last stage). It needs "
+                             f"{MIN_SELECTION_IMAGES}+ calibration images beyond recovery's and costs a "
+                             f"recovery per plan (about 75 s for two-stage on cifar resnet56)")
 
 
 def recovery_time_option(parser: argparse.ArgumentParser) -> None:
