@@ -295,9 +295,9 @@ def main(argv=None) -> None:
           f"{100 * r['top1']:.2f}", f"{100 * r['spread']:.1f}% (dense {100 * r['dense_spread']:.1f}%)"]
          for r in rows])
     summary = (f"![pareto]({name}.png)\n\nAccuracy at equal measured latency (ort-cpu). latprune: calibrated "
-               f"objective, search time box {args.search_seconds:g} s; baselines re-planned until their measured "
-               f"latency is within +-{100 * MATCH:.0f}% of latprune's; `vs latprune` is the final interleaved "
-               f"measurement's ratio. The calibrated planners' last stage (two-stage on the recovery images, "
+               f"objective, search time box {args.search_seconds:g} s per plan family; baselines re-planned until "
+               f"their measured latency is within +-{100 * MATCH:.0f}% of latprune's; `vs latprune` is the final "
+               f"interleaved measurement's ratio. The calibrated planners' last stage (two-stage on the recovery images, "
                f"scored on {args.selection_images} other train images): "
                f"{'on' if args.selection_images else 'off'}.\n\n" + table + "\n\n## Goals (issues #15, #25)\n\n"
                + "\n".join(line for recipe in recipes for line in goal_lines(rows, recipe)))

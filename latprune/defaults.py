@@ -12,7 +12,7 @@ RECOVERY_SECONDS = 600.0
 DEFAULT_RECOVERY = "two-stage"  # the best post-training recovery in benchmarks/results/recovery_structured.md
 PLANNERS = ("latency", "flops", "uniform", "tp-global")  # the latency DP and its baselines, by CLI name
 OBJECTIVES = ("importance", "calibrated")  # what the latency planner maximises, by CLI name
-SEARCH_SECONDS = 60.0  # time box of the calibrated search: cifar resnet56 plans in about 2-3 minutes on 2 cores
+SEARCH_SECONDS = 60.0  # time box of each plan family in the calibrated search (up to three with removable branches)
 # Names the CLI offers before it imports the stages (tests/test_architecture.py checks them against the registries).
 IMPORTANCE_CRITERIA = ("l1", "l2", "bn", "taylor", "sensitivity")  # latprune.planner.importance.CRITERIA
 RECOVERY_METHODS = ("none", "two-stage", "ridge", "ridge-tuned", "bn", "layerwise", "asr", "finetune", "overparam")

@@ -15,7 +15,7 @@ from latprune.errors import LatpruneError
 from latprune.plan_scoring import CalibrationLoss
 from latprune.planner.api import latency_plan, prepare
 from latprune.planner.damage import measure_damage, measured_widths, output_loss
-from latprune.planner.search import CalibratedSearch, SearchSettings
+from latprune.planner.search import CalibratedSearch, SearchSettings, plan_families
 from latprune.planner.widths import WidthPolicy
 
 
@@ -160,13 +160,28 @@ def test_plan_command_refuses_the_calibrated_objective_without_images(capsys):
 
 
 def test_plan_families_forbid_removal_or_partial_widths():
-    from latprune.planner.search import plan_families
-
     assert list(plan_families([np.array([4, 8])])) == [""]
     families = plan_families([np.array([0, 8, 16]), np.array([4, 8])])
     assert [f.tolist() for f in families["depth and width"]] == [[False] * 3, [False] * 2]
     assert [f.tolist() for f in families["width only"]] == [[True, False, False], [False, False]]
     assert [f.tolist() for f in families["depth only"]] == [[False, True, False], [True, False]]
+    # where every candidate is 0 or full, depth and width is depth only: one family, searched once
+    families = plan_families([np.array([0, 16]), np.array([8])])
+    assert list(families) == ["depth only", "width only"]
+    assert [f.tolist() for f in families["depth only"]] == [[False, False], [False]]
+
+
+def test_a_family_plans_on_its_own_widths_only(inputs):
+    """A family's DP holds only the widths it allows, and it shares the latency problem's cost cache."""
+    problem = inputs.latency_problem()
+    families = plan_families(problem.candidates)
+    allowed = [~f for f in families["depth only"]]
+    restricted = problem.restricted(allowed)
+    assert all(set(c.tolist()) <= {0, full} for c, full in zip(restricted.candidates, inputs.full_widths))
+    assert [len(c) for c in restricted.candidates] == [int(a.sum()) for a in allowed]
+    assert restricted.values[0].tolist() == problem.values[0][allowed[0]].tolist()
+    widths = restricted.widths(restricted.fastest())
+    assert restricted.cost_of_widths(widths) == problem.cost_of_widths(widths) and restricted._cache is problem._cache
 
 
 @pytest.mark.parametrize("wanted", ["width only", "depth only"])
@@ -194,7 +209,7 @@ def test_search_finds_the_family_its_loss_prefers(inputs, calib, tmp_path, wante
 
 def test_every_family_is_searched_not_only_the_best_start(inputs, calib, tmp_path):
     """The loss prefers depth-only plans, so the depth-only start scores best; the width-only and the depth-and-
-    width families are searched too (plans of each beyond its start are scored), each within the time box."""
+    width families are searched too (plans of each beyond its start are scored), each up to its own plan count."""
     full = {g.id: g.width for g in inputs.groups}
 
     def partial(kept) -> float:
@@ -210,7 +225,17 @@ def test_every_family_is_searched_not_only_the_best_start(inputs, calib, tmp_pat
         removes, narrows = 0 in widths, any(0 < w < full[gid] for gid, w in zip(ids, widths))
         kinds["depth and width" if removes and narrows else "depth only" if removes else "width only"] += 1
     assert all(count >= 3 for count in kinds.values()), kinds
-    assert set(search.log_coefficients) == set(kinds) and len(search.losses) <= 60 + 4
+    assert set(search.log_coefficients) == set(kinds) and len(search.losses) <= 3 * 60 + 4
+
+
+def test_a_family_that_runs_out_of_plans_stops_before_its_time_box(inputs, calib, tmp_path):
+    """At 0.9x of dense each family has few plans: once ``exhausted`` solves in a row give none not scored
+    before, the family's search ends (without the rule the three families would take 600 s each)."""
+    table = _damage(inputs, calib[:16], tmp_path)
+    settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=1000, exhausted=200)
+    search = CalibratedSearch(table, lambda kept: float(sum(map(len, kept.values()))), settings, progress=False)
+    record = search.plan(inputs, Budget(0.9 * inputs.dense_ms(), "given")).search
+    assert record.seconds < 300 and record.dp_solves >= 200 and record.candidates_scored < 3 * 1000
 
 
 def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):

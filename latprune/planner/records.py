@@ -55,7 +55,7 @@ class SearchRecord:
     candidates_scored: int
     dp_solves: int
     seconds: float
-    time_box_s: float
+    time_box_s: float  # of each family of plans searched
     damage: DamageRecord
     final_objective: str = ""
     final_seconds: float = 0.0

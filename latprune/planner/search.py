@@ -15,11 +15,14 @@ Where residual branches can be removed, removal damages do not add up either (tw
 hurt more than the sum of each alone), so the search starts from three families of plans: depth and
 width together, width only and depth only (each a DP with the other choices forbidden). It scores
 each family's damage-DP plan, then searches every family in turn, the best-scoring start first, each
-in an equal share of what is left of the time box. Searching only the family whose start scored best
-left the others' leaders unsearched: on cifar resnet56 at 2x predicted the depth-only start scored
-1.47 and the depth-and-width start 2.63, so six searches explored depth only (15 branches removed,
+for the whole time box (a DP over the widths the family allows). Searching only the family whose start
+scored best left the others' leaders unsearched: on cifar resnet56 at 2x predicted the depth-only start
+scored 1.47 and the depth-and-width start 2.63, so six searches explored depth only (15 branches removed,
 72.9-74.7% after two-stage) while the unsearched depth-and-width start recovered to 76.0%
-(``benchmarks.plan_proxy``).
+(``benchmarks.plan_proxy``). Sharing the time box between the families left a family short of what a
+search of it alone finds: on cifar resnet20 at 0.6x a re-plan's depth-only family got a third of 15 s and
+never left its start (repaired 0.383, 46.6% after two-stage) where the depth-only planner's own 15 s found
+a plan repaired to 0.211 (73.2%; ``pareto_avx512_selection_r20b``).
 
 The fast repair's loss ranks plans of one family well but not across families: after BatchNorm
 recalibration alone a plan narrowing a whole stage scored ahead of one removing more branches, and after a
@@ -61,18 +64,23 @@ from latprune.planner.records import DamageRecord, Finalist, SearchRecord
 from latprune.planner.solver import Infeasible, solve
 
 PlanLoss = Callable[[Mapping[str, Sequence[int]]], float]  # kept channels per group -> calibration loss
-_FORBIDDEN = 1e9  # the value a forbidden width loses: far above any damage a plan can save
 
 
 def plan_families(candidates: Sequence[np.ndarray]) -> dict[str, list[np.ndarray]]:
     """Per family of plans, which candidate widths of each group it forbids. Without a removable branch (no
-    group has a width-0 candidate) there is one family; else depth and width, width only, depth only."""
+    group has a width-0 candidate) there is one family; else depth and width, width only, depth only. Families
+    forbidding the same widths are one, named by the later (narrower) name: where every candidate is 0 or the
+    full width, depth and width is depth only."""
     free = [np.zeros(len(c), dtype=bool) for c in candidates]
     if not any((np.asarray(c) == 0).any() for c in candidates):
         return {"": free}
-    return {"depth and width": free,
-            "width only": [np.asarray(c) == 0 for c in candidates],
-            "depth only": [(np.asarray(c) != 0) & (np.asarray(c) != c[-1]) for c in candidates]}
+    families = {"depth and width": free,
+                "width only": [np.asarray(c) == 0 for c in candidates],
+                "depth only": [(np.asarray(c) != 0) & (np.asarray(c) != c[-1]) for c in candidates]}
+    names: dict[bytes, str] = {}
+    for name, forbidden in families.items():
+        names[b"|".join(f.tobytes() for f in forbidden)] = name
+    return {name: families[name] for name in names.values()}
 
 
 def structure_of(inputs: PlanningInputs, widths: Sequence[int]) -> str:
@@ -84,19 +92,21 @@ def structure_of(inputs: PlanningInputs, widths: Sequence[int]) -> str:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """``seconds``: the time box of a first search; a re-plan at another budget (closed loop) gets
-    ``later_share`` of it and starts from each family's best coefficients found. Each family's search also
-    stops after ``patience`` scored plans in a row without improvement; all together score at most
-    ``max_candidates`` plans. With a repaired loss, up to ``finalists`` plans beside the families' leaders are
-    repaired: the best at other depths. With a recovered loss, the ``recovered`` best-repairing structures' best
-    plans are recovered. Perturbations change the log-coefficients of a ``share`` of the groups
-    by N(0, sigma), sigma shrinking geometrically from ``sigma_start`` to ``sigma_end`` over a family's share of
-    the time box."""
+    """``seconds``: the time box of each family's search in a first search; a re-plan at another budget (closed
+    loop) gives each family ``later_share`` of it and starts from each family's best coefficients found. Each
+    family's search also stops after ``patience`` scored plans in a row without improvement, ``max_candidates``
+    scored plans, or ``exhausted`` DP solves in a row that give no plan not scored before (a small family, such as
+    depth only on a short network, runs out of plans long before its time box). With a repaired loss, up to
+    ``finalists`` plans beside the families' leaders are repaired: the best at other depths. With a recovered
+    loss, the ``recovered`` best-repairing structures' best plans are recovered. Perturbations change the
+    log-coefficients of a ``share`` of the groups by N(0, sigma), sigma shrinking geometrically from
+    ``sigma_start`` to ``sigma_end`` over a family's time box."""
 
     seconds: float = SEARCH_SECONDS
     later_share: float = 0.25
     patience: int = 60
     max_candidates: int = 1000
+    exhausted: int = 3000
     finalists: int = 3
     recovered: int = RECOVERED_PLANS
     share: float = 0.3
@@ -143,18 +153,20 @@ class CalibratedSearch:
         for group, candidates in zip(inputs.groups, problem.candidates):
             damage = self.damage.at(group.id, candidates)
             damage_saved.append(damage[0] - damage)
-        families = plan_families(problem.candidates)
+        families = {}  # per family: its DP over the widths it allows, and the damage each of them saves
+        for family, forbidden in plan_families(problem.candidates).items():
+            allowed = [~f for f in forbidden]
+            families[family] = (problem.restricted(allowed), [v[a] for v, a in zip(damage_saved, allowed)])
         scored_before = len(self.losses)
 
         def widths_at(log_c: np.ndarray, family: str) -> tuple[int, ...] | None:
-            values = [math.exp(c) * v - _FORBIDDEN * f for c, v, f in zip(log_c, damage_saved, families[family])]
+            family_problem, saved = families[family]
+            values = [math.exp(c) * v for c, v in zip(log_c, saved)]
             try:
-                choice = solve(problem.with_values(values), budget.target_ms, bins).choice
+                choice = solve(family_problem.with_values(values), budget.target_ms, bins).choice
             except Infeasible:
-                return None
-            if any(f[i] for f, i in zip(families[family], choice)):
                 return None  # this family has no plan within the budget
-            widths = problem.widths(choice)
+            widths = family_problem.widths(choice)
             if max_macs is not None and inputs.macs.cost_of_widths(widths) * 1e6 > max_macs:
                 return None
             return tuple(widths)
@@ -186,22 +198,23 @@ class CalibratedSearch:
         solves = len(families)
         bar = tqdm(desc="plan search", unit="plan", disable=not self.progress, leave=False)
 
-        def explore(current: _Candidate, family: str, log_c: np.ndarray, share: float, limit: int) -> None:
-            """Perturb the family's best coefficients so far for ``share`` seconds or ``limit`` scored plans."""
+        def explore(current: _Candidate, family: str, log_c: np.ndarray) -> None:
+            """Perturb the family's best coefficients so far until its time box or a stopping rule ends it."""
             nonlocal best, solves
-            opened, scored_at_open, stale = time.perf_counter(), len(self.losses), 0
-            while (time.perf_counter() - opened < share and stale < settings.patience
-                   and len(self.losses) - scored_at_open < limit):
-                done = (time.perf_counter() - opened) / max(share, 1e-9)
+            opened, scored_at_open, stale, repeats = time.perf_counter(), len(self.losses), 0, 0
+            while (time.perf_counter() - opened < seconds and stale < settings.patience
+                   and len(self.losses) - scored_at_open < settings.max_candidates and repeats < settings.exhausted):
+                done = (time.perf_counter() - opened) / max(seconds, 1e-9)
                 sigma = settings.sigma_start * (settings.sigma_end / settings.sigma_start) ** min(done, 1.0)
                 moved = rng.random(len(log_c)) < settings.share
                 moved[rng.integers(len(log_c))] = True
                 trial = log_c + moved * rng.normal(0.0, sigma, len(log_c))
                 widths = widths_at(trial, family)
                 solves += 1
+                fresh = widths is not None and widths not in self.losses
+                repeats = 0 if fresh else repeats + 1
                 if widths is None:
                     continue
-                fresh = widths not in self.losses
                 candidate = score(widths, "search", family)
                 bar.update(fresh)
                 if candidate.loss < current.loss:
@@ -213,11 +226,9 @@ class CalibratedSearch:
                     stale += 1
             self.log_coefficients[family] = log_c
 
-        try:  # every family is searched, the most promising first, each in an equal share of what is left
-            for index, (start, family, log_c) in enumerate(starts):
-                left = len(starts) - index
-                explore(start, family, log_c, (seconds - (time.perf_counter() - began)) / left,
-                        (settings.max_candidates - (len(self.losses) - scored_before)) // left)
+        try:  # every family is searched as long as a search of that family alone would be
+            for start, family, log_c in starts:
+                explore(start, family, log_c)
         finally:
             bar.close()
         self.searches += 1
