@@ -48,7 +48,8 @@ from latprune.settings import SelectionSettings
 
 WEIGHTS = {"resnet56": "resnet56-4bfd9763.th", "resnet20": "resnet20-12fca82f.th"}
 # name -> (method, objective, depth, narrowest width fraction); 1.0 holds every width: depth only
-BASELINES = {"latprune-width": ("latency", "calibrated", False, 0.1), "depth-only": ("latency", "calibrated", True, 1.0),
+BASELINES = {"latprune-width": ("latency", "calibrated", False, 0.1),
+             "depth-only": ("latency", "calibrated", True, 1.0),
              "latprune-l2": ("latency", "importance", False, 0.1), "uniform": ("uniform", "importance", False, 0.1),
              "flops-dp": ("flops", "importance", False, 0.1), "tp-global": ("tp-global", "importance", False, 0.1)}
 MATCH = 0.02  # baselines land within +-2% of latprune's measured latency
@@ -297,8 +298,8 @@ def main(argv=None) -> None:
     summary = (f"![pareto]({name}.png)\n\nAccuracy at equal measured latency (ort-cpu). latprune: calibrated "
                f"objective, search time box {args.search_seconds:g} s per plan family; baselines re-planned until "
                f"their measured latency is within +-{100 * MATCH:.0f}% of latprune's; `vs latprune` is the final "
-               f"interleaved measurement's ratio. The calibrated planners' last stage (two-stage on the recovery images, "
-               f"scored on {args.selection_images} other train images): "
+               f"interleaved measurement's ratio. The calibrated planners' last stage (two-stage on the recovery "
+               f"images, scored on {args.selection_images} other train images): "
                f"{'on' if args.selection_images else 'off'}.\n\n" + table + "\n\n## Goals (issues #15, #25)\n\n"
                + "\n".join(line for recipe in recipes for line in goal_lines(rows, recipe)))
     write_result(name, {"rows": rows, "backend": "ort-cpu", "quick": args.quick, "recoveries": recipes,
