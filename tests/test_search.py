@@ -165,7 +165,7 @@ def test_plan_families_forbid_removal_or_partial_widths():
     assert [f.tolist() for f in families["depth and width"]] == [[False] * 3, [False] * 2]
     assert [f.tolist() for f in families["width only"]] == [[True, False, False], [False, False]]
     assert [f.tolist() for f in families["depth only"]] == [[False, True, False], [True, False]]
-    # where every candidate is 0 or full, depth and width is depth only: one family, searched once
+    # where every candidate is 0 or full, depth and width is depth only: searched once, not twice
     families = plan_families([np.array([0, 16]), np.array([8])])
     assert list(families) == ["depth only", "width only"]
     assert [f.tolist() for f in families["depth only"]] == [[False, False], [False]]
