@@ -78,3 +78,19 @@ def test_pareto_goal_counts_no_baseline_measured_faster_that_scores_lower() -> N
     assert "left out of the goal" in matched[1] and "uniform 61.00% at 0.900x" in matched[1]
     beaten = goal_lines([_pareto_row("latprune", 0.62, 1.0), _pareto_row("depth-only", 0.65, 0.90)])
     assert "-3.00 points" in beaten[0] and beaten[0].endswith("NOT met")
+
+
+def test_pareto_goal_says_whether_the_repeated_final_measurement_agreed() -> None:
+    """The final measurement is repeated after recovery; the goal lines say whether the ratios held (within the +-2%
+    match) or moved with the host's state, with both dense latencies."""
+    from benchmarks.pareto import goal_lines
+
+    def measured_twice(method: str, top1: float, first: float, again: float) -> dict:
+        return {**_pareto_row(method, top1, first / 0.5), "dense_ms": 1.94, "dense_ms_again": 1.36,
+                "measured_over_dense_again": again}
+
+    steady = goal_lines([measured_twice("latprune", 0.62, 0.5, 0.505), measured_twice("depth-only", 0.55, 0.5, 0.492)])
+    assert any("dense 1.940 then 1.360 ms" in line and line.endswith("agree within 2%") for line in steady)
+    moved = goal_lines([measured_twice("latprune", 0.62, 0.531, 0.477), measured_twice("depth-only", 0.55, 0.52, 0.52)])
+    line = next(line for line in moved if "repeated after recovery" in line)
+    assert "latprune 0.531 -> 0.477" in line and "DISAGREE by up to -10.2%" in line
