@@ -230,7 +230,7 @@ def goal_lines(rows: list[dict], recipe: str = "two-stage") -> list[str]:
             lines.append(f"  - best baseline measured no slower than latprune (<= {1 + MATCH:.2f}x its latency): "
                          f"{matched['method']} {100 * matched['top1']:.2f}% ({100 * (ours - matched['top1']):+.2f} "
                          f"points); the goal above counts every baseline, slower ones included")
-        lines.extend(_repeat_lines(at, recipe))
+        lines.extend(repeat_lines(at, recipe))
         if model == "resnet56" and fraction == 0.5:
             lines.append(f"- #25: resnet56 at 0.5x, {recipe} on 1,024 images, >= 72%: {100 * ours:.2f}%: "
                          f"{'met' if ours >= 0.72 else 'NOT met'}")
@@ -246,7 +246,7 @@ def goal_lines(rows: list[dict], recipe: str = "two-stage") -> list[str]:
     return lines
 
 
-def _repeat_lines(at: list[dict], recipe: str) -> list[str]:
+def repeat_lines(at: list[dict], recipe: str) -> list[str]:
     """Whether the final measurement, repeated after recovery, gave the same ratios (the latency basis of the
     comparison); nothing for rows measured once."""
     again = [r for r in at if r["recovery"] == recipe and "measured_over_dense_again" in r]

@@ -94,3 +94,17 @@ def test_pareto_goal_says_whether_the_repeated_final_measurement_agreed() -> Non
     moved = goal_lines([measured_twice("latprune", 0.62, 0.531, 0.477), measured_twice("depth-only", 0.55, 0.52, 0.52)])
     line = next(line for line in moved if "repeated after recovery" in line)
     assert "latprune 0.531 -> 0.477" in line and "DISAGREE by up to -10.2%" in line
+
+
+def test_imagenet_goal_checks_the_margin_at_1_5x_and_says_whether_the_repeat_agreed() -> None:
+    from benchmarks.imagenet import goal_lines
+
+    def row(method: str, top1: float, first: float, again: float) -> dict:
+        return {"fraction": 1 / 1.5, "method": method, "recovery": "two-stage", "top1": top1, "dense_top1": 0.872,
+                "measured_over_dense": first, "vs_latprune": first / 0.66, "dense_ms": 5.7, "dense_ms_again": 5.9,
+                "measured_over_dense_again": again}
+
+    lines = goal_lines([row("latprune", 0.687, 0.66, 0.665), row("uniform", 0.60, 0.65, 0.655)])
+    assert lines[0].startswith("- 1.5x (measured 0.660 of dense): latprune 68.7%")
+    assert "best other uniform 60.0% (+8.7 points): goal +2 met" in lines[0]
+    assert "latprune 0.660 -> 0.665, uniform 0.650 -> 0.655" in lines[1] and lines[1].endswith("agree within 2%")
