@@ -134,8 +134,8 @@ def measure_and_recover(name: str, fraction: float, analysis, plans: dict, calib
                          "eval_s": time.perf_counter() - began})
             print(json.dumps({k: rows[-1][k] for k in ("model", "fraction", "method", "recovery", "top1",
                                                         "measured_over_dense")}), flush=True)
-    # Measured again minutes later: this host has slow spells (dense 1.36 vs 1.94 ms) in which a width-pruned plan's
-    # paired ratio moves by up to 10% while a depth-pruned one's stays (per-operator cost grows, compute does not).
+    # Measured again minutes later: in this host's slow spells (dense 1.94 ms instead of 1.36) a width-pruned plan's
+    # paired ratio moved by up to 10% while a depth-pruned one's held (docs/method.md, "Latency on a noisy host").
     again, _ = measure_paired(loaded.model, [p.model for p in pruned.values()], loaded.input_shape, "ort-cpu",
                               rule=rule)
     for row in rows:
