@@ -20,7 +20,7 @@ import json
 import time
 
 from benchmarks.common import DEFAULT_DB, SHARED, markdown_table, perf_model_for, write_result
-from benchmarks.pareto import MATCH, measure_and_recover, plans_at, repeat_lines
+from benchmarks.pareto import MATCH, measure_and_recover, plans_at, repeat_lines, repeated_cell
 from benchmarks.recovery import top1
 from latprune import pipeline
 from latprune.data import calibration_tensor, labelled_tensors
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
           f"{r['ratio_interval'][0]:.3f}-{r['ratio_interval'][1]:.3f}", f"{r['vs_latprune']:.3f}",
           f"{r['macs_fraction']:.3f}", r["removed_branches"], f"{100 * r['top1']:.1f}", f"{r['loop_s'] / 60:.1f}",
           f"{r['recovery_s'] / 60:.1f}", f"{100 * r['spread']:.0f}% (dense {100 * r['dense_spread']:.0f}%)",
-          f"{r['measured_over_dense_again']:.3f}" if "measured_over_dense_again" in r else "-"]
+          repeated_cell(r)]
          for r in rows])
     dense = next((r for r in rows if "top1" in r), None)
     head = (f"EfficientNet-Lite0 (`{SPEC}`, pre-trained, its own preprocessing), ort-cpu, batch 1. Dense top-1 "

@@ -41,7 +41,7 @@ from latprune.data import calibration_tensor
 from latprune.errors import LatpruneError
 from latprune.outputs import atomic_path
 from latprune.planner.closed_loop import LoopSettings
-from latprune.profiler.api import RoundsRule, measure_paired
+from latprune.profiler.api import PairedTiming, RoundsRule, measure_paired
 from latprune.defaults import RECOVERY_CALIB_SIZE, SELECTION_IMAGES
 from latprune.recovery import recover
 from latprune.settings import SelectionSettings
@@ -105,9 +105,12 @@ def measure_and_recover(name: str, fraction: float, analysis, plans: dict, calib
     if "latprune" not in feasible:
         return infeasible
     pruned = {m: pipeline.prune(analysis, p) for m, p in feasible.items()}
-    rule = RoundsRule(min_rounds=rounds, max_rounds=max(rounds, 60), max_seconds=300.0)
-    timing, _ = measure_paired(loaded.model, [p.model for p in pruned.values()], loaded.input_shape, "ort-cpu",
-                               rule=rule)
+
+    def measured() -> PairedTiming:
+        return measure_paired(loaded.model, [p.model for p in pruned.values()], loaded.input_shape, "ort-cpu",
+                              rule=RoundsRule(min_rounds=rounds, max_rounds=max(rounds, 60), max_seconds=300.0))[0]
+
+    timing = measured()
     dense_m = timing.reference
     ratios = {method: r.ratio for method, r in zip(feasible, timing.ratios)}  # paired round by round
     rows = []
@@ -136,12 +139,12 @@ def measure_and_recover(name: str, fraction: float, analysis, plans: dict, calib
                                                         "measured_over_dense")}), flush=True)
     # Measured again minutes later: in this host's slow spells (dense 1.94 ms instead of 1.36) a width-pruned plan's
     # paired ratio moved by up to 10% while a depth-pruned one's held (docs/method.md, "Latency on a noisy host").
-    again, _ = measure_paired(loaded.model, [p.model for p in pruned.values()], loaded.input_shape, "ort-cpu",
-                              rule=rule)
+    again = measured()
+    repeated = dict(zip(feasible, again.ratios))
     for row in rows:
-        index = list(feasible).index(row["method"])
-        row.update(dense_ms_again=again.reference.median_ms, measured_over_dense_again=again.ratios[index].ratio,
-                   ratio_interval_again=[again.ratios[index].low, again.ratios[index].high])
+        ratio = repeated[row["method"]]
+        row.update(dense_ms_again=again.reference.median_ms, measured_over_dense_again=ratio.ratio,
+                   ratio_interval_again=[ratio.low, ratio.high])
     return rows + infeasible
 
 
@@ -246,6 +249,11 @@ def goal_lines(rows: list[dict], recipe: str = "two-stage") -> list[str]:
     return lines
 
 
+def repeated_cell(row: dict) -> str:
+    """The repeated final measurement's ratio as a table cell ("-" for a row measured once)."""
+    return f"{row['measured_over_dense_again']:.3f}" if "measured_over_dense_again" in row else "-"
+
+
 def repeat_lines(at: list[dict], recipe: str) -> list[str]:
     """Whether the final measurement, repeated after recovery, gave the same ratios (the latency basis of the
     comparison); nothing for rows measured once."""
@@ -320,7 +328,7 @@ def main(argv=None) -> None:
          [r["model"], f"{r['fraction']:.1f}", r["method"], r["recovery"], f"{r['measured_over_dense']:.3f}",
           f"{r['vs_latprune']:.3f}", r["loop_status"], f"{r['macs_fraction']:.3f}", r.get("removed_branches", 0),
           f"{100 * r['top1']:.2f}", f"{100 * r['spread']:.1f}% (dense {100 * r['dense_spread']:.1f}%)",
-          f"{r['measured_over_dense_again']:.3f}" if "measured_over_dense_again" in r else "-"]
+          repeated_cell(r)]
          for r in rows])
     summary = (f"![pareto]({name}.png)\n\nAccuracy at equal measured latency (ort-cpu). latprune: calibrated "
                f"objective, search time box {args.search_seconds:g} s per plan family; baselines re-planned until "
