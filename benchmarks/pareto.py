@@ -105,10 +105,12 @@ def measure_and_recover(name: str, fraction: float, analysis, plans: dict, calib
     if "latprune" not in feasible:
         return infeasible
     pruned = {m: pipeline.prune(analysis, p) for m, p in feasible.items()}
+    quiet_ms = pipeline.quiet_dense_ms(DEFAULT_DB, "ort-cpu", loaded)  # rounds of the host's slow state left out
 
     def measured() -> PairedTiming:
         return measure_paired(loaded.model, [p.model for p in pruned.values()], loaded.input_shape, "ort-cpu",
-                              rule=RoundsRule(min_rounds=rounds, max_rounds=max(rounds, 60), max_seconds=300.0))[0]
+                              rule=RoundsRule(min_rounds=rounds, max_rounds=max(rounds, 60), max_seconds=300.0),
+                              quiet_ms=quiet_ms)[0]
 
     timing = measured()
     dense_m = timing.reference
@@ -122,6 +124,8 @@ def measure_and_recover(name: str, fraction: float, analysis, plans: dict, calib
                 "measured_ms": timing.derived_ms(index), "raw_median_ms": m.median_ms,
                 "ratio_interval": [interval.low, interval.high],
                 "spread": m.spread, "measured_over_dense": ratio, "vs_latprune": ratio / ratios["latprune"],
+                "quiet_dense_ms": quiet_ms, "slow_state_rounds": timing.slow_state_rounds,
+                "in_quiet_state": timing.settled,
                 "loop_measured_over_dense": plan.verification.measured_ms
                 / plan.verification.dense_measured_ms, "loop_status": plan.verification.status,
                 "loop_s": plan.verification.seconds,
@@ -144,7 +148,8 @@ def measure_and_recover(name: str, fraction: float, analysis, plans: dict, calib
     for row in rows:
         ratio = repeated[row["method"]]
         row.update(dense_ms_again=again.reference.median_ms, measured_over_dense_again=ratio.ratio,
-                   ratio_interval_again=[ratio.low, ratio.high])
+                   ratio_interval_again=[ratio.low, ratio.high], slow_state_rounds_again=again.slow_state_rounds,
+                   in_quiet_state_again=again.settled)
     return rows + infeasible
 
 

@@ -153,7 +153,9 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     with stage("measure"):
         timing, device = pipeline.measure_against_dense(loaded.model, [final.model], loaded.input_shape,
                                                         config.backend, rule=config.measure, threads=config.threads,
-                                                        global_warmup_s=config.profile.global_warmup_s, warn=progress)
+                                                        global_warmup_s=config.profile.global_warmup_s, warn=progress,
+                                                        quiet_ms=pipeline.quiet_dense_ms(profiled.db, config.backend,
+                                                                                         loaded, config.threads))
         dense_m, pruned_m, ratio = timing.reference, timing.networks[0], timing.ratios[0]
     accuracy = None
     if config.eval:

@@ -36,7 +36,7 @@ from latprune.planner.search import CalibratedSearch, SearchSettings
 from latprune.preprocessing import Preprocessing
 from latprune.profiler.api import (PairedTiming, ProfileReport, ProfileSettings, ProfileStore, RoundsRule,
                                   VariantTimer, describe_device, fingerprint, measure_models, measure_paired,
-                                  profile_model)
+                                  profile_model, profiled_quiet_ms)
 from latprune.pruned_file import PrunedModel, dense_origin, load_dense_for, load_pruned, prune_loaded
 from latprune.recovery import RecoveryReport, recover
 from latprune.recovery.reconstruction import ReconstructionSettings
@@ -45,7 +45,7 @@ from latprune.settings import HOLD_CHANNEL_OPS, PlanSettings, RecoveryRequest, V
 
 __all__ = ["PLANNERS", "Budget", "BudgetRequest", "PlanSettings", "RecoveryRequest", "analyse", "calibration_images",
            "dense_origin", "evaluate", "export", "fit", "load", "load_dense_for", "load_pruned_or_dense", "measure",
-           "measure_against_dense", "RoundsRule",
+           "measure_against_dense", "quiet_dense_ms", "RoundsRule",
            "plan", "plan_like_widths", "predict", "profile", "prune", "repair", "report", "sparsify",
            "this_device", "uniform", "LoopSettings", "ROUND_COLUMNS", "Verification", "round_cells",
            "OBJECTIVES", "SearchSettings", "calibrated_search", "validate", "HOLD_CHANNEL_OPS", "held_groups", "fleet"]
@@ -331,11 +331,19 @@ def measure(models: Sequence[nn.Module], input_shape: Sequence[int], backend: st
 
 def measure_against_dense(dense: nn.Module, models: Sequence[nn.Module], input_shape: Sequence[int], backend: str,
                           rule: RoundsRule = RoundsRule(), threads: int | None = None, global_warmup_s: float = 5.0,
-                          warn: bool = True) -> tuple[PairedTiming, dict]:
+                          warn: bool = True, quiet_ms: float | None = None) -> tuple[PairedTiming, dict]:
     """Each model's latency as its paired ratio to ``dense`` (same shuffled rounds, until every ratio is known to
-    the rule's +-1.5% or its caps): the one way latprune claims a pruned network's latency; and the device."""
+    the rule's +-1.5% or its caps): the one way latprune claims a pruned network's latency; and the device.
+    ``quiet_ms``: the dense model's quiet-state time here (:func:`quiet_dense_ms`), to leave out slow-state
+    rounds."""
     return measure_paired(dense, list(models), tuple(input_shape), backend, rule=rule, threads=threads,
-                          global_warmup_s=global_warmup_s, warn=warn)
+                          global_warmup_s=global_warmup_s, warn=warn, quiet_ms=quiet_ms)
+
+
+def quiet_dense_ms(db: str | os.PathLike | None, backend: str, loaded: LoadedModel,
+                   threads: int | None = None) -> float | None:
+    """The dense model's quiet-state time on this machine from its profile in ``db`` (None without one)."""
+    return profiled_quiet_ms(db, backend, model_key(loaded), threads)
 
 
 def evaluate(model: nn.Module, folder: str, preprocessing: Preprocessing | str, input_shape: Sequence[int],

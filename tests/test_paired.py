@@ -77,21 +77,27 @@ def test_the_paired_ratio_is_the_true_ratio_on_a_host_that_alternates(synthetic_
     assert noisy.derived_ms(0) == pytest.approx(truth * noisy.reference.median_ms)
 
 
-def _timed_under_load(backend, monkeypatch, slowdown):
-    """The pruned resnet20's paired ratio on a quiet host (10 rounds), then measured over 20 rounds in which each
-    visit runs ``slowdown(round % 5, is_dense)`` times slower. Returns (quiet ratio, the loaded timing)."""
-    analysis, pruned = _pruned_resnet20()
-    dense, shape = analysis.model, analysis.input_shape
-    quiet, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(10, 10), global_warmup_s=0)
+def _load(backend, monkeypatch, slowdown) -> None:
+    """From now on each visit runs ``slowdown(round, is_dense)`` times slower (a round: 2 visits, counted from
+    now)."""
     start, unloaded, networks = backend.calls, backend.time, backend.networks
 
     def loaded(self, prepared, warmup, runs, profiled_runs, warmup_ms=0.0):
         sample = unloaded(self, prepared, warmup, runs, profiled_runs, warmup_ms)
         dense_ms = max(sum(n.values()) for n in networks.values())  # the dense network is the slowest
         is_dense = sum(networks[str(prepared.path)].values()) == dense_ms
-        return sample.scaled(1 / slowdown((backend.calls - start - 1) // 2 % 5, is_dense))  # a round: 2 visits
+        return sample.scaled(1 / slowdown((backend.calls - start - 1) // 2, is_dense))
 
     monkeypatch.setattr(backend, "time", loaded)
+
+
+def _timed_under_load(backend, monkeypatch, slowdown):
+    """The pruned resnet20's paired ratio on a quiet host (10 rounds), then measured over 20 rounds in which each
+    visit runs ``slowdown(round % 5, is_dense)`` times slower. Returns (quiet ratio, the loaded timing)."""
+    analysis, pruned = _pruned_resnet20()
+    dense, shape = analysis.model, analysis.input_shape
+    quiet, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(10, 10), global_warmup_s=0)
+    _load(backend, monkeypatch, lambda r, is_dense: slowdown(r % 5, is_dense))
     timing, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(20, 20), global_warmup_s=0,
                                warn=False)
     return quiet.ratios[0].ratio, timing
@@ -156,6 +162,74 @@ def test_measure_pruned_times_the_dense_model_and_prints_the_paired_speedup(synt
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "of the dense model's latency, paired round by round (95% interval" in text and "speedup" in text
+
+
+# ---------------------------------------------------------------- a host of two states
+
+
+def _slow_state(round_index: int, is_dense: bool) -> float:
+    """The 2-core host's slow state (ONNX Runtime's two threads slowed): the dense network 1.6x, its pruned copy
+    2x, so the paired ratio itself moves (measured on Lite0: 0.52 of dense quiet, 0.65 slow)."""
+    return 1.6 if is_dense else 2.0
+
+
+def test_two_states_show_in_the_checks_and_one_state_is_not_a_slow_state():
+    from latprune.network.quiet_reference import in_quiet_state, quiet_state_ms
+
+    assert quiet_state_ms([*[4.6] * 11, *[7.5] * 9]) == 4.6
+    assert quiet_state_ms([4.6, 4.7, 4.8, 4.65, 5.0] * 4) is None  # within 1.15x: one state
+    assert quiet_state_ms([*[4.6] * 39, 7.5]) is None  # one slow check of 40 is an outlier, not a state
+    assert quiet_state_ms([]) is None
+    assert in_quiet_state(5.2, 4.6) and not in_quiet_state(5.4, 4.6) and in_quiet_state(99.0, None)
+
+
+def test_rounds_of_the_slow_state_are_left_out_given_the_quiet_time(synthetic_backend, monkeypatch):
+    analysis, pruned = _pruned_resnet20()
+    dense, shape = analysis.model, analysis.input_shape
+    quiet, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(6, 6), global_warmup_s=0)
+    truth, quiet_ms = quiet.ratios[0].ratio, quiet.reference.median_ms
+    _load(synthetic_backend, monkeypatch, lambda r, is_dense: _slow_state(r, is_dense) if r < 12 else 1.0)
+    unaware, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(6, 40), global_warmup_s=0)
+    assert unaware.ratios[0].ratio == pytest.approx(truth * 2.0 / 1.6, rel=1e-9)  # six slow rounds "converged"
+    _load(synthetic_backend, monkeypatch, lambda r, is_dense: _slow_state(r, is_dense) if r < 12 else 1.0)
+    aware, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(6, 40), global_warmup_s=0,
+                              quiet_ms=quiet_ms)
+    assert aware.ratios[0].ratio == pytest.approx(truth, rel=1e-9)
+    assert aware.slow_state_rounds == 12 and aware.settled and aware.converged and aware.warning() is None
+    assert len(aware.reference.rounds) == 6 and aware.reference.median_ms == pytest.approx(quiet_ms)
+
+
+def test_a_slow_state_that_never_ends_is_waited_out_then_said(synthetic_backend, monkeypatch):
+    analysis, pruned = _pruned_resnet20()
+    dense, shape = analysis.model, analysis.input_shape
+    quiet, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(6, 6), global_warmup_s=0)
+    _load(synthetic_backend, monkeypatch, _slow_state)
+    timing, _ = measure_paired(dense, [pruned.model], shape, "synthetic", rule=RoundsRule(6, 10), global_warmup_s=0,
+                               warn=False, quiet_ms=quiet.reference.median_ms)
+    assert len(timing.reference.rounds) == 30 and timing.slow_state_rounds == 30  # 3x the rule's rounds
+    assert not timing.settled and "stayed in its slow state" in timing.warning()
+    assert timing.ratios[0].ratio == pytest.approx(quiet.ratios[0].ratio * 2.0 / 1.6, rel=1e-9)  # that state's
+
+
+def test_the_closed_loop_timer_leaves_out_the_slow_state_its_profile_has_seen(profiled, synthetic_backend,
+                                                                             monkeypatch):
+    from latprune.profiler.variant_timer import VariantTimer
+
+    p = profiled
+    widths = {g.id: max(g.width // 2, 1) for g in p.analysis.groups}
+    with VariantTimer(p.analysis, "synthetic", db=p.db, rule=RoundsRule(4, 8), settings=p.timing) as timer:
+        quiet = timer.time(widths)
+    with ProfileStore(p.db) as store:  # the profile saw the host in both states
+        device_id = store.find_device(p.fitted.device)
+        for slow in [False] * 14 + [True] * 6:
+            store.record_drift_check(device_id, "synthetic", p.analysis.key,
+                                     quiet.dense.median_ms * (1.6 if slow else 1.0))
+    with VariantTimer(p.analysis, "synthetic", db=p.db, rule=RoundsRule(4, 8), settings=p.timing) as timer:
+        _load(synthetic_backend, monkeypatch, lambda r, is_dense: _slow_state(r, is_dense) if r < 5 else 1.0)
+        timed = timer.time(widths)
+    assert timed.rejected_rounds == 5
+    assert timed.variant.median_ms == pytest.approx(quiet.variant.median_ms)
+    assert timed.dense.median_ms == pytest.approx(quiet.dense.median_ms)
 
 
 # ---------------------------------------------------------------- profiles that survive a slow spell

@@ -80,6 +80,7 @@ def _measure_options(parser: argparse.ArgumentParser) -> None:
                         help="with --pruned: stop timing after this long even if the ratio is not yet known to "
                              "+-1.5%% (default 120)")
     parser.add_argument("--runs", type=positive_int, default=10, help="timed runs per round (default 10)")
+    db_option(parser)  # with --pruned: the dense model's profiled quiet time, to leave out slow-state rounds
     json_option(parser)
 
 
@@ -103,9 +104,12 @@ def cmd_measure(args: argparse.Namespace) -> dict:
                                max_seconds=args.max_seconds)
     timing, device = pipeline.measure_against_dense(dense.model, [loaded.model], loaded.input_shape, args.backend,
                                                     rule=rule, threads=args.threads,
-                                                    global_warmup_s=args.global_warmup)
+                                                    global_warmup_s=args.global_warmup,
+                                                    quiet_ms=pipeline.quiet_dense_ms(args.db, args.backend, dense,
+                                                                                     args.threads))
     return {**common, "pruned": args.pruned, "ratio": timing.ratios[0].to_json(), "speedup": 1 / timing.ratios[0].ratio,
             "derived_ms": timing.derived_ms(0), "converged": timing.converged, "seconds": timing.seconds,
+            "slow_state_rounds": timing.slow_state_rounds, "in_quiet_state": timing.settled,
             "dense": timing.reference.to_json(samples=True), "pruned_raw": timing.networks[0].to_json(samples=True),
             "device": device}
 
@@ -244,6 +248,7 @@ def cmd_validate(args: argparse.Namespace) -> dict:
     perf, fitted = pipeline.fit(args.db, args.backend, args.threads)
     plan_like = pipeline.plan_like_widths(analysis, perf, fitted, args.backend) if args.plan_like else ()
     result = pipeline.validate(analysis, args.backend, perf, fitted.alignment_step, variants=args.variants,
-                               rounds=args.rounds, threads=args.threads, out_dir=args.out, plan_like=plan_like)
+                               rounds=args.rounds, threads=args.threads, out_dir=args.out, plan_like=plan_like,
+                               quiet_ms=pipeline.quiet_dense_ms(args.db, args.backend, analysis.loaded, args.threads))
     result["perf_model"] = fitted.status
     return result

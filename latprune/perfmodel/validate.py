@@ -46,10 +46,11 @@ def with_removed_branches(widths: dict[str, int], branches: Sequence, rng: rando
 def validate_model(model: LoadedModel | ModelAnalysis, backend: str, perf: NetworkLatencyModel, step: int,
                    variants: int = 20, rounds: int = 10, runs: int = 10, seed: int = 0, threads: int | None = None,
                    out_dir: str | Path | None = None, plan_like: Sequence[tuple[float, dict[str, int]]] = (),
-                   max_seconds: float = 300.0) -> dict:
+                   max_seconds: float = 300.0, quiet_ms: float | None = None) -> dict:
     """Predict and measure ``variants`` random pruned variants, and the ``plan_like`` ones (a budget
     fraction and the widths the planner chose at it), each as its paired ratio to the dense model timed in the
-    same rounds (at least ``rounds``, then until every ratio is known to +-1.5% or ``max_seconds``).
+    same rounds (at least ``rounds``, then until every ratio is known to +-1.5% or ``max_seconds``; ``quiet_ms``:
+    the dense model's quiet-state time here, to leave out rounds of the host's slow state).
 
     Errors are ratio errors (predicted ratio / measured ratio - 1), reported for each kind apart:
     random variants show how the model does where it was trained, plan-like ones how it does where
@@ -79,7 +80,7 @@ def validate_model(model: LoadedModel | ModelAnalysis, backend: str, perf: Netwo
     dense_pred = predict(loaded.model)
     rule = RoundsRule(min_rounds=max(rounds, 2), max_rounds=max(rounds, 60), max_seconds=max_seconds)
     timing, device = measure_paired(loaded.model, models, loaded.input_shape, backend, rule=rule, runs=runs,
-                                    threads=threads, seed=seed)
+                                    threads=threads, seed=seed, quiet_ms=quiet_ms)
     dense = timing.reference
     for index, (row, m) in enumerate(zip(rows, models)):
         ratio = timing.ratios[index]

@@ -7,6 +7,7 @@ paired ratio repeats within a few percent where raw milliseconds do not.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -17,8 +18,10 @@ import torch
 import torch.nn as nn
 
 from latprune.network import Measurement, trace_layers
-from latprune.profiler.backends import get_backend
+from latprune.network.quiet_reference import quiet_state_ms
+from latprune.profiler.backends import describe_device, get_backend
 from latprune.profiler.device import fingerprint
+from latprune.profiler.store import ProfileStore, default_db_path, is_server_url
 from latprune.profiler.timer import PairedTiming, RoundsRule, Timer
 
 
@@ -75,13 +78,29 @@ def measure_paired(
     global_warmup_s: float = 5.0,
     seed: int = 0,
     warn: bool = True,
+    quiet_ms: float | None = None,
 ) -> tuple[PairedTiming, dict]:
     """Each model's latency as its paired ratio to ``reference`` (the dense network), timed in the same shuffled
     rounds until every ratio's 95% interval is within the rule's target or its caps (a one-line warning on
-    stderr when a cap came first, with ``warn``); and the device description."""
+    stderr when a cap came first, with ``warn``); and the device description. ``quiet_ms``: the reference's
+    quiet-state time here (:func:`profiled_quiet_ms`), to leave out rounds of the host's slow state."""
     with _timing([reference, *models], input_shape, backend_name, warmup, threads, global_warmup_s, seed) as (
             timer, prepared, description):
-        timing = timer.paired(prepared[0], prepared[1:], runs, rule)
+        timing = timer.paired(prepared[0], prepared[1:], runs, rule, quiet_ms=quiet_ms)
     if warn and timing.warning():
         print(timing.warning(), file=sys.stderr)
     return timing, description
+
+
+def profiled_quiet_ms(db: str | os.PathLike | None, backend_name: str, model_key: str,
+                      threads: int | None = None) -> float | None:
+    """The quiet-state time of the network ``model_key`` on this machine and backend, from its profile's checks
+    (:func:`~latprune.network.quiet_reference.quiet_state_ms`); None without such a profile, or when its checks
+    show a host of one state."""
+    db = default_db_path() if db is None else db
+    if not is_server_url(db) and not Path(db).exists():
+        return None
+    with ProfileStore(db, readonly=True) as store:
+        device_id = store.find_device(fingerprint(describe_device(backend_name, threads)))
+        checks = [] if device_id is None else store.drift_checks(device_id, backend_name, model_key)
+    return quiet_state_ms(checks)

@@ -9,6 +9,7 @@ some, and timing networks interleaved in one process makes their ratios trustwor
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,10 +17,14 @@ from typing import TypeVar
 
 from latprune.errors import LatpruneError
 from latprune.network import Measurement, PairedRatio, paired_interval
+from latprune.network.quiet_reference import in_quiet_state
 from latprune.profiler.backends import Backend, Prepared, RoundSample
 from latprune.profiler.visit_warmup import VISIT_WARMUP_MS
 
 T = TypeVar("T")
+
+SLOW_STATE_PATIENCE_S = 60.0  # how long past the rule's time cap a paired timing waits for the quiet state
+SLOW_STATE_ROUNDS_FACTOR = 3  # ... and past how many times the rule's rounds
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class PairedTiming:
     ratios: tuple[PairedRatio, ...]
     converged: bool
     seconds: float
+    slow_state_rounds: int = 0  # rounds left out because the host ran in its slow state
+    settled: bool = True  # false: the host never left its slow state, and every round counts
 
     def derived_ms(self, index: int) -> float:
         """Network ``index``'s latency as its ratio times the reference's median over every round."""
@@ -61,6 +68,9 @@ class PairedTiming:
 
     def warning(self) -> str | None:
         """One line for a host too noisy for the rule (None when the intervals reached their target)."""
+        if not self.settled:
+            return (f"latprune: warning: the host stayed in its slow state for {self.seconds:.0f} s (ONNX Runtime's "
+                    f"threads slowed; the ratios are that state's, not the quiet one's): measure again later")
         if self.converged:
             return None
         widest = self.widest()
@@ -103,9 +113,14 @@ class Timer:
         return [Measurement.from_samples(s) for s in samples]
 
     def paired(self, reference: Prepared, others: Sequence[Prepared], runs: int,
-               rule: RoundsRule = RoundsRule()) -> PairedTiming:
+               rule: RoundsRule = RoundsRule(), quiet_ms: float | None = None) -> PairedTiming:
         """Time ``reference`` and ``others`` in shuffled rounds until every other's ratio to the reference is
-        known to the rule's target (95% interval of the median per-round ratio), or the rule's caps."""
+        known to the rule's target (95% interval of the median per-round ratio), or the rule's caps.
+
+        ``quiet_ms``: the reference's quiet-state time on this device (its profile's checks), when known. Rounds
+        in which the reference ran slower than that state (:func:`in_quiet_state`) are left out, and the rounds
+        go on for up to :data:`SLOW_STATE_PATIENCE_S` past the cap to wait that state out; if it never ends,
+        every round counts and the timing says so (``settled`` false)."""
         began = time.perf_counter()
         samples: list[list[list[float]]] = [[] for _ in range(len(others) + 1)]
         networks = [reference, *others]
@@ -113,10 +128,17 @@ class Timer:
             for i in self.shuffled(range(len(networks))):
                 samples[i].append(self.sample(networks[i], runs).plain_ms)
             rounds, seconds = len(samples[0]), time.perf_counter() - began
-            if rounds < rule.min_rounds:
-                continue
-            measured = [Measurement.from_samples(s) for s in samples]
+            kept = [k for k, r in enumerate(samples[0]) if in_quiet_state(statistics.median(r), quiet_ms)]
+            in_state = len(kept)
+            waited_out = (rounds >= SLOW_STATE_ROUNDS_FACTOR * rule.max_rounds
+                          or seconds >= rule.max_seconds + SLOW_STATE_PATIENCE_S)
+            if in_state < rule.min_rounds:
+                if not waited_out or rounds < rule.min_rounds:
+                    continue
+                kept = list(range(rounds))  # the slow state never ended: every round counts
+            measured = [Measurement.from_samples([s[k] for k in kept]) for s in samples]
             ratios = tuple(paired_interval(m, measured[0]) for m in measured[1:])
             converged = all(r.covered and r.half_width <= rule.target for r in ratios)
-            if converged or rounds >= rule.max_rounds or seconds >= rule.max_seconds:
-                return PairedTiming(measured[0], tuple(measured[1:]), ratios, converged, seconds)
+            if converged or len(kept) >= rule.max_rounds or seconds >= rule.max_seconds or waited_out:
+                return PairedTiming(measured[0], tuple(measured[1:]), ratios, converged, seconds,
+                                    slow_state_rounds=rounds - in_state, settled=in_state >= rule.min_rounds)

@@ -12,11 +12,14 @@ interval, :class:`~latprune.profiler.timer.RoundsRule`) or a cap. A round in whi
 on the CPU: two verifying plans on one machine measured a 2 ms network at 600 ms) is left out,
 of the result and of the profile, and timed again; when too few rounds are clean the timing is
 refused, and nothing is stored. A slow minute must never become a slow layer for every later plan.
+Rounds that ran in the host's slow state (:mod:`latprune.network.quiet_reference`) are left out too and waited
+out for up to a minute: that state moves a plan's ratio to dense (0.52 -> 0.65 for a Lite0 plan).
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -27,12 +30,12 @@ from latprune.analysis import ModelAnalysis
 from latprune.errors import LatpruneError
 from latprune.network import Measurement, PairedRatio, layer_signatures, paired_interval
 from latprune.network.measurement import paired_quiet_rounds
-from latprune.network.quiet_reference import quiet_reference_ms, slowdown_factor
+from latprune.network.quiet_reference import in_quiet_state, quiet_reference_ms, quiet_state_ms, slowdown_factor
 from latprune.profiler.backends import RoundSample, get_backend
 from latprune.profiler.device import fingerprint
 from latprune.profiler.runner import ProfileSettings, _finish, _Job, _round_runs
 from latprune.profiler.store import ProfileStore
-from latprune.profiler.timer import RoundsRule, Timer
+from latprune.profiler.timer import SLOW_STATE_PATIENCE_S, RoundsRule, Timer
 from latprune.profiler.variants import Variant
 from latprune.surgery import prune_channels
 
@@ -46,7 +49,7 @@ class VariantTiming:
     dense: Measurement
     new_layer_rows: int
     seconds: float
-    rejected_rounds: int = 0  # rounds left out because the host was contended while they ran
+    rejected_rounds: int = 0  # rounds left out because the host was contended or in its slow state while they ran
 
 
 # A round whose dense time exceeds this many times the dense network's quiet time (over this timer's rounds and the
@@ -82,7 +85,9 @@ class VariantTimer:
             dense_ms = Measurement.from_samples([self._timer.sample(self._dense, settings.runs).plain_ms]).median_ms
             self.dense_ms = dense_ms  # a first look at the dense network after the warm-up (one sample)
             self._runs = _round_runs(settings, dense_ms)
-            self._checks = [*self._store.drift_checks(self._device_id, self.backend.name, analysis.key), dense_ms]
+            profiled = self._store.drift_checks(self._device_id, self.backend.name, analysis.key)
+            self._checks = [*profiled, dense_ms]
+            self._state_ms = quiet_state_ms(profiled)  # None: the profile saw one state, nothing to wait out
         except BaseException:
             self.close()
             raise
@@ -131,37 +136,50 @@ class VariantTimer:
                     taken[which] = self._timer.sample(prepared, runs, profiled_runs).to_json()
             self._checks.append(statistics.median(taken["dense"]))
             rounds.append((taken["dense"], taken["variant"]))
-            clean = self._clean(rounds)
-            if len(clean) >= rule.min_rounds:
-                ratio = _ratio(clean)
+            settled = self._settled(self._clean(rounds))
+            if len(settled) >= rule.min_rounds:
+                ratio = _ratio(settled)
                 if ratio.covered and ratio.half_width <= rule.target:
                     break
-            if (len(clean) >= rule.max_rounds or len(rounds) >= rule.max_rounds * (1 + EXTRA_ROUNDS_FACTOR)
-                    or time.perf_counter() - timing_began >= rule.max_seconds):
+            seconds = time.perf_counter() - timing_began
+            # A slow state of the host is waited out (up to SLOW_STATE_PATIENCE_S more), load is not
+            if (len(settled) >= rule.max_rounds or len(rounds) >= rule.max_rounds * (1 + EXTRA_ROUNDS_FACTOR)
+                    or seconds >= rule.max_seconds + (0 if len(settled) >= rule.min_rounds else SLOW_STATE_PATIENCE_S)):
                 break
         clean = self._clean(rounds)
+        settled = self._settled(clean)
         if len(clean) < MIN_CLEAN_ROUNDS:
             slowest = max(statistics.median(d) for d, _ in rounds)
             raise LatpruneError(
                 f"the host is contended: the dense network took up to {slowest:.4g} ms in {len(rounds) - len(clean)} "
                 f"of {len(rounds)} rounds against {self._quiet_ms:.4g} ms quiet (another process is using the CPU?); "
                 f"nothing was stored in the profile: run again on a quiet machine")
+        if len(settled) < MIN_CLEAN_ROUNDS:
+            print(f"latprune: warning: the host stayed in its slow state while timing a plan (dense "
+                  f"{statistics.median(statistics.median(d) for d, _ in clean):.4g} ms against {self._quiet_ms:.4g} ms "
+                  f"quiet): this plan's ratio to dense is that state's, not the quiet one's", file=sys.stderr)
+            settled = clean
         # Stored from the rounds the paired ratio stands on (the quiet ones), each divided by how much slower than
         # its quiet time the host ran, like the profiler's rows: load slows the dense network and its variants
         # unlike each other, so a loaded round's layer times are not a quiet host's.
-        whole, dense = _measurements(clean)
+        whole, dense = _measurements(settled)
         quiet = paired_quiet_rounds(whole, dense)
         job = _Job(variant, prepared, signatures, {
             i: RoundSample.from_json(v).scaled(slowdown_factor(statistics.median(d), self._quiet_ms)).to_json()
-            for i, (d, v) in enumerate(clean) if i in quiet})
+            for i, (d, v) in enumerate(settled) if i in quiet})
         new_rows = _finish(job, self._store, self._device_id, self.backend.name, analysis.key)
         return VariantTiming(variant.key, whole, dense, new_rows,
-                             time.perf_counter() - began, rejected_rounds=len(rounds) - len(clean))
+                             time.perf_counter() - began, rejected_rounds=len(rounds) - len(settled))
 
     def _clean(self, rounds: list[tuple[list[float], dict]]) -> list[tuple[list[float], dict]]:
         """The rounds whose dense time says the host was not contended (judged against the quiet time)."""
         limit = CONTENDED_FACTOR * self._quiet_ms
         return [r for r in rounds if statistics.median(r[0]) <= limit]
+
+    def _settled(self, rounds: list[tuple[list[float], dict]]) -> list[tuple[list[float], dict]]:
+        """Of uncontended ``rounds``, those run in the host's quiet state
+        (:func:`~latprune.network.quiet_reference.in_quiet_state`)."""
+        return [r for r in rounds if in_quiet_state(statistics.median(r[0]), self._state_ms)]
 
 
 def _measurements(rounds: list[tuple[list[float], dict]]) -> tuple[Measurement, Measurement]:
