@@ -272,7 +272,17 @@ def repeat_lines(at: list[dict], recipe: str) -> list[str]:
     verdict = (f"agree within {100 * MATCH:.0f}%" if abs(worst) <= MATCH else
                f"DISAGREE by up to {100 * worst:+.1f}%: the latencies compared above depend on the host's state")
     return [f"  - final measurement repeated after recovery (dense {again[0]['dense_ms']:.3f} then "
-            f"{again[0]['dense_ms_again']:.3f} ms): {listed}; {verdict}"]
+            f"{again[0]['dense_ms_again']:.3f} ms{_state_note(again[0])}): {listed}; {verdict}"]
+
+
+def _state_note(row: dict) -> str:
+    """How many rounds of the host's slow state each measurement left out ("" for rows from before that rule)."""
+    if "slow_state_rounds" not in row:
+        return ""
+    stayed = [name for name, key in (("first", "in_quiet_state"), ("repeat", "in_quiet_state_again"))
+              if not row.get(key, True)]
+    return (f"; slow-state rounds left out {row['slow_state_rounds']} then {row.get('slow_state_rounds_again', 0)}"
+            + (f"; the host stayed in its slow state in the {' and '.join(stayed)} measurement" if stayed else ""))
 
 
 def plot(rows: list[dict], path: Path, recipes: list[str]) -> None:

@@ -178,7 +178,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         pruned=LatencyFigures.of(plan.predicted_ms, pruned_m,
                                  derived_ms=config.budget.judged_ms(ratio.ratio, dense_m.median_ms)),
         ratio=ratio, ratio_converged=timing.converged, predicted_speedup=plan.predicted_speedup,
-        verification=plan.verification)
+        verification=plan.verification, slow_state_rounds=timing.slow_state_rounds, in_quiet_state=timing.settled)
     return RunResult(
         name=config.name or config.model, model=config.model, weights=config.weights,
         input_shape=tuple(loaded.input_shape), device=device.get("fingerprint", fitted.device), plan=plan,

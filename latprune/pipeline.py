@@ -203,7 +203,7 @@ def _announce_round(record: LoopRound) -> None:
 
     low, high = record.band_ms
     rejected = record.rejected_rounds
-    contended = f"; {rejected} timing rounds on a contended host left out" if rejected else ""
+    contended = f"; {rejected} timing rounds left out (host contended or in its slow state)" if rejected else ""
     print(f"latprune: verify round {record.round}: predicted {record.predicted_ms:.4g} ms, measured "
           f"{record.measured_ms:.4g} ms (band {low:.4g}-{high:.4g} ms): {record.verdict()}{contended}",
           file=sys.stderr, flush=True)

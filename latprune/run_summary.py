@@ -60,6 +60,8 @@ class LatencyOutcome:
     ratio_converged: bool
     predicted_speedup: float | None
     verification: VerificationRecord | None
+    slow_state_rounds: int = 0  # rounds of the final measurement left out: the host ran in its slow state
+    in_quiet_state: bool = True  # false: the host never left its slow state, and every round counted
 
     @property
     def measured_speedup(self) -> float:
@@ -101,6 +103,7 @@ class LatencyOutcome:
                 "margin": self.margin, "budget_basis": self.budget_basis, "budget": self.budget,
                 "plan_budget": self.plan_budget, "dense": self.dense.to_json(), "pruned": self.pruned.to_json(),
                 "ratio": self.ratio.to_json(), "ratio_converged": self.ratio_converged,
+                "slow_state_rounds": self.slow_state_rounds, "in_quiet_state": self.in_quiet_state,
                 "measured_speedup": self.measured_speedup, "predicted_speedup": self.predicted_speedup,
                 "measured_over_budget": self.measured_over_budget,
                 "measured_over_predicted": self.measured_over_predicted, "meets_budget": self.meets_budget,

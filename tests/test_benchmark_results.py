@@ -94,6 +94,13 @@ def test_pareto_goal_says_whether_the_repeated_final_measurement_agreed() -> Non
     moved = goal_lines([measured_twice("latprune", 0.62, 0.531, 0.477), measured_twice("depth-only", 0.55, 0.52, 0.52)])
     line = next(line for line in moved if "repeated after recovery" in line)
     assert "latprune 0.531 -> 0.477" in line and "DISAGREE by up to -10.2%" in line
+    stated = {"quiet_dense_ms": 1.36, "slow_state_rounds": 14, "in_quiet_state": True, "slow_state_rounds_again": 60,
+              "in_quiet_state_again": False}
+    line = next(line for line in goal_lines([{**measured_twice("latprune", 0.62, 0.5, 0.505), **stated},
+                                             {**measured_twice("depth-only", 0.55, 0.5, 0.492), **stated}])
+                if "repeated after recovery" in line)
+    assert "ms; slow-state rounds left out 14 then 60; the host stayed in its slow state in the repeat measurement)" \
+        in line
 
 
 def test_imagenet_goal_checks_the_margin_at_1_5x_and_says_whether_the_repeat_agreed() -> None:

@@ -78,6 +78,7 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path):
     assert latency["budget_ms"] == pytest.approx(latency["dense"]["measured_ms"] / 1.2)
     assert latency["meets_budget"] == (latency["measured_speedup"] >= 1.2)
     assert latency["budget_verdict"] in ("met", "within noise", "missed")
+    assert latency["in_quiet_state"] and latency["slow_state_rounds"] == 0  # the synthetic host has one state
     assert latency["pruned"]["measured_ms"] > 0 and latency["dense"]["measured_ms"] > 0
     assert run["accuracy"]["images"] == 449 and 0 <= run["accuracy"]["recovered"] <= 1
     assert run["recovery"]["recipe"] == "bn" and run["onnx_max_abs_diff"] < 1e-4

@@ -66,7 +66,7 @@ class Timing(Protocol):
     variant: Measurement
     dense: Measurement
     new_layer_rows: int
-    seconds: float  # and optionally rejected_rounds: timing rounds left out because the host was contended
+    seconds: float  # and optionally rejected_rounds: timing rounds left out (host contended or in its slow state)
 
 
 class LoopDevice(Protocol):
