@@ -60,7 +60,7 @@ class PairedTiming:
     settled: bool = True  # false: the host never left its slow state, and every round counts
 
     def derived_ms(self, index: int) -> float:
-        """Network ``index``'s latency as its ratio times the reference's median over every round."""
+        """Network ``index``'s latency as its ratio times the reference's median over the rounds counted."""
         return self.ratios[index].ratio * self.reference.median_ms
 
     def widest(self) -> PairedRatio:
