@@ -24,7 +24,7 @@ from latprune.profiler.visit_warmup import VISIT_WARMUP_MS
 T = TypeVar("T")
 
 SLOW_STATE_PATIENCE_S = 60.0  # how long past the rule's time cap a paired timing waits for the quiet state
-SLOW_STATE_ROUNDS_FACTOR = 3  # ... and past how many times the rule's rounds
+LEFT_OUT_ROUNDS_FACTOR = 3  # rounds left out (slow state, contention) are re-run up to this many times the rule's
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,11 @@ class RoundsRule:
         if not (self.max_seconds > 0 and 0 < self.target < 1):
             raise LatpruneError(f"rounds: max_seconds must be positive and target in (0, 1), got "
                                 f"{self.max_seconds}, {self.target}")
+
+    def waited_out(self, rounds: int, seconds: float) -> bool:
+        """Whether a timing that is still short of counted rounds has waited long enough: the rule's rounds
+        :data:`LEFT_OUT_ROUNDS_FACTOR` times over, or :data:`SLOW_STATE_PATIENCE_S` past its time cap."""
+        return rounds >= LEFT_OUT_ROUNDS_FACTOR * self.max_rounds or seconds >= self.max_seconds + SLOW_STATE_PATIENCE_S
 
 
 @dataclass(frozen=True)
@@ -130,8 +135,7 @@ class Timer:
             rounds, seconds = len(samples[0]), time.perf_counter() - began
             kept = [k for k, r in enumerate(samples[0]) if in_quiet_state(statistics.median(r), quiet_ms)]
             in_state = len(kept)
-            waited_out = (rounds >= SLOW_STATE_ROUNDS_FACTOR * rule.max_rounds
-                          or seconds >= rule.max_seconds + SLOW_STATE_PATIENCE_S)
+            waited_out = rule.waited_out(rounds, seconds)
             if in_state < rule.min_rounds:
                 if not waited_out or rounds < rule.min_rounds:
                     continue

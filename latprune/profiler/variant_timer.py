@@ -35,7 +35,7 @@ from latprune.profiler.backends import RoundSample, get_backend
 from latprune.profiler.device import fingerprint
 from latprune.profiler.runner import ProfileSettings, _finish, _Job, _round_runs
 from latprune.profiler.store import ProfileStore
-from latprune.profiler.timer import SLOW_STATE_PATIENCE_S, RoundsRule, Timer
+from latprune.profiler.timer import RoundsRule, Timer
 from latprune.profiler.variants import Variant
 from latprune.surgery import prune_channels
 
@@ -56,7 +56,6 @@ class VariantTiming:
 # profile's own checks of the dense network) was run on a contended host. This host's own swings reach 2x.
 CONTENDED_FACTOR = 2.5
 MIN_CLEAN_ROUNDS = 2
-EXTRA_ROUNDS_FACTOR = 2  # contended rounds are re-run, up to this many times the rule's rounds in all
 
 
 class VariantTimer:
@@ -142,9 +141,8 @@ class VariantTimer:
                 if ratio.covered and ratio.half_width <= rule.target:
                     break
             seconds = time.perf_counter() - timing_began
-            # A slow state of the host is waited out (up to SLOW_STATE_PATIENCE_S more), load is not
-            if (len(settled) >= rule.max_rounds or len(rounds) >= rule.max_rounds * (1 + EXTRA_ROUNDS_FACTOR)
-                    or seconds >= rule.max_seconds + (0 if len(settled) >= rule.min_rounds else SLOW_STATE_PATIENCE_S)):
+            if (len(settled) >= rule.max_rounds or rule.waited_out(len(rounds), seconds)
+                    or (len(settled) >= rule.min_rounds and seconds >= rule.max_seconds)):
                 break
         clean = self._clean(rounds)
         settled = self._settled(clean)
