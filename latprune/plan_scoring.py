@@ -88,7 +88,7 @@ class RepairedLoss:
         return cls(analysis, images) if len(images) >= MIN_REPAIR_IMAGES else None
 
     def __call__(self, kept: Mapping[str, Sequence[int]]) -> float:
-        repaired, _ = recover(self.analysis, prune_loaded(self.analysis, kept), "ridge", self.fit)
+        repaired, _ = recover(self.analysis, prune_loaded(self.analysis, kept), "ridge", self.fit, errors=False)
         return disagreement(self.reference, forward_in_batches(repaired.model, self.held))
 
 
@@ -120,7 +120,7 @@ class RecoveredLoss:
 
     def __call__(self, kept: Mapping[str, Sequence[int]]) -> float:
         recovered, _ = recover(self.analysis, prune_loaded(self.analysis, kept), self.selection.recipe, self.fit,
-                               ReconstructionSettings(seconds=self.selection.seconds))
+                               ReconstructionSettings(seconds=self.selection.seconds), errors=False)
         return disagreement(self.reference, forward_in_batches(recovered.model, self.held))
 
 

@@ -102,13 +102,16 @@ def recover(
     progress: bool = False,
     labels: torch.Tensor | None = None,
     tuning: FinetuneSettings | None = None,
+    errors: bool = True,
 ) -> tuple[PrunedModel, RecoveryReport]:
     """Repair ``pruned`` toward ``dense`` with the recipe's steps on ``calib`` images.
 
     Returns a new pruned model (``pruned`` is left untouched) whose metadata records the
     report. Reconstruction steps restart from the dense weights and the kept channels.
     Only the fine-tuning steps read ``labels`` (one class index per image); without them
-    they distil the dense network's outputs.
+    they distil the dense network's outputs. ``errors`` False leaves the tap errors out of the
+    report (each is a pass of both networks over up to ``ERROR_IMAGES`` images): for callers
+    that score the result themselves, such as the planner's search.
     """
     steps = parse_recipe(recipe)
     analysis = as_analysis(dense)
@@ -123,17 +126,19 @@ def recover(
                    kept_output_channels(layout, pruned_groups, pruned.kept), calib, labels, settings,
                    tuning or FinetuneSettings(), progress)
     report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib),
-                            error_images=min(len(calib), ERROR_IMAGES))
+                            error_images=min(len(calib), ERROR_IMAGES) if errors else 0)
     started = time.perf_counter()
     result = PrunedModel(copy.deepcopy(pruned.model), pruned.spec, pruned.input_shape, dict(pruned.kept),
                          pruned.family, copy.deepcopy(pruned.metadata), pruned.preprocessing)
-    report.error_before = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib[:ERROR_IMAGES])
+    if errors:
+        report.error_before = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib[:ERROR_IMAGES])
     for step in steps:
         began = time.perf_counter()
         details = STEPS[step](ctx, result)
         report.steps.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **details})
     result.model.eval()
-    report.error_after = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib[:ERROR_IMAGES])
+    if errors:
+        report.error_after = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib[:ERROR_IMAGES])
     report.seconds = round(time.perf_counter() - started, 3)
     result.metadata["recovery"] = report.to_dict()
     return result, report

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from latprune.graph import LayerSlice
-from latprune.recovery.taps import Tap, capture_outputs, layer_input, select_channels
+from latprune.recovery.layer_walk import walked_inputs
+from latprune.recovery.taps import Tap, capture_outputs, select_channels
 from latprune.recovery.timebox import StepBox, Steps
 
 
@@ -314,31 +315,32 @@ def ridge_reconstruct(
                         torch.randperm(spots, generator=generator)[: settings.positions_per_image])
                 targets[tap.output].append(_targets(y, positions[tap.output]))
     solved = 0
-    for tap in tqdm(solvable, desc="ridge reconstruction", unit="layer", disable=not progress, leave=False):
-        layer = modules_p[tap.layer]
-        groups = getattr(layer, "groups", 1)
-        with torch.no_grad():
-            xs = [_rows(layer, layer_input(pruned, tap.layer, batch), positions[tap.output])
-                  for batch in calib.split(settings.batch_size)]
-        x = torch.cat(xs).double()
-        y = torch.cat(targets[tap.output]).double()
-        out_per_group = y.shape[1] // groups
-        in_per_group = x.shape[1] // groups
-        weights, shifts = [], []
-        for g in range(groups):
-            xg = x[:, g * in_per_group:(g + 1) * in_per_group]
-            yg = y[:, g * out_per_group:(g + 1) * out_per_group]
-            w, b = _ridge(xg, yg, settings.ridge)
-            weights.append(w)
-            shifts.append(b)
-        weight = torch.cat(weights).to(layer.weight.dtype)
-        shift = torch.cat(shifts).to(layer.weight.dtype)
-        norm = modules_p[tap.norm] if tap.norm else None
-        if norm is None and layer.bias is None:
-            continue  # a shift it cannot represent would bias the fit; keep the layer as it is
-        _fold_solution(layer, norm, weight, shift)
-        solved += 1
+    with walked_inputs(pruned, calib.split(settings.batch_size), [t.layer for t in solvable]) as inputs_of:
+        for tap in tqdm(solvable, desc="ridge reconstruction", unit="layer", disable=not progress, leave=False):
+            layer = modules_p[tap.layer]
+            with torch.no_grad():
+                x = torch.cat([_rows(layer, i, positions[tap.output]) for i in inputs_of(tap.layer)]).double()
+            solved += _refit(layer, modules_p[tap.norm] if tap.norm else None, x,
+                             torch.cat(targets[tap.output]).double(), settings.ridge)
     return {"layers": solved, "skipped": len(taps) - solved}
+
+
+def _refit(layer: nn.Module, norm: nn.Module | None, x: torch.Tensor, y: torch.Tensor, ridge: float) -> int:
+    """Fit ``layer`` (and ``norm``) by ridge from rows ``x`` to targets ``y``, group by group; 1 if refitted, 0 if
+    the layer cannot represent the fitted shift."""
+    groups = getattr(layer, "groups", 1)
+    if norm is None and layer.bias is None:
+        return 0  # a shift it cannot represent would bias the fit; keep the layer as it is
+    out_per_group = y.shape[1] // groups
+    in_per_group = x.shape[1] // groups
+    weights, shifts = [], []
+    for g in range(groups):
+        w, b = _ridge(x[:, g * in_per_group:(g + 1) * in_per_group], y[:, g * out_per_group:(g + 1) * out_per_group],
+                      ridge)
+        weights.append(w)
+        shifts.append(b)
+    _fold_solution(layer, norm, torch.cat(weights).to(layer.weight.dtype), torch.cat(shifts).to(layer.weight.dtype))
+    return 1
 
 
 def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
