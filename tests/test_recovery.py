@@ -249,10 +249,94 @@ class _PaddedInForward(nn.Conv2d):
         return super().forward(F.pad(x, (pad, pad, pad, pad)))
 
 
-def test_ridge_refits_only_layers_whose_output_is_the_plain_convolution_of_their_input():
-    from latprune.recovery.reconstruction import _ridge_supported
+class _PaddedByChild(nn.Conv2d):
+    """A convolution padding with a child module first (EfficientNet-Lite's package: ``static_padding``)."""
 
-    assert _ridge_supported(nn.Conv2d(4, 4, 3, padding=1)) and _ridge_supported(nn.Linear(4, 2))
-    assert not _ridge_supported(_PaddedInForward(4, 4, 3))  # its input rows would miss the padding
-    assert _ridge_supported(_PaddedInForward(4, 4, 1))  # padded by nothing: the plain convolution
-    assert not _ridge_supported(_PaddedInForward(4, 4, 3, stride=2))  # padded on one side: even sizes show it
+    def __init__(self, *args, pad=(1, 1, 1, 1), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.static_padding = nn.ZeroPad2d(pad)
+
+    def forward(self, x):
+        return F.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+
+class _ActivatedAfter(nn.Conv2d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(super().forward(x))
+
+
+def test_ridge_refits_only_layers_whose_output_is_the_plain_convolution_of_their_rows():
+    from latprune.recovery.ridge import _row_source
+
+    assert _row_source(nn.Conv2d(4, 4, 3, padding=1)) and _row_source(nn.Linear(4, 2))
+    assert _row_source(_PaddedInForward(4, 4, 3)) is None  # its input rows would miss the padding
+    assert _row_source(_PaddedInForward(4, 4, 1))  # padded by nothing: the plain convolution
+    assert _row_source(_PaddedInForward(4, 4, 3, stride=2)) is None  # padded on one side: even sizes show it
+    same = _PaddedByChild(4, 4, 3, stride=2, pad=(0, 1, 0, 1))  # TensorFlow's "same" under a stride
+    assert _row_source(same) is same.static_padding
+    x = torch.randn(2, 4, 10, 10)
+    assert same(x).shape != F.conv2d(x, same.weight, same.bias, 2).shape  # rows from its input would miss the padding
+    assert _row_source(_ActivatedAfter(4, 4, 3, padding=1)) is None  # its child acts after the convolution
+
+
+def test_ridge_refits_a_depthwise_convolution_that_pads_with_a_child_exactly():
+    torch.manual_seed(0)
+    from latprune.recovery.reconstruction import ReconstructionSettings
+    from latprune.recovery.ridge import ridge_reconstruct
+    from latprune.recovery.taps import Tap
+
+    dense = nn.Sequential(_PaddedByChild(6, 6, 3, groups=6, pad=(1, 1, 1, 1)), nn.BatchNorm2d(6)).eval()
+    with torch.no_grad():
+        dense[1].running_mean.normal_()
+        dense[1].running_var.uniform_(0.5, 2.0)
+    pruned = copy.deepcopy(dense)
+    with torch.no_grad():
+        pruned[0].weight.normal_()  # a wrong kernel ridge must rebuild from 32 sampled positions per image
+    calib = torch.randn(16, 6, 10, 10)
+    summary = ridge_reconstruct(pruned, dense, [Tap("0", "1")], {}, calib, ReconstructionSettings(ridge=1e-9))
+    assert summary == {"layers": 1, "skipped": 0}
+    torch.testing.assert_close(pruned(calib), dense(calib), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("recipe", ["ridge", "ridge-tuned+bn"])
+def test_recovery_for_scoring_leaves_out_only_what_keeps_the_outputs(resnet20, pruned20, calib, recipe):
+    full, report = recover(resnet20, pruned20, recipe, calib)
+    scored, lean = recover(resnet20, pruned20, recipe, calib, scoring=True)
+    assert report.error_after is not None and lean.error_before is None and lean.error_after is None
+    torch.testing.assert_close(_outputs(scored.model, calib), _outputs(full.model, calib), rtol=1e-4, atol=1e-4)
+    if recipe == "ridge":  # its restatement left out: statistics of the pruned network, not the calibration moments
+        stats = [m.running_var for m in scored.model.modules() if isinstance(m, nn.BatchNorm2d)]
+        full_stats = [m.running_var for m in full.model.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert not all(torch.allclose(a, b) for a, b in zip(stats, full_stats))
+
+
+def test_grouped_ridge_solves_each_group_as_its_own_ridge():
+    from latprune.recovery.ridge import _ridge, _ridge_grouped
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, 9, generator=generator, dtype=torch.float64)
+    y = torch.einsum("ngi,goi->ngo", x, torch.randn(5, 2, 9, generator=generator, dtype=torch.float64)) + 3.0
+    weight, shift = _ridge_grouped(x.transpose(0, 1), y.transpose(0, 1), 1e-3)
+    assert weight.shape == (10, 9) and shift.shape == (10,)
+    for g in range(5):
+        w, b = _ridge(x[:, g], y[:, g], 1e-3)
+        torch.testing.assert_close(weight[2 * g:2 * g + 2], w, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(shift[2 * g:2 * g + 2], b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, padding",
+                         [(3, 1, 1, 1), (3, 2, 1, 0), (1, 1, 1, 0), ((3, 5), (2, 1), (1, 2), (1, 4))])
+def test_ridge_rows_at_sampled_positions_are_the_unfolded_patches(kernel, stride, dilation, padding):
+    from latprune.recovery.ridge import _patches_at
+
+    layer = nn.Conv2d(3, 4, kernel, stride=stride, dilation=dilation, padding=padding)
+    x = torch.randn(2, 3, 11, 13)
+    unfolded = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+    positions = torch.randperm(unfolded.shape[2], generator=torch.Generator().manual_seed(0))[:7]
+    assert layer(x).shape[2] * layer(x).shape[3] == unfolded.shape[2]
+    assert torch.equal(_patches_at(layer, x, positions), unfolded[:, :, positions])

@@ -29,9 +29,9 @@ from latprune.recovery.reconstruction import (
     ReconstructionSettings,
     phase_one,
     phase_two,
-    ridge_reconstruct,
     tap_errors,
 )
+from latprune.recovery.ridge import ridge_reconstruct
 from latprune.recovery.taps import Tap, find_taps, kept_output_channels
 
 RECONSTRUCTIONS = ("two-stage", "ridge", "ridge-tuned")
@@ -91,6 +91,8 @@ class _Context:
     settings: ReconstructionSettings
     tuning: FinetuneSettings
     progress: bool
+    scoring: bool = False  # only the result's outputs are used (see :func:`recover`)
+    last_step: bool = False  # the step running is the recipe's last
 
 
 def recover(
@@ -102,16 +104,17 @@ def recover(
     progress: bool = False,
     labels: torch.Tensor | None = None,
     tuning: FinetuneSettings | None = None,
-    errors: bool = True,
+    scoring: bool = False,
 ) -> tuple[PrunedModel, RecoveryReport]:
     """Repair ``pruned`` toward ``dense`` with the recipe's steps on ``calib`` images.
 
     Returns a new pruned model (``pruned`` is left untouched) whose metadata records the
     report. Reconstruction steps restart from the dense weights and the kept channels.
     Only the fine-tuning steps read ``labels`` (one class index per image); without them
-    they distil the dense network's outputs. ``errors`` False leaves the tap errors out of the
-    report (each is a pass of both networks over up to ``ERROR_IMAGES`` images): for callers
-    that score the result themselves, such as the planner's search.
+    they distil the dense network's outputs. ``scoring``: the caller only scores the result's
+    outputs (the planner's search), so what leaves them as they are is not done: the tap errors
+    of the report (each a pass of both networks over up to ``ERROR_IMAGES`` images) and the
+    BatchNorm restatement that ends the recipe (a pass over ``calib``).
     """
     steps = parse_recipe(recipe)
     analysis = as_analysis(dense)
@@ -124,20 +127,20 @@ def recover(
     taps = [t for t in find_taps(dense_model, analysis.example_input()) if t.layer in remaining]  # removed branches
     ctx = _Context(analysis, taps, pruned_groups, layout,
                    kept_output_channels(layout, pruned_groups, pruned.kept), calib, labels, settings,
-                   tuning or FinetuneSettings(), progress)
+                   tuning or FinetuneSettings(), progress, scoring)
     report = RecoveryReport(recipe="+".join(steps) or "none", calibration_images=len(calib),
-                            error_images=min(len(calib), ERROR_IMAGES) if errors else 0)
+                            error_images=0 if scoring else min(len(calib), ERROR_IMAGES))
     started = time.perf_counter()
     result = PrunedModel(copy.deepcopy(pruned.model), pruned.spec, pruned.input_shape, dict(pruned.kept),
                          pruned.family, copy.deepcopy(pruned.metadata), pruned.preprocessing)
-    if errors:
+    if not scoring:
         report.error_before = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib[:ERROR_IMAGES])
-    for step in steps:
-        began = time.perf_counter()
+    for index, step in enumerate(steps):
+        began, ctx.last_step = time.perf_counter(), index == len(steps) - 1
         details = STEPS[step](ctx, result)
         report.steps.append({"step": step, "seconds": round(time.perf_counter() - began, 3), **details})
     result.model.eval()
-    if errors:
+    if not scoring:
         report.error_after = tap_errors(result.model, dense_model, ctx.taps, ctx.kept, calib[:ERROR_IMAGES])
     report.seconds = round(time.perf_counter() - started, 3)
     result.metadata["recovery"] = report.to_dict()
@@ -185,8 +188,15 @@ def _phase_two_in_box(ctx: _Context, result: PrunedModel, began: float) -> dict:
     left = None if box is None else max(box - (time.perf_counter() - began), 0.0)
     phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress,
                        left)
-    restate_batchnorm(result.model, ctx.calib)
+    _restate_at_end(ctx, result)
     return phase2.to_json()
+
+
+def _restate_at_end(ctx: _Context, result: PrunedModel) -> None:
+    """Restate the BatchNorm statistics that end a reconstruction step (so a following ``bn`` or ``asr`` builds on
+    it), unless only the outputs are scored and no step follows: the restatement keeps the function."""
+    if not (ctx.scoring and ctx.last_step):
+        restate_batchnorm(result.model, ctx.calib)
 
 
 def _two_stage(ctx: _Context, result: PrunedModel) -> dict:
@@ -198,11 +208,15 @@ def _two_stage(ctx: _Context, result: PrunedModel) -> dict:
     return {"phase1": phase1.to_json(), "phase2": _phase_two_in_box(ctx, result, began), "time_box_s": box}
 
 
-def _ridge(ctx: _Context, result: PrunedModel) -> dict:
+def _ridge_fit(ctx: _Context, result: PrunedModel) -> dict:
     result.model = prune_loaded(ctx.analysis, result.kept).model
-    summary = ridge_reconstruct(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings,
-                                ctx.progress)
-    restate_batchnorm(result.model, ctx.calib)
+    return ridge_reconstruct(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings,
+                             ctx.progress)
+
+
+def _ridge(ctx: _Context, result: PrunedModel) -> dict:
+    summary = _ridge_fit(ctx, result)
+    _restate_at_end(ctx, result)
     return summary
 
 
@@ -210,7 +224,8 @@ def _ridge_tuned(ctx: _Context, result: PrunedModel) -> dict:
     """Ridge, then two-stage's phase 2 from the ridge solution (in the rest of the box). Measured on cifar resnet20
     plans with removed residual branches, it kept far more top-1 than two-stage (docs/recovery.md)."""
     began = time.perf_counter()
-    summary = _ridge(ctx, result)
+    summary = _ridge_fit(ctx, result)
+    restate_batchnorm(result.model, ctx.calib)  # phase 2 tunes the restated scales and shifts
     return {"ridge": summary, "phase2": _phase_two_in_box(ctx, result, began), "time_box_s": ctx.settings.seconds}
 
 
