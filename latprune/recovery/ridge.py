@@ -70,9 +70,10 @@ def _row_source(layer: nn.Module, padded: bool = True) -> Callable[[torch.Tensor
         return None
     if type(layer).forward is nn.Conv2d.forward:
         return _unchanged
+    candidates = [_unchanged]
     children = list(layer.children())
-    candidates = [_unchanged] + [c for c in children[:1] if padded and len(children) == 1
-                                 and not list(c.parameters()) and not list(c.buffers())]
+    if padded and len(children) == 1 and not list(children[0].parameters()) and not list(children[0].buffers()):
+        candidates.append(children[0])  # parameter-free: a padding, not a layer of its own
     side = 2 * max(layer.kernel_size) * max(layer.dilation) + 3
     for source in candidates:
         generator = torch.Generator().manual_seed(0)
