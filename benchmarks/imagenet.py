@@ -115,7 +115,7 @@ def main(argv=None) -> None:
             f"1,000)"
             + (f"; dense {dense['dense_ms']:.2f} ms median in the final measurement" if dense else "") + ". "
             f"Baselines re-planned until their measured latency is within +-{100 * MATCH:.0f}% of latprune's; "
-            f"two-stage on {len(calib)} unlabeled calibration photos for all. Stage times: "
+            f"two-stage on {len(calib)} unlabeled calibration photos for all, every epoch (no time box). Stage times: "
             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in stages.items()) + "; per budget, all four plans "
             + ", ".join(f"{r['speedup']:g}x {r['all_plans_s'] / 60:.1f} min" for r in rows
                         if r.get("method") == "latprune" and "all_plans_s" in r) + ".")
