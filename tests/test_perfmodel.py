@@ -235,3 +235,28 @@ def test_the_fit_learns_the_cost_of_a_misaligned_next_layer():
                                              for n in (8, 4)])
         assert aligned == pytest.approx(truth(cin, cout, 8), rel=0.1)
         assert misaligned == pytest.approx(truth(cin, cout, 4), rel=0.1)
+
+
+def test_layers_the_overhead_subtraction_ate_do_not_pull_the_fit_to_zero():
+    """A family of 1x1 convolutions timed at many widths, a few stored at 0 ms and one at a sliver of its time (what
+    an over-subtracted profiler overhead left): predictions stay on the family's line, and a zero row is no
+    measurement to answer with."""
+    base = dict(kind="conv", kernel=(1, 1), stride=(1, 1), padding=(0, 0), dilation=(1, 1), height=14, width=14,
+                batch=1, dtype="float32", backend="ort-cpu", epilogue="batch_norm+add")
+    rng = np.random.default_rng(2)
+
+    def truth(cin, cout):
+        return 0.004 + 1.1e-6 * cin * cout
+
+    pairs = sorted({(int(a), int(b)) for a, b in zip(rng.integers(3, 31, 120) * 16, rng.integers(1, 8, 120) * 16)})
+    times = [truth(*p) for p in pairs]
+    for i in (0, 7, 19, 33):
+        times[i] = 0.0
+    times[50] = 2e-4
+    sigs = [LayerSignature(cin=a, cout=b, groups=1, **base) for a, b in pairs]
+    for estimator in ("family-linear", "auto"):
+        model = LayerLatencyModel(estimator=estimator, step=16).fit(sigs, times)
+        queries = [(464, 80), (640, 112), (96, 32)]
+        predicted = model.predict([LayerSignature(cin=a, cout=b, groups=1, **base) for a, b in queries])
+        assert predicted == pytest.approx([truth(*q) for q in queries], rel=0.15)
+        assert model.predict([sigs[7]])[0] == pytest.approx(truth(*pairs[7]), rel=0.15)

@@ -248,3 +248,34 @@ def test_torch_cuda_profile_records_layers(tmp_path):
     report = profile_model(load_model("cifar:resnet20"), "torch-cuda", db=tmp_path / "p.sqlite", settings=FAST,
                            progress=False)
     assert report.layer_rows > 0 and report.variants_timed == report.variants_planned
+
+
+def _visit(plain_ms: float, layers_ms: dict[str, float], instrumentation_ms: float, slowdown: float = 1.0):
+    """A visit of three plain and three profiled runs: each profiled node costs ``instrumentation_ms`` more, and the
+    profiled runs ran ``slowdown`` times slower than the plain ones."""
+    from latprune.profiler.backends import RoundSample
+
+    segments = [{k: slowdown * v + instrumentation_ms for k, v in layers_ms.items()} for _ in range(3)]
+    return RoundSample(plain_ms=[plain_ms] * 3, profiled_ms=[sum(segments[0].values())] * 3, segments=segments,
+                       nodes_per_layer={k: 1 for k in layers_ms})
+
+
+def test_segments_lose_the_profilers_per_node_overhead_and_add_up_to_the_plain_time():
+    from latprune.profiler.runner import _corrected_segments
+
+    layers = {"a": 0.5, "b": 0.3, "c": 0.02}
+    corrected = _corrected_segments(_visit(0.82, layers, instrumentation_ms=0.005))
+    for name, ms in layers.items():
+        assert corrected[name] == pytest.approx([ms] * 3)
+
+
+def test_a_visit_that_changed_state_keeps_every_layer_in_proportion():
+    """Profiled runs 1.6x slower than the plain ones (the host's slow state began between them): the excess is not
+    instrumentation; subtracting it per node (170 us here) would zero the small layer."""
+    from latprune.profiler.runner import _corrected_segments
+
+    layers = {"a": 0.5, "b": 0.3, "c": 0.02}
+    corrected = _corrected_segments(_visit(0.82, layers, instrumentation_ms=0.005, slowdown=1.6))
+    assert sum(runs[0] for runs in corrected.values()) == pytest.approx(0.82)
+    for name, ms in layers.items():
+        assert corrected[name][0] == pytest.approx(ms, rel=0.15)

@@ -28,10 +28,30 @@ class CostTerms:
     layer_ms: Callable[[Sequence[LayerSignature]], np.ndarray]
 
 
+def _weighted_lstsq(design: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return np.linalg.lstsq(design * weights[:, None], y * weights, rcond=None)[0]
+
+
 def _relative_lstsq(design: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least squares on relative errors (each row weighted by 1 / y)."""
-    weights = 1.0 / y
-    return np.linalg.lstsq(design * weights[:, None], y * weights, rcond=None)[0]
+    return _weighted_lstsq(design, y, 1.0 / y)
+
+
+# A row this many times off its family's line is left out of the family's fit.
+OUTLIER_FACTOR = 3.0
+
+
+def _robust_relative_lstsq(design: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """:func:`_relative_lstsq` without the rows far off the line: a first fit weighs every row by at least the median
+    time (so a row far below its family, a layer time the profiler's overhead subtraction mostly ate, cannot pull it
+    to itself; on relative errors one such row at 1/200 of its time bent a whole family to about zero), rows more
+    than :data:`OUTLIER_FACTOR` off that fit are left out, and the rest fitted on relative errors."""
+    first = _weighted_lstsq(design, y, 1.0 / np.maximum(y, np.median(y)))
+    line = np.maximum(design @ first, 1e-9)
+    keep = (y * OUTLIER_FACTOR >= line) & (y <= OUTLIER_FACTOR * line)
+    if keep.sum() < max(design.shape[1], len(y) // 2):  # the first fit is no line to judge rows by
+        keep[:] = True
+    return _relative_lstsq(design[keep], y[keep])
 
 
 class LogTarget:
@@ -51,7 +71,7 @@ class LogTarget:
 
 class FamilyLinear:
     """Per layer family (all but the widths fixed): ms ~ linear in padded MACs, bytes and misalignment (its
-    own and the next layer's).
+    own and the next layer's), rows far off the family's line left out (:func:`_robust_relative_lstsq`).
 
     Families with too few points, and unseen ones, fall back to gradient boosting.
     """
@@ -75,7 +95,7 @@ class FamilyLinear:
         ms = np.asarray(ms)
         for family, idx in groups.items():
             if len(idx) >= self.MIN_POINTS:
-                self.coef_[family] = _relative_lstsq(self._design([signatures[i] for i in idx]), ms[idx])
+                self.coef_[family] = _robust_relative_lstsq(self._design([signatures[i] for i in idx]), ms[idx])
         return self
 
     def predict(self, signatures):
@@ -120,11 +140,10 @@ class LayerLatencyModel:
         self.estimator, self.step, self.holdout, self.seed = estimator, step, holdout, seed
 
     def fit(self, signatures: Sequence[LayerSignature], times_ms: Sequence[float]) -> "LayerLatencyModel":
-        times_ms = np.asarray(times_ms, dtype=float)
-        positive = times_ms[times_ms > 0]
-        # Subtracting the profiler's per-node overhead can leave a tiny layer at 0 ms; keep it
-        # at half the smallest positive time so relative (log-scale) fits stay finite.
-        times_ms = np.maximum(times_ms, 0.5 * positive.min() if len(positive) else 1e-6)
+        # A layer stored at 0 ms is no measurement: the profiler's per-node overhead subtraction ate it (profiles
+        # taken before that subtraction was capped hold such rows). It is neither fitted nor answered as measured.
+        timed = [(s, float(t)) for s, t in zip(signatures, times_ms) if t > 0]
+        signatures, times_ms = [s for s, _ in timed], np.array([t for _, t in timed], dtype=float)
         self.measured_ = {s.key(): float(t) for s, t in zip(signatures, times_ms)}
         by_kind: dict[str, list[int]] = defaultdict(list)
         for i, s in enumerate(signatures):
