@@ -21,7 +21,7 @@ import skops.io
 from latprune.perfmodel.estimator import FamilyLinear, LayerLatencyModel, LogTarget, NetworkLatencyModel
 
 FORMAT = "latprune-perfmodel"
-FORMAT_VERSION = 3  # 2: layer features include the next layer's alignment; 3: zero-time rows left out, bounded weights
+FORMAT_VERSION = 3  # 2: layer features include the next layer's alignment; 3: 0 ms rows left out, robust family lines
 # Types inside scikit-learn's regressors that skops does not trust by default; nothing else is accepted.
 TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", "sklearn.tree._tree.Tree"]
 
