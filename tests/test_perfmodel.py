@@ -15,6 +15,7 @@ from latprune.models import load_model
 from latprune.perfmodel.api import device_id_for, fit_perf_model, load_perf_model
 from latprune.profiler.store_sqlite import fit_path
 from latprune.perfmodel.estimator import LayerLatencyModel
+from latprune.perfmodel.persistence import FORMAT_VERSION
 from latprune.network import model_key
 from latprune.network import LayerSignature, Measurement
 from latprune.profiler.store import NetworkTiming, ProfileStore
@@ -146,6 +147,22 @@ def test_a_crafted_fit_file_runs_no_code_and_is_refitted(profile_copy, tmp_path)
     assert not marker.exists()
     assert summary.status.startswith("refitted: the stored fit is unreadable")
 
+
+
+def test_a_fit_of_an_older_format_is_refitted_and_the_reason_names_the_formats(profile_copy):
+    def as_format_2(name, data):
+        if name != "fit.json":
+            return data
+        return json.dumps({**json.loads(data), "version": 2}).encode()
+
+    with ProfileStore(profile_copy) as store:
+        device_id, device = device_id_for(store, "torch-cpu")
+        fit_perf_model(store, device_id, "torch-cpu")
+        _rewrite_entries(fit_path(profile_copy, device, "torch-cpu"), as_format_2)
+        _, summary = load_perf_model(store, device_id, "torch-cpu")
+        _, again = load_perf_model(store, device_id, "torch-cpu")
+    assert summary.status.startswith("refitted: ") and "fit of format 2, made by another latprune" in summary.status
+    assert f"reads format {FORMAT_VERSION}" in summary.status and again.status == "loaded"
 
 def test_step_aware_features_learn_a_latency_staircase():
     base = dict(kind="conv", kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), height=28, width=28,

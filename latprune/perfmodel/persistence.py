@@ -53,8 +53,11 @@ def read_fit_bytes(data: bytes | None, source: str) -> tuple[str, dict, dict, Ne
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             state = json.loads(archive.read("fit.json"))
-            if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != FORMAT_VERSION:
-                raise UnreadableFit(f"{source} is not a latprune performance model of format {FORMAT_VERSION}")
+            if not isinstance(state, dict) or state.get("format") != FORMAT:
+                raise UnreadableFit(f"{source} is not a latprune performance model")
+            if state.get("version") != FORMAT_VERSION:
+                raise UnreadableFit(f"{source} holds a fit of format {state.get('version')!r}, made by another "
+                                    f"latprune; this one reads format {FORMAT_VERSION}")
             model = _network_from_state(state["model"], archive)
         return state["profile_hash"], state["versions"], state["summary"], model
     except UnreadableFit:
