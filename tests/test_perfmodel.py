@@ -148,7 +148,6 @@ def test_a_crafted_fit_file_runs_no_code_and_is_refitted(profile_copy, tmp_path)
     assert summary.status.startswith("refitted: the stored fit is unreadable")
 
 
-
 def test_a_fit_of_an_older_format_is_refitted_and_the_reason_names_the_formats(profile_copy):
     def as_format_2(name, data):
         if name != "fit.json":
@@ -163,6 +162,7 @@ def test_a_fit_of_an_older_format_is_refitted_and_the_reason_names_the_formats(p
         _, again = load_perf_model(store, device_id, "torch-cpu")
     assert summary.status.startswith("refitted: ") and "fit of format 2, made by another latprune" in summary.status
     assert f"reads format {FORMAT_VERSION}" in summary.status and again.status == "loaded"
+
 
 def test_step_aware_features_learn_a_latency_staircase():
     base = dict(kind="conv", kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), height=28, width=28,
