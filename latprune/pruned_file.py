@@ -10,6 +10,7 @@ channel removal, and loads the weights strictly, so architecture and weights are
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,15 +174,27 @@ def load_pruned(path: str | os.PathLike, spec: str | None = None) -> PrunedModel
 
 
 def dense_origin(loaded: LoadedModel) -> dict:
-    """What a pruned model records of the dense model it was made from: its weights file and their hash."""
-    if loaded.weights is None:
-        return {"weights": None, "sha256": None}
-    return {"weights": loaded.weights, "sha256": file_sha256(loaded.weights)}
+    """What a pruned model records of the dense model it was made from: its weights file and their hash, or,
+    for a ``module:callable`` factory that supplies its own weights (pre-trained ones from a package), the hash
+    of the weights it built. A built-in spec without a weights file is randomly initialised: nothing to record."""
+    if loaded.weights is not None:
+        return {"weights": loaded.weights, "sha256": file_sha256(loaded.weights)}
+    if loaded.family == "custom":
+        return {"weights": None, "sha256": None, "factory_sha256": state_sha256(loaded.model)}
+    return {"weights": None, "sha256": None}
+
+
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and values, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -194,25 +207,32 @@ def load_dense_for(pruned: PrunedModel | SavedPruned, spec: str, weights: str | 
     """The dense model a pruned model was made from, as the reference recovery repairs toward.
 
     Without ``weights``, the weights file the pruned model records (when it still holds the same
-    bytes); a pruned model made from randomly initialised weights, or one that records nothing, is
-    refused: repairing toward a freshly initialised network would destroy it.
+    bytes), or the weights its ``module:callable`` factory builds (when they hash as recorded); a
+    pruned model made from randomly initialised weights, or one that records nothing, is refused:
+    repairing toward a freshly initialised network would destroy it.
     """
     pruned.check_made_from(spec)
     origin = pruned.metadata.get("dense") or {}
-    recorded, digest = (origin.get("weights"), origin.get("sha256")) if isinstance(origin, dict) else (None, None)
-    if not all(v is None or isinstance(v, str) for v in (recorded, digest)):
+    recorded, digest, built = ((origin.get("weights"), origin.get("sha256"), origin.get("factory_sha256"))
+                               if isinstance(origin, dict) else (None, None, None))
+    if not all(v is None or isinstance(v, str) for v in (recorded, digest, built)):
         raise LatpruneError("the pruned file's record of its dense weights is malformed; pass them with --weights FILE")
-    if weights is None:
-        if not recorded:
-            raise LatpruneError(f"recovery needs the dense weights the pruned model was made from: pass --weights "
-                                f"FILE (the pruned file records {'random initial weights' if origin else 'none'})")
+    if weights is None and recorded:
         if not os.path.isfile(recorded) or file_sha256(recorded) != digest:
             raise LatpruneError(f"the dense weights the pruned model was made from ({recorded}) are missing or "
                                 f"changed; pass them with --weights FILE")
         weights = recorded
-    elif digest and file_sha256(weights) != digest:
+    elif weights is None and not built:
+        raise LatpruneError(f"recovery needs the dense weights the pruned model was made from: pass --weights "
+                            f"FILE (the pruned file records {'random initial weights' if origin else 'none'})")
+    elif weights is not None and digest and file_sha256(weights) != digest:
         raise LatpruneError(f"--weights {weights} are not the weights the pruned model was made from ({recorded}, "
                             f"sha256 {digest[:12]}...)")
     if isinstance(input_shape, str):
         input_shape = parse_input_shape(input_shape)
-    return load_model(spec, weights=weights, input_shape=tuple(input_shape or pruned.input_shape))
+    loaded = load_model(spec, weights=weights, input_shape=tuple(input_shape or pruned.input_shape))
+    if built and state_sha256(loaded.model) != built:
+        source = f"--weights {weights}" if weights else f"the factory {spec}"
+        raise LatpruneError(f"{source} gives weights other than the ones the pruned model was made from (state "
+                            f"sha256 {built[:12]}...); pass those with --weights FILE")
+    return loaded

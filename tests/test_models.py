@@ -1,5 +1,7 @@
 """Model specs load the right architectures, weights load safely, bad input fails clearly."""
 
+import json
+
 import pytest
 import torch
 
@@ -28,6 +30,14 @@ def test_user_factory_spec_and_its_declared_input_shape():
     loaded = load_model("fixtures.user_models:tiny_net")
     assert loaded.family == "custom"
     assert loaded.input_shape == (1, 3, 16, 16)
+
+
+def test_a_factory_that_prints_leaves_json_output_clean(capsys):
+    from latprune.cli import main
+
+    assert main(["groups", "--model", "fixtures.user_models:chatty_net", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["groups"] and "Loaded pretrained weights for chatty_net" in err
 
 
 def test_input_shape_override_and_parsing():

@@ -1,5 +1,6 @@
 import copy
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -210,6 +211,46 @@ def test_recovery_checks_its_inputs(resnet20, pruned20, calib):
     other = load_model("cifar:resnet32")
     with pytest.raises(LatpruneError, match="made from cifar:resnet20"):
         recover(other, pruned20, "bn", calib)
+
+
+def test_recover_uses_the_weights_a_user_factory_builds_when_they_hash_as_recorded(tmp_path, monkeypatch, capsys):
+    """A factory that supplies its own (pre-trained) weights: no weights file to pass, the pruned file records
+    the hash of the weights it built; a factory that later builds other weights is refused."""
+    (tmp_path / "own_weights.py").write_text(
+        "import torch\n\n"
+        "SEED = 7\n\n"
+        "def make():\n"
+        "    torch.manual_seed(SEED)  # stands for weights a package ships\n"
+        "    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),\n"
+        "                              torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),\n"
+        "                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))\n"
+        "    net.input_shape = (1, 3, 32, 32)\n"
+        "    return net\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    images = tmp_path / "calib"
+    _write_images(images, 8)
+    spec, pruned_file = "own_weights:make", tmp_path / "p.pt"
+    assert main(["prune", "--model", spec, "--uniform", "0.5", "--out", str(pruned_file)]) == 0
+    assert set(load_pruned(pruned_file, spec).metadata["dense"]) == {"weights", "sha256", "factory_sha256"}
+    recover_args = ["recover", "--model", spec, "--pruned", str(pruned_file), "--recovery", "bn", "--calib",
+                    str(images), "--out", str(tmp_path / "r.pt"), "--force"]
+    assert main(recover_args) == 0
+    assert load_pruned(tmp_path / "r.pt", spec).metadata["recovery"]["recipe"] == "bn"
+
+    monkeypatch.setattr(sys.modules["own_weights"], "SEED", 8)  # the factory now builds other weights
+    capsys.readouterr()
+    assert main(recover_args) == 1
+    assert "the factory own_weights:make gives weights other than the ones the pruned model was made from" in \
+        capsys.readouterr().err
+    torch.manual_seed(7)
+    weights = tmp_path / "w.pt"
+    torch.save(load_model(spec).model.state_dict(), weights)  # SEED 8: other weights
+    assert main([*recover_args, "--weights", str(weights)]) == 1
+    assert f"--weights {weights} gives weights other than" in capsys.readouterr().err
+    monkeypatch.setattr(sys.modules["own_weights"], "SEED", 7)
+    torch.save(load_model(spec).model.state_dict(), weights)  # the weights it was made from, as a file
+    assert main([*recover_args, "--weights", str(weights)]) == 0
+    sys.modules.pop("own_weights", None)
 
 
 def test_cli_prune_with_recovery_sparsify_and_recover(tmp_path, capsys):

@@ -8,9 +8,11 @@ Specs:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import os
+import sys
 from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -199,7 +201,8 @@ def load_model(
     ``preprocessing`` (mean, std, resize: ``--mean/--std/--resize``) replaced."""
     family, factory = _factory_for(spec)
     try:
-        model = factory()
+        with contextlib.redirect_stdout(sys.stderr):  # a factory's prints never mix into a command's --json output
+            model = factory()
     except LatpruneError:
         raise
     except Exception as exc:
