@@ -242,7 +242,6 @@ def test_recover_uses_the_weights_a_user_factory_builds_when_they_hash_as_record
     assert main(recover_args) == 1
     assert "the factory own_weights:make gives weights other than the ones the pruned model was made from" in \
         capsys.readouterr().err
-    torch.manual_seed(7)
     weights = tmp_path / "w.pt"
     torch.save(load_model(spec).model.state_dict(), weights)  # SEED 8: other weights
     assert main([*recover_args, "--weights", str(weights)]) == 1
