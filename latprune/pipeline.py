@@ -283,9 +283,10 @@ def sparsify(loaded: LoadedModel, sparsity: float) -> PrunedModel:
     """Unstructured global magnitude sparsity (shapes unchanged), saved like a pruned model."""
     from latprune.sparsity import global_magnitude_sparsify
 
+    origin = dense_origin(loaded)  # before sparsifying: a factory's weights are recorded by their hash
     global_magnitude_sparsify(loaded.model, sparsity)
     return PrunedModel(loaded.model, loaded.spec, loaded.input_shape, {}, loaded.family,
-                       {"sparsity": sparsity, "method": "global-magnitude", "dense": dense_origin(loaded)},
+                       {"sparsity": sparsity, "method": "global-magnitude", "dense": origin},
                        preprocessing=loaded.preprocessing)
 
 

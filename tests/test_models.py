@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import shared_checkpoint
+from latprune.cli import main
 from latprune.data import evaluate_top1, image_folder
 from latprune.errors import LatpruneError
 from latprune.models import load_model, load_state_dict_file, parse_input_shape
@@ -33,8 +34,6 @@ def test_user_factory_spec_and_its_declared_input_shape():
 
 
 def test_a_factory_that_prints_leaves_json_output_clean(capsys):
-    from latprune.cli import main
-
     assert main(["groups", "--model", "fixtures.user_models:chatty_net", "--json"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["groups"] and "Loaded pretrained weights for chatty_net" in err

@@ -236,6 +236,9 @@ def test_recover_uses_the_weights_a_user_factory_builds_when_they_hash_as_record
                     str(images), "--out", str(tmp_path / "r.pt"), "--force"]
     assert main(recover_args) == 0
     assert load_pruned(tmp_path / "r.pt", spec).metadata["recovery"]["recipe"] == "bn"
+    sparse_file = tmp_path / "s.pt"  # sparsified in place: the hash recorded is the dense weights'
+    assert main(["sparsify", "--model", spec, "--sparsity", "0.5", "--out", str(sparse_file)]) == 0
+    assert main([*recover_args[:4], str(sparse_file), *recover_args[5:]]) == 0
 
     monkeypatch.setattr(sys.modules["own_weights"], "SEED", 8)  # the factory now builds other weights
     capsys.readouterr()
