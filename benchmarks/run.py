@@ -31,6 +31,8 @@ SUITES = [
      True),
     ("depth_reach", "#25", "the fastest plan with and without removing residual branches, paired ratios", False),
     ("depth_finetune", "#25", "latprune's 0.5x depth+width plan after two-stage and a short SP-KD fine-tune", False),
+    ("held_out", "#25", "`latprune run --speedup 1.5` on a CIFAR ResNet trained here, whose checkpoint no default was "
+     "tuned on", False),
     ("plan_proxy", "#25", "how well the planner's plan losses rank plans by their top-1 after two-stage", False),
     ("imagenet", "#29", "EfficientNet-Lite0 on ImageNet photos at equal measured latency against the baselines",
      False),
