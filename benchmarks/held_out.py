@@ -76,11 +76,12 @@ def main(argv=None) -> None:
     parser.add_argument("--speedup", type=float, default=1.5)
     parser.add_argument("--db", type=Path, default=CACHE / "held_out.sqlite", help="profile database of the run")
     parser.add_argument("--out", type=Path, default=CACHE / "held_out_run")
+    parser.add_argument("--name", default="held_out", help="result name (with --quick: <name>_quick)")
     parser.add_argument("--quick", action="store_true", help="resnet20 trained for 5 epochs (a pipeline check)")
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.epochs = "resnet20", 5
-    name = "held_out" + ("_quick" if args.quick else "")
+    name = args.name + ("_quick" if args.quick else "")
     if not CIFAR.exists():
         parser.error(f"{CIFAR} is missing: this suite needs ../shared's CIFAR-10 images")
     checkpoint, recipe = train_checkpoint(args.model, args.seed, args.epochs, args.lr)
