@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import SHARED, environment, markdown_table, write_result
-from latprune.data import image_folder, evaluate_top1, labelled_tensors
+from benchmarks.common import SHARED, markdown_table, write_result
+from latprune.data import evaluate_top1, image_folder, labelled_tensors
 from latprune.models.cifar_resnet import cifar_resnet
 from latprune.recovery.finetune import FinetuneSettings, finetune
 
@@ -34,8 +34,8 @@ INPUT_SHAPE = (1, 3, 32, 32)
 
 
 def train_checkpoint(name: str, seed: int, epochs: int, lr: float) -> tuple[Path, dict]:
-    """The cached checkpoint of ``name`` trained with ``seed`` for ``epochs``, trained here when absent."""
-    path = CACHE / f"held_out_{name}_seed{seed}_e{epochs}.pt"
+    """The cached checkpoint of ``name`` trained with ``seed`` for ``epochs`` at ``lr``, trained here when absent."""
+    path = CACHE / f"held_out_{name}_seed{seed}_e{epochs}_lr{lr:g}.pt"
     if path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         return path, json.loads(saved["recipe"])
