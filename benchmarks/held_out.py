@@ -112,7 +112,7 @@ def main(argv=None) -> None:
         f"({gap:.2f} points). Minutes per stage: {stages}.",
     ])
     write_result(name, {"recipe": recipe, "speedup": args.speedup, "goal_met": goal_met, "gap_points": gap,
-                             "minutes": minutes, "run": run}, text)
+                        "minutes": minutes, "run": run}, text)
 
 
 if __name__ == "__main__":
