@@ -14,6 +14,8 @@ keep_large_buffers()  # as the command line does: large batches reuse heap buffe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR10 = SHARED / "data" / "cifar10-jpeg"  # ../shared's CIFAR-10 images: train/ and test/ ImageFolders
+CACHE = Path(__file__).resolve().parent / ".cache"  # profiles, checkpoints and resumable rows (git ignores it)
 
 
 def environment() -> dict:
@@ -60,7 +62,7 @@ def write_result(name: str, data: dict, summary_markdown: str) -> Path:
     return RESULTS / f"{name}.json"
 
 
-DEFAULT_DB = Path(__file__).resolve().parent / ".cache" / "profiles.sqlite"
+DEFAULT_DB = CACHE / "profiles.sqlite"
 
 
 def profile_into(model, backend: str, db: Path):

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from benchmarks.common import SHARED, markdown_table, write_result
+from benchmarks.common import CIFAR10, SHARED, markdown_table, write_result
 from benchmarks.recovery import CHECKPOINTS, test_tensors, top1, uniform_for_macs
 from latprune.data import calibration_tensor, image_folder
 from latprune.analysis import analyse
@@ -28,7 +28,7 @@ from latprune.surgery import count_parameters
 
 
 def train_tensors(limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    dataset = image_folder(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", (1, 3, 32, 32))
+    dataset = image_folder(CIFAR10 / "train", "cifar", (1, 3, 32, 32))
     images, labels = zip(*torch.utils.data.DataLoader(dataset, batch_size=500, num_workers=2))
     images, labels = torch.cat(images), torch.cat(labels)
     if limit:
@@ -42,7 +42,7 @@ def run(arch: str, level: float, epochs: int, quick: bool) -> None:
     test_images, test_labels = test_tensors(1000 if quick else None)
     train_images, train_labels = train_tensors(1000 if quick else None)
     loaded = load_model(f"cifar:{arch}", weights=str(SHARED / "models" / "cifar10" / CHECKPOINTS[arch]))
-    calib = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
+    calib = calibration_tensor(CIFAR10 / "train", "cifar", loaded.input_shape,
                                size=256 if quick else 1024, seed=0)
     analysis = analyse(loaded)
     plan, macs = uniform_for_macs(analysis, level, step=2)

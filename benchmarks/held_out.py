@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import SHARED, markdown_table, write_result
+from benchmarks.common import CACHE, CIFAR10, markdown_table, write_result
 from latprune.data import evaluate_top1, image_folder, labelled_tensors
 from latprune.models.cifar_resnet import cifar_resnet
+from latprune.outputs import atomic_path
 from latprune.recovery.finetune import FinetuneSettings, finetune
 
-CACHE = Path(__file__).resolve().parent / ".cache"
-CIFAR = SHARED / "data" / "cifar10-jpeg"
 INPUT_SHAPE = (1, 3, 32, 32)
 
 
@@ -41,26 +40,25 @@ def train_checkpoint(name: str, seed: int, epochs: int, lr: float) -> tuple[Path
         return path, json.loads(saved["recipe"])
     torch.manual_seed(seed)
     model = cifar_resnet(name)
-    images, labels = labelled_tensors(CIFAR / "train", "cifar", INPUT_SHAPE)
+    images, labels = labelled_tensors(CIFAR10 / "train", "cifar", INPUT_SHAPE)
     settings = FinetuneSettings(epochs=epochs, lr=lr, batch_size=128, seed=seed)
     began = time.perf_counter()
     steps = finetune(model, model, images, labels, settings, progress=True)  # with labels the teacher never runs
     minutes = (time.perf_counter() - began) / 60
-    top1 = evaluate_top1(model, image_folder(CIFAR / "test", "cifar", INPUT_SHAPE))
+    top1 = evaluate_top1(model, image_folder(CIFAR10 / "test", "cifar", INPUT_SHAPE))
     recipe = {"model": name, "seed": seed, "epochs": epochs, "lr": lr, "batch_size": 128, "images": len(images),
               "weight_decay": settings.weight_decay, "train_minutes": round(minutes, 1),
               "final_loss": round(steps.losses[-1], 4), "test_top1": top1}
     CACHE.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".part")
-    torch.save({"state_dict": model.state_dict(), "recipe": json.dumps(recipe)}, partial)
-    partial.replace(path)  # an interrupted save never leaves a checkpoint that looks finished
+    with atomic_path(path) as tmp:  # an interrupted save never leaves a checkpoint that looks finished
+        torch.save({"state_dict": model.state_dict(), "recipe": json.dumps(recipe)}, tmp)
     return path, recipe
 
 
 def run_latprune(name: str, checkpoint: Path, speedup: float, out: Path, db: Path) -> dict:
     """``latprune run`` on the checkpoint through the command line; its run record from ``summary.json``."""
     command = [sys.executable, "-m", "latprune.cli", "run", "--model", f"cifar:{name}", "--weights", str(checkpoint),
-               "--speedup", str(speedup), "--calib", str(CIFAR / "train"), "--eval", str(CIFAR / "test"),
+               "--speedup", str(speedup), "--calib", str(CIFAR10 / "train"), "--eval", str(CIFAR10 / "test"),
                "--db", str(db), "--out", str(out), "--force"]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
@@ -82,8 +80,8 @@ def main(argv=None) -> None:
     if args.quick:
         args.model, args.epochs = "resnet20", 5
     name = args.name + ("_quick" if args.quick else "")
-    if not CIFAR.exists():
-        parser.error(f"{CIFAR} is missing: this suite needs ../shared's CIFAR-10 images")
+    if not CIFAR10.exists():
+        parser.error(f"{CIFAR10} is missing: this suite needs ../shared's CIFAR-10 images")
     checkpoint, recipe = train_checkpoint(args.model, args.seed, args.epochs, args.lr)
     print(f"checkpoint {checkpoint}: {recipe}", flush=True)
     began = time.perf_counter()

@@ -19,7 +19,7 @@ import argparse
 import json
 import time
 
-from benchmarks.common import DEFAULT_DB, SHARED, markdown_table, perf_model_for, write_result
+from benchmarks.common import CACHE, DEFAULT_DB, SHARED, markdown_table, perf_model_for, write_result
 from benchmarks.pareto import MATCH, measure_and_recover, plans_at, repeat_lines, repeated_cell
 from benchmarks.recovery import top1
 from latprune import pipeline
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.speedups, args.calib_size = "1.5", 256
     name = "imagenet" + ("_quick" if args.quick else "")
-    cache = DEFAULT_DB.parent / f"{name}_rows.json"
+    cache = CACHE / f"{name}_rows.json"
     done = {} if args.fresh or not cache.exists() else json.loads(cache.read_text())
     stages: dict[str, float] = done.setdefault("_stages", {})
 

@@ -32,7 +32,7 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import (DEFAULT_DB, RESULTS, SHARED, environment, markdown_table, perf_model_for,
+from benchmarks.common import (CACHE, CIFAR10, DEFAULT_DB, RESULTS, SHARED, environment, markdown_table, perf_model_for,
                                same_machine, write_result)
 from benchmarks.recovery import test_tensors, top1
 from latprune import pipeline
@@ -159,7 +159,7 @@ def run_model(name: str, fractions: list[float], done: dict, quick: bool, second
     analysis = pipeline.analyse(loaded)
     perf, fitted = perf_model_for(analysis, "ort-cpu", DEFAULT_DB)
     recovery_images = 256 if quick else RECOVERY_CALIB_SIZE
-    planning = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
+    planning = calibration_tensor(CIFAR10 / "train", "cifar", loaded.input_shape,
                                   size=recovery_images + selection_images, seed=0)
     calib = planning[:recovery_images]  # what every recovery fits on; the planners get the rest too
     images, labels = test_tensors(1000 if quick else None)
@@ -328,7 +328,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     recipes = [r for r in args.recoveries.split(",") if r]
     name = args.name or "pareto" + ("_quick" if args.quick else "")
-    cache = DEFAULT_DB.parent / f"{name}_rows.json"
+    cache = CACHE / f"{name}_rows.json"
     done = {} if args.fresh else resumed_rows(cache)
     for model in args.models.split(","):
         run_model(model, [float(f) for f in args.fractions.split(",")], done, args.quick, args.search_seconds,

@@ -27,13 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from benchmarks.common import DEFAULT_DB, SHARED, environment, markdown_table, perf_model_for, write_result
+from benchmarks.common import (CACHE, CIFAR10, DEFAULT_DB, SHARED, environment, markdown_table, perf_model_for,
+                               write_result)
 from benchmarks.pareto import WEIGHTS, resumed_rows
 from benchmarks.recovery import test_tensors, top1
 from latprune import pipeline
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.plans, args.seeds = 4, 1
     name = args.name or f"plan_proxy_{args.model}" + ("_quick" if args.quick else "")
-    cache = Path(__file__).resolve().parent / ".cache" / f"{name}_rows.json"
+    cache = CACHE / f"{name}_rows.json"
     done = resumed_rows(cache)
     plans = [tuple(p) for p in json.loads(cache.read_text()).get("plans", [])] if done else []
 
@@ -156,7 +156,7 @@ def main(argv=None) -> None:
     loaded = pipeline.load(f"cifar:{args.model}", str(SHARED / "models" / "cifar10" / WEIGHTS[args.model]))
     analysis = pipeline.analyse(loaded)
     perf, fitted = perf_model_for(analysis, "ort-cpu", DEFAULT_DB)
-    images = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
+    images = calibration_tensor(CIFAR10 / "train", "cifar", loaded.input_shape,
                                 size=2 * RECOVERY_CALIB_SIZE, seed=0)
     calib, extra = images[:RECOVERY_CALIB_SIZE], images[RECOVERY_CALIB_SIZE:]
     test = test_tensors(1000 if args.quick else None)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import DEFAULT_DB, SHARED, markdown_table, perf_model_for, write_result
+from benchmarks.common import CIFAR10, DEFAULT_DB, SHARED, markdown_table, perf_model_for, write_result
 from latprune import pipeline
 from latprune.batching import forward_in_batches
 from latprune.budget import BudgetRequest
@@ -61,7 +61,7 @@ SPARSITIES = [0.5, 0.7, 0.8, 0.9]
 
 
 def test_tensors(limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    dataset = image_folder(SHARED / "data" / "cifar10-jpeg" / "test", "cifar", (1, 3, 32, 32))
+    dataset = image_folder(CIFAR10 / "test", "cifar", (1, 3, 32, 32))
     loader = torch.utils.data.DataLoader(dataset, batch_size=500, num_workers=2)
     images, labels = zip(*loader)
     images, labels = torch.cat(images), torch.cat(labels)
@@ -150,7 +150,7 @@ def run(suite: str, models: list[str], quick: bool, latency: bool = True, db=DEF
     name = ("recovery" if suite == "all" else f"recovery_{suite}") + ("_quick" if quick else "")
     for arch in models:
         loaded = load_model(f"cifar:{arch}", weights=str(SHARED / "models" / "cifar10" / CHECKPOINTS[arch]))
-        calib = calibration_tensor(SHARED / "data" / "cifar10-jpeg" / "train", "cifar", loaded.input_shape,
+        calib = calibration_tensor(CIFAR10 / "train", "cifar", loaded.input_shape,
                                    size=256 if quick else 1024, seed=0)
         dense_top1 = top1(loaded.model, images, labels)
         analysis = analyse(loaded)
