@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from latprune.memory_format import channels_last
+
 VALUES_PER_BATCH = 2**22  # input values per forward pass (about 28 images at 3x224x224)
 MAX_BATCH = 256
 
@@ -25,6 +27,7 @@ def batch_size_for(input_shape: Sequence[int], most: int = MAX_BATCH) -> int:
 
 
 def forward_in_batches(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """``model(images)`` without gradients, computed in batches of :func:`batch_size_for` images."""
-    with torch.no_grad():
-        return torch.cat([model(batch) for batch in images.split(batch_size_for(images.shape))])
+    """``model(images)`` without gradients, computed in batches of :func:`batch_size_for` images (channels-last
+    where the model allows: :mod:`latprune.memory_format`)."""
+    with torch.no_grad(), channels_last(model, example=images) as layout:
+        return torch.cat([model(layout(batch)).contiguous() for batch in images.split(batch_size_for(images.shape))])

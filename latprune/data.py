@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from latprune.errors import LatpruneError
+from latprune.memory_format import channels_last
 from latprune.preprocessing import Preprocessing, as_preprocessing
 
 
@@ -144,9 +146,11 @@ def evaluate_top1(model: nn.Module, dataset: Dataset, batch_size: int = 256, pro
 
     model.eval()
     correct = total = 0
-    with torch.no_grad():
+    with torch.no_grad(), ExitStack() as formats:
+        layout = None
         for images, labels in tqdm(loader(dataset, batch_size), desc="eval", unit="batch", disable=not progress):
-            correct += (model(images).argmax(dim=1) == labels).sum().item()
+            layout = layout or formats.enter_context(channels_last(model, example=images))
+            correct += (model(layout(images)).argmax(dim=1) == labels).sum().item()
             total += labels.numel()
     if total == 0:
         raise LatpruneError("the evaluation dataset is empty")

@@ -7,6 +7,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from latprune.batching import batch_size_for
+from latprune.memory_format import channels_last
 from latprune.recovery.taps import NORMS
 
 
@@ -30,11 +31,11 @@ def recalibrate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int
         m.momentum = None
         m.train()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), channels_last(model, example=calib) as layout:
             for batch in tqdm(calib.split(batch_size), desc="bn recalibration", unit="batch",
                               disable=not progress, leave=False):
                 if len(batch) > 1:  # a single sample has no variance
-                    model(batch)
+                    model(layout(batch))
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
@@ -70,9 +71,9 @@ def restate_batchnorm(model: nn.Module, calib: torch.Tensor, batch_size: int | N
     hooks = [m.register_forward_pre_hook(hook_for(name)) for name, m in norms.items()]
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), channels_last(model, example=calib) as layout:
             for batch in calib.split(batch_size):
-                model(batch)
+                model(layout(batch))
     finally:
         for h in hooks:
             h.remove()

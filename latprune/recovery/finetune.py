@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from latprune.errors import LatpruneError
+from latprune.memory_format import channels_last
 from latprune.recovery.taps import capture_outputs, forward_once
 from latprune.recovery.timebox import StepBox, Steps
 
@@ -127,7 +128,8 @@ def finetune(
     needs_teacher = labels is None or bool(sp_layers)
     history = []
     bar = tqdm(total=box.total, desc="fine-tune", unit="step", disable=not progress, leave=False)
-    with capture_outputs(student, sp_layers) as got, capture_outputs(teacher, sp_layers) as want:
+    with (channels_last(student, teacher, example=images) as layout,
+          capture_outputs(student, sp_layers) as got, capture_outputs(teacher, sp_layers) as want):
         for _ in range(settings.epochs):
             if box.finished:
                 break
@@ -141,6 +143,7 @@ def finetune(
                 batch = images[order]
                 if settings.augment:
                     batch = augment(batch, generator)
+                batch = layout(batch)
                 with torch.no_grad():
                     teacher_logits = teacher(batch) if needs_teacher else None
                 logits = student(batch)
