@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from latprune.memory_format import channels_last
 from latprune.recovery.layer_walk import walked_inputs
 from latprune.recovery.reconstruction import ReconstructionSettings
 from latprune.recovery.taps import Tap, capture_outputs, select_channels
@@ -53,9 +54,10 @@ def _patches_at(layer: nn.Conv2d, x: torch.Tensor, positions: torch.Tensor) -> t
 def _targets(y: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
     if y.dim() == 2:
         return y
-    y = y.flatten(2)
-    if positions is not None:
-        y = y[:, :, positions]
+    if positions is not None and y.dim() == 4:  # gathered in place: flattening a channels-last map would copy it
+        y = y[:, :, positions // y.shape[3], positions % y.shape[3]]
+    else:
+        y = y.flatten(2) if positions is None else y.flatten(2)[:, :, positions]
     return y.transpose(1, 2).reshape(-1, y.shape[1])
 
 
@@ -133,18 +135,22 @@ def ridge_reconstruct(
     dense.eval()
     positions: dict[str, torch.Tensor | None] = {}
     targets: dict[str, list[torch.Tensor]] = {t.output: [] for t in solvable}
-    with torch.no_grad(), capture_outputs(dense, [t.output for t in solvable]) as want:
+    with (torch.no_grad(), channels_last(dense, example=calib) as layout,
+          capture_outputs(dense, [t.output for t in solvable]) as want):
         for batch in calib.split(settings.batch_size):
-            dense(batch)
+            dense(layout(batch))
             for tap in solvable:
-                y = select_channels(want[tap.output], kept.get(tap.layer))
+                y = want[tap.output]
                 if tap.output not in positions:
                     spots = y[0].numel() // y.shape[1]
                     positions[tap.output] = None if y.dim() == 2 or spots <= settings.positions_per_image else (
                         torch.randperm(spots, generator=generator)[: settings.positions_per_image])
-                targets[tap.output].append(_targets(y, positions[tap.output]))
+                # the kept channels picked from the gathered rows (N * P, C): picking them from the map cost more
+                targets[tap.output].append(select_channels(_targets(y, positions[tap.output]), kept.get(tap.layer)))
     solved = 0
-    with walked_inputs(pruned, calib.split(settings.batch_size), [t.layer for t in solvable]) as inputs_of:
+    with (channels_last(pruned, example=calib) as layout,
+          walked_inputs(pruned, [layout(b) for b in calib.split(settings.batch_size)],
+                        [t.layer for t in solvable]) as inputs_of):
         for tap in tqdm(solvable, desc="ridge reconstruction", unit="layer", disable=not progress, leave=False):
             layer = modules_p[tap.layer]
             with torch.no_grad():
