@@ -75,7 +75,7 @@ def supports_channels_last(model: nn.Module, example: torch.Tensor) -> bool:
         same = len(plain) == len(converted) and all(
             a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max().clamp_min(1.0)))
             for a, b in zip(plain, converted))
-    except RuntimeError:
+    except Exception:  # whatever stops it in the format, the network keeps its own (its own errors surface later)
         same = False
     _PROBED[model] = same
     return same

@@ -226,8 +226,9 @@ def tap_errors(
     with (torch.no_grad(), channels_last(pruned, dense, example=calib) as layout,
           capture_outputs(pruned, names) as got, capture_outputs(dense, names) as want):
         for batch in calib.split(batch_size_for(calib.shape, batch_size)):
-            pruned(layout(batch))
-            dense(layout(batch))
+            batch = layout(batch)
+            pruned(batch)
+            dense(batch)
             total += float(reconstruction_loss(got, want, taps, {}, kept)) * len(batch)
             count += len(batch)
     return total / max(count, 1)
