@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from benchmarks.common import CACHE, CIFAR10, DEFAULT_DB, RESULTS, SHARED, markdown_table, write_result
+from benchmarks.common import CACHE, CIFAR10, RESULTS, SHARED, markdown_table, write_result
 from benchmarks.finetune import train_tensors
 from benchmarks.recovery import test_tensors, top1
 from latprune import pipeline
@@ -43,8 +43,7 @@ def main(argv=None) -> None:
     inputs = prepare(analysis)  # l2 scores: the channels the planner keeps at these widths
     plan = build_plan(inputs, [ours["widths"][g.id] for g in analysis.groups], "latency-search", None)
     pruned = prune_loaded(analysis, plan.kept())
-    calib = calibration_tensor(CIFAR10 / "train", "cifar", loaded.input_shape, size=1024,
-                               seed=0)
+    calib = calibration_tensor(CIFAR10 / "train", "cifar", loaded.input_shape, size=1024, seed=0)
     images, labels = test_tensors(None)
     train_images, _ = train_tensors(None)
     began = time.perf_counter()
