@@ -107,7 +107,7 @@ def _epochs(
     seconds: float | None = None,
 ) -> Steps:
     """Adam epochs on the tap reconstruction loss, calling ``after_step(fraction done)``; mean loss per epoch.
-    Within ``seconds`` (when given): after the second step, only as many steps as fit at its pace are planned."""
+    Within ``seconds`` (when given): only as many steps as fit at their early pace are planned (:class:`StepBox`)."""
     names = [t.output for t in taps]
     optimizer = _optimizer(model, taps, settings)
     generator = torch.Generator().manual_seed(settings.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -20,25 +21,32 @@ class Steps:
 
 
 class StepBox:
-    """Steps planned within ``seconds`` (None: all ``planned``). The first step warms up (allocations, caches),
-    the second sets the pace: after it, only the steps that fit in what is left of the box stay planned."""
+    """Steps planned within ``seconds`` (None: all ``planned``). The first step warms up (allocations, caches);
+    after each of the steps 2 to ``JUDGED_STEPS``, only the steps that fit in what is left of the box at the median
+    pace of the steps so far (the first left out) stay planned. One slow second step no longer sets the pace: in a
+    Lite0 run it left 72 s of phase 1's 300 s unused. Judged early only, so that what depends on the planned total
+    (phase 1's removal decay, the fine-tune's cosine schedule) sees it settled within a few steps."""
+
+    JUDGED_STEPS = 5
 
     def __init__(self, planned: int, seconds: float | None):
         self.planned = self.total = max(planned, 1)
         self.seconds = seconds
         self.done = 0
         self.began = self.last = time.perf_counter()
+        self.paces: list[float] = []
 
     def step_done(self) -> int:
         """Count a finished step; returns the steps now planned in all."""
         self.done += 1
-        if self.seconds is not None and self.done <= 2:
+        if self.seconds is not None and self.done <= self.JUDGED_STEPS:
             now = time.perf_counter()
             if self.done == 1:
                 self.total = 1 if now - self.began >= self.seconds else self.total
-            else:
-                fit = int((self.began + self.seconds - now) / max(now - self.last, 1e-9))
-                self.total = min(self.total, 2 + max(fit, 0))
+            elif self.total > 1:
+                self.paces.append(now - self.last)
+                fit = int((self.began + self.seconds - now) / max(statistics.median(self.paces), 1e-9))
+                self.total = min(self.planned, self.done + max(fit, 0))
             self.last = now
         return self.total
 
