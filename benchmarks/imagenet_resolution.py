@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchmarks.common import SHARED, markdown_table, write_result
+from benchmarks.common import markdown_table, write_result
+from benchmarks.imagenet import CALIB, SAMPLE, SPEC
 from benchmarks.recovery import top1
 from latprune import pipeline
 from latprune.analysis import as_analysis
@@ -34,10 +35,6 @@ from latprune.planner.plan import Plan
 from latprune.pruned_file import load_pruned
 from latprune.recovery.pipeline import recover
 from latprune.recovery.reconstruction import ReconstructionSettings
-
-SPEC = "latprune.models.efficientnet_lite:lite0"
-SAMPLE = SHARED / "data" / "imagenet-sample"
-CALIB = SHARED / "data" / "imagen-calib"
 
 
 class InputResize(nn.Module):
