@@ -45,17 +45,19 @@ class InputResize(nn.Module):
         self.network, self.size = network, size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.network(x)
+        return self.network(resize(x, self.size))
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``images`` at ``size`` x ``size`` (bilinear; as they are when already that size)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
 
 
 def resized(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``images`` resized as :class:`InputResize` resizes them, in batches."""
-    if images.shape[-1] == size:
-        return images
-    return torch.cat([F.interpolate(b, size=(size, size), mode="bilinear", align_corners=False)
-                      for b in images.split(100)])
+    """Many ``images`` resized as :class:`InputResize` resizes them, in batches."""
+    return torch.cat([resize(b, size) for b in images.split(100)])
 
 
 def pruned_at_size(plan: Plan, size: int, calib: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
