@@ -62,6 +62,18 @@ def write_result(name: str, data: dict, summary_markdown: str) -> Path:
     return RESULTS / f"{name}.json"
 
 
+def latprune_run(arguments: Sequence[str], out: Path) -> dict:
+    """``latprune run ARGUMENTS --out OUT --force`` through the command line, as a user runs it; its run record from
+    ``summary.json``."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "latprune.cli", "run", *arguments, "--out", str(out), "--force"]
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    return json.loads((out / "summary.json").read_text())["runs"][0]
+
+
 DEFAULT_DB = CACHE / "profiles.sqlite"
 
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import CACHE, CIFAR10, markdown_table, write_result
+from benchmarks.common import CACHE, CIFAR10, latprune_run, markdown_table, write_result
 from latprune.data import evaluate_top1, image_folder, labelled_tensors
 from latprune.models.cifar_resnet import cifar_resnet
 from latprune.outputs import atomic_path
@@ -57,12 +55,8 @@ def train_checkpoint(name: str, seed: int, epochs: int, lr: float) -> tuple[Path
 
 def run_latprune(name: str, checkpoint: Path, speedup: float, out: Path, db: Path) -> dict:
     """``latprune run`` on the checkpoint through the command line; its run record from ``summary.json``."""
-    command = [sys.executable, "-m", "latprune.cli", "run", "--model", f"cifar:{name}", "--weights", str(checkpoint),
-               "--speedup", str(speedup), "--calib", str(CIFAR10 / "train"), "--eval", str(CIFAR10 / "test"),
-               "--db", str(db), "--out", str(out), "--force"]
-    print(" ".join(command), flush=True)
-    subprocess.run(command, check=True)
-    return json.loads((out / "summary.json").read_text())["runs"][0]
+    return latprune_run(["--model", f"cifar:{name}", "--weights", str(checkpoint), "--speedup", str(speedup),
+                         "--calib", str(CIFAR10 / "train"), "--eval", str(CIFAR10 / "test"), "--db", str(db)], out)
 
 
 def main(argv=None) -> None:

@@ -23,8 +23,10 @@ import torch
 from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import DEFAULT_RECOVERY, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS
 from latprune.errors import LatpruneError
-from latprune.models import default_input_shape, spec_family
+from latprune.input_size import InputSize, check_input_size, input_shape_at, preprocessing_at
+from latprune.models import LoadedModel, default_input_shape, spec_family
 from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Verification
+from latprune.settings import LoopReference
 from latprune.preprocessing import Preprocessing
 from latprune.profiler.api import ProfileSettings, RoundsRule
 from latprune.pruned_file import save_pruned
@@ -64,6 +66,7 @@ class JobConfig:
     verify: Verification = field(default_factory=Verification)  # its db and threads are the job's
     depth: bool = True  # residual branches may be removed whole
     preprocessing: dict | None = None  # parts of the model's image preprocessing replaced: mean, std, resize
+    input_size: int | None = None  # plan at this smaller input size (shorter side), judged against the model's own
     measure: RoundsRule = MEASURE_RULE  # the final paired measurement of pruned against dense
     name: str = ""  # sub-folder of the output folder for this run's files
     notes: list[str] = field(default_factory=list)
@@ -88,6 +91,9 @@ class JobConfig:
         self.recovery_request()  # the recipe, its images and --calib-size
         self.plan_settings()  # refuses the calibrated objective without images, before any slow stage
         images = Preprocessing.for_family(spec_family(self.model)).with_options(**(self.preprocessing or {}))
+        if self.input_size is not None:  # (a model's own preprocessing is checked again when it is loaded)
+            check_input_size(self.input_size, self.input_shape or default_input_shape(self.model))
+            preprocessing_at(images, self.input_shape or default_input_shape(self.model), self.input_size)
         if self.eval:  # (only the image size is checked here, which a model's own preprocessing cannot change)
             from latprune.data import check_image_folder
 
@@ -124,11 +130,20 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     folder.mkdir(parents=True, exist_ok=True)
     stage = _Stages(config.name or config.model, progress)
     with stage("load"):
-        loaded = pipeline.load(config.model, config.weights, config.input_shape, config.preprocessing)
+        native = pipeline.load(config.model, config.weights, config.input_shape, config.preprocessing)
+        loaded = native if config.input_size is None else pipeline.load(
+            config.model, config.weights, input_shape_at(native.input_shape, config.input_size),
+            {**(config.preprocessing or {}),
+             **preprocessing_at(native.preprocessing, native.input_shape, config.input_size)})
         analysis = pipeline.analyse(loaded)
         settings = config.plan_settings()
         # the planner's last stage scores its finalists' recovery on images after recovery's
         images = recovery.images(loaded, extra=settings.extra_images) if config.calib else None
+    request, sized = config.budget, None
+    if config.input_size is not None:
+        with stage("input size"):
+            sized = _measure_input_size(config, native, loaded, progress)
+            request = sized.request(config.budget)
     with stage("profile"):
         profiled = pipeline.profile(analysis, config.backend, db=config.db, settings=config.profile,
                                     threads=config.threads, progress=progress)
@@ -136,8 +151,9 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         perf, fitted = pipeline.fit(profiled.db, config.backend, config.threads)
     with stage("plan"):
         verify = dataclasses.replace(config.verify, db=profiled.db, threads=config.threads, timing=config.profile,
-                                     progress=config.verify.progress and progress)
-        plan = pipeline.plan(analysis, config.budget, perf, fitted, config.backend, settings,
+                                     progress=config.verify.progress and progress,
+                                     reference=sized and LoopReference(native, config.budget))
+        plan = pipeline.plan(analysis, request, perf, fitted, config.backend, settings,
                              calib=None if images is None else images[0], verify=verify)
         plan.save(folder / "plan.json")
     with stage("prune"):
@@ -151,20 +167,22 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         save_pruned(final, folder / "pruned.pt")
         onnx_diff = pipeline.export(final.model, loaded.input_shape, folder / "pruned.onnx")
     with stage("measure"):
-        timing, device = pipeline.measure_against_dense(loaded.model, [final.model], loaded.input_shape,
+        # the reference is the dense network at its own input size, whatever size the plan was made at
+        timing, device = pipeline.measure_against_dense(native.model, [final.model], native.input_shape,
                                                         config.backend, rule=config.measure, threads=config.threads,
                                                         global_warmup_s=config.profile.global_warmup_s, warn=progress,
                                                         quiet_ms=pipeline.quiet_dense_ms(profiled.db, config.backend,
-                                                                                         loaded, config.threads))
+                                                                                         native, config.threads),
+                                                        input_shapes=[loaded.input_shape])
         dense_m, pruned_m, ratio = timing.reference, timing.networks[0], timing.ratios[0]
     accuracy = None
     if config.eval:
         with stage("evaluate"):
-            def top1(model: torch.nn.Module) -> tuple[float, int]:
-                return pipeline.evaluate(model, config.eval, loaded.preprocessing, loaded.input_shape,
+            def top1(model: torch.nn.Module, at: LoadedModel = loaded) -> tuple[float, int]:
+                return pipeline.evaluate(model, config.eval, at.preprocessing, at.input_shape,
                                          progress=progress, checked=True)  # JobConfig.check decoded every image
 
-            dense_top1, images_scored = top1(loaded.model)
+            dense_top1, images_scored = top1(native.model, native)
             accuracy = Accuracy(images=images_scored, dense=dense_top1,
                                 pruned=top1(pruned.model)[0] if report else None, recovered=top1(final.model)[0])
     # Either kind of budget is judged by the pruned model's ratio to the dense model measured in the same
@@ -174,14 +192,17 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     latency = LatencyOutcome(
         backend=config.backend, budget_ms=judged.ms, planned_ms=planned.target_ms, margin=judged.margin,
         budget_basis=judged.describe(), budget=judged.to_json(), plan_budget=planned.to_json(),
-        dense=LatencyFigures.of(plan.dense_predicted_ms, dense_m),
+        # (a plan made at a smaller input size predicts the dense network at that size, not the reference)
+        dense=LatencyFigures.of(plan.dense_predicted_ms if sized is None else None, dense_m),
         pruned=LatencyFigures.of(plan.predicted_ms, pruned_m,
                                  derived_ms=config.budget.judged_ms(ratio.ratio, dense_m.median_ms)),
-        ratio=ratio, ratio_converged=timing.converged, predicted_speedup=plan.predicted_speedup,
+        ratio=ratio, ratio_converged=timing.converged,
+        predicted_speedup=plan.predicted_speedup if sized is None else plan.predicted_speedup / sized.dense_ratio.ratio,
         verification=plan.verification, slow_state_rounds=timing.slow_state_rounds, in_quiet_state=timing.settled)
     return RunResult(
         name=config.name or config.model, model=config.model, weights=config.weights,
         input_shape=tuple(loaded.input_shape), device=device.get("fingerprint", fitted.device), plan=plan,
+        input_size=sized,
         latency=latency, accuracy=accuracy, recovery=report.to_dict() if report else None,
         onnx_max_abs_diff=onnx_diff,
         profile={"variants_timed": profiled.variants_timed, "new_layer_rows": profiled.new_layer_rows,
@@ -189,6 +210,24 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         perf_model=fitted.status, stages_s=dict(stage.seconds), notes=tuple(config.notes),
         files={k: str(folder / f)
                for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"), ("onnx", "pruned.onnx"))})
+
+
+def _measure_input_size(config: JobConfig, native: LoadedModel, sized: LoadedModel, progress: bool) -> InputSize:
+    """The dense network at the run's input size timed against itself at its own (paired, the final measurement's
+    rule)."""
+    from latprune import pipeline
+
+    timing, _ = pipeline.measure_against_dense(native.model, [sized.model], native.input_shape, config.backend,
+                                               rule=config.measure, threads=config.threads,
+                                               global_warmup_s=config.profile.global_warmup_s, warn=progress,
+                                               quiet_ms=pipeline.quiet_dense_ms(config.db, config.backend, native,
+                                                                                config.threads),
+                                               input_shapes=[sized.input_shape])
+    result = InputSize(tuple(native.input_shape), tuple(sized.input_shape), timing.ratios[0],
+                       native.preprocessing.describe(native.input_shape))
+    if progress:
+        print(f"latprune run: {result.describe()}", file=sys.stderr, flush=True)
+    return result
 
 
 def run_jobs(configs: Sequence[JobConfig], out_dir: str | os.PathLike, progress: bool = True,

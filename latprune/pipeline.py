@@ -162,11 +162,12 @@ def plan(analysis: ModelAnalysis, request: BudgetRequest, perf: NetworkLatencyMo
     loop = verify.loop
     rule = RoundsRule(min_rounds=loop.timing_rounds, max_rounds=max(loop.timing_rounds, loop.timing_max_rounds),
                       max_seconds=loop.timing_max_seconds)
-    with VariantTimer(analysis, backend, db=verify.db, threads=verify.threads, rule=rule,
-                      settings=verify.timing) as timer:
-        session = _LoopSession(inputs, settings, timer, verify, search)
-        correction = 1.0 if request.budget_ms is None else _dense_correction(inputs, budget, timer.dense_ms)
-        chosen = closed_loop(session, timer, request, budget, verify.loop,
+    reference = verify.reference  # (a dense network not the planned one: the first round corrects the aim)
+    with VariantTimer(analysis, backend, db=verify.db, threads=verify.threads, rule=rule, settings=verify.timing,
+                      reference=reference and reference.model) as timer:
+        session, ms = _LoopSession(inputs, settings, timer, verify, search), request.budget_ms is not None
+        correction = _dense_correction(inputs, budget, timer.dense_ms) if ms and not reference else 1.0
+        chosen = closed_loop(session, timer, reference.request if reference else request, budget, verify.loop,
                              on_round=_announce_round if verify.progress else None, correction=correction,
                              start=start)
     # the loop's time with the timer's start and warm-up
@@ -332,13 +333,14 @@ def measure(models: Sequence[nn.Module], input_shape: Sequence[int], backend: st
 
 def measure_against_dense(dense: nn.Module, models: Sequence[nn.Module], input_shape: Sequence[int], backend: str,
                           rule: RoundsRule = RoundsRule(), threads: int | None = None, global_warmup_s: float = 5.0,
-                          warn: bool = True, quiet_ms: float | None = None) -> tuple[PairedTiming, dict]:
+                          warn: bool = True, quiet_ms: float | None = None,
+                          input_shapes: Sequence[tuple[int, ...]] | None = None) -> tuple[PairedTiming, dict]:
     """Each model's latency as its paired ratio to ``dense`` (same shuffled rounds, until every ratio is known to
     the rule's +-1.5% or its caps): the one way latprune claims a pruned network's latency; and the device.
     ``quiet_ms``: the dense model's quiet-state time here (:func:`quiet_dense_ms`), to leave out slow-state
-    rounds."""
+    rounds; ``input_shapes``: the models' own where they differ from ``input_shape`` (:func:`measure_paired`)."""
     return measure_paired(dense, list(models), tuple(input_shape), backend, rule=rule, threads=threads,
-                          global_warmup_s=global_warmup_s, warn=warn, quiet_ms=quiet_ms)
+                          global_warmup_s=global_warmup_s, warn=warn, quiet_ms=quiet_ms, input_shapes=input_shapes)
 
 
 def quiet_dense_ms(db: str | os.PathLike | None, backend: str, loaded: LoadedModel,

@@ -133,7 +133,11 @@ def run_section(run: RunResult) -> str:
                                f'interval (+-{100 * latency.ratio.half_width:.1f}%)</span>',
                "missed": f'<span class="miss">exceeds the budget by {over}</span>'}[latency.budget_verdict]
     rows = [
-        ["dense", _ms(latency.dense.predicted_ms), _ms(latency.dense.measured_ms), f"{plan.dense_macs / 1e6:.1f}",
+        # (a run planned at a smaller input size is judged against the dense network at its own, whose MACs the plan
+        # does not count)
+        ["dense" if run.input_size is None else f"dense at {run.input_size.native_text}",
+         _ms(latency.dense.predicted_ms), _ms(latency.dense.measured_ms),
+         "-" if run.input_size else f"{plan.dense_macs / 1e6:.1f}",
          _pct(accuracy and accuracy.dense)],
         ["pruned" + (" + " + run.recovery["recipe"] if run.recovery else ""), _ms(latency.pruned.predicted_ms),
          _ms(latency.pruned.measured_ms), f"{plan.macs / 1e6:.1f}", _pct(accuracy and accuracy.recovered)],
@@ -152,6 +156,8 @@ def run_section(run: RunResult) -> str:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in run.notes)
     if plan.preprocessing:
         notes += f"<li>image preprocessing: {html.escape(plan.preprocessing.describe(run.input_shape))}</li>"
+    if run.input_size:
+        notes += f"<li>{html.escape(run.input_size.describe())}</li>"
     pruned, dense = latency.pruned, latency.dense
     return f"""
 <h2>{html.escape(run.model)} on {html.escape(latency.backend)}</h2>

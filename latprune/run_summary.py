@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from latprune.input_size import InputSize
 from latprune.network import Measurement, PairedRatio
 from latprune.planner.plan import Plan
 from latprune.planner.records import VerificationRecord
@@ -143,6 +144,7 @@ class RunResult:
     stages_s: dict[str, float]
     notes: tuple[str, ...] = ()
     files: dict[str, str] = field(default_factory=dict)
+    input_size: InputSize | None = None  # the plan was made at a smaller input size than the model's own
 
     def to_json(self) -> dict:
         plan = self.plan.to_json()  # the summary lists each group's widths, not its channels
@@ -151,7 +153,8 @@ class RunResult:
                 "device": self.device, "plan": plan, "latency": self.latency.to_json(),
                 "accuracy": self.accuracy.to_json() if self.accuracy else None, "recovery": self.recovery,
                 "onnx_max_abs_diff": self.onnx_max_abs_diff, "profile": self.profile, "perf_model": self.perf_model,
-                "stages_s": dict(self.stages_s), "notes": list(self.notes), "files": dict(self.files)}
+                "stages_s": dict(self.stages_s), "notes": list(self.notes), "files": dict(self.files),
+                "input_size": self.input_size.to_json() if self.input_size else None}
 
 
 @dataclass(frozen=True)

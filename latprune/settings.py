@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from latprune.budget import BudgetRequest
 from latprune.defaults import (DEFAULT_RECOVERY, OBJECTIVES, PLANNERS, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS,
                                SELECTION_IMAGES)
 from latprune.errors import LatpruneError
@@ -141,6 +142,18 @@ class Verification:
     loop: LoopSettings = field(default_factory=LoopSettings)
     timing: ProfileSettings = field(default_factory=ProfileSettings)  # the profiler's timing method, per plan
     progress: bool = True
+    reference: LoopReference | None = None  # the dense network plans are timed against, where not the planned one
+
+
+@dataclass(frozen=True)
+class LoopReference:
+    """The dense network the closed loop times plans against where it is not the planned network, and the request
+    as judged against it: a run at a smaller input size plans there and is judged against the model at its own
+    size, so each plan is timed against that network in the same rounds (two ratios measured apart, multiplied,
+    were off by 1-5%)."""
+
+    model: LoadedModel
+    request: BudgetRequest
 
 
 @dataclass(frozen=True)

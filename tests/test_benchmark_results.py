@@ -115,3 +115,22 @@ def test_imagenet_goal_checks_the_margin_at_1_5x_and_says_whether_the_repeat_agr
     assert lines[0].startswith("- 1.5x (measured 0.660 of dense): latprune 68.7%")
     assert "best other uniform 60.0% (+8.7 points): goal +2 met" in lines[0]
     assert "latprune 0.660 -> 0.665, uniform 0.650 -> 0.655" in lines[1] and lines[1].endswith("agree within 2%")
+
+
+def test_imagenet_input_size_reads_a_finished_run_only_for_the_same_request_on_this_machine(tmp_path, monkeypatch):
+    from benchmarks import imagenet_input_size as bench
+    from latprune import pipeline
+
+    ran = []
+    monkeypatch.setattr(bench, "latprune_run", lambda arguments, out: ran.append(arguments) or {"ran": True})
+    record = {"model": bench.SPEC, "device": pipeline.this_device("ort-cpu"),
+              "latency": {"backend": "ort-cpu", "budget": {"speedup": 1.5}},
+              "input_size": {"input_shape": [1, 3, 192, 192]}}
+    (tmp_path / "summary.json").write_text(json.dumps({"runs": [record]}))
+    assert bench.run_once(1.5, 192, tmp_path, tmp_path / "p.sqlite", rerun=False) == record and ran == []
+    for speedup, size, rerun in ((1.5, 176, False), (2.0, 192, False), (1.5, 192, True)):
+        assert bench.run_once(speedup, size, tmp_path, tmp_path / "p.sqlite", rerun=rerun) == {"ran": True}
+    assert ran[-1][ran[-1].index("--input-size") + 1] == "192" and "--speedup" in ran[-1]
+    (tmp_path / "summary.json").write_text(json.dumps({"runs": [{**record, "device": "another"}]}))
+    assert bench.run_once(1.5, 192, tmp_path, tmp_path / "p.sqlite", rerun=False) == {"ran": True}
+    assert bench.parse_runs("1.5:192,2:176") == [(1.5, 192), (2.0, 176)]

@@ -115,6 +115,36 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path, monkeypatch
     assert "latprune.demo:digits_cnn" in page and "<script" not in page and "Closed loop:" in page
 
 
+def test_a_run_at_a_smaller_input_size_is_judged_against_the_model_at_its_own(digits, tmp_path):
+    train, test, weights = digits
+    config = JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=2.0),
+                       backend="torch-cpu", db=str(tmp_path / "p.sqlite"), calib=str(train), eval=str(test),
+                       recovery="bn", calib_size=64, profile=FAST_PROFILE, name="digits",
+                       search=SearchSettings(seconds=1), input_size=24)
+    run = run_jobs([config], tmp_path / "out", progress=False).to_json()["runs"][0]
+    sized, latency, plan = run["input_size"], run["latency"], run["plan"]
+    assert sized["native_input_shape"] == [1, 3, 32, 32]
+    assert sized["input_shape"] == run["input_shape"] == [1, 3, 24, 24]
+    assert plan["input_shape"] == [1, 3, 24, 24] and plan["preprocessing"]["resize"] == 28  # 37 x 24 / 32
+    assert "input size" in run["stages_s"]
+    dense_ratio = sized["dense_ratio"]["ratio"]
+    assert 0 < dense_ratio < 1
+    # the loop timed each plan against the dense network at 32 (the first aimed at what the size left of 2x), and the
+    # result is judged against it
+    loop = latency["verification"]
+    assert loop["verified"] and latency["plan_budget"]["speedup"] == 2.0
+    assert loop["band_ms"][1] == pytest.approx(loop["dense_measured_ms"] / 2.0)
+    assert latency["budget_ms"] == pytest.approx(latency["dense"]["measured_ms"] / 2.0)
+    assert latency["dense"]["predicted_ms"] is None
+    assert latency["meets_budget"] == (latency["measured_speedup"] >= 2.0)
+    # (top-1: the dense network with its own 32x32 images, the pruned one with its 24x24)
+    assert run["accuracy"]["images"] == 449 and 0 <= run["accuracy"]["recovered"] <= 1
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "planned at input size 24x24 (the model&#x27;s own: 32x32)" in page and "dense at 32x32" in page
+    assert main(["eval", "--model", DIGITS_SPEC, "--pruned", run["files"]["pruned"], "--data", str(test),
+                 "--json"]) == 0  # the pruned file carries its size and preprocessing
+
+
 @pytest.mark.parametrize("ratio, low, verdict, text", [
     (0.66, 0.62, "met", "yes"),
     (0.67, 0.646, "within noise", "within noise (+0.5%; +-3.6%)"),
@@ -144,3 +174,11 @@ def test_run_reports_bad_input_clearly(tmp_path, capsys):
     assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--eval", str(tmp_path / "nowhere"),
                  "--out", str(tmp_path)]) == 1
     assert "evaluation folder not found" in capsys.readouterr().err
+    assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--input-size", "32",
+                 "--out", str(tmp_path)]) == 1
+    assert "--input-size must be a whole number of pixels from 8 to 31" in capsys.readouterr().err
+    assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--input-size", "24",
+                 "--out", str(tmp_path)]) == 1
+    assert "takes images as they are at 32x32: give its resize with --resize" in capsys.readouterr().err
+    assert main(["run", "--input-size", "24", "--out", str(tmp_path)]) == 1
+    assert "--input-size need --model SPEC" in capsys.readouterr().err

@@ -45,6 +45,11 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     backend_options(parser, default="ort-cpu", warmup=False)
     calib_options(parser)
     parser.add_argument("--eval", metavar="DIR", help="labelled images (<class>/<image> folders): accuracy before and after")
+    parser.add_argument("--input-size", type=int, metavar="PIXELS",
+                        help="plan at this smaller input size (shorter side; images resized to keep the field of "
+                             "view): the dense network there is timed against itself at its own size, the widths "
+                             "give what is left of the budget, and the result is judged against the model at its own "
+                             "size")
     parser.add_argument("--recovery", metavar="METHOD",
                         help="recovery recipe (default two-stage with --calib, none without); see `latprune prune`")
     recovery_time_option(parser)
@@ -70,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> RunSummary:
     progress = not args.json
     if args.model is None:
         named = ("budget_ms", "speedup", "weights", "input_shape", "calib", "eval", "recovery", "objective", "mean", "std",
-                 "resize")
+                 "resize", "input_size")
         given = [f"--{k.replace('_', '-')}" for k in named if getattr(args, k) is not None]
         if given:
             raise LatpruneError(f"{', '.join(given)} need --model SPEC (without --model, run runs its built-in demo)")
@@ -85,7 +90,8 @@ def cmd_run(args: argparse.Namespace) -> RunSummary:
             search=search_settings(args),
             calib_size=args.calib_size or RECOVERY_CALIB_SIZE, recovery_seconds=args.recovery_seconds or None,
             db=args.db, threads=args.threads,
-            verify=verification(args), depth=not args.no_depth, preprocessing=preprocessing(args))]
+            verify=verification(args), depth=not args.no_depth, preprocessing=preprocessing(args),
+            input_size=args.input_size)]
         configs[0].check(progress)
         check_output_folder(args.out, args.force)
     return run_jobs(configs, args.out, progress=progress, checked=args.model is not None)

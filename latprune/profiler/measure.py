@@ -26,14 +26,15 @@ from latprune.profiler.timer import PairedTiming, RoundsRule, Timer
 
 
 @contextmanager
-def _timing(models: Sequence[nn.Module], input_shape: tuple[int, ...], backend_name: str, warmup: int,
+def _timing(models: Sequence[nn.Module], input_shapes: Sequence[tuple[int, ...]], backend_name: str, warmup: int,
             threads: int | None, global_warmup_s: float, seed: int) -> Iterator[tuple[Timer, list, dict]]:
-    """A warmed-up timer with every model prepared on the backend, and the device description."""
+    """A warmed-up timer with every model prepared on the backend (each for its input shape), and the device
+    description."""
     backend = get_backend(backend_name, threads)
     try:
         with tempfile.TemporaryDirectory(prefix="latprune-measure-") as work:
             prepared = []
-            for i, model in enumerate(models):
+            for i, (model, input_shape) in enumerate(zip(models, input_shapes, strict=True)):
                 layers = list(trace_layers(model, torch.zeros(input_shape)))
                 prepared.append(backend.prepare(model, input_shape, layers, Path(work) / f"m{i}.bin"))
             timer = Timer(backend, warmup=warmup, seed=seed)
@@ -61,8 +62,8 @@ def measure_models(
     Returns the measurements (in the order given) and the device description. Claims about one
     model relative to another use :func:`measure_paired`.
     """
-    with _timing(models, input_shape, backend_name, warmup, threads, global_warmup_s, seed) as (timer, prepared,
-                                                                                                description):
+    with _timing(models, [input_shape] * len(models), backend_name, warmup, threads, global_warmup_s, seed) as (
+            timer, prepared, description):
         return timer.interleaved(prepared, rounds, runs), description
 
 
@@ -79,12 +80,18 @@ def measure_paired(
     seed: int = 0,
     warn: bool = True,
     quiet_ms: float | None = None,
+    input_shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> tuple[PairedTiming, dict]:
     """Each model's latency as its paired ratio to ``reference`` (the dense network), timed in the same shuffled
     rounds until every ratio's 95% interval is within the rule's target or its caps (a one-line warning on
     stderr when a cap came first, with ``warn``); and the device description. ``quiet_ms``: the reference's
-    quiet-state time here (:func:`profiled_quiet_ms`), to leave out rounds of the host's slow state."""
-    with _timing([reference, *models], input_shape, backend_name, warmup, threads, global_warmup_s, seed) as (
+    quiet-state time here (:func:`profiled_quiet_ms`), to leave out rounds of the host's slow state.
+    ``input_shapes``: each model's own input shape where it differs from the reference's ``input_shape`` (a network
+    run at a smaller input size, timed against the dense network at its own)."""
+    shapes = [tuple(input_shape)] + [tuple(s) for s in (input_shapes or [input_shape] * len(models))]
+    if len(shapes) != len(models) + 1:
+        raise ValueError(f"{len(models)} models but {len(shapes) - 1} input shapes")
+    with _timing([reference, *models], shapes, backend_name, warmup, threads, global_warmup_s, seed) as (
             timer, prepared, description):
         timing = timer.paired(prepared[0], prepared[1:], runs, rule, quiet_ms=quiet_ms)
     if warn and timing.warning():

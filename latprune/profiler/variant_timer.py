@@ -28,7 +28,8 @@ from pathlib import Path
 
 from latprune.analysis import ModelAnalysis
 from latprune.errors import LatpruneError
-from latprune.network import Measurement, PairedRatio, layer_signatures, paired_interval
+from latprune.models import LoadedModel
+from latprune.network import Measurement, PairedRatio, layer_signatures, model_key, paired_interval
 from latprune.network.measurement import paired_quiet_rounds
 from latprune.network.quiet_reference import in_quiet_state, quiet_reference_ms, quiet_state_ms, slowdown_factor
 from latprune.profiler.backends import RoundSample, get_backend
@@ -62,12 +63,14 @@ class VariantTimer:
     """Times variants (per-group widths) of ``analysis``'s model on ``backend_name``; a context manager.
 
     Shuffled rounds per call, each visiting the dense network and the variant once, as many as ``rule`` asks.
+    ``reference``: the dense network to time against where it is not ``analysis``'s (a plan made at a smaller input
+    size is judged against the model at its own; each network is fed its own input shape).
     """
 
     def __init__(self, analysis: ModelAnalysis, backend_name: str, db: str | Path | None = None,
                  threads: int | None = None, rule: RoundsRule = RoundsRule(min_rounds=7, max_rounds=30,
                                                                            max_seconds=45.0),
-                 settings: ProfileSettings = ProfileSettings()):
+                 settings: ProfileSettings = ProfileSettings(), reference: LoadedModel | None = None):
         self.analysis, self.rule = analysis, rule
         self.backend = get_backend(backend_name, threads)
         description = self.backend.description()
@@ -77,14 +80,14 @@ class VariantTimer:
         try:
             self._device_id = self._store.device_id(self.device, description)
             self._timer = Timer(self.backend, warmup=settings.warmup, seed=settings.seed)
-            loaded = analysis.loaded
-            self._dense = self.backend.prepare(loaded.model, loaded.input_shape, list(analysis.layers),
+            dense = reference or analysis.loaded  # (the same layers, at its own input shape)
+            self._dense = self.backend.prepare(dense.model, dense.input_shape, list(analysis.layers),
                                                Path(self._work.name) / "dense.bin")
             self._timer.warm_up([self._dense], settings.global_warmup_s)
             dense_ms = Measurement.from_samples([self._timer.sample(self._dense, settings.runs).plain_ms]).median_ms
             self.dense_ms = dense_ms  # a first look at the dense network after the warm-up (one sample)
             self._runs = _round_runs(settings, dense_ms)
-            profiled = self._store.drift_checks(self._device_id, self.backend.name, analysis.key)
+            profiled = self._store.drift_checks(self._device_id, self.backend.name, model_key(dense))
             self._checks = [*profiled, dense_ms]
             self._state_ms = quiet_state_ms(profiled)  # None: the profile saw one state, nothing to wait out
         except BaseException:
