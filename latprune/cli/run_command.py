@@ -46,10 +46,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     calib_options(parser)
     parser.add_argument("--eval", metavar="DIR", help="labelled images (<class>/<image> folders): accuracy before and after")
     parser.add_argument("--input-size", type=int, metavar="PIXELS",
-                        help="plan at this smaller input size (shorter side; images resized to keep the field of "
-                             "view): the dense network there is timed against itself at its own size, the widths "
-                             "give what is left of the budget, and the result is judged against the model at its own "
-                             "size")
+                        help="plan the widths at this smaller input size (shorter side; images resized to keep the "
+                             "field of view); every plan and the result are timed against the model at its own size")
     parser.add_argument("--recovery", metavar="METHOD",
                         help="recovery recipe (default two-stage with --calib, none without); see `latprune prune`")
     recovery_time_option(parser)
