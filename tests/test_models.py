@@ -33,6 +33,26 @@ def test_user_factory_spec_and_its_declared_input_shape():
     assert loaded.input_shape == (1, 3, 16, 16)
 
 
+def test_a_factory_that_takes_an_input_shape_is_built_for_the_shape_asked(tmp_path):
+    from latprune.pipeline import analyse
+    from latprune.pruned_file import load_pruned, prune_loaded, save_pruned
+
+    spec = "fixtures.user_models:same_padded_net"
+    assert load_model(spec).model.built_for == (1, 3, 16, 16)  # no shape asked: the factory's own
+    loaded = load_model(spec, input_shape=(1, 3, 15, 15))
+    assert loaded.model.built_for == loaded.input_shape == (1, 3, 15, 15)
+    assert loaded.model[:2](loaded.example_input()).shape[-2:] == (8, 8)  # "same": ceil(15 / 2)
+    assert load_model("fixtures.user_models:tiny_net", input_shape=(1, 3, 20, 20)).input_shape == (1, 3, 20, 20)
+    # a pruned file rebuilds its network at the shape it was pruned at
+    analysis = analyse(loaded)
+    pruned = prune_loaded(analysis, {g.id: list(range(g.width // 2)) for g in analysis.groups})
+    save_pruned(pruned, tmp_path / "p.pt")
+    again = load_pruned(tmp_path / "p.pt", spec)
+    assert again.model[0].padding == (1, 1, 1, 1)  # built for 15 (16 would pad (0, 1, 0, 1))
+    with torch.no_grad():
+        assert torch.equal(again.model(loaded.example_input()), pruned.model(loaded.example_input()))
+
+
 def test_a_factory_that_prints_leaves_json_output_clean(capsys):
     assert main(["groups", "--model", "fixtures.user_models:chatty_net", "--json"]) == 0
     out, err = capsys.readouterr()

@@ -113,6 +113,21 @@ def test_efficientnet_lite0_loads_with_its_own_preprocessing_and_classifies_imag
     assert correct >= 14  # 87% top-1 on the whole sample set; torchvision's mean/std or Swish would score far less
 
 
+def test_efficientnet_lite0_is_built_for_the_input_size_asked():
+    """Its "same" padding is computed once for an input size: at 208 the last stride-2 layer must pad a 13x13 map
+    to give 7x7 (TensorFlow's ceil(13 / 2)), where the network built for 224 gives 6x6."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the optional [imagenet] packages are not installed")
+    native = pipeline.load("latprune.models.efficientnet_lite:lite0")
+    sized = pipeline.load("latprune.models.efficientnet_lite:lite0", input_shape=(1, 3, 208, 208))
+    assert sized.input_shape == (1, 3, 208, 208)
+    x = torch.randn(1, 3, 208, 208)
+    with torch.no_grad():
+        assert sized.model.extract_features(x).shape[-2:] == (7, 7)
+        assert native.model.extract_features(x).shape[-2:] == (6, 6)
+    want = native.model.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in sized.model.state_dict().items())  # the same pre-trained weights
+
+
 CALIB = IMAGENET_SAMPLE.parent / "imagen-calib"
 
 

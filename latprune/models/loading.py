@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -202,7 +203,7 @@ def load_model(
     family, factory = _factory_for(spec)
     try:
         with contextlib.redirect_stdout(sys.stderr):  # a factory's prints never mix into a command's --json output
-            model = factory()
+            model = factory(**_shape_argument(factory, input_shape))
     except LatpruneError:
         raise
     except Exception as exc:
@@ -216,6 +217,21 @@ def load_model(
     images = of_model(model, family, spec).with_options(**(preprocessing or {}))  # (channels checked when read)
     return LoadedModel(model=model.eval(), spec=spec, family=family, input_shape=shape,
                        weights=os.path.abspath(weights) if weights is not None else None, preprocessing=images)
+
+
+def _shape_argument(factory: Callable[..., nn.Module], input_shape: tuple[int, ...] | None) -> dict:
+    """``{"input_shape": ...}`` for a factory that takes the shape asked for (a network whose static "same" padding
+    is computed for its input size, as TensorFlow ports do, is built for that size); else nothing."""
+    if input_shape is None:
+        return {}
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return {}
+    taken = parameters.get("input_shape")
+    if taken is None or taken.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL):
+        return {}
+    return {"input_shape": tuple(int(d) for d in input_shape)}
 
 
 def _default_input_shape(family: str, spec: str, model: Any) -> tuple[int, ...]:
