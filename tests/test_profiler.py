@@ -92,6 +92,23 @@ def test_second_model_reuses_matching_signatures_without_retiming(tmp_path):
     assert len(networks) == FAST.anchors
 
 
+def test_timings_of_another_network_under_the_same_spec_and_shape_are_refused(tmp_path, monkeypatch):
+    """A factory whose code changed (here: padding computed for 16 while run at 15) is refused, not mixed with the
+    rows its earlier network left under the same model key; the unchanged network resumes on its own rows."""
+    import fixtures.user_models as user_models
+
+    db, spec, shape = tmp_path / "p.sqlite", "fixtures.user_models:same_padded_net", (1, 3, 15, 15)
+    profile_model(load_model(spec, input_shape=shape), "torch-cpu", db=db, settings=FAST, progress=False)
+    again = profile_model(load_model(spec, input_shape=shape), "torch-cpu", db=db, settings=FAST, progress=False)
+    assert again.variants_timed == 0 and again.variants_already_done == again.variants_planned
+    built_for = user_models.same_padded_net
+    monkeypatch.setattr(user_models, "same_padded_net", lambda: built_for((1, 3, 16, 16)))
+    changed = load_model(spec, input_shape=shape)
+    assert changed.model[0].padding == (0, 1, 0, 1)
+    with pytest.raises(LatpruneError, match="made from another network: 2 of its layers differ"):
+        profile_model(changed, "torch-cpu", db=db, settings=FAST, progress=False)
+
+
 def test_corrupt_database_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.sqlite"
     bad.write_bytes(b"this is not a database" * 100)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from latprune.analysis import ModelAnalysis, as_analysis
+from latprune.errors import LatpruneError
 from latprune.models import LoadedModel
 from latprune.profiler.alignment import detect_alignment_step
 from latprune.profiler.backends import Backend, Prepared, RoundSample, get_backend
@@ -136,6 +137,8 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
     variants = design_variants(analysis.groups, settings.widths, settings.variants, settings.step, settings.seed,
                                branches=analysis.branches)
 
+    _refuse_another_network(store, device_id, backend.name, key, variants[0].key,
+                            layer_signatures(loaded.model, layers, loaded.input_shape[0], backend.name))
     known_elsewhere = store.known_signatures(device_id, backend.name, exclude_model=key)
     done = store.finished_variants(device_id, backend.name, key)
     todo = [(index, v) for index, v in enumerate(variants) if v.key not in done]
@@ -213,6 +216,23 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
         wall_s=time.time() - started,
         settings=asdict(settings),
     )
+
+
+def _refuse_another_network(store: ProfileStore, device_id: int, backend: str, key: str, dense_variant: str,
+                            signatures: dict) -> None:
+    """Refuse to add to a model's whole-network timings that another network made under the same spec and input
+    shape (its factory's code changed, e.g. padding now computed for the input size): mixed, they would be read as
+    one network's by the performance model and the closed loop."""
+    stored = next((n.layer_signatures for n in store.network_timings(device_id, backend, key)
+                   if n.variant_key == dense_variant and n.layer_signatures), None)
+    now = {layer: signature.key() for layer, signature in signatures.items()}
+    if stored is None or stored == now:
+        return
+    differ = sorted(layer for layer in stored.keys() | now.keys() if stored.get(layer) != now.get(layer))
+    raise LatpruneError(
+        f"the profile database {store.location} holds {backend} timings of {key} made from another network: "
+        f"{len(differ)} of its layers differ from this one's (first: {differ[0]}), so the model's code has changed "
+        f"since it was profiled; give a new --db for this model")
 
 
 def _time_jobs(jobs: list[_Job], reference: Prepared, backend: Backend, store: ProfileStore, device_id: int,
