@@ -134,3 +134,17 @@ def test_imagenet_input_size_reads_a_finished_run_only_for_the_same_request_on_t
     (tmp_path / "summary.json").write_text(json.dumps({"runs": [{**record, "device": "another"}]}))
     assert bench.run_once(1.5, 192, tmp_path, tmp_path / "p.sqlite", rerun=False) == {"ran": True}
     assert bench.parse_runs("1.5:192,2:176") == [(1.5, 192), (2.0, 176)]
+
+
+@pytest.mark.parametrize("dense_ms, band_top_ms, plan_speedup, says", [
+    (5.0, 2.5, 2.0, "dense at 224"),  # a later round's plan, made for the speedup asked
+    (5.0, 2.5, 1.236, "dense at 224"),  # the first round's plan kept: made for what the size left
+    (3.09, 2.5, 1.236, "dense at its size, for 1.236x"),  # the first version of the loop
+])
+def test_imagenet_input_size_reads_what_the_loop_timed_against_from_its_band(dense_ms, band_top_ms, plan_speedup,
+                                                                              says):
+    from benchmarks import imagenet_input_size as bench
+
+    run = {"latency": {"plan_budget": {"speedup": plan_speedup},
+                       "verification": {"dense_measured_ms": dense_ms, "band_ms": [2.4, band_top_ms]}}}
+    assert bench.loop_reference(run, 2.0) == says
