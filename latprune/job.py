@@ -92,8 +92,9 @@ class JobConfig:
         self.plan_settings()  # refuses the calibrated objective without images, before any slow stage
         images = Preprocessing.for_family(spec_family(self.model)).with_options(**(self.preprocessing or {}))
         if self.input_size is not None:  # (a model's own preprocessing is checked again when it is loaded)
-            check_input_size(self.input_size, self.input_shape or default_input_shape(self.model))
-            preprocessing_at(images, self.input_shape or default_input_shape(self.model), self.input_size)
+            native_shape = self.input_shape or default_input_shape(self.model)
+            check_input_size(self.input_size, native_shape)
+            preprocessing_at(images, native_shape, self.input_size)
         if self.eval:  # (only the image size is checked here, which a model's own preprocessing cannot change)
             from latprune.data import check_image_folder
 
