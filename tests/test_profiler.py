@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from latprune.analysis import analyse
 from latprune.errors import LatpruneError
 from latprune.groups import find_channel_groups
 from latprune.models import load_model
@@ -21,6 +22,7 @@ from latprune.profiler.runner import ProfileSettings, profile_model
 from latprune.network import LayerSignature, Measurement
 from latprune.profiler.store import ProfileStore
 from latprune.network import trace_layers
+from latprune.profiler.variant_timer import VariantTimer
 from latprune.profiler.variants import candidate_widths, design_variants
 
 FAST = ProfileSettings(widths=8, variants=6, rounds=3, runs=2, profiled_runs=2, warmup=1, min_round_ms=5,
@@ -32,6 +34,11 @@ def cli(*argv, db):
     return [sys.executable, "-m", "latprune.cli", *argv, "--db", str(db)]
 
 
+# Subprocesses find the test fixtures' model factories wherever pytest was started.
+FIXTURES_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [os.path.dirname(os.path.abspath(__file__)), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def rows(db):
     with sqlite3.connect(db) as conn:
         layers = conn.execute("SELECT device_id, backend, signature FROM layer_timings").fetchall()
@@ -41,12 +48,13 @@ def rows(db):
 
 
 def test_killed_profile_resumes_to_the_same_rows_without_duplicates(tmp_path):
-    command = ["profile", "--model", "cifar:resnet20", "--backend", "torch-cpu", *FAST_CLI, "--json"]
+    command = ["profile", "--model", "fixtures.user_models:tiny_net", "--backend", "torch-cpu", *FAST_CLI, "--json"]
     clean = tmp_path / "clean.sqlite"
-    subprocess.run(cli(*command, db=clean), check=True, capture_output=True)
+    subprocess.run(cli(*command, db=clean), check=True, capture_output=True, env=FIXTURES_ENV)
 
     interrupted = tmp_path / "interrupted.sqlite"
-    proc = subprocess.Popen(cli(*command, db=interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli(*command, db=interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=FIXTURES_ENV)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill -9 once some, but not all, rounds are committed
         time.sleep(0.05)
@@ -61,7 +69,8 @@ def test_killed_profile_resumes_to_the_same_rows_without_duplicates(tmp_path):
     proc.wait()
     _, networks_at_kill, _ = rows(interrupted)
 
-    resumed = subprocess.run(cli(*command, db=interrupted), check=True, capture_output=True, text=True)
+    resumed = subprocess.run(cli(*command, db=interrupted), check=True, capture_output=True, text=True,
+                             env=FIXTURES_ENV)
     report = json.loads(resumed.stdout)
     layers_a, networks_a, pending_a = rows(clean)
     layers_b, networks_b, pending_b = rows(interrupted)
@@ -107,6 +116,12 @@ def test_timings_of_another_network_under_the_same_spec_and_shape_are_refused(tm
     assert changed.model[0].padding == (0, 1, 0, 1)
     with pytest.raises(LatpruneError, match="made from another network: 2 of its layers differ"):
         profile_model(changed, "torch-cpu", db=db, settings=FAST, progress=False)
+    # The closed loop's timer would add the changed network's plans (and time them against the old quiet reference).
+    with pytest.raises(LatpruneError, match="made from another network: 2 of its layers differ"):
+        VariantTimer(analyse(changed), "torch-cpu", db=db, settings=FAST)
+    unchanged = load_model(spec, input_shape=(1, 3, 16, 16))  # built for 16 and run at 16: another key, no rows
+    with pytest.raises(LatpruneError, match="made from another network"):  # ... but judged against the stale one
+        VariantTimer(analyse(unchanged), "torch-cpu", db=db, settings=FAST, reference=changed)
 
 
 def test_corrupt_database_is_a_clear_error(tmp_path):

@@ -28,10 +28,9 @@ from latprune.profiler.alignment import detect_alignment_step
 from latprune.profiler.backends import Backend, Prepared, RoundSample, get_backend
 from latprune.profiler.device import fingerprint
 from latprune.profiler.quiet_visits import QuietVisits, VisitCounts
-from latprune.network import LayerSignature, Measurement
+from latprune.network import LayerInfo, LayerSignature, Measurement, layer_signatures, model_key
 from latprune.profiler.store import NetworkTiming, ProfileStore
 from latprune.profiler.timer import Timer
-from latprune.network import layer_signatures
 from latprune.profiler.variants import Variant, design_variants
 from latprune.surgery import prune_channels
 
@@ -137,8 +136,7 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
     variants = design_variants(analysis.groups, settings.widths, settings.variants, settings.step, settings.seed,
                                branches=analysis.branches)
 
-    _refuse_another_network(store, device_id, backend.name, key, variants[0].key,
-                            layer_signatures(loaded.model, layers, loaded.input_shape[0], backend.name))
+    refuse_another_network(store, device_id, backend.name, loaded, layers, variants[0].key)
     known_elsewhere = store.known_signatures(device_id, backend.name, exclude_model=key)
     done = store.finished_variants(device_id, backend.name, key)
     todo = [(index, v) for index, v in enumerate(variants) if v.key not in done]
@@ -218,11 +216,14 @@ def _profile(analysis: ModelAnalysis, backend: Backend, store: ProfileStore, set
     )
 
 
-def _refuse_another_network(store: ProfileStore, device_id: int, backend: str, key: str, dense_variant: str,
-                            signatures: dict) -> None:
-    """Refuse to add to a model's whole-network timings that another network made under the same spec and input
-    shape (its factory's code changed, e.g. padding now computed for the input size): mixed, they would be read as
-    one network's by the performance model and the closed loop."""
+def refuse_another_network(store: ProfileStore, device_id: int, backend: str, dense: LoadedModel,
+                           layers: dict[str, LayerInfo], dense_variant: str) -> None:
+    """Refuse to add to (or time against) a model's whole-network timings that another network made under the same
+    spec and input shape (its factory's code changed, e.g. padding now computed for the input size): mixed, they
+    would be read as one network's by the performance model and the closed loop. ``layers``: ``dense``'s, traced at
+    its input shape; ``dense_variant``: the key its timing is stored under."""
+    key = model_key(dense)
+    signatures = layer_signatures(dense.model, layers, dense.input_shape[0], backend)
     stored = next((n.layer_signatures for n in store.network_timings(device_id, backend, key)
                    if n.variant_key == dense_variant and n.layer_signatures), None)
     now = {layer: signature.key() for layer, signature in signatures.items()}

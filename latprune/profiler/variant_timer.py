@@ -29,12 +29,12 @@ from pathlib import Path
 from latprune.analysis import ModelAnalysis
 from latprune.errors import LatpruneError
 from latprune.models import LoadedModel
-from latprune.network import Measurement, PairedRatio, layer_signatures, model_key, paired_interval
+from latprune.network import Measurement, PairedRatio, layer_signatures, model_key, paired_interval, trace_layers
 from latprune.network.measurement import paired_quiet_rounds
 from latprune.network.quiet_reference import in_quiet_state, quiet_reference_ms, quiet_state_ms, slowdown_factor
 from latprune.profiler.backends import RoundSample, get_backend
 from latprune.profiler.device import fingerprint
-from latprune.profiler.runner import ProfileSettings, _finish, _Job, _round_runs
+from latprune.profiler.runner import ProfileSettings, _finish, _Job, _round_runs, refuse_another_network
 from latprune.profiler.store import ProfileStore
 from latprune.profiler.timer import RoundsRule, Timer
 from latprune.profiler.variants import Variant
@@ -79,6 +79,12 @@ class VariantTimer:
         self._work = tempfile.TemporaryDirectory(prefix="latprune-verify-")
         try:
             self._device_id = self._store.device_id(self.device, description)
+            dense_variant = Variant.of({g.id: g.width for g in analysis.groups}).key
+            refuse_another_network(self._store, self._device_id, self.backend.name, analysis.loaded,
+                                   analysis.layers, dense_variant)
+            if reference is not None:
+                refuse_another_network(self._store, self._device_id, self.backend.name, reference,
+                                       trace_layers(reference.model, reference.example_input()), dense_variant)
             self._timer = Timer(self.backend, warmup=settings.warmup, seed=settings.seed)
             dense = reference or analysis.loaded  # (the same layers, at its own input shape)
             self._dense = self.backend.prepare(dense.model, dense.input_shape, list(analysis.layers),
