@@ -14,13 +14,17 @@ and 224 crop become 219 and 192), so objects keep their share of the picture.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from latprune.budget import BudgetRequest
 from latprune.errors import LatpruneError
 from latprune.network import PairedRatio
 from latprune.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from latprune.models import LoadedModel
 
 MIN_SIZE = 8  # pixels on the shorter side; below this a network's strided layers run out of image
 
@@ -43,10 +47,23 @@ def check_input_size(size: int, native_shape: Sequence[int]) -> None:
 def preprocessing_at(preprocessing: Preprocessing, native_shape: Sequence[int], size: int) -> dict:
     """The preprocessing parts to replace for ``size`` (``load``'s mapping): the resize scaled like the crop."""
     if preprocessing.exact:
-        raise LatpruneError(f"--input-size needs images that are resized and cropped, but this model takes images as "
-                            f"they are at {'x'.join(map(str, native_shape[-2:]))}: give its resize with --resize")
+        raise LatpruneError(f"a smaller input size needs images that are resized and cropped, but this model takes "
+                            f"images as they are at {'x'.join(map(str, native_shape[-2:]))}: give its resize with "
+                            f"--resize")
     shorter = min(int(native_shape[-2]), int(native_shape[-1]))
     return {"resize": max(size, round(preprocessing.resize_to(native_shape) * size / shorter))}
+
+
+def load_at_size(native: LoadedModel, weights: str | None, size: int,
+                 preprocessing: Mapping[str, Any] | None = None) -> LoadedModel:
+    """The model of ``native`` loaded again at ``size`` on the shorter side, built for that size where its factory
+    takes the input shape, its images resized so that the crop keeps the field of view (``preprocessing``: the
+    parts given for the model at its own size)."""
+    from latprune.models import load_model
+
+    return load_model(native.spec, weights=weights, input_shape=input_shape_at(native.input_shape, size),
+                      preprocessing={**(preprocessing or {}),
+                                     **preprocessing_at(native.preprocessing, native.input_shape, size)})
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import DEFAULT_RECOVERY, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS
 from latprune.errors import LatpruneError
-from latprune.input_size import InputSize, check_input_size, input_shape_at, preprocessing_at
+from latprune.input_size import InputSize, check_input_size, load_at_size, preprocessing_at
 from latprune.models import LoadedModel, default_input_shape, spec_family
 from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Verification
 from latprune.settings import LoopReference
@@ -132,10 +132,8 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     stage = _Stages(config.name or config.model, progress)
     with stage("load"):
         native = pipeline.load(config.model, config.weights, config.input_shape, config.preprocessing)
-        loaded = native if config.input_size is None else pipeline.load(
-            config.model, config.weights, input_shape_at(native.input_shape, config.input_size),
-            {**(config.preprocessing or {}),
-             **preprocessing_at(native.preprocessing, native.input_shape, config.input_size)})
+        loaded = native if config.input_size is None else load_at_size(native, config.weights, config.input_size,
+                                                                        config.preprocessing)
         analysis = pipeline.analyse(loaded)
         settings = config.plan_settings()
         # the planner's last stage scores its finalists' recovery on images after recovery's

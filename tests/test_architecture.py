@@ -165,8 +165,10 @@ def test_the_network_vocabulary_imports_no_stage():
 
 
 def test_cli_holds_no_stage_logic():
-    """The cli package parses and formats: it reaches the stages through latprune.pipeline (and job for run)."""
-    allowed = {"latprune.pipeline", "latprune.job", "latprune.errors", "latprune.defaults", "latprune.budget",
+    """The cli package parses and formats: it reaches the stages through latprune.pipeline (and job for run,
+    size_survey for sizes)."""
+    allowed = {"latprune.pipeline", "latprune.job", "latprune.size_survey", "latprune.errors", "latprune.defaults",
+               "latprune.budget",
                "latprune.outputs", "latprune.allocator",  # process setup before a command runs
                "latprune", "latprune.models", "latprune.planner.plan", "latprune.pruned_file", "latprune.surgery",
                "latprune.sparsity", "latprune.recovery", "latprune.profiler.api", "latprune.planner.closed_loop",

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 
 from latprune.allocator import keep_large_buffers
-from latprune.cli import latency_commands, model_commands, plan_commands, run_command  # noqa: F401 (registers)
+from latprune.cli import (latency_commands, model_commands, plan_commands, run_command,  # noqa: F401 (registers)
+                          size_command)
 from latprune.cli.registry import COMMANDS
 from latprune.errors import LatpruneError
 

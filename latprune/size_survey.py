@@ -1,0 +1,152 @@
+"""What each smaller input size buys in latency and costs in output agreement, measured before anything is pruned.
+
+For an ImageNet-size network the input size is the cheapest lever (EfficientNet-Lite0 at 1.5x: the dense network at
+176 kept 81.1% top-1 where widths alone kept 75.5%; docs/planning.md), but which size to give ``latprune run
+--input-size`` is the user's choice. The survey measures it: every candidate size's dense network is timed against
+the dense network at its own size in the same rounds (paired ratios), and run on the same unlabeled calibration images
+(each size with its own resize, the field of view kept): how often its top class agrees with the network at its own
+size, and the KL divergence between their outputs. Labels are never read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from latprune.batching import batch_size_for
+from latprune.errors import LatpruneError
+from latprune.groups import layer_macs
+from latprune.input_size import check_input_size, load_at_size
+from latprune.models import LoadedModel
+from latprune.network import PairedRatio
+
+SMALLEST = 0.7  # candidate sizes go down to this fraction of the model's own shorter side
+STEP = 8  # ... in steps of this many pixels
+
+
+def candidate_sizes(native_shape: Sequence[int], smallest: float = SMALLEST, step: int = STEP) -> list[int]:
+    """Sizes below the model's own shorter side, multiples of ``step``, down to ``smallest`` of it; largest first."""
+    shorter = min(int(native_shape[-2]), int(native_shape[-1]))
+    top = (shorter - 1) // step * step
+    return [s for s in range(top, 0, -step) if s >= smallest * shorter]
+
+
+def check_sizes(sizes: Sequence[int], native_shape: Sequence[int]) -> list[int]:
+    """The sizes asked for, each checked like ``--input-size``, without repeats, largest first."""
+    for size in sizes:
+        check_input_size(size, native_shape)
+    return sorted(set(sizes), reverse=True)
+
+
+@dataclass(frozen=True)
+class SizeReading:
+    """One input size: its dense network's latency and MACs relative to the model at its own size, and how its
+    outputs agree with that model's on the calibration images (None without images)."""
+
+    size: int
+    input_shape: tuple[int, ...]
+    ratio: PairedRatio
+    macs_fraction: float
+    agreement: float | None = None  # share of images whose top class is the reference's
+    kl: float | None = None  # mean KL(reference || this size) per image, in nats
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "input_shape": list(self.input_shape), "ratio": self.ratio.to_json(),
+                "speedup": 1 / self.ratio.ratio, "macs_fraction": self.macs_fraction, "agreement": self.agreement,
+                "kl": self.kl}
+
+
+def total_macs(loaded: LoadedModel) -> int:
+    return sum(layer_macs(loaded.model, loaded.example_input()).values())
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The model's outputs for ``images`` in eval mode, in batches (fewer images per batch for large ones)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(b) for b in images.split(batch_size_for(images.shape, batch_size))])
+    finally:
+        model.train(was_training)
+
+
+def output_agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
+    """(share of rows whose argmax agrees, mean KL(softmax(reference) || softmax(other)) per row)."""
+    agree = float((reference.argmax(1) == other.argmax(1)).float().mean())
+    kl = F.kl_div(F.log_softmax(other, 1), F.log_softmax(reference, 1), log_target=True, reduction="batchmean")
+    return agree, float(kl)
+
+
+def survey_sizes(native: LoadedModel, sized: Sequence[tuple[int, LoadedModel]],
+                 measure: Callable[[Sequence[LoadedModel]], list[PairedRatio]],
+                 images: Callable[[LoadedModel], torch.Tensor] | None = None,
+                 progress: Callable[[str], None] = lambda text: None) -> tuple[list[SizeReading], int]:
+    """A reading per ``(size, network at that size)``, and the number of images compared on: ``measure(networks)``
+    gives their paired ratios to ``native`` (one timing, all in the same rounds); ``images(network)``, the
+    calibration images preprocessed for a network (the same photos for each), when agreement is wanted. The images
+    are read first, so an unreadable folder fails before the timing."""
+    reference, count = None, 0
+    if images is not None:
+        progress("running the calibration images through the network at its own size")
+        calib = images(native)
+        reference, count = logits_of(native.model, calib), len(calib)
+    progress(f"timing the dense network at {len(sized)} input sizes against itself at its own")
+    ratios = measure([loaded for _, loaded in sized])
+    native_macs = total_macs(native)
+    readings = []
+    for (size, loaded), ratio in zip(sized, ratios, strict=True):
+        agreement = kl = None
+        if reference is not None:
+            progress(f"running the calibration images through the network at {size}")
+            agreement, kl = output_agreement(reference, logits_of(loaded.model, images(loaded)))
+        readings.append(SizeReading(size, tuple(loaded.input_shape), ratio, total_macs(loaded) / native_macs,
+                                    agreement, kl))
+    return readings, count
+
+
+def survey(native: LoadedModel, backend: str, sizes: Sequence[int] | None = None, calib: str | None = None,
+           images: int = 256, weights: str | None = None, preprocessing: Mapping | None = None,
+           max_seconds: float = 180.0, threads: int | None = None, global_warmup_s: float = 5.0,
+           db: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """``latprune sizes``: the readings of ``native``'s model at ``sizes`` (default :func:`candidate_sizes`) on
+    ``backend``, with ``images`` photos of the folder ``calib`` when given; ``db``: the profile whose quiet time of
+    the dense network leaves slow-state rounds out. A JSON-able record."""
+    from latprune import pipeline
+
+    if calib is not None and not os.path.isdir(calib):
+        raise LatpruneError(f"calibration folder not found: {calib}")
+    sizes = check_sizes(sizes, native.input_shape) if sizes else candidate_sizes(native.input_shape)
+    if not sizes:
+        raise LatpruneError(f"no input size to try below {'x'.join(map(str, native.input_shape[-2:]))}: give --sizes")
+    sized = [(size, load_at_size(native, weights, size, preprocessing)) for size in sizes]
+    rule = pipeline.RoundsRule(min_rounds=10, max_rounds=60, max_seconds=max_seconds)
+    timed = {}
+
+    def measure(networks: Sequence[LoadedModel]) -> list[PairedRatio]:
+        timed["timing"], timed["device"] = pipeline.measure_against_dense(
+            native.model, [n.model for n in networks], native.input_shape, backend, rule=rule, threads=threads,
+            global_warmup_s=global_warmup_s, warn=progress, input_shapes=[n.input_shape for n in networks],
+            quiet_ms=pipeline.quiet_dense_ms(db, backend, native, threads))
+        return timed["timing"].ratios
+
+    def read(loaded: LoadedModel) -> torch.Tensor:
+        return pipeline.calibration_images(calib, loaded, size=images)
+
+    def say(text: str) -> None:
+        if progress:
+            print(f"latprune sizes: {text}", file=sys.stderr, flush=True)
+
+    readings, count = survey_sizes(native, sized, measure, read if calib else None, say)
+    timing = timed["timing"]
+    return {"model": native.spec, "backend": backend, "input_shape": list(native.input_shape),
+            "preprocessing": native.preprocessing.describe(native.input_shape),
+            "sizes": [r.to_json() for r in readings], "dense": timing.reference.to_json(),
+            "converged": timing.converged, "seconds": timing.seconds, "slow_state_rounds": timing.slow_state_rounds,
+            "calib": calib, "images": count, "device": timed["device"]}
