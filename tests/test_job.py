@@ -115,21 +115,20 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path, monkeypatch
     assert "latprune.demo:digits_cnn" in page and "<script" not in page and "Closed loop:" in page
 
 
-def test_a_run_at_a_smaller_input_size_is_judged_against_the_model_at_its_own(digits, tmp_path):
-    # This small network's reach is near 2x at 24x24 and 1.5x at 28x28, where the dense network alone runs at about 0.6
-    # and 0.9 of itself at 32x32: 1.25x at 28x28 leaves the widths about 1.15x, within reach on a noisy host (2x at 24,
-    # 1.8x at 24 and 1.5x at 28 each missed in one run of three to six)
-    speedup = 1.25
+def test_a_run_at_a_smaller_input_size_is_judged_against_the_model_at_its_own(digits, tmp_path, synthetic_backend):
+    """On a backend whose times follow MACs (on torch-cpu this small network's reach, 1.25-2x by the host's state,
+    is mostly per-operator cost, and the closed loop missed its band by 0.1-2.5% in one run of two or three)."""
+    speedup = 2.0
     train, test, weights = digits
     config = JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=speedup),
-                       backend="torch-cpu", db=str(tmp_path / "p.sqlite"), calib=str(train), eval=str(test),
+                       backend="synthetic", db=str(tmp_path / "p.sqlite"), calib=str(train), eval=str(test),
                        recovery="bn", calib_size=64, profile=FAST_PROFILE, name="digits",
-                       search=SearchSettings(seconds=1), input_size=28)
+                       search=SearchSettings(seconds=1), input_size=24)
     run = run_jobs([config], tmp_path / "out", progress=False).to_json()["runs"][0]
     sized, latency, plan = run["input_size"], run["latency"], run["plan"]
     assert sized["native_input_shape"] == [1, 3, 32, 32]
-    assert sized["input_shape"] == run["input_shape"] == [1, 3, 28, 28]
-    assert plan["input_shape"] == [1, 3, 28, 28] and plan["preprocessing"]["resize"] == 32  # 37 x 28 / 32
+    assert sized["input_shape"] == run["input_shape"] == [1, 3, 24, 24]
+    assert plan["input_shape"] == [1, 3, 24, 24] and plan["preprocessing"]["resize"] == 28  # 37 x 24 / 32
     assert "input size" in run["stages_s"]
     dense_ratio = sized["dense_ratio"]["ratio"]
     assert 0 < dense_ratio < 1
@@ -144,10 +143,10 @@ def test_a_run_at_a_smaller_input_size_is_judged_against_the_model_at_its_own(di
     assert latency["budget_ms"] == pytest.approx(latency["dense"]["measured_ms"] / speedup)
     assert latency["dense"]["predicted_ms"] is None
     assert latency["meets_budget"] == (latency["measured_speedup"] >= speedup)
-    # (top-1: the dense network with its own 32x32 images, the pruned one with its 28x28)
+    # (top-1: the dense network with its own 32x32 images, the pruned one with its 24x24)
     assert run["accuracy"]["images"] == 449 and 0 <= run["accuracy"]["recovered"] <= 1
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "planned at input size 28x28 (the model&#x27;s own: 32x32)" in page and "dense at 32x32" in page
+    assert "planned at input size 24x24 (the model&#x27;s own: 32x32)" in page and "dense at 32x32" in page
     assert main(["eval", "--model", DIGITS_SPEC, "--pruned", run["files"]["pruned"], "--data", str(test),
                  "--json"]) == 0  # the pruned file carries its size and preprocessing
 
