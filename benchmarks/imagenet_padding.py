@@ -16,19 +16,18 @@ import time
 from benchmarks.common import markdown_table, write_result
 from benchmarks.imagenet import SAMPLE, SPEC
 from latprune import pipeline
-from latprune.input_size import input_shape_at, preprocessing_at
+from latprune.input_size import load_at_size
+from latprune.models import LoadedModel
 from latprune.models.efficientnet_lite import lite0
 
 
-def top1_at(size: int, built_for_size: bool) -> tuple[float, float]:
+def top1_at(native: LoadedModel, size: int, built_for_size: bool) -> tuple[float, float]:
     """(top-1, seconds) of the dense network given photos at ``size``, its padding computed for that size or for
-    224."""
-    native = pipeline.load(SPEC)
-    shape = input_shape_at(native.input_shape, size)
-    at_size = pipeline.load(SPEC, None, shape, preprocessing_at(native.preprocessing, native.input_shape, size))
+    224 (``native``: the network at 224)."""
+    at_size = load_at_size(native, None, size)
     network = at_size.model if built_for_size else lite0()
     began = time.perf_counter()
-    top1, _ = pipeline.evaluate(network, str(SAMPLE), at_size.preprocessing, shape, progress=False)
+    top1, _ = pipeline.evaluate(network, str(SAMPLE), at_size.preprocessing, at_size.input_shape, progress=False)
     return top1, time.perf_counter() - began
 
 
@@ -37,10 +36,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="208,200,192,184,176", help="input sizes, comma-separated")
     parser.add_argument("--name", default="imagenet_padding")
     args = parser.parse_args()
-    rows = []
+    native, rows = pipeline.load(SPEC), []
     for size in (int(s) for s in args.sizes.split(",")):
-        for_224, seconds_224 = top1_at(size, built_for_size=False)
-        for_size, seconds_size = top1_at(size, built_for_size=True)
+        for_224, seconds_224 = top1_at(native, size, built_for_size=False)
+        for_size, seconds_size = top1_at(native, size, built_for_size=True)
         rows.append({"size": size, "top1_padding_for_224": for_224, "top1_padding_for_size": for_size,
                      "seconds": seconds_224 + seconds_size})
         print(rows[-1], flush=True)

@@ -51,7 +51,7 @@ def main() -> None:
                                       progress=False)
     rows = []
     for reading in result["sizes"]:
-        top1, _ = top1_at(reading["size"], built_for_size=True)
+        top1, _ = top1_at(native, reading["size"], built_for_size=True)
         rows.append({**reading, "top1": top1})
         print(f"{reading['size']}: top-1 {100 * top1:.1f}%", flush=True)
     rank = spearmanr([r["agreement"] for r in rows], [r["top1"] for r in rows])

@@ -16,15 +16,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from latprune.batching import batch_size_for
+from latprune.batching import forward_in_batches
 from latprune.errors import LatpruneError
 from latprune.groups import layer_macs
 from latprune.input_size import check_input_size, load_at_size
 from latprune.models import LoadedModel
 from latprune.network import PairedRatio
+from latprune.plan_scoring import disagreement
+from latprune.planner.damage import output_loss
 
 SMALLEST = 0.7  # candidate sizes go down to this fraction of the model's own shorter side
 STEP = 8  # ... in steps of this many pixels
@@ -66,22 +66,10 @@ def total_macs(loaded: LoadedModel) -> int:
     return sum(layer_macs(loaded.model, loaded.example_input()).values())
 
 
-@torch.no_grad()
-def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """The model's outputs for ``images`` in eval mode, in batches (fewer images per batch for large ones)."""
-    was_training = model.training
-    model.eval()
-    try:
-        return torch.cat([model(b) for b in images.split(batch_size_for(images.shape, batch_size))])
-    finally:
-        model.train(was_training)
-
-
 def output_agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
-    """(share of rows whose argmax agrees, mean KL(softmax(reference) || softmax(other)) per row)."""
-    agree = float((reference.argmax(1) == other.argmax(1)).float().mean())
-    kl = F.kl_div(F.log_softmax(other, 1), F.log_softmax(reference, 1), log_target=True, reduction="batchmean")
-    return agree, float(kl)
+    """(share of images whose top class agrees, mean KL(softmax(reference) || softmax(other)) per image): the
+    planner's calibration readings (:func:`disagreement`, :func:`output_loss`)."""
+    return 1 - disagreement(reference, other), output_loss(reference, other)
 
 
 def survey_sizes(native: LoadedModel, sized: Sequence[tuple[int, LoadedModel]],
@@ -96,7 +84,7 @@ def survey_sizes(native: LoadedModel, sized: Sequence[tuple[int, LoadedModel]],
     if images is not None:
         progress("running the calibration images through the network at its own size")
         calib = images(native)
-        reference, count = logits_of(native.model, calib), len(calib)
+        reference, count = forward_in_batches(native.model, calib), len(calib)
     progress(f"timing the dense network at {len(sized)} input sizes against itself at its own")
     ratios = measure([loaded for _, loaded in sized])
     native_macs = total_macs(native)
@@ -105,7 +93,7 @@ def survey_sizes(native: LoadedModel, sized: Sequence[tuple[int, LoadedModel]],
         agreement = kl = None
         if reference is not None:
             progress(f"running the calibration images through the network at {size}")
-            agreement, kl = output_agreement(reference, logits_of(loaded.model, images(loaded)))
+            agreement, kl = output_agreement(reference, forward_in_batches(loaded.model, images(loaded)))
         readings.append(SizeReading(size, tuple(loaded.input_shape), ratio, total_macs(loaded) / native_macs,
                                     agreement, kl))
     return readings, count
