@@ -39,23 +39,32 @@ def parse_runs(text: str) -> list[tuple[float, int]]:
     return pairs
 
 
-def run_once(speedup: float, size: int, folder: Path, db: Path, rerun: bool) -> dict:
+def run_once(speedup: float, size: int, folder: Path, db: Path, rerun: bool, adapt: bool = True) -> dict:
     """The run record of ``latprune run`` at this speedup and input size: read from ``folder`` when it holds it."""
     summary = folder / "summary.json"
     if not rerun and summary.exists():
         run = json.loads(summary.read_text())["runs"][0]
-        if same_request(run, speedup, size) and run["device"] == pipeline.this_device(BACKEND):
+        if same_request(run, speedup, size, adapt) and run["device"] == pipeline.this_device(BACKEND):
             print(f"{folder}: read (the same request, on this machine)", flush=True)
             return run
     return latprune_run(["--model", SPEC, "--speedup", f"{speedup:g}", "--input-size", str(size), "--calib",
-                         str(CALIB), "--eval", str(SAMPLE), "--db", str(db)], folder)
+                         str(CALIB), "--eval", str(SAMPLE), "--db", str(db)]
+                        + ([] if adapt else ["--no-size-adaptation"]), folder)
 
 
-def same_request(run: dict, speedup: float, size: int) -> bool:
-    """Whether a run record is Lite0's at ``speedup`` and input size ``size`` on ort-cpu."""
+def same_request(run: dict, speedup: float, size: int, adapt: bool = True) -> bool:
+    """Whether a run record is Lite0's at ``speedup`` and input size ``size`` on ort-cpu, adapted to the size or
+    not as asked."""
     sized = run.get("input_size") or {}
     return (run["model"] == SPEC and run["latency"]["backend"] == BACKEND
-            and run["latency"]["budget"].get("speedup") == speedup and sized.get("input_shape", [0])[-1] == size)
+            and run["latency"]["budget"].get("speedup") == speedup and sized.get("input_shape", [0])[-1] == size
+            and (sized.get("adaptation") is not None) == adapt)
+
+
+def adaptation_text(sized: dict) -> str:
+    """The size adaptation's KL to the network at 224 on the photos it learned from, before -> after."""
+    adapted = sized.get("adaptation")
+    return "-" if adapted is None else f"{adapted['kl_before']:.3f} -> {adapted['kl_after']:.3f}"
 
 
 def loop_reference(run: dict, speedup: float) -> str:
@@ -77,7 +86,8 @@ def row(speedup: float, size: int, run: dict) -> tuple[list, dict]:
     met = None if goal is None else bool(gap <= goal and latency["meets_budget"])
     cells = [f"{speedup:g}x", f"{size}x{size}", f"{dense_ratio['ratio']:.3f} ({dense_ratio['low']:.3f}-"
              f"{dense_ratio['high']:.3f})", loop_reference(run, speedup),
-             f"{ratio['ratio']:.3f} ({ratio['low']:.3f}-{ratio['high']:.3f})", latency["budget_verdict"],
+             adaptation_text(sized), f"{ratio['ratio']:.3f} ({ratio['low']:.3f}-{ratio['high']:.3f})",
+             latency["budget_verdict"],
              f"{100 * accuracy['dense']:.1f}", f"{100 * accuracy['pruned']:.1f}" if accuracy["pruned"] is not None
              else "-", f"{100 * accuracy['recovered']:.1f}", f"{gap:.1f}",
              "-" if met is None else ("met" if met else "not met"),
@@ -95,16 +105,20 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=CACHE / "imagenet_input_size")
     parser.add_argument("--rerun", action="store_true", help="run again where a run folder holds the request")
     parser.add_argument("--name", default="imagenet_input_size")
+    parser.add_argument("--no-size-adaptation", action="store_true",
+                        help="runs without adapting the network at the size to its outputs at 224 first")
     args = parser.parse_args(argv)
     if not (CALIB.exists() and SAMPLE.exists()):
         parser.error(f"{CALIB} or {SAMPLE} is missing: this suite needs ../shared's ImageNet photos")
     rows, records = [], []
     for speedup, size in parse_runs(args.runs):
-        run = run_once(speedup, size, args.out / f"{speedup:g}x_{size}", args.db, args.rerun)
+        run = run_once(speedup, size, args.out / f"{speedup:g}x_{size}", args.db, args.rerun,
+                       adapt=not args.no_size_adaptation)
         cells, record = row(speedup, size, run)
         rows.append(cells)
         records.append(record)
-    headers = ["speedup", "input", "dense at input / at 224 (95%)", "closed loop timed plans against", "result / dense at 224 (95%)",
+    headers = ["speedup", "input", "dense at input / at 224 (95%)", "closed loop timed plans against",
+               "adapted to 224: KL on its photos", "result / dense at 224 (95%)",
                "budget", "dense top-1 %", "pruned %", "recovered %", "gap (points)", "goal", "dense ms (spread)",
                "run minutes"]
     stages = [f"- {r['speedup']:g}x at {r['input_size']}: " + ", ".join(
@@ -114,7 +128,9 @@ def main(argv=None) -> None:
         "`latprune run --speedup S --input-size N --calib imagen-calib --eval imagenet-sample` on ort-cpu, batch 1. "
         "Widths planned at N, first for what the size leaves, then timed by the closed loop against the dense "
         "network at 224 in the same rounds, as is the result. Top-1 on the 1,000 sample photos (+-1.5 points); goal (#29): "
-        "within 3 points of dense at 1.5x, 1.5 at 1.25x, the budget met.",
+        "within 3 points of dense at 1.5x, 1.5 at 1.25x, the budget met. Unless `--no-size-adaptation`, the "
+        "network at N is first taught the outputs of the network at 224 on the calibration photos "
+        "(`latprune.size_adaptation`).",
         "",
         markdown_table(headers, rows), "",
         "Minutes per stage (a first run at a size profiles the network there):", *stages,

@@ -25,6 +25,7 @@ from latprune.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
     from latprune.models import LoadedModel
+    from latprune.size_adaptation import Adaptation
 
 MIN_SIZE = 8  # pixels on the shorter side; below this a network's strided layers run out of image
 
@@ -75,6 +76,7 @@ class InputSize:
     input_shape: tuple[int, ...]
     dense_ratio: PairedRatio
     native_preprocessing: str  # how the reference's images are made (the sized run's own are in its plan)
+    adaptation: Adaptation | None = None  # the network at this size taught its outputs at its own size first
 
     def request(self, asked: BudgetRequest) -> BudgetRequest:
         """What the widths must still give at this size, as the planner's first aim: a speedup times the dense
@@ -104,11 +106,13 @@ class InputSize:
     def describe(self) -> str:
         return (f"planned at input size {self.size_text} (the model's own: {self.native_text}): the dense network "
                 f"there runs at {self.dense_ratio.describe()}; the latency and top-1 reference is the dense network at "
-                f"{self.native_text}, preprocessing {self.native_preprocessing}")
+                f"{self.native_text}, preprocessing {self.native_preprocessing}"
+                + ("" if self.adaptation is None else f"; before planning, {self.adaptation.describe()}"))
 
     def to_json(self) -> dict:
         return {"native_input_shape": list(self.native_input_shape), "input_shape": list(self.input_shape),
-                "dense_ratio": self.dense_ratio.to_json(), "native_preprocessing": self.native_preprocessing}
+                "dense_ratio": self.dense_ratio.to_json(), "native_preprocessing": self.native_preprocessing,
+                "adaptation": None if self.adaptation is None else self.adaptation.to_json()}
 
 
 def _hw(shape: Sequence[int]) -> str:

@@ -29,8 +29,9 @@ from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Ver
 from latprune.settings import LoopReference
 from latprune.preprocessing import Preprocessing
 from latprune.profiler.api import ProfileSettings, RoundsRule
-from latprune.pruned_file import save_pruned
+from latprune.pruned_file import dense_origin, save_pruned
 from latprune.run_summary import Accuracy, LatencyFigures, LatencyOutcome, RunResult, RunSummary
+from latprune.size_adaptation import Adaptation, adapt_to_reference
 
 # Interleaved rounds of dense and pruned: at least 15 (this host's outliers need many), then until the paired
 # ratio's 95% interval is within +-1.5%, at most 60 rounds or a minute (the quickstart stays quick).
@@ -67,6 +68,7 @@ class JobConfig:
     depth: bool = True  # residual branches may be removed whole
     preprocessing: dict | None = None  # parts of the model's image preprocessing replaced: mean, std, resize
     input_size: int | None = None  # plan at this smaller input size (shorter side), judged against the model's own
+    adapt_size: bool = True  # with input_size and calib: the network there first taught its outputs at its own size
     measure: RoundsRule = MEASURE_RULE  # the final paired measurement of pruned against dense
     name: str = ""  # sub-folder of the output folder for this run's files
     notes: list[str] = field(default_factory=list)
@@ -138,11 +140,17 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         settings = config.plan_settings()
         # the planner's last stage scores its finalists' recovery on images after recovery's
         images = recovery.images(loaded, extra=settings.extra_images) if config.calib else None
-    request, sized = config.budget, None
+    request, sized, origin = config.budget, None, None
     if config.input_size is not None:
         with stage("input size"):
             sized = _measure_input_size(config, native, loaded, progress)
             request = sized.request(config.budget)
+        if config.adapt_size and images is not None:
+            with stage("adapt to size"):
+                origin = dense_origin(loaded)  # the factory's own weights: what a later `recover` rebuilds
+                photos = images[0][:recovery.size]  # recovery's, the planner's extra left out
+                sized = dataclasses.replace(sized, adaptation=_adapt_to_size(native, loaded, photos, recovery,
+                                                                             progress))
     with stage("profile"):
         profiled = pipeline.profile(analysis, config.backend, db=config.db, settings=config.profile,
                                     threads=config.threads, progress=progress)
@@ -157,6 +165,8 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         plan.save(folder / "plan.json")
     with stage("prune"):
         pruned = pipeline.prune(analysis, plan)
+        if origin is not None:
+            pruned.metadata.update(dense=origin, adapted_to_size=sized.adaptation.to_json())
     report, final = None, pruned
     if recovery.steps:
         with stage("recover"):
@@ -224,6 +234,19 @@ def _measure_input_size(config: JobConfig, native: LoadedModel, sized: LoadedMod
                                                input_shapes=[sized.input_shape])
     result = InputSize(tuple(native.input_shape), tuple(sized.input_shape), timing.ratios[0],
                        native.preprocessing.describe(native.input_shape))
+    if progress:
+        print(f"latprune run: {result.describe()}", file=sys.stderr, flush=True)
+    return result
+
+
+def _adapt_to_size(native: LoadedModel, sized: LoadedModel, photos: torch.Tensor, recovery: RecoveryRequest,
+                   progress: bool) -> Adaptation:
+    """``sized``'s network trained toward ``native``'s outputs on recovery's calibration ``photos`` (read for
+    ``sized``; read again here for ``native``, the same photos: :func:`~latprune.data.random_subset`)."""
+    from latprune.batching import forward_in_batches
+
+    reference = forward_in_batches(native.model, recovery.images(native)[0][:len(photos)])
+    result = adapt_to_reference(sized.model, photos, reference, progress=progress)
     if progress:
         print(f"latprune run: {result.describe()}", file=sys.stderr, flush=True)
     return result

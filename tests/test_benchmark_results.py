@@ -125,12 +125,17 @@ def test_imagenet_input_size_reads_a_finished_run_only_for_the_same_request_on_t
     monkeypatch.setattr(bench, "latprune_run", lambda arguments, out: ran.append(arguments) or {"ran": True})
     record = {"model": bench.SPEC, "device": pipeline.this_device("ort-cpu"),
               "latency": {"backend": "ort-cpu", "budget": {"speedup": 1.5}},
-              "input_size": {"input_shape": [1, 3, 192, 192]}}
+              "input_size": {"input_shape": [1, 3, 192, 192], "adaptation": {"kl_before": 0.3, "kl_after": 0.1}}}
     (tmp_path / "summary.json").write_text(json.dumps({"runs": [record]}))
     assert bench.run_once(1.5, 192, tmp_path, tmp_path / "p.sqlite", rerun=False) == record and ran == []
     for speedup, size, rerun in ((1.5, 176, False), (2.0, 192, False), (1.5, 192, True)):
         assert bench.run_once(speedup, size, tmp_path, tmp_path / "p.sqlite", rerun=rerun) == {"ran": True}
     assert ran[-1][ran[-1].index("--input-size") + 1] == "192" and "--speedup" in ran[-1]
+    assert "--no-size-adaptation" not in ran[-1]
+    # a run without the size adaptation answers only a request without it
+    assert bench.run_once(1.5, 192, tmp_path, tmp_path / "p.sqlite", rerun=False, adapt=False) == {"ran": True}
+    assert "--no-size-adaptation" in ran[-1]
+    assert bench.adaptation_text(record["input_size"]) == "0.300 -> 0.100"
     (tmp_path / "summary.json").write_text(json.dumps({"runs": [{**record, "device": "another"}]}))
     assert bench.run_once(1.5, 192, tmp_path, tmp_path / "p.sqlite", rerun=False) == {"ran": True}
     assert bench.parse_runs("1.5:192,2:176") == [(1.5, 192), (2.0, 176)]

@@ -12,6 +12,7 @@ from latprune.job import JobConfig, run_jobs
 from latprune.planner.search import SearchSettings
 from latprune.budget import BudgetRequest
 from latprune.profiler.api import ProfileSettings
+from latprune.pruned_file import read_pruned
 
 FAST_PROFILE = ProfileSettings(widths=6, variants=8, rounds=2, runs=3, profiled_runs=3, warmup=1, min_round_ms=5,
                                global_warmup_s=0.0)
@@ -130,6 +131,13 @@ def test_a_run_at_a_smaller_input_size_is_judged_against_the_model_at_its_own(di
     assert sized["input_shape"] == run["input_shape"] == [1, 3, 24, 24]
     assert plan["input_shape"] == [1, 3, 24, 24] and plan["preprocessing"]["resize"] == 28  # 37 x 24 / 32
     assert "input size" in run["stages_s"]
+    # the network at 24 was first taught its outputs at 32 on recovery's photos; the pruned file says so and records
+    # the weights it was made from (a later `recover` rebuilds and checks them)
+    adapted = sized["adaptation"]
+    assert "adapt to size" in run["stages_s"] and adapted["images"] == 64
+    assert adapted["kl_after"] < adapted["kl_before"] and adapted["steps"] == adapted["steps_planned"] == 10
+    saved = read_pruned(run["files"]["pruned"])
+    assert saved.metadata["adapted_to_size"] == adapted and saved.metadata["dense"]["weights"] == str(weights)
     dense_ratio = sized["dense_ratio"]["ratio"]
     assert 0 < dense_ratio < 1
     # the loop timed each plan against the dense network at 32 (the first aimed at what the size left of the speedup),
@@ -188,3 +196,6 @@ def test_run_reports_bad_input_clearly(tmp_path, capsys):
     assert "takes images as they are at 32x32: give its resize with --resize" in capsys.readouterr().err
     assert main(["run", "--input-size", "24", "--out", str(tmp_path)]) == 1
     assert "--input-size need --model SPEC" in capsys.readouterr().err
+    assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--no-size-adaptation",
+                 "--out", str(tmp_path)]) == 1
+    assert "--no-size-adaptation applies to a run at a smaller --input-size only" in capsys.readouterr().err

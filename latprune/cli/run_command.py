@@ -48,6 +48,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, metavar="PIXELS",
                         help="plan the widths at this smaller input size (shorter side; images resized to keep the "
                              "field of view); every plan and the result are timed against the model at its own size")
+    parser.add_argument("--no-size-adaptation", action="store_true",
+                        help="with --input-size and --calib: plan from the network at that size as it is, instead of "
+                             "first teaching it its own outputs at its own size on the calibration photos (minutes)")
     parser.add_argument("--recovery", metavar="METHOD",
                         help="recovery recipe (default two-stage with --calib, none without); see `latprune prune`")
     recovery_time_option(parser)
@@ -71,6 +74,8 @@ def cmd_run(args: argparse.Namespace) -> RunSummary:
     from latprune.job import JobConfig, default_jobs, run_jobs
     from latprune.models import parse_input_shape
     progress = not args.json
+    if args.no_size_adaptation and args.input_size is None:
+        raise LatpruneError("--no-size-adaptation applies to a run at a smaller --input-size only")
     if args.model is None:
         named = ("budget_ms", "speedup", "weights", "input_shape", "calib", "eval", "recovery", "objective", "mean", "std",
                  "resize", "input_size")
@@ -89,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> RunSummary:
             calib_size=args.calib_size or RECOVERY_CALIB_SIZE, recovery_seconds=args.recovery_seconds or None,
             db=args.db, threads=args.threads,
             verify=verification(args), depth=not args.no_depth, preprocessing=preprocessing(args),
-            input_size=args.input_size)]
+            input_size=args.input_size, adapt_size=not args.no_size_adaptation)]
         configs[0].check(progress)
         check_output_folder(args.out, args.force)
     return run_jobs(configs, args.out, progress=progress, checked=args.model is not None)
