@@ -26,7 +26,7 @@ from latprune.errors import LatpruneError
 from latprune.memory_format import channels_last
 from latprune.plan_scoring import disagreement
 from latprune.planner.damage import output_loss
-from latprune.recovery.timebox import StepBox, Steps
+from latprune.recovery.timebox import StepBox, Steps, optimiser_step
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,8 @@ def adapt_to_reference(model: nn.Module, images: torch.Tensor, reference: torch.
                     batch = torch.where(mirrored[:, None, None, None], batch.flip(-1), batch)
                 logits = model(layout(batch))
                 loss = F.kl_div(F.log_softmax(logits, 1), target[order], reduction="batchmean", log_target=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                bar.total = box.step_done()
-                scheduler.step()
-                losses.append(float(loss.detach()))
+                losses.append(optimiser_step(loss, optimizer, scheduler, box))
+                bar.total = box.total
                 bar.update()
             history.append(sum(losses) / max(len(losses), 1))
     bar.close()

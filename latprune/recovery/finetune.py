@@ -22,7 +22,7 @@ from tqdm import tqdm
 from latprune.errors import LatpruneError
 from latprune.memory_format import channels_last
 from latprune.recovery.taps import capture_outputs, forward_once
-from latprune.recovery.timebox import StepBox, Steps
+from latprune.recovery.timebox import StepBox, Steps, optimiser_step
 
 
 @dataclass
@@ -155,12 +155,8 @@ def finetune(
                                     reduction="batchmean", log_target=True) * t * t
                 for name in sp_layers:
                     loss = loss + settings.sp_beta * similarity_loss(got[name], want[name])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                bar.total = box.step_done()
-                scheduler.step()
-                losses.append(float(loss.detach()))
+                losses.append(optimiser_step(loss, optimizer, scheduler, box))
+                bar.total = box.total
                 bar.update()
             history.append(sum(losses) / max(len(losses), 1))
             bar.set_postfix(loss=f"{history[-1]:.4f}")

@@ -6,6 +6,8 @@ import statistics
 import time
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class Steps:
@@ -53,3 +55,15 @@ class StepBox:
     @property
     def finished(self) -> bool:
         return self.done >= self.total
+
+
+def optimiser_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, box: StepBox) -> float:
+    """One optimiser step on ``loss``, counted in ``box`` before the scheduler steps (a schedule over ``box.total``
+    sees the steps now planned); the loss's value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    box.step_done()
+    scheduler.step()
+    return float(loss.detach())
