@@ -24,9 +24,8 @@ from tqdm import tqdm
 from latprune.batching import forward_in_batches
 from latprune.errors import LatpruneError
 from latprune.memory_format import channels_last
-from latprune.plan_scoring import disagreement
-from latprune.planner.damage import output_loss
-from latprune.recovery.timebox import StepBox, Steps, optimiser_step
+from latprune.recovery.timebox import StepBox, Steps, cosine_over_box, optimiser_step
+from latprune.size_survey import output_agreement
 
 
 @dataclass(frozen=True)
@@ -73,12 +72,6 @@ class Adaptation:
                 "seconds": round(self.seconds, 2), **self.steps.to_json()}
 
 
-def _readings(model: nn.Module, images: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
-    """(KL(reference || model) per photo, share of photos whose top class agrees)."""
-    outputs = forward_in_batches(model, images)
-    return output_loss(reference, outputs), 1 - disagreement(reference, outputs)
-
-
 def adapt_to_reference(model: nn.Module, images: torch.Tensor, reference: torch.Tensor,
                        settings: AdaptationSettings = AdaptationSettings(), progress: bool = False) -> Adaptation:
     """Train ``model`` in place so that its outputs on ``images`` approach ``reference`` (the outputs of the same
@@ -89,14 +82,13 @@ def adapt_to_reference(model: nn.Module, images: torch.Tensor, reference: torch.
                             f"{len(reference)} outputs")
     began = time.perf_counter()
     model.eval()
-    kl_before, agreement_before = _readings(model, images, reference)
+    agreement_before, kl_before = output_agreement(reference, forward_in_batches(model, images))
     generator = torch.Generator().manual_seed(settings.seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=settings.lr)
     batches = math.ceil(len(images) / settings.batch_size)
     box = StepBox(settings.epochs * batches, settings.seconds)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / box.total, 1.0))))
+    scheduler = cosine_over_box(optimizer, box)
     target = F.log_softmax(reference.float(), dim=1)
     history = []
     bar = tqdm(total=box.total, desc="adapt to size", unit="step", disable=not progress, leave=False)
@@ -122,6 +114,6 @@ def adapt_to_reference(model: nn.Module, images: torch.Tensor, reference: torch.
     model.eval()
     for parameter in parameters:
         parameter.grad = None
-    kl_after, agreement_after = _readings(model, images, reference)
+    agreement_after, kl_after = output_agreement(reference, forward_in_batches(model, images))
     return Adaptation(len(images), kl_before, kl_after, agreement_before, agreement_after,
                       Steps(history, box.done, box.planned), time.perf_counter() - began)

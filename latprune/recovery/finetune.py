@@ -22,7 +22,7 @@ from tqdm import tqdm
 from latprune.errors import LatpruneError
 from latprune.memory_format import channels_last
 from latprune.recovery.taps import capture_outputs, forward_once
-from latprune.recovery.timebox import StepBox, Steps, optimiser_step
+from latprune.recovery.timebox import StepBox, Steps, cosine_over_box, optimiser_step
 
 
 @dataclass
@@ -122,8 +122,7 @@ def finetune(
                                 weight_decay=settings.weight_decay, nesterov=True)
     steps_per_epoch = len(images) // settings.batch_size + (len(images) % settings.batch_size >= 2)
     box = StepBox(settings.epochs * steps_per_epoch, settings.seconds)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / box.total, 1.0))))
+    scheduler = cosine_over_box(optimizer, box)
     teacher.eval()
     needs_teacher = labels is None or bool(sp_layers)
     history = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -67,3 +68,10 @@ def optimiser_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
     box.step_done()
     scheduler.step()
     return float(loss.detach())
+
+
+def cosine_over_box(optimizer: torch.optim.Optimizer, box: StepBox) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate cosine-decayed to 0 over the steps ``box`` plans (read at each step, so a boxed run that
+    plans fewer steps still ends at a small learning rate)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / box.total, 1.0))))
