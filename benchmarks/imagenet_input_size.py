@@ -24,6 +24,7 @@ from pathlib import Path
 from benchmarks.common import CACHE, latprune_run, markdown_table, write_result
 from benchmarks.imagenet import CALIB, SAMPLE, SPEC
 from latprune import pipeline
+from latprune.input_size import SIZE_ONLY
 
 BACKEND = "ort-cpu"  # latprune run's default
 
@@ -71,8 +72,11 @@ def loop_reference(run: dict, speedup: float) -> str:
     """What the run's closed loop timed its plans against, read from the speedup its band judged (the dense network
     it measured over the band's top): the dense network at 224 for the speedup asked, or, in runs before that, the
     dense network at the run's size for what the size left. (The plan's own budget cannot tell: a plan the loop's
-    first round kept was made for what the size left either way.)"""
+    first round kept was made for what the size left either way.) A run whose size alone met the budget planned
+    nothing."""
     loop = run["latency"]["verification"]
+    if "band_ms" not in loop:  # no loop ran: the size alone met the budget (or the plan was not verified)
+        return "none: nothing planned" if run["plan"]["method"] == SIZE_ONLY else "not verified"
     judged = loop["dense_measured_ms"] / loop["band_ms"][1]
     return "dense at 224" if abs(judged / speedup - 1) < 1e-6 else f"dense at its size, for {judged:.3f}x"
 

@@ -24,9 +24,13 @@ from latprune.network import PairedRatio
 from latprune.preprocessing import Preprocessing
 
 if TYPE_CHECKING:
+    from latprune.analysis import ModelAnalysis
+    from latprune.budget import Budget
     from latprune.models import LoadedModel
+    from latprune.planner.plan import Plan
     from latprune.size_adaptation import Adaptation
 
+SIZE_ONLY = "input-size"  # the method of a plan that keeps every channel: the size alone met the budget
 MIN_SIZE = 8  # pixels on the shorter side; below this a network's strided layers run out of image
 
 
@@ -55,6 +59,15 @@ def preprocessing_at(preprocessing: Preprocessing, native_shape: Sequence[int], 
     return {"resize": max(size, round(preprocessing.resize_to(native_shape) * size / shorter))}
 
 
+def unpruned_plan(analysis: ModelAnalysis, budget: Budget) -> Plan:
+    """Every channel kept (method ``input-size``): the plan of a run whose input size alone meets ``budget``, so
+    that the pruned file, the report and a later ``prune`` read it like any other."""
+    from latprune.planner.api import build_plan, prepare
+
+    inputs = prepare(analysis)
+    return build_plan(inputs, list(inputs.full_widths), SIZE_ONLY, budget)
+
+
 def load_at_size(native: LoadedModel, weights: str | None, size: int,
                  preprocessing: Mapping[str, Any] | None = None) -> LoadedModel:
     """The model of ``native`` loaded again at ``size`` on the shorter side, built for that size where its factory
@@ -78,22 +91,28 @@ class InputSize:
     native_preprocessing: str  # how the reference's images are made (the sized run's own are in its plan)
     adaptation: Adaptation | None = None  # the network at this size taught its outputs at its own size first
 
+    def alone_meets(self, asked: BudgetRequest) -> bool:
+        """Whether the dense network at this size already meets a speedup (a budget in milliseconds is planned
+        for: its dense latency is the planner's to predict)."""
+        return asked.speedup is not None and asked.speedup * self.dense_ratio.ratio <= 1.0
+
     def request(self, asked: BudgetRequest) -> BudgetRequest:
         """What the widths must still give at this size, as the planner's first aim: a speedup times the dense
         ratio (1.5x at 0.766 leaves 1.15x); a budget in milliseconds is one at any size. The closed loop then
         judges each plan against the dense network at its own size (:class:`~latprune.settings.LoopReference`).
-        Refused when the size alone meets the speedup."""
+        Only for a request the size alone does not meet (:meth:`alone_meets`)."""
         if asked.speedup is None:
             return asked
-        left = asked.speedup * self.dense_ratio.ratio
-        if left <= 1.0:
-            ratio = self.dense_ratio
-            raise LatpruneError(
-                f"at {self.size_text} the dense network alone runs at {ratio.ratio:.3f} of its latency at "
-                f"{self.native_text} (paired, 95% interval {ratio.low:.3f}-{ratio.high:.3f}), which meets --speedup "
-                f"{asked.speedup:g} without pruning a channel: give a larger --input-size, or run the dense network "
-                f"at this size")
-        return dataclasses.replace(asked, speedup=left)
+        if self.alone_meets(asked):
+            raise ValueError(f"the size alone meets --speedup {asked.speedup:g}: there are no widths to plan")
+        return dataclasses.replace(asked, speedup=asked.speedup * self.dense_ratio.ratio)
+
+    def describe_alone(self, asked: BudgetRequest) -> str:
+        """Why a run at this size prunes nothing."""
+        return (f"at {self.size_text} the dense network alone runs at {self.dense_ratio.ratio:.3f} of its latency at "
+                f"{self.native_text} (paired, 95% interval {self.dense_ratio.low:.3f}-{self.dense_ratio.high:.3f}), "
+                f"which meets --speedup {asked.speedup:g}: no channel is pruned and nothing is repaired; the final "
+                f"measurement judges the network at this size")
 
     @property
     def size_text(self) -> str:

@@ -23,9 +23,10 @@ import torch
 from latprune.budget import Budget, BudgetRequest
 from latprune.defaults import DEFAULT_RECOVERY, RECOVERY_CALIB_SIZE, RECOVERY_SECONDS
 from latprune.errors import LatpruneError
-from latprune.input_size import InputSize, check_input_size, load_at_size, preprocessing_at
+from latprune.input_size import InputSize, check_input_size, load_at_size, preprocessing_at, unpruned_plan
 from latprune.models import LoadedModel, default_input_shape, spec_family
 from latprune.pipeline import PlanSettings, RecoveryRequest, SearchSettings, Verification
+from latprune.planner.records import VerificationRecord
 from latprune.settings import LoopReference
 from latprune.preprocessing import Preprocessing
 from latprune.profiler.api import ProfileSettings, RoundsRule
@@ -140,35 +141,45 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         settings = config.plan_settings()
         # the planner's last stage scores its finalists' recovery on images after recovery's
         images = recovery.images(loaded, extra=settings.extra_images) if config.calib else None
-    request, sized, origin = config.budget, None, None
+    request, sized, origin, dense_ms = config.budget, None, None, None
     if config.input_size is not None:
         with stage("input size"):
-            sized = _measure_input_size(config, native, loaded, progress)
-            request = sized.request(config.budget)
+            sized, dense_ms = _measure_input_size(config, native, loaded, progress)
+            if not sized.alone_meets(config.budget):
+                request = sized.request(config.budget)
         if config.adapt_size and images is not None:
             with stage("adapt to size"):
                 origin = dense_origin(loaded)  # the factory's own weights: what a later `recover` rebuilds
                 photos = images[0][:recovery.size]  # recovery's, the planner's extra left out
                 sized = dataclasses.replace(sized, adaptation=_adapt_to_size(native, loaded, photos, recovery,
                                                                              progress))
-    with stage("profile"):
-        profiled = pipeline.profile(analysis, config.backend, db=config.db, settings=config.profile,
-                                    threads=config.threads, progress=progress)
-    with stage("fit"):
-        perf, fitted = pipeline.fit(profiled.db, config.backend, config.threads)
-    with stage("plan"):
-        verify = dataclasses.replace(config.verify, db=profiled.db, threads=config.threads, timing=config.profile,
-                                     progress=config.verify.progress and progress,
-                                     reference=sized and LoopReference(native, config.budget))
-        plan = pipeline.plan(analysis, request, perf, fitted, config.backend, settings,
-                             calib=None if images is None else images[0], verify=verify)
-        plan.save(folder / "plan.json")
+    if sized is not None and sized.alone_meets(config.budget):
+        # nothing to profile, plan or repair: the network at the size, adapted where it was, is the result
+        profiled, fitted, notes = None, None, [sized.describe_alone(config.budget)]
+        if progress:
+            print(f"latprune run: {notes[0]}", file=sys.stderr, flush=True)
+        plan = unpruned_plan(analysis, config.budget.resolve(dense_ms, "measured dense")).with_records(
+            verification=VerificationRecord.unverified(notes[0]))
+    else:
+        notes = []
+        with stage("profile"):
+            profiled = pipeline.profile(analysis, config.backend, db=config.db, settings=config.profile,
+                                        threads=config.threads, progress=progress)
+        with stage("fit"):
+            perf, fitted = pipeline.fit(profiled.db, config.backend, config.threads)
+        with stage("plan"):
+            verify = dataclasses.replace(config.verify, db=profiled.db, threads=config.threads,
+                                         timing=config.profile, progress=config.verify.progress and progress,
+                                         reference=sized and LoopReference(native, config.budget))
+            plan = pipeline.plan(analysis, request, perf, fitted, config.backend, settings,
+                                 calib=None if images is None else images[0], verify=verify)
+    plan.save(folder / "plan.json")
     with stage("prune"):
         pruned = pipeline.prune(analysis, plan)
         if origin is not None:
             pruned.metadata.update(dense=origin, adapted_to_size=sized.adaptation.to_json())
     report, final = None, pruned
-    if recovery.steps:
+    if recovery.steps and profiled is not None:
         with stage("recover"):
             own = None if images is None else (images[0][:recovery.size], None)  # the planner's extra left out
             final, report = pipeline.repair(analysis, pruned, recovery, own, progress=progress)
@@ -180,8 +191,9 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         timing, device = pipeline.measure_against_dense(native.model, [final.model], native.input_shape,
                                                         config.backend, rule=config.measure, threads=config.threads,
                                                         global_warmup_s=config.profile.global_warmup_s, warn=progress,
-                                                        quiet_ms=pipeline.quiet_dense_ms(profiled.db, config.backend,
-                                                                                         native, config.threads),
+                                                        quiet_ms=pipeline.quiet_dense_ms(
+                                                            profiled.db if profiled else config.db, config.backend,
+                                                            native, config.threads),
                                                         input_shapes=[loaded.input_shape])
         dense_m, pruned_m, ratio = timing.reference, timing.networks[0], timing.ratios[0]
     accuracy = None
@@ -206,24 +218,30 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         pruned=LatencyFigures.of(plan.predicted_ms, pruned_m,
                                  derived_ms=config.budget.judged_ms(ratio.ratio, dense_m.median_ms)),
         ratio=ratio, ratio_converged=timing.converged,
-        predicted_speedup=plan.predicted_speedup if sized is None else plan.predicted_speedup / sized.dense_ratio.ratio,
+        predicted_speedup=(plan.predicted_speedup if sized is None or plan.predicted_speedup is None
+                           else plan.predicted_speedup / sized.dense_ratio.ratio),
         verification=plan.verification, slow_state_rounds=timing.slow_state_rounds, in_quiet_state=timing.settled)
     return RunResult(
         name=config.name or config.model, model=config.model, weights=config.weights,
-        input_shape=tuple(loaded.input_shape), device=device.get("fingerprint", fitted.device), plan=plan,
+        input_shape=tuple(loaded.input_shape), plan=plan,
+        device=device.get("fingerprint", fitted.device if fitted else pipeline.this_device(config.backend,
+                                                                                           config.threads)),
         input_size=sized,
         latency=latency, accuracy=accuracy, recovery=report.to_dict() if report else None,
         onnx_max_abs_diff=onnx_diff,
-        profile={"variants_timed": profiled.variants_timed, "new_layer_rows": profiled.new_layer_rows,
-                 "alignment_step": profiled.alignment_step, "noise": profiled.noise_round_spread, "db": profiled.db},
-        perf_model=fitted.status, stages_s=dict(stage.seconds), notes=tuple(config.notes),
+        profile={} if profiled is None else {
+            "variants_timed": profiled.variants_timed, "new_layer_rows": profiled.new_layer_rows,
+            "alignment_step": profiled.alignment_step, "noise": profiled.noise_round_spread, "db": profiled.db},
+        perf_model={} if fitted is None else fitted.status, stages_s=dict(stage.seconds),
+        notes=tuple(config.notes) + tuple(notes),
         files={k: str(folder / f)
                for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"), ("onnx", "pruned.onnx"))})
 
 
-def _measure_input_size(config: JobConfig, native: LoadedModel, sized: LoadedModel, progress: bool) -> InputSize:
+def _measure_input_size(config: JobConfig, native: LoadedModel, sized: LoadedModel,
+                        progress: bool) -> tuple[InputSize, float]:
     """The dense network at the run's input size timed against itself at its own (paired, the final measurement's
-    rule)."""
+    rule), and the latter's median milliseconds in those rounds."""
     from latprune import pipeline
 
     timing, _ = pipeline.measure_against_dense(native.model, [sized.model], native.input_shape, config.backend,
@@ -236,7 +254,7 @@ def _measure_input_size(config: JobConfig, native: LoadedModel, sized: LoadedMod
                        native.preprocessing.describe(native.input_shape))
     if progress:
         print(f"latprune run: {result.describe()}", file=sys.stderr, flush=True)
-    return result
+    return result, timing.reference.median_ms
 
 
 def _adapt_to_size(native: LoadedModel, sized: LoadedModel, photos: torch.Tensor, recovery: RecoveryRequest,

@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from latprune.input_size import SIZE_ONLY
 from latprune.outputs import atomic_path
 
 if TYPE_CHECKING:
@@ -159,10 +160,11 @@ def run_section(run: RunResult) -> str:
     if run.input_size:
         notes += f"<li>{html.escape(run.input_size.describe())}</li>"
     pruned, dense = latency.pruned, latency.dense
+    planned = (f"planned to {latency.planned_ms:.3f} ms predicted, {100 * latency.margin:.0f}% margin"
+               if plan.method != SIZE_ONLY else "the input size alone met it: nothing planned or pruned")
     return f"""
 <h2>{html.escape(run.model)} on {html.escape(latency.backend)}</h2>
-<p>Budget {latency.budget_ms:.3f} ms ({html.escape(latency.budget_basis)}; planned to
-{latency.planned_ms:.3f} ms predicted, {100 * latency.margin:.0f}% margin);
+<p>Budget {latency.budget_ms:.3f} ms ({html.escape(latency.budget_basis)}; {planned});
 measured {pruned.measured_ms:.3f} ms (dense {dense.measured_ms:.3f} ms,
 measured speedup {latency.measured_speedup:.2f}x, predicted {_ms(pruned.predicted_ms)} ms): {verdict}.
 Measurement noise (round spread): {100 * latency.noise:.1f}%.</p>

@@ -153,3 +153,12 @@ def test_imagenet_input_size_reads_what_the_loop_timed_against_from_its_band(den
     run = {"latency": {"plan_budget": {"speedup": plan_speedup},
                        "verification": {"dense_measured_ms": dense_ms, "band_ms": [2.4, band_top_ms]}}}
     assert bench.loop_reference(run, 2.0) == says
+
+
+def test_imagenet_input_size_says_when_the_size_alone_met_the_budget():
+    from benchmarks import imagenet_input_size as bench
+
+    unverified = {"verified": False, "reason": "at 176x176 the dense network alone runs at 0.650 ..."}
+    run = {"latency": {"verification": unverified}, "plan": {"method": "input-size"}}
+    assert bench.loop_reference(run, 1.5) == "none: nothing planned"
+    assert bench.loop_reference({**run, "plan": {"method": "latency-search"}}, 1.5) == "not verified"

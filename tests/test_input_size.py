@@ -40,12 +40,37 @@ def test_the_widths_plan_for_what_the_size_leaves_of_a_speedup():
     left = sized(0.766).request(BudgetRequest(speedup=1.5, margin=0.02))
     assert left.speedup == pytest.approx(1.149) and left.margin == 0.02
     assert sized(0.766).request(BudgetRequest(budget_ms=3.0)) == BudgetRequest(budget_ms=3.0)  # ms hold at any size
-    with pytest.raises(LatpruneError, match="at 192x192 the dense network alone runs at 0.766 of its latency at "
-                                            "224x224 .paired, 95% interval 0.756-0.776., which meets --speedup 1.25"):
-        sized(0.766).request(BudgetRequest(speedup=1.25))
     assert sized(0.766).request(BudgetRequest(speedup=1.31)).speedup == pytest.approx(1.31 * 0.766)
     data = sized(0.766).to_json()
     assert data["native_input_shape"] == [1, 3, 224, 224] and data["dense_ratio"]["ratio"] == 0.766
+
+
+def test_a_size_whose_dense_network_meets_the_speedup_leaves_nothing_to_plan():
+    assert sized(0.766).alone_meets(BudgetRequest(speedup=1.25))  # 1.25 x 0.766 = 0.96
+    assert sized(0.8).alone_meets(BudgetRequest(speedup=1.25))  # exactly at the budget
+    assert not sized(0.766).alone_meets(BudgetRequest(speedup=1.31))  # 1.31 x 0.766 = 1.003
+    assert not sized(0.1).alone_meets(BudgetRequest(budget_ms=3.0))  # milliseconds: the planner's to judge
+    assert sized(0.766).describe_alone(BudgetRequest(speedup=1.25)).startswith(
+        "at 192x192 the dense network alone runs at 0.766 of its latency at 224x224 (paired, 95% interval "
+        "0.756-0.776), which meets --speedup 1.25: no channel is pruned")
+    with pytest.raises(ValueError, match="the size alone meets --speedup 1.25"):
+        sized(0.766).request(BudgetRequest(speedup=1.25))
+
+
+def test_the_plan_of_a_size_alone_keeps_every_channel():
+    from latprune import pipeline
+    from latprune.budget import BudgetRequest
+    from latprune.input_size import SIZE_ONLY, load_at_size, unpruned_plan
+
+    native = pipeline.load("cifar:resnet20", preprocessing={"resize": 36})
+    analysis = pipeline.analyse(load_at_size(native, None, 24, {"resize": 36}))
+    budget = BudgetRequest(speedup=1.5).resolve(3.0, "measured dense")
+    plan = unpruned_plan(analysis, budget)
+    assert plan.method == SIZE_ONLY and plan.input_shape == [1, 3, 24, 24] and plan.removed == []
+    assert all(g.width == g.full_width and g.kept == list(range(g.full_width)) for g in plan.groups)
+    assert plan.macs == plan.dense_macs and plan.predicted_ms is None and plan.budget["ms"] == pytest.approx(2.0)
+    pruned = pipeline.prune(analysis, plan)
+    assert sum(p.numel() for p in pruned.model.parameters()) == sum(p.numel() for p in analysis.model.parameters())
 
 
 class Takes(nn.Module):

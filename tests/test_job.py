@@ -4,10 +4,12 @@ import base64
 import json
 
 import pytest
+import torch
 
 from latprune import pipeline
 from latprune.cli import main
 from latprune.demo import DIGITS_SPEC, train_digits_cnn, write_digits
+from latprune.input_size import load_at_size
 from latprune.job import JobConfig, run_jobs
 from latprune.planner.search import SearchSettings
 from latprune.budget import BudgetRequest
@@ -157,6 +159,37 @@ def test_a_run_at_a_smaller_input_size_is_judged_against_the_model_at_its_own(di
     assert "planned at input size 24x24 (the model&#x27;s own: 32x32)" in page and "dense at 32x32" in page
     assert main(["eval", "--model", DIGITS_SPEC, "--pruned", run["files"]["pruned"], "--data", str(test),
                  "--json"]) == 0  # the pruned file carries its size and preprocessing
+
+
+def test_a_run_whose_input_size_alone_meets_the_speedup_returns_the_network_at_that_size(digits, tmp_path,
+                                                                                          synthetic_backend):
+    """On the synthetic backend the digits CNN at 24x24 runs at 0.58 of itself at 32x32, so 1.5x needs no pruning:
+    no profile, plan or repair; the network at 24, taught its outputs at 32, is exported, measured and scored."""
+    train, test, weights = digits
+    config = JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.5),
+                       backend="synthetic", db=str(tmp_path / "p.sqlite"), calib=str(train), eval=str(test),
+                       recovery="bn", calib_size=64, profile=FAST_PROFILE, name="digits", input_size=24)
+    run = run_jobs([config], tmp_path / "out", progress=False).to_json()["runs"][0]
+    sized, latency, plan = run["input_size"], run["latency"], run["plan"]
+    assert sized["dense_ratio"]["ratio"] * 1.5 <= 1
+    assert {"input size", "adapt to size", "prune", "export", "measure", "evaluate"} <= set(run["stages_s"])
+    assert not {"profile", "fit", "plan", "recover"} & set(run["stages_s"]) and run["recovery"] is None
+    assert not (tmp_path / "p.sqlite").exists()  # nothing was profiled
+    assert plan["method"] == "input-size" and plan["macs"] == plan["dense_macs"] and plan["removed"] == []
+    assert all(g["width"] == g["full_width"] for g in plan["groups"])
+    assert "which meets --speedup 1.5: no channel is pruned" in run["notes"][-1]
+    assert not latency["verification"]["verified"] and "no channel is pruned" in latency["verification"]["reason"]
+    assert latency["meets_budget"] and latency["budget"]["speedup"] == 1.5
+    assert run["accuracy"]["pruned"] is None and 0 <= run["accuracy"]["recovered"] <= 1
+    # the file holds the adapted network at 24: it differs from the one the factory builds there
+    assert read_pruned(run["files"]["pruned"]).metadata["adapted_to_size"] == sized["adaptation"]
+    saved = pipeline.load_pruned_or_dense(DIGITS_SPEC, pruned=run["files"]["pruned"])
+    fresh = load_at_size(pipeline.load(DIGITS_SPEC, str(weights)), str(weights), 24)
+    assert [p.shape for p in saved.model.parameters()] == [p.shape for p in fresh.model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(saved.model.parameters(), fresh.model.parameters()))
+    assert run["onnx_max_abs_diff"] < 1e-3
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "the input size alone met it: nothing planned or pruned" in page
 
 
 @pytest.mark.parametrize("ratio, low, verdict, text", [

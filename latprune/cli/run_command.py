@@ -47,7 +47,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval", metavar="DIR", help="labelled images (<class>/<image> folders): accuracy before and after")
     parser.add_argument("--input-size", type=int, metavar="PIXELS",
                         help="plan the widths at this smaller input size (shorter side; images resized to keep the "
-                             "field of view); every plan and the result are timed against the model at its own size")
+                             "field of view); every plan and the result are timed against the model at its own size; "
+                             "where the network at that size alone meets --speedup, nothing is pruned and it is the "
+                             "result")
     parser.add_argument("--no-size-adaptation", action="store_true",
                         help="with --input-size and --calib: plan from the network at that size as it is, instead of "
                              "first teaching it its own outputs at its own size on the calibration photos (minutes)")
