@@ -140,7 +140,8 @@ def run_section(run: RunResult) -> str:
          _ms(latency.dense.predicted_ms), _ms(latency.dense.measured_ms),
          "-" if run.input_size else f"{plan.dense_macs / 1e6:.1f}",
          _pct(accuracy and accuracy.dense)],
-        ["pruned" + (" + " + run.recovery["recipe"] if run.recovery else ""), _ms(latency.pruned.predicted_ms),
+        [(f"dense at {run.input_size.size_text}" if plan.method == SIZE_ONLY else "pruned")
+         + (" + " + run.recovery["recipe"] if run.recovery else ""), _ms(latency.pruned.predicted_ms),
          _ms(latency.pruned.measured_ms), f"{plan.macs / 1e6:.1f}", _pct(accuracy and accuracy.recovered)],
     ]
     if accuracy and accuracy.pruned is not None and run.recovery:

@@ -189,7 +189,7 @@ def test_a_run_whose_input_size_alone_meets_the_speedup_returns_the_network_at_t
     assert any(not torch.equal(a, b) for a, b in zip(saved.model.parameters(), fresh.model.parameters()))
     assert run["onnx_max_abs_diff"] < 1e-3
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "the input size alone met it: nothing planned or pruned" in page
+    assert "the input size alone met it: nothing planned or pruned" in page and "<td>dense at 24x24</td>" in page
 
 
 @pytest.mark.parametrize("ratio, low, verdict, text", [
