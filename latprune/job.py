@@ -141,20 +141,19 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         settings = config.plan_settings()
         # the planner's last stage scores its finalists' recovery on images after recovery's
         images = recovery.images(loaded, extra=settings.extra_images) if config.calib else None
-    request, sized, origin, dense_ms = config.budget, None, None, None
+    request, sized, origin, dense_ms, alone = config.budget, None, None, None, False
     if config.input_size is not None:
         with stage("input size"):
             sized, dense_ms = _measure_input_size(config, native, loaded, progress)
-            if not sized.alone_meets(config.budget):
-                request = sized.request(config.budget)
+            alone = sized.alone_meets(config.budget)  # then nothing is profiled, planned, pruned or repaired
+            request = config.budget if alone else sized.request(config.budget)
         if config.adapt_size and images is not None:
             with stage("adapt to size"):
                 origin = dense_origin(loaded)  # the factory's own weights: what a later `recover` rebuilds
                 photos = images[0][:recovery.size]  # recovery's, the planner's extra left out
                 sized = dataclasses.replace(sized, adaptation=_adapt_to_size(native, loaded, photos, recovery,
                                                                              progress))
-    if sized is not None and sized.alone_meets(config.budget):
-        # nothing to profile, plan or repair: the network at the size, adapted where it was, is the result
+    if alone:  # the network at the size, adapted where it was, is the result
         profiled, fitted, notes = None, None, [sized.describe_alone(config.budget)]
         if progress:
             print(f"latprune run: {notes[0]}", file=sys.stderr, flush=True)
@@ -179,7 +178,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         if origin is not None:
             pruned.metadata.update(dense=origin, adapted_to_size=sized.adaptation.to_json())
     report, final = None, pruned
-    if recovery.steps and profiled is not None:
+    if recovery.steps and not alone:
         with stage("recover"):
             own = None if images is None else (images[0][:recovery.size], None)  # the planner's extra left out
             final, report = pipeline.repair(analysis, pruned, recovery, own, progress=progress)

@@ -88,9 +88,29 @@ def test_a_claim_of_a_killed_process_of_this_host_lapses_at_once(store_location)
         assert store.claim(store.find_device("fp"), "torch-cpu", "m", "v")
 
 
+def test_the_profile_hash_does_not_depend_on_the_order_rows_are_summed_in(store_location, monkeypatch):
+    """Two devices with the same times on other variants: summed as floats in key order, 0.1 + 0.2 + 0.3 and
+    0.3 + 0.2 + 0.1 differ in the last bit; the hash sums whole nanoseconds."""
+    monkeypatch.setattr(store_module.time, "time", lambda: 1_000.0)  # both devices' rows created at one time
+    with ProfileStore(store_location) as store:
+        hashes = []
+        for fingerprint, medians in (("up", (0.1, 0.2, 0.3)), ("down", (0.3, 0.2, 0.1))):
+            device = store.device_id(fingerprint, {"cpu": fingerprint, "threads": 1})
+            for variant, median in zip("abc", medians):
+                timing = NetworkTiming("m@1x3x8x8", variant, {"g": 4}, Measurement(median, median, median, 3, 0.0),
+                                       {"l": 0.5}, 0.5, {})
+                store.finish_variant(device, "torch-cpu", timing, [])
+            hashes.append(store.profile_hash(device, "torch-cpu"))
+        assert hashes[0] == hashes[1]
+        store.finish_variant(device, "torch-cpu", NetworkTiming("m@1x3x8x8", "a", {"g": 4}, Measurement(
+            0.301, 0.3, 0.3, 3, 0.0), {"l": 0.5}, 0.5, {}), [])  # a microsecond more
+        assert store.profile_hash(device, "torch-cpu") != hashes[1]
+
+
 def test_a_fitted_performance_model_is_kept_in_the_store_and_loaded_back(store_location):
     from latprune.models import load_model
-    from latprune.perfmodel.api import fit_perf_model, load_perf_model
+    from latprune.perfmodel.api import fit_perf_model, load_perf_model, stored_fit
+    from latprune.perfmodel.persistence import fit_bytes, read_fit_bytes
     from latprune.profiler.runner import profile_model
     from test_profiler import FAST
 
@@ -103,6 +123,12 @@ def test_a_fitted_performance_model_is_kept_in_the_store_and_loaded_back(store_l
         assert store.read_fit(report.device, "torch-cpu") is not None
         loaded, again = load_perf_model(store, device, "torch-cpu")
     assert again.status == "loaded" and loaded.layers.measured_ == fitted.layers.measured_
+    with ProfileStore(store_location) as store:  # a fit stored by an earlier latprune, whose hash summed floats
+        profile_hash, versions, summary_json, model = read_fit_bytes(store.read_fit(report.device, "torch-cpu"), "test")
+        store.write_fit(report.device, "torch-cpu", fit_bytes(model, profile_hash.removeprefix("ns:"), versions,
+                                                              summary_json))
+        assert stored_fit(store, device, "torch-cpu", report.device) == (
+            None, "fitted by an earlier latprune, which identified the profile another way")
     if store_location.startswith("postgresql://"):
         assert not os.path.exists(f"{store_location}.perfmodels")
 

@@ -23,6 +23,7 @@ from latprune.errors import LatpruneError
 from latprune.perfmodel.estimator import LayerLatencyModel, NetworkLatencyModel
 from latprune.perfmodel.persistence import UnreadableFit, fit_bytes, read_fit_bytes
 from latprune.profiler.api import ProfileStore, describe_device, fingerprint
+from latprune.profiler.store import PROFILE_HASH_PREFIX
 
 
 def library_versions() -> dict:
@@ -171,6 +172,8 @@ def stored_fit(store: ProfileStore, device_id: int, backend: str,
                          if versions.get(k) != library_versions().get(k))
         return None, "fitted under other library versions (" + ", ".join(
             f"{k} {versions.get(k)} -> {library_versions().get(k)}" for k in changed) + ")"
+    if not profile_hash.startswith(PROFILE_HASH_PREFIX):
+        return None, "fitted by an earlier latprune, which identified the profile another way"
     if profile_hash != store.profile_hash(device_id, backend):
         return None, "the profile changed since the fit"
     return (model, summary), None

@@ -34,6 +34,9 @@ SERVER_SCHEMES = ("postgresql://", "postgres://")
 CLAIM_LEASE_S = float(os.environ.get("LATPRUNE_CLAIM_LEASE_S", "120"))
 # The rows of one variant, in the tables keyed by it.
 _VARIANT = "WHERE device_id = ? AND backend = ? AND model_key = ? AND variant_key = ?"
+NS_PER_MS = 1_000_000
+# Marks a profile hash that sums whole nanoseconds (a fit stored with an older hash is refitted, said so).
+PROFILE_HASH_PREFIX = "ns:"
 
 
 def default_db_path() -> str | Path:
@@ -327,13 +330,16 @@ class ProfileStore:
     # -------------------------------------------------------------- profile identity
 
     def profile_hash(self, device_id: int, backend: str) -> str:
-        """Changes whenever the timings of this device and backend change."""
+        """Changes whenever the timings of this device and backend change, and only then: the times are summed in
+        whole nanoseconds, so the rows' order does not matter (a float sum depends on it, and PostgreSQL may read
+        the same rows in another order once its statistics change: a fit stored a moment before was then "stale")."""
         parts = []
         for table in ("layer_timings", "network_timings"):
             parts.append(list(self._read(
-                f"SELECT COUNT(*), COALESCE(MAX(created), 0), COALESCE(SUM(median_ms), 0) FROM {table} "
+                f"SELECT COUNT(*), COALESCE(MAX(created), 0), "
+                f"COALESCE(CAST(SUM(CAST(median_ms * {NS_PER_MS} AS BIGINT)) AS BIGINT), 0) FROM {table} "
                 "WHERE device_id = ? AND backend = ?", (device_id, backend))[0]))
-        return json.dumps(parts)
+        return PROFILE_HASH_PREFIX + json.dumps(parts)
 
     # -------------------------------------------------------------- drift and facts
 
