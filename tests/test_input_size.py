@@ -59,7 +59,6 @@ def test_a_size_whose_dense_network_meets_the_speedup_leaves_nothing_to_plan():
 
 def test_the_plan_of_a_size_alone_keeps_every_channel():
     from latprune import pipeline
-    from latprune.budget import BudgetRequest
     from latprune.input_size import SIZE_ONLY, load_at_size, unpruned_plan
 
     native = pipeline.load("cifar:resnet20", preprocessing={"resize": 36})
