@@ -22,8 +22,7 @@ import latprune
 from latprune.errors import LatpruneError
 from latprune.perfmodel.estimator import LayerLatencyModel, NetworkLatencyModel
 from latprune.perfmodel.persistence import UnreadableFit, fit_bytes, read_fit_bytes
-from latprune.profiler.api import ProfileStore, describe_device, fingerprint
-from latprune.profiler.store import PROFILE_HASH_PREFIX
+from latprune.profiler.api import PROFILE_HASH_PREFIX, ProfileStore, describe_device, fingerprint
 
 
 def library_versions() -> dict:
