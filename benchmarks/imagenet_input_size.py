@@ -26,22 +26,23 @@ from benchmarks.common import CACHE, latprune_run, markdown_table, write_result
 from benchmarks.imagenet import CALIB, SAMPLE, SPEC
 from latprune import pipeline
 from latprune.input_size import SIZE_ONLY
+from latprune.size_choice import AUTO
 
 BACKEND = "ort-cpu"  # latprune run's default
 
 GOAL_POINTS = {1.5: 3.0, 1.25: 1.5}  # #29: top-1 within this many points of dense at that speedup
 
 
-def parse_runs(text: str) -> list[tuple[float, int]]:
-    """``1.5:192,2:176`` -> [(1.5, 192), (2.0, 176)]."""
+def parse_runs(text: str) -> list[tuple[float, int | str]]:
+    """``1.5:192,2:auto`` -> [(1.5, 192), (2.0, "auto")]."""
     pairs = []
     for part in text.split(","):
         speedup, _, size = part.partition(":")
-        pairs.append((float(speedup), int(size)))
+        pairs.append((float(speedup), AUTO if size.strip() == AUTO else int(size)))
     return pairs
 
 
-def run_once(speedup: float, size: int, folder: Path, db: Path, rerun: bool, adapt: bool = True) -> dict:
+def run_once(speedup: float, size: int | str, folder: Path, db: Path, rerun: bool, adapt: bool = True) -> dict:
     """The run record of ``latprune run`` at this speedup and input size: read from ``folder`` when it holds it."""
     summary = folder / "summary.json"
     if not rerun and summary.exists():
@@ -54,12 +55,14 @@ def run_once(speedup: float, size: int, folder: Path, db: Path, rerun: bool, ada
                         + ([] if adapt else ["--no-size-adaptation"]), folder)
 
 
-def same_request(run: dict, speedup: float, size: int, adapt: bool = True) -> bool:
-    """Whether a run record is Lite0's at ``speedup`` and input size ``size`` on ort-cpu, adapted to the size or
-    not as asked."""
+def same_request(run: dict, speedup: float, size: int | str, adapt: bool = True) -> bool:
+    """Whether a run record is Lite0's at ``speedup`` and input size ``size`` (or one it chose, ``auto``) on
+    ort-cpu, adapted to the size or not as asked."""
     sized = run.get("input_size") or {}
+    chosen = sized.get("choice") is not None
     return (run["model"] == SPEC and run["latency"]["backend"] == BACKEND
-            and run["latency"]["budget"].get("speedup") == speedup and sized.get("input_shape", [0])[-1] == size
+            and run["latency"]["budget"].get("speedup") == speedup
+            and (chosen if size == AUTO else not chosen and sized.get("input_shape", [0])[-1] == size)
             and (sized.get("adaptation") is not None) == adapt)
 
 
@@ -82,29 +85,31 @@ def loop_reference(run: dict, speedup: float) -> str:
     return "dense at 224" if abs(judged / speedup - 1) < 1e-6 else f"dense at its size, for {judged:.3f}x"
 
 
-def row(speedup: float, size: int, run: dict) -> tuple[list, dict]:
+def row(speedup: float, size: int | str, run: dict) -> tuple[list, dict]:
     latency, accuracy, sized = run["latency"], run["accuracy"], run["input_size"]
+    side = sized["input_shape"][-1]
     dense_ratio, ratio = sized["dense_ratio"], latency["ratio"]
     minutes = sum(run["stages_s"].values()) / 60
     gap = 100 * (accuracy["dense"] - accuracy["recovered"])
     goal = GOAL_POINTS.get(speedup)
     met = None if goal is None else bool(gap <= goal and latency["meets_budget"])
-    cells = [f"{speedup:g}x", f"{size}x{size}", f"{dense_ratio['ratio']:.3f} ({dense_ratio['low']:.3f}-"
-             f"{dense_ratio['high']:.3f})", loop_reference(run, speedup),
+    cells = [f"{speedup:g}x", f"{side}x{side}" if size != AUTO else f"auto: {side}x{side}",
+             f"{dense_ratio['ratio']:.3f} ({dense_ratio['low']:.3f}-{dense_ratio['high']:.3f})", loop_reference(run, speedup),
              adaptation_text(sized), f"{ratio['ratio']:.3f} ({ratio['low']:.3f}-{ratio['high']:.3f})",
              latency["budget_verdict"],
              f"{100 * accuracy['dense']:.1f}", f"{100 * accuracy['pruned']:.1f}" if accuracy["pruned"] is not None
              else "-", f"{100 * accuracy['recovered']:.1f}", f"{gap:.1f}",
              "-" if met is None else ("met" if met else "not met"),
              f"{latency['dense']['measured_ms']:.2f} ({100 * latency['dense']['spread']:.0f}%)", f"{minutes:.1f}"]
-    record = {"speedup": speedup, "input_size": size, "gap_points": gap, "goal_points": goal, "goal_met": met,
-              "minutes": minutes, "run": run}
+    record = {"speedup": speedup, "input_size": size, "planned_at": side, "gap_points": gap, "goal_points": goal,
+              "goal_met": met, "minutes": minutes, "run": run}
     return cells, record
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default="1.5:192,2:176", help="SPEEDUP:SIZE pairs, comma-separated")
+    parser.add_argument("--runs", default="1.5:192,2:176", help="SPEEDUP:SIZE pairs, comma-separated (SIZE: pixels "
+                                                                 "or auto)")
     parser.add_argument("--db", type=Path, default=CACHE / "imagenet_input_size.sqlite",
                         help="profile database of the runs (a profile per input size)")
     parser.add_argument("--out", type=Path, default=CACHE / "imagenet_input_size")
@@ -133,7 +138,8 @@ def main(argv=None) -> None:
         "`latprune run --speedup S --input-size N --calib imagen-calib --eval imagenet-sample` on ort-cpu, batch 1. "
         "Widths planned at N, first for what the size leaves, then timed by the closed loop against the dense "
         "network at 224 in the same rounds, as is the result; where the dense network at N alone meets the speedup, "
-        "nothing is planned, pruned or repaired (closed loop: none). Top-1 on the 1,000 sample photos (+-1.5 points); goal (#29): "
+        "nothing is planned, pruned or repaired (closed loop: none); `auto`: the run chose N "
+        "(`latprune.size_choice`). Top-1 on the 1,000 sample photos (+-1.5 points); goal (#29): "
         "within 3 points of dense at 1.5x, 1.5 at 1.25x, the budget met. Unless `--no-size-adaptation`, the "
         "network at N is first taught the outputs of the network at 224 on the calibration photos "
         "(`latprune.size_adaptation`).",

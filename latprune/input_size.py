@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from latprune.models import LoadedModel
     from latprune.planner.plan import Plan
     from latprune.size_adaptation import Adaptation
+    from latprune.size_choice import SizeChoice
 
 SIZE_ONLY = "input-size"  # the method of a plan that keeps every channel: the size alone met the budget
 MIN_SIZE = 8  # pixels on the shorter side; below this a network's strided layers run out of image
@@ -90,6 +91,7 @@ class InputSize:
     dense_ratio: PairedRatio
     native_preprocessing: str  # how the reference's images are made (the sized run's own are in its plan)
     adaptation: Adaptation | None = None  # the network at this size taught its outputs at its own size first
+    choice: SizeChoice | None = None  # how ``--input-size auto`` chose this size
 
     def alone_meets(self, asked: BudgetRequest) -> bool:
         """Whether the dense network at this size already meets a speedup (a budget in milliseconds is planned
@@ -126,12 +128,14 @@ class InputSize:
         return (f"planned at input size {self.size_text} (the model's own: {self.native_text}): the dense network "
                 f"there runs at {self.dense_ratio.describe()}; the latency and top-1 reference is the dense network at "
                 f"{self.native_text}, preprocessing {self.native_preprocessing}"
+                + ("" if self.choice is None else f"; {self.choice.describe()}")
                 + ("" if self.adaptation is None else f"; before planning, {self.adaptation.describe()}"))
 
     def to_json(self) -> dict:
         return {"native_input_shape": list(self.native_input_shape), "input_shape": list(self.input_shape),
                 "dense_ratio": self.dense_ratio.to_json(), "native_preprocessing": self.native_preprocessing,
-                "adaptation": None if self.adaptation is None else self.adaptation.to_json()}
+                "adaptation": None if self.adaptation is None else self.adaptation.to_json(),
+                "choice": None if self.choice is None else self.choice.to_json()}
 
 
 def _hw(shape: Sequence[int]) -> str:

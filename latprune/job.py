@@ -33,6 +33,8 @@ from latprune.profiler.api import ProfileSettings, RoundsRule
 from latprune.pruned_file import dense_origin, save_pruned
 from latprune.run_summary import Accuracy, LatencyFigures, LatencyOutcome, RunResult, RunSummary
 from latprune.size_adaptation import Adaptation, adapt_to_reference
+from latprune.size_choice import AUTO, choose_input_size
+from latprune.size_survey import candidate_sizes
 
 # Interleaved rounds of dense and pruned: at least 15 (this host's outliers need many), then until the paired
 # ratio's 95% interval is within +-1.5%, at most 60 rounds or a minute (the quickstart stays quick).
@@ -68,7 +70,7 @@ class JobConfig:
     verify: Verification = field(default_factory=Verification)  # its db and threads are the job's
     depth: bool = True  # residual branches may be removed whole
     preprocessing: dict | None = None  # parts of the model's image preprocessing replaced: mean, std, resize
-    input_size: int | None = None  # plan at this smaller input size (shorter side), judged against the model's own
+    input_size: int | str | None = None  # plan at this smaller size (shorter side; AUTO: chosen), judged at the own
     adapt_size: bool = True  # with input_size and calib: the network there first taught its outputs at its own size
     measure: RoundsRule = MEASURE_RULE  # the final paired measurement of pruned against dense
     name: str = ""  # sub-folder of the output folder for this run's files
@@ -96,8 +98,12 @@ class JobConfig:
         images = Preprocessing.for_family(spec_family(self.model)).with_options(**(self.preprocessing or {}))
         if self.input_size is not None:  # (a model's own preprocessing is checked again when it is loaded)
             native_shape = self.input_shape or default_input_shape(self.model)
-            check_input_size(self.input_size, native_shape)
-            preprocessing_at(images, native_shape, self.input_size)
+            sizes = [self.input_size] if self.input_size != AUTO else candidate_sizes(native_shape)
+            if not sizes:
+                raise LatpruneError(f"--input-size auto: no smaller size to try below the model's input "
+                                    f"{'x'.join(map(str, native_shape[-2:]))}")
+            check_input_size(sizes[0], native_shape)
+            preprocessing_at(images, native_shape, sizes[0])
         if self.eval:  # (only the image size is checked here, which a model's own preprocessing cannot change)
             from latprune.data import check_image_folder
 
@@ -114,13 +120,13 @@ class _Stages:
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        if self.progress:
+        if self.progress and name not in self.seconds:  # a stage may come back (load: the network, then its images)
             print(f"latprune run [{self.label}]: {name}", file=sys.stderr, flush=True)
         began = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[name] = round(time.perf_counter() - began, 2)
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - began, 2)
 
 
 def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True) -> RunResult:
@@ -135,24 +141,22 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     stage = _Stages(config.name or config.model, progress)
     with stage("load"):
         native = pipeline.load(config.model, config.weights, config.input_shape, config.preprocessing)
-        loaded = native if config.input_size is None else load_at_size(native, config.weights, config.input_size,
-                                                                        config.preprocessing)
+    request, loaded, sized, origin, dense_ms, alone = config.budget, native, None, None, None, False
+    if config.input_size is not None:
+        with stage("input size"):
+            loaded, sized, dense_ms = _at_input_size(config, native, progress)
+            alone = sized.alone_meets(config.budget)  # then nothing is profiled, planned, pruned or repaired
+            request = config.budget if alone else sized.request(config.budget)
+    with stage("load"):
         analysis = pipeline.analyse(loaded)
         settings = config.plan_settings()
         # the planner's last stage scores its finalists' recovery on images after recovery's
         images = recovery.images(loaded, extra=settings.extra_images) if config.calib else None
-    request, sized, origin, dense_ms, alone = config.budget, None, None, None, False
-    if config.input_size is not None:
-        with stage("input size"):
-            sized, dense_ms = _measure_input_size(config, native, loaded, progress)
-            alone = sized.alone_meets(config.budget)  # then nothing is profiled, planned, pruned or repaired
-            request = config.budget if alone else sized.request(config.budget)
-        if config.adapt_size and images is not None:
-            with stage("adapt to size"):
-                origin = dense_origin(loaded)  # the factory's own weights: what a later `recover` rebuilds
-                photos = images[0][:recovery.size]  # recovery's, the planner's extra left out
-                sized = dataclasses.replace(sized, adaptation=_adapt_to_size(native, loaded, photos, recovery,
-                                                                             progress))
+    if sized is not None and config.adapt_size and images is not None:
+        with stage("adapt to size"):
+            origin = dense_origin(loaded)  # the factory's own weights: what a later `recover` rebuilds
+            photos = images[0][:recovery.size]  # recovery's, the planner's extra left out
+            sized = dataclasses.replace(sized, adaptation=_adapt_to_size(native, loaded, photos, recovery, progress))
     if alone:  # the network at the size, adapted where it was, is the result
         profiled, fitted, notes = None, None, [sized.describe_alone(config.budget)]
         if progress:
@@ -237,23 +241,32 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
                for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"), ("onnx", "pruned.onnx"))})
 
 
-def _measure_input_size(config: JobConfig, native: LoadedModel, sized: LoadedModel,
-                        progress: bool) -> tuple[InputSize, float]:
-    """The dense network at the run's input size timed against itself at its own (paired, the final measurement's
-    rule), and the latter's median milliseconds in those rounds."""
+def _at_input_size(config: JobConfig, native: LoadedModel, progress: bool) -> tuple[LoadedModel, InputSize, float]:
+    """The network at the run's input size (``auto``: chosen by :func:`~latprune.size_choice.choose_input_size`), its
+    dense latency there relative to itself at its own size (paired: the final measurement's rule for a size given,
+    the survey's for a size chosen, all candidates in the same rounds), and the latter's median milliseconds."""
     from latprune import pipeline
 
-    timing, _ = pipeline.measure_against_dense(native.model, [sized.model], native.input_shape, config.backend,
-                                               rule=config.measure, threads=config.threads,
-                                               global_warmup_s=config.profile.global_warmup_s, warn=progress,
-                                               quiet_ms=pipeline.quiet_dense_ms(config.db, config.backend, native,
-                                                                                config.threads),
-                                               input_shapes=[sized.input_shape])
-    result = InputSize(tuple(native.input_shape), tuple(sized.input_shape), timing.ratios[0],
-                       native.preprocessing.describe(native.input_shape))
+    choice = None
+    if config.input_size == AUTO:
+        choice, sized, dense_ms = choose_input_size(native, config.backend, config.budget, config.weights,
+                                                    config.preprocessing, config.threads,
+                                                    config.profile.global_warmup_s, config.db, progress)
+        ratio = choice.ratio
+    else:
+        sized = load_at_size(native, config.weights, config.input_size, config.preprocessing)
+        timing, _ = pipeline.measure_against_dense(native.model, [sized.model], native.input_shape, config.backend,
+                                                   rule=config.measure, threads=config.threads,
+                                                   global_warmup_s=config.profile.global_warmup_s, warn=progress,
+                                                   quiet_ms=pipeline.quiet_dense_ms(config.db, config.backend, native,
+                                                                                    config.threads),
+                                                   input_shapes=[sized.input_shape])
+        ratio, dense_ms = timing.ratios[0], timing.reference.median_ms
+    result = InputSize(tuple(native.input_shape), tuple(sized.input_shape), ratio,
+                       native.preprocessing.describe(native.input_shape), choice=choice)
     if progress:
         print(f"latprune run: {result.describe()}", file=sys.stderr, flush=True)
-    return result, timing.reference.median_ms
+    return sized, result, dense_ms
 
 
 def _adapt_to_size(native: LoadedModel, sized: LoadedModel, photos: torch.Tensor, recovery: RecoveryRequest,

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +26,9 @@ from latprune.models import LoadedModel
 from latprune.network import PairedRatio
 from latprune.plan_scoring import disagreement
 from latprune.planner.damage import output_loss
+
+if TYPE_CHECKING:
+    from latprune.profiler.api import PairedTiming
 
 SMALLEST = 0.7  # candidate sizes go down to this fraction of the model's own shorter side
 STEP = 8  # ... in steps of this many pixels
@@ -99,13 +103,25 @@ def survey_sizes(native: LoadedModel, sized: Sequence[tuple[int, LoadedModel]],
     return readings, count
 
 
-def survey(native: LoadedModel, backend: str, sizes: Sequence[int] | None = None, calib: str | None = None,
-           images: int = 256, weights: str | None = None, preprocessing: Mapping | None = None,
-           max_seconds: float = 180.0, threads: int | None = None, global_warmup_s: float = 5.0,
-           db: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """``latprune sizes``: the readings of ``native``'s model at ``sizes`` (default :func:`candidate_sizes`) on
-    ``backend``, with ``images`` photos of the folder ``calib`` when given; ``db``: the profile whose quiet time of
-    the dense network leaves slow-state rounds out. A JSON-able record."""
+@dataclass(frozen=True)
+class Survey:
+    """A survey's readings (largest size first), the networks it loaded at those sizes, the images compared on, the
+    paired timing and the device it ran on."""
+
+    readings: tuple[SizeReading, ...]
+    networks: tuple[LoadedModel, ...]
+    images: int
+    timing: PairedTiming
+    device: dict
+
+
+def run_survey(native: LoadedModel, backend: str, sizes: Sequence[int] | None = None, calib: str | None = None,
+               images: int = 256, weights: str | None = None, preprocessing: Mapping | None = None,
+               max_seconds: float = 180.0, threads: int | None = None, global_warmup_s: float = 5.0,
+               db: str | os.PathLike | None = None, progress: bool = True, label: str = "latprune sizes") -> Survey:
+    """The readings of ``native``'s model at ``sizes`` (default :func:`candidate_sizes`) on ``backend``, with
+    ``images`` photos of the folder ``calib`` when given; ``db``: the profile whose quiet time of the dense network
+    leaves slow-state rounds out; ``label``: the progress lines' prefix."""
     from latprune import pipeline
 
     if calib is not None and not os.path.isdir(calib):
@@ -129,12 +145,22 @@ def survey(native: LoadedModel, backend: str, sizes: Sequence[int] | None = None
 
     def say(text: str) -> None:
         if progress:
-            print(f"latprune sizes: {text}", file=sys.stderr, flush=True)
+            print(f"{label}: {text}", file=sys.stderr, flush=True)
 
     readings, count = survey_sizes(native, sized, measure, read if calib else None, say)
-    timing = timed["timing"]
+    return Survey(tuple(readings), tuple(loaded for _, loaded in sized), count, timed["timing"], timed["device"])
+
+
+def survey(native: LoadedModel, backend: str, sizes: Sequence[int] | None = None, calib: str | None = None,
+           images: int = 256, weights: str | None = None, preprocessing: Mapping | None = None,
+           max_seconds: float = 180.0, threads: int | None = None, global_warmup_s: float = 5.0,
+           db: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """``latprune sizes``: :func:`run_survey`'s readings as a JSON-able record."""
+    result = run_survey(native, backend, sizes, calib, images, weights, preprocessing, max_seconds, threads,
+                        global_warmup_s, db, progress)
+    timing = result.timing
     return {"model": native.spec, "backend": backend, "input_shape": list(native.input_shape),
             "preprocessing": native.preprocessing.describe(native.input_shape),
-            "sizes": [r.to_json() for r in readings], "dense": timing.reference.to_json(),
+            "sizes": [r.to_json() for r in result.readings], "dense": timing.reference.to_json(),
             "converged": timing.converged, "seconds": timing.seconds, "slow_state_rounds": timing.slow_state_rounds,
-            "calib": calib, "images": count, "device": timed["device"]}
+            "calib": calib, "images": result.images, "device": result.device}

@@ -139,6 +139,15 @@ def test_imagenet_input_size_reads_a_finished_run_only_for_the_same_request_on_t
     (tmp_path / "summary.json").write_text(json.dumps({"runs": [{**record, "device": "another"}]}))
     assert bench.run_once(1.5, 192, tmp_path, tmp_path / "p.sqlite", rerun=False) == {"ran": True}
     assert bench.parse_runs("1.5:192,2:176") == [(1.5, 192), (2.0, 176)]
+    # a size the run chose answers only a request for auto, and auto only a run that chose
+    chose = {**record, "input_size": {**record["input_size"], "choice": {"size": 192}}}
+    (tmp_path / "summary.json").write_text(json.dumps({"runs": [chose]}))
+    assert bench.run_once(1.5, "auto", tmp_path, tmp_path / "p.sqlite", rerun=False) == chose
+    assert bench.run_once(1.5, 192, tmp_path, tmp_path / "p.sqlite", rerun=False) == {"ran": True}
+    (tmp_path / "summary.json").write_text(json.dumps({"runs": [record]}))
+    assert bench.run_once(1.5, "auto", tmp_path, tmp_path / "p.sqlite", rerun=False) == {"ran": True}
+    assert ran[-1][ran[-1].index("--input-size") + 1] == "auto"
+    assert bench.parse_runs("1.25:auto,2:160") == [(1.25, "auto"), (2.0, 160)]
 
 
 @pytest.mark.parametrize("dense_ms, band_top_ms, plan_speedup, says", [

@@ -15,6 +15,7 @@ from latprune.planner.search import SearchSettings
 from latprune.budget import BudgetRequest
 from latprune.profiler.api import ProfileSettings
 from latprune.pruned_file import read_pruned
+from latprune.size_choice import AUTO
 
 FAST_PROFILE = ProfileSettings(widths=6, variants=8, rounds=2, runs=3, profiled_runs=3, warmup=1, min_round_ms=5,
                                global_warmup_s=0.0)
@@ -164,14 +165,20 @@ def test_a_run_at_a_smaller_input_size_is_judged_against_the_model_at_its_own(di
 def test_a_run_whose_input_size_alone_meets_the_speedup_returns_the_network_at_that_size(digits, tmp_path,
                                                                                           synthetic_backend):
     """On the synthetic backend the digits CNN at 24x24 runs at 0.58 of itself at 32x32, so 1.5x needs no pruning:
-    no profile, plan or repair; the network at 24, taught its outputs at 32, is exported, measured and scored."""
+    ``--input-size auto`` chooses 24 (the only multiple of 8 down to 0.7 of 32), and there is no profile, plan or
+    repair; the network at 24, taught its outputs at 32, is exported, measured and scored."""
     train, test, weights = digits
     config = JobConfig(model=DIGITS_SPEC, weights=str(weights), budget=BudgetRequest(speedup=1.5),
                        backend="synthetic", db=str(tmp_path / "p.sqlite"), calib=str(train), eval=str(test),
-                       recovery="bn", calib_size=64, profile=FAST_PROFILE, name="digits", input_size=24)
+                       recovery="bn", calib_size=64, profile=FAST_PROFILE, name="digits", input_size=AUTO)
     run = run_jobs([config], tmp_path / "out", progress=False).to_json()["runs"][0]
     sized, latency, plan = run["input_size"], run["latency"], run["plan"]
     assert sized["dense_ratio"]["ratio"] * 1.5 <= 1
+    choice = sized["choice"]
+    assert choice["size"] == 24 and choice["needed_ratio"] == pytest.approx(1 / 1.5)
+    assert [c["size"] for c in choice["candidates"]] == [24]
+    assert choice["candidates"][0]["ratio"] == sized["dense_ratio"]
+    assert choice["reason"] == "the largest size whose dense network alone meets the budget"
     assert {"input size", "adapt to size", "prune", "export", "measure", "evaluate"} <= set(run["stages_s"])
     assert not {"profile", "fit", "plan", "recover"} & set(run["stages_s"]) and run["recovery"] is None
     assert not (tmp_path / "p.sqlite").exists()  # nothing was profiled
@@ -190,6 +197,7 @@ def test_a_run_whose_input_size_alone_meets_the_speedup_returns_the_network_at_t
     assert run["onnx_max_abs_diff"] < 1e-3
     page = (tmp_path / "out" / "report.html").read_text()
     assert "the input size alone met it: nothing planned or pruned" in page and "<td>dense at 24x24</td>" in page
+    assert "--input-size auto chose 24, the largest size whose dense network alone meets the budget" in page
 
 
 @pytest.mark.parametrize("ratio, low, verdict, text", [
@@ -227,6 +235,15 @@ def test_run_reports_bad_input_clearly(tmp_path, capsys):
     assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--input-size", "24",
                  "--out", str(tmp_path)]) == 1
     assert "takes images as they are at 32x32: give its resize with --resize" in capsys.readouterr().err
+    assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--input-size", "auto",
+                 "--out", str(tmp_path)]) == 1  # auto's largest candidate, 24, checked like a size given
+    assert "takes images as they are at 32x32: give its resize with --resize" in capsys.readouterr().err
+    assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--input-size", "auto", "--input-shape",
+                 "1,3,16,16", "--out", str(tmp_path)]) == 1
+    assert "--input-size auto: no smaller size to try below the model's input 16x16" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--input-size", "big", "--out", str(tmp_path)])
+    assert "a number of pixels or auto, got 'big'" in capsys.readouterr().err
     assert main(["run", "--input-size", "24", "--out", str(tmp_path)]) == 1
     assert "--input-size need --model SPEC" in capsys.readouterr().err
     assert main(["run", "--model", "cifar:resnet20", "--speedup", "2", "--no-size-adaptation",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from latprune.cli.options import (backend_options, budget_options, calib_options, db_option, depth_option,
                                   importance_option, json_option, model_options, objective_options, output_options,
-                                  recovery_time_option)
+                                  positive_int, recovery_time_option)
 from latprune.cli.registry import command
 from latprune.cli.requests import budget, margin, preprocessing, search_settings, verification
 from latprune.cli.text import search_line, table
@@ -39,17 +39,31 @@ def _format_run(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def _input_size(text: str) -> int | str:
+    """An argparse type: a number of pixels, or ``auto``."""
+    from latprune.job import AUTO
+
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"a number of pixels or auto, got {text!r}") from None
+
+
 def _run_options(parser: argparse.ArgumentParser) -> None:
     model_options(parser, required=False)
     budget_options(parser, required=False)
     backend_options(parser, default="ort-cpu", warmup=False)
     calib_options(parser)
     parser.add_argument("--eval", metavar="DIR", help="labelled images (<class>/<image> folders): accuracy before and after")
-    parser.add_argument("--input-size", type=int, metavar="PIXELS",
+    parser.add_argument("--input-size", type=_input_size, metavar="PIXELS|auto",
                         help="plan the widths at this smaller input size (shorter side; images resized to keep the "
                              "field of view); every plan and the result are timed against the model at its own size; "
                              "where the network at that size alone meets --speedup, nothing is pruned and it is the "
-                             "result")
+                             "result. auto: time the dense network at every multiple of 8 down to 0.7 of its own size "
+                             "and take the largest whose latency alone meets the budget or comes within 5%% of it "
+                             "(else the smallest), widths giving the rest")
     parser.add_argument("--no-size-adaptation", action="store_true",
                         help="with --input-size and --calib: plan from the network at that size as it is, instead of "
                              "first teaching it its own outputs at its own size on the calibration photos (minutes)")
