@@ -94,7 +94,8 @@ def row(speedup: float, size: int | str, run: dict) -> tuple[list, dict]:
     goal = GOAL_POINTS.get(speedup)
     met = None if goal is None else bool(gap <= goal and latency["meets_budget"])
     cells = [f"{speedup:g}x", f"{side}x{side}" if size != AUTO else f"auto: {side}x{side}",
-             f"{dense_ratio['ratio']:.3f} ({dense_ratio['low']:.3f}-{dense_ratio['high']:.3f})", loop_reference(run, speedup),
+             f"{dense_ratio['ratio']:.3f} ({dense_ratio['low']:.3f}-{dense_ratio['high']:.3f})",
+             loop_reference(run, speedup),
              adaptation_text(sized), f"{ratio['ratio']:.3f} ({ratio['low']:.3f}-{ratio['high']:.3f})",
              latency["budget_verdict"],
              f"{100 * accuracy['dense']:.1f}", f"{100 * accuracy['pruned']:.1f}" if accuracy["pruned"] is not None

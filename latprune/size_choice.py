@@ -68,9 +68,10 @@ def choose_size(candidates: Sequence[tuple[int, PairedRatio]], needed_ratio: flo
 
 
 def needed_ratio(budget: BudgetRequest, dense_ms: float) -> float:
-    """The latency relative to the dense network at its own size that ``budget`` allows (its margin's headroom
-    included), with ``dense_ms`` that network's measured median."""
-    return budget.resolve(dense_ms, "measured dense").ceiling_ms / dense_ms
+    """The latency relative to the dense network at its own size that ``budget`` allows, with ``dense_ms`` that
+    network's measured median: what the result is judged by (``--margin`` is the widths' headroom, not the size's,
+    as in :meth:`~latprune.input_size.InputSize.alone_meets`)."""
+    return budget.resolve(dense_ms, "measured dense").ms / dense_ms
 
 
 def choose_input_size(native: LoadedModel, backend: str, budget: BudgetRequest, weights: str | None = None,
