@@ -79,7 +79,7 @@ def test_sizes_command_times_each_size_against_the_model_at_its_own_and_compares
     assert main(["sizes", "--model", SPEC, "--backend", "synthetic", "--sizes", "12", "--global-warmup", "0"]) == 0
     text = capsys.readouterr().out
     assert "against itself at 16x16 (paired, same rounds" in text and "12x12" in text
-    assert "latprune run --input-size N" in text
+    assert "latprune run --input-size N" in text and "--input-size auto: the largest size" in text
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -37,7 +37,8 @@ def _format_sizes(result: dict) -> str:
                      f"{result['calib']}, each size with its resize scaled like the crop (field of view kept)")
     if not result["converged"]:
         lines.append("warning: the timing stopped at --max-seconds before every ratio was known to +-1.5%")
-    lines.append("plan widths at a size against the dense network at its own: latprune run --input-size N ...")
+    lines.append("plan widths at a size against the dense network at its own: latprune run --input-size N ... (or "
+                 "--input-size auto: the largest size whose latency alone meets the budget or comes within 5%)")
     return "\n".join(lines)
 
 
