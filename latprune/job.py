@@ -46,6 +46,7 @@ DEMO_VARIANTS = 16
 DEMO_SEARCH_SECONDS = 8.0  # the digits CNN has 4 groups: its search scores every family well within this
 DEMO_TIMING_MAX_S = 15.0  # each closed-loop round's paired timing (45 s otherwise)
 DEMO_MEASURE_RULE = RoundsRule(min_rounds=15, max_rounds=60, max_seconds=25.0)
+ADAPTED_WEIGHTS = "dense_at_size.pt"  # a run's dense network adapted to its input size (state dict)
 
 
 @dataclass
@@ -154,9 +155,9 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         images = recovery.images(loaded, extra=settings.extra_images) if config.calib else None
     if sized is not None and config.adapt_size and images is not None:
         with stage("adapt to size"):
-            origin = dense_origin(loaded)  # the factory's own weights: what a later `recover` rebuilds
             photos = images[0][:recovery.size]  # recovery's, the planner's extra left out
             sized = dataclasses.replace(sized, adaptation=_adapt_to_size(native, loaded, photos, recovery, progress))
+            origin = _save_adapted(loaded, folder / ADAPTED_WEIGHTS)  # what a later `recover` repairs toward
     if alone:  # the network at the size, adapted where it was, is the result
         profiled, fitted, notes = None, None, [sized.describe_alone(config.budget)]
         if progress:
@@ -238,7 +239,15 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         perf_model={} if fitted is None else fitted.status, stages_s=dict(stage.seconds),
         notes=tuple(config.notes) + tuple(notes),
         files={k: str(folder / f)
-               for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"), ("onnx", "pruned.onnx"))})
+               for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"), ("onnx", "pruned.onnx"),
+                            ("adapted_dense", ADAPTED_WEIGHTS)) if (folder / f).exists()})
+
+
+def _save_adapted(loaded: LoadedModel, path: Path) -> dict:
+    """The dense network adapted to its input size saved as a state dict at ``path``, and the record a pruned file
+    keeps of it (:func:`~latprune.pruned_file.dense_origin`): recovery's teacher is that network, not the factory's."""
+    torch.save(loaded.model.state_dict(), path)
+    return dense_origin(dataclasses.replace(loaded, weights=str(path.resolve())))
 
 
 def _at_input_size(config: JobConfig, native: LoadedModel, progress: bool) -> tuple[LoadedModel, InputSize, float]:

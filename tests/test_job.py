@@ -8,6 +8,7 @@ import torch
 
 from latprune import pipeline
 from latprune.cli import main
+from latprune.errors import LatpruneError
 from latprune.demo import DIGITS_SPEC, train_digits_cnn, write_digits
 from latprune.input_size import load_at_size
 from latprune.job import JobConfig, run_jobs
@@ -134,13 +135,21 @@ def test_a_run_at_a_smaller_input_size_is_judged_against_the_model_at_its_own(di
     assert sized["input_shape"] == run["input_shape"] == [1, 3, 24, 24]
     assert plan["input_shape"] == [1, 3, 24, 24] and plan["preprocessing"]["resize"] == 28  # 37 x 24 / 32
     assert "input size" in run["stages_s"]
-    # the network at 24 was first taught its outputs at 32 on recovery's photos; the pruned file says so and records
-    # the weights it was made from (a later `recover` rebuilds and checks them)
+    # the network at 24 was first taught its outputs at 32 on recovery's photos, and saved beside the result; the
+    # pruned file says so and records those weights as the ones it was made from (a later `recover` repairs toward
+    # them, not toward the factory's network at 24)
     adapted = sized["adaptation"]
     assert "adapt to size" in run["stages_s"] and adapted["images"] == 64
     assert adapted["kl_after"] < adapted["kl_before"] and adapted["steps"] == adapted["steps_planned"] == 10
     saved = read_pruned(run["files"]["pruned"])
-    assert saved.metadata["adapted_to_size"] == adapted and saved.metadata["dense"]["weights"] == str(weights)
+    assert saved.metadata["adapted_to_size"] == adapted
+    assert saved.metadata["dense"]["weights"] == run["files"]["adapted_dense"]
+    teacher = pipeline.load_dense_for(saved, DIGITS_SPEC, None)
+    assert teacher.input_shape == (1, 3, 24, 24)
+    factory = load_at_size(pipeline.load(DIGITS_SPEC, str(weights)), str(weights), 24).model.state_dict()
+    assert any(not torch.equal(v, factory[k]) for k, v in teacher.model.state_dict().items())
+    with pytest.raises(LatpruneError, match="are not the weights the pruned model was made from"):
+        pipeline.load_dense_for(saved, DIGITS_SPEC, str(weights))
     dense_ratio = sized["dense_ratio"]["ratio"]
     assert 0 < dense_ratio < 1
     # the loop timed each plan against the dense network at 32 (the first aimed at what the size left of the speedup),
