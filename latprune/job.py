@@ -71,7 +71,7 @@ class JobConfig:
     verify: Verification = field(default_factory=Verification)  # its db and threads are the job's
     depth: bool = True  # residual branches may be removed whole
     preprocessing: dict | None = None  # parts of the model's image preprocessing replaced: mean, std, resize
-    input_size: int | str | None = None  # plan at this smaller size (shorter side; AUTO: chosen), judged at the own
+    input_size: int | str | None = None  # plan at this smaller size (shorter side) or AUTO's; judged at the own size
     adapt_size: bool = True  # with input_size and calib: the network there first taught its outputs at its own size
     measure: RoundsRule = MEASURE_RULE  # the final paired measurement of pruned against dense
     name: str = ""  # sub-folder of the output folder for this run's files
@@ -238,9 +238,9 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
             "alignment_step": profiled.alignment_step, "noise": profiled.noise_round_spread, "db": profiled.db},
         perf_model={} if fitted is None else fitted.status, stages_s=dict(stage.seconds),
         notes=tuple(config.notes) + tuple(notes),
-        files={k: str(folder / f)
-               for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"), ("onnx", "pruned.onnx"),
-                            ("adapted_dense", ADAPTED_WEIGHTS)) if (folder / f).exists()})
+        files={**{k: str(folder / f)
+                  for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"), ("onnx", "pruned.onnx"))},
+               **({} if origin is None else {"adapted_dense": origin["weights"]})})
 
 
 def _save_adapted(loaded: LoadedModel, path: Path) -> dict:
