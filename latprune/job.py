@@ -237,7 +237,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
             "variants_timed": profiled.variants_timed, "new_layer_rows": profiled.new_layer_rows,
             "alignment_step": profiled.alignment_step, "noise": profiled.noise_round_spread, "db": profiled.db},
         perf_model={} if fitted is None else fitted.status, stages_s=dict(stage.seconds),
-        notes=tuple(config.notes) + tuple(notes),
+        notes=tuple(config.notes) + tuple(notes) + tuple(n for n in (latency.drift_note(),) if n),
         files={**{k: str(folder / f)
                   for k, f in (("plan", "plan.json"), ("pruned", "pruned.pt"), ("onnx", "pruned.onnx"))},
                **({} if origin is None else {"adapted_dense": origin["weights"]})})

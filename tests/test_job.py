@@ -228,6 +228,31 @@ def test_a_budget_is_missed_only_when_the_whole_interval_lies_over_it(ratio, low
     assert outcome.to_json()["budget_verdict"] == verdict and outcome.meets_budget == (verdict == "met")
 
 
+def test_a_result_over_budget_that_the_loop_measured_within_it_says_what_moved_and_what_buys_room():
+    from latprune.network import PairedRatio
+    from latprune.planner.records import VerificationRecord
+    from latprune.run_summary import LatencyFigures, LatencyOutcome
+
+    def outcome(final: float, loop_ms: float | None) -> LatencyOutcome:
+        loop = (VerificationRecord.unverified("no profile of this device") if loop_ms is None else
+                VerificationRecord(verified=True, status="in band", measured_ms=loop_ms, dense_measured_ms=7.5))
+        return LatencyOutcome(
+            backend="ort-cpu", budget_ms=2.0, planned_ms=2.0, margin=0.0, budget_basis="measured dense / 1.5",
+            budget={}, plan_budget={}, dense=LatencyFigures(None, 3.0, 2.5, 4.0, 0.5, 100),
+            pruned=LatencyFigures(1.9, final * 3.0, 1.8, 2.4, 0.3, 100),
+            ratio=PairedRatio(final, final - 0.007, final + 0.009, 15), ratio_converged=True, predicted_speedup=None,
+            verification=loop)
+
+    # Lite0 1.5x at 176 (--input-size auto, 2026-12-07): the loop 0.660 in band, the final measurement 0.676
+    assert outcome(0.676, 4.95).drift_note() == (
+        "over the budget in the final measurement (0.676 of the dense network, 0.667 allowed) although the closed "
+        "loop had measured the same network within it (0.660): the paired ratio moved +2.4% between the two "
+        "measurements; --margin 0.03 plans with that much headroom")
+    assert outcome(0.66, 4.95).drift_note() is None  # met
+    assert outcome(0.70, 5.1).drift_note() is None  # the loop had measured it over the budget too (0.680)
+    assert outcome(0.70, None).drift_note() is None  # no loop ran
+
+
 def test_run_reports_bad_input_clearly(tmp_path, capsys):
     assert main(["run", "--budget-ms", "3", "--out", str(tmp_path)]) == 1
     assert "--budget-ms need --model SPEC" in capsys.readouterr().err
