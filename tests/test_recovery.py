@@ -359,7 +359,7 @@ def test_recovery_for_scoring_leaves_out_only_what_keeps_the_outputs(resnet20, p
 
 
 def test_grouped_ridge_solves_each_group_as_its_own_ridge():
-    from latprune.recovery.ridge import _ridge, _ridge_grouped
+    from latprune.recovery.ridge import _ridge_grouped, ridge_solution
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(200, 5, 9, generator=generator, dtype=torch.float64)
@@ -367,7 +367,7 @@ def test_grouped_ridge_solves_each_group_as_its_own_ridge():
     weight, shift = _ridge_grouped(x.transpose(0, 1), y.transpose(0, 1), 1e-3)
     assert weight.shape == (10, 9) and shift.shape == (10,)
     for g in range(5):
-        w, b = _ridge(x[:, g], y[:, g], 1e-3)
+        w, b = ridge_solution(x[:, g], y[:, g], 1e-3)
         torch.testing.assert_close(weight[2 * g:2 * g + 2], w, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(shift[2 * g:2 * g + 2], b, rtol=1e-9, atol=1e-9)
 

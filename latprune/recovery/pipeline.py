@@ -24,6 +24,7 @@ from latprune.pruned_file import PrunedModel, prune_loaded
 from latprune.recovery.batchnorm import recalibrate_batchnorm, restate_batchnorm
 from latprune.recovery.correction import correct_outputs
 from latprune.recovery.finetune import FinetuneSettings, finetune, stage_outputs
+from latprune.recovery.output_layer import refit_output_layer
 from latprune.recovery.overparam import expand_network, merge_network
 from latprune.recovery.reconstruction import (
     ReconstructionSettings,
@@ -182,14 +183,18 @@ def _correction(rule: str) -> Callable[[_Context, PrunedModel], dict]:
 
 
 def _phase_two_in_box(ctx: _Context, result: PrunedModel, began: float) -> dict:
-    """Two-stage's phase 2 on ``result`` in what is left of the reconstruction's box since ``began``, then the
-    BatchNorm statistics restated; the phase's record."""
+    """Two-stage's phase 2 on ``result`` in what is left of the reconstruction's box since ``began``, the output
+    layer refitted (unless the settings say not to), then the BatchNorm statistics restated; their records."""
     box = ctx.settings.seconds
     left = None if box is None else max(box - (time.perf_counter() - began), 0.0)
     phase2 = phase_two(result.model, ctx.analysis.model, ctx.taps, ctx.kept, ctx.calib, ctx.settings, ctx.progress,
                        left)
+    record = {"phase2": phase2.to_json()}
+    if ctx.settings.refit_output:
+        record["output_layer"] = refit_output_layer(result.model, ctx.analysis.model, ctx.calib,
+                                                    ctx.settings.ridge).to_json()
     _restate_at_end(ctx, result)
-    return phase2.to_json()
+    return record
 
 
 def _restate_at_end(ctx: _Context, result: PrunedModel) -> None:
@@ -205,7 +210,7 @@ def _two_stage(ctx: _Context, result: PrunedModel) -> dict:
     phase1 = phase_one(full, ctx.analysis.model, ctx.taps, ctx.kept, _removed_slices(ctx, result.kept),
                        ctx.calib, ctx.settings, ctx.progress, None if box is None else box / 2)
     result.model = prune_loaded(ctx.analysis, result.kept, weights_from=full).model
-    return {"phase1": phase1.to_json(), "phase2": _phase_two_in_box(ctx, result, began), "time_box_s": box}
+    return {"phase1": phase1.to_json(), **_phase_two_in_box(ctx, result, began), "time_box_s": box}
 
 
 def _ridge_fit(ctx: _Context, result: PrunedModel) -> dict:
@@ -226,7 +231,7 @@ def _ridge_tuned(ctx: _Context, result: PrunedModel) -> dict:
     began = time.perf_counter()
     summary = _ridge_fit(ctx, result)
     restate_batchnorm(result.model, ctx.calib)  # phase 2 tunes the restated scales and shifts
-    return {"ridge": summary, "phase2": _phase_two_in_box(ctx, result, began), "time_box_s": ctx.settings.seconds}
+    return {"ridge": summary, **_phase_two_in_box(ctx, result, began), "time_box_s": ctx.settings.seconds}
 
 
 def _finetune(ctx: _Context, result: PrunedModel) -> dict:

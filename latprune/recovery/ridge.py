@@ -168,7 +168,7 @@ def _refit(layer: nn.Module, norm: nn.Module | None, x: torch.Tensor, y: torch.T
         return 0  # a shift it cannot represent would bias the fit; keep the layer as it is
     groups = getattr(layer, "groups", 1)
     if groups == 1:
-        weight, shift = _ridge(x.double(), y.double(), ridge)
+        weight, shift = ridge_solution(x.double(), y.double(), ridge)
     else:
         rows_in, rows_out = x.reshape(len(x), groups, -1), y.reshape(len(y), groups, -1)
         chunks = [slice(first, first + GROUPS_PER_SOLVE) for first in range(0, groups, GROUPS_PER_SOLVE)]
@@ -180,8 +180,8 @@ def _refit(layer: nn.Module, norm: nn.Module | None, x: torch.Tensor, y: torch.T
 
 
 def _ridge_grouped(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_ridge` of every group at once: rows ``x`` (groups, N, in) and targets ``y`` (groups, N, out); the
-    weights (groups * out, in) and shifts (groups * out) of the groups in order."""
+    """:func:`ridge_solution` of every group at once: rows ``x`` (groups, N, in) and targets ``y`` (groups, N,
+    out); the weights (groups * out, in) and shifts (groups * out) of the groups in order."""
     x_mean, y_mean = x.mean(1, keepdim=True), y.mean(1, keepdim=True)
     xc, yc = x - x_mean, y - y_mean
     gram = xc.transpose(1, 2) @ xc
@@ -192,7 +192,7 @@ def _ridge_grouped(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torc
     return w.reshape(-1, w.shape[2]), b.reshape(-1)
 
 
-def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ridge_solution(x: torch.Tensor, y: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Least squares ``y ~ x @ w.T + b`` with an L2 penalty relative to the mean feature variance."""
     x_mean, y_mean = x.mean(0), y.mean(0)
     xc, yc = x - x_mean, y - y_mean
