@@ -34,6 +34,8 @@ SUITES = [
     ("held_out", "#25", "`latprune run --speedup 1.5` on a CIFAR ResNet trained here, whose checkpoint no default was "
      "tuned on", False),
     ("plan_proxy", "#25", "how well the planner's plan losses rank plans by their top-1 after two-stage", False),
+    ("output_refit", "#25", "two-stage with and without its closing refit of the output layer, on plans pareto chose",
+     False),
     ("imagenet", "#29", "EfficientNet-Lite0 on ImageNet photos at equal measured latency against the baselines",
      False),
 ]

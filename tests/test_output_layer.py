@@ -80,3 +80,24 @@ def test_two_stage_ends_by_refitting_the_output_layer_unless_told_not_to(resnet2
     settings.refit_output = False
     _, report = recover(resnet20, pruned20, "ridge-tuned", images[:200], settings)
     assert "output_layer" not in report.steps[0] and "phase2" in report.steps[0]
+
+
+def test_recover_says_what_the_refit_did():
+    from latprune.cli.plan_commands import _format_recovered
+
+    steps = [{"step": "two-stage", "seconds": 80.0,
+              "output_layer": {"layer": "linear", "applied": True, "reason": "", "error_before": 0.312,
+                               "error_after": 0.112}}]
+    report = {"recipe": "two-stage", "calibration_images": 1024, "steps": steps, "error_before": 2.0,
+              "error_after": 0.5}
+    text = _format_recovered({"out": "r.pt", "recovery": report})
+    assert text.splitlines()[-1] == ("output layer linear refitted to the dense outputs: error on held-out "
+                                     "calibration images 0.312 -> 0.112")
+    steps[0]["output_layer"] = {"layer": "_fc", "applied": False,
+                                "reason": "750 calibration images are too few to fit its 1280 inputs"}
+    assert _format_recovered({"out": "r.pt", "recovery": report}).splitlines()[-1] == (
+        "output layer _fc left as it was: 750 calibration images are too few to fit its 1280 inputs")
+    steps[0]["output_layer"] = {"layer": None, "applied": False, "reason": "the network's output is not a linear "
+                                "layer's"}
+    assert _format_recovered({"out": "r.pt", "recovery": report}).splitlines()[-1] == (
+        "output layer left as it was: the network's output is not a linear layer's")

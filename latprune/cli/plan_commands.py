@@ -140,7 +140,16 @@ def _format_recovered(result: dict) -> str:
         steps = ", ".join(f"{s['step']} {s['seconds']:.1f} s" for s in report["steps"])
         lines.append(f"recovery {report['recipe']} on {report['calibration_images']} calibration images: {steps}; "
                      f"layer reconstruction error {report['error_before']:.3f} -> {report['error_after']:.3f}")
+        lines += [_refit_line(s["output_layer"]) for s in report["steps"] if s.get("output_layer")]
     return "\n".join(lines)
+
+
+def _refit_line(refit: dict) -> str:
+    if refit["applied"]:
+        return (f"output layer {refit['layer']} refitted to the dense outputs: error on held-out calibration images "
+                f"{refit['error_before']:.3f} -> {refit['error_after']:.3f}")
+    layer = f"output layer {refit['layer']}" if refit["layer"] else "output layer"
+    return f"{layer} left as it was: {refit['reason']}"
 
 
 def _prune_options(parser: argparse.ArgumentParser) -> None:

@@ -64,9 +64,9 @@ def refit_output_layer(pruned: nn.Module, dense: nn.Module, calib: torch.Tensor,
     if name is None:
         return OutputRefit(None, False, "the network's output is not a linear layer's")
     layer = dict(pruned.named_modules())[name]
-    fitted = len(calib) - len(range(0, len(calib), HELD_OUT_EVERY))
     if layer.bias is None:
         return OutputRefit(name, False, "the layer has no bias to take the fitted shift")
+    fitted = len(calib) - len(range(0, len(calib), HELD_OUT_EVERY))
     if 2 * (layer.in_features + 1) > fitted:
         return OutputRefit(name, False, f"{fitted} calibration images are too few to fit its "
                                         f"{layer.in_features} inputs")
