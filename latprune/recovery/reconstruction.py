@@ -51,7 +51,7 @@ class ReconstructionSettings:
     padded_layers: bool = True
     seed: int = 0
     # Two-stage (and ridge-tuned) end by refitting the output layer in closed form (latprune/recovery/output_layer.py):
-    # cifar resnet56 0.5x plans with the last block removed 73.9-74.1% -> 76.1-77.5%, the others unchanged.
+    # cifar resnet56 0.5x plans with the last block removed 73.9-75.8% -> 76.1-77.5%, the others within a point.
     refit_output: bool = True
     # Two-stage's wall-time box in seconds (None: every epoch). Half goes to phase 1, the rest to phase 2; each
     # phase times its first step and does as many of its steps as fit (at least one).
