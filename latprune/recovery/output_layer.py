@@ -15,10 +15,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from latprune.batching import batch_size_for, forward_in_batches
 from latprune.memory_format import channels_last
 from latprune.recovery.ridge import ridge_solution
+from latprune.recovery.taps import layer_input
 
 HELD_OUT_EVERY = 4  # every fourth calibration image checks the fit instead of joining it
 
@@ -70,9 +72,10 @@ def refit_output_layer(pruned: nn.Module, dense: nn.Module, calib: torch.Tensor,
     if 2 * (layer.in_features + 1) > fitted:
         return OutputRefit(name, False, f"{fitted} calibration images are too few to fit its "
                                         f"{layer.in_features} inputs")
-    features, current = _inputs_and_outputs(pruned, layer, calib)
+    features = _features(pruned, name, calib)
     if features.dim() != 2:
         return OutputRefit(name, False, "the layer reads more than one feature vector per image")
+    current = F.linear(features, layer.weight.detach().double(), layer.bias.detach().double())
     target = forward_in_batches(dense.eval(), calib).double()
     if target.shape != current.shape:
         return OutputRefit(name, False, f"the dense network's outputs have shape {tuple(target.shape[1:])}, the "
@@ -90,23 +93,12 @@ def refit_output_layer(pruned: nn.Module, dense: nn.Module, calib: torch.Tensor,
     return OutputRefit(name, True, "", before, after)
 
 
-def _inputs_and_outputs(model: nn.Module, layer: nn.Linear, calib: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's inputs and outputs on ``calib``, in double precision."""
-    inputs, outputs = [], []
-
-    def record(module, given, output) -> None:  # a hook returning anything would replace the output
-        inputs.append(given[0])
-        outputs.append(output)
-
+def _features(model: nn.Module, name: str, calib: torch.Tensor) -> torch.Tensor:
+    """The inputs of layer ``name`` on ``calib``, in double precision."""
     model.eval()
-    with torch.no_grad(), channels_last(model, example=calib) as layout:  # which probes the model: hooked after
-        hook = layer.register_forward_hook(record)
-        try:
-            for batch in calib.split(batch_size_for(calib.shape)):
-                model(layout(batch))
-        finally:
-            hook.remove()
-    return torch.cat(inputs).double(), torch.cat(outputs).double()
+    with torch.no_grad(), channels_last(model, example=calib) as layout:
+        return torch.cat([layer_input(model, name, layout(batch))
+                          for batch in calib.split(batch_size_for(calib.shape))]).double()
 
 
 def _relative_error(output: torch.Tensor, target: torch.Tensor) -> float:
