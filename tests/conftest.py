@@ -109,36 +109,10 @@ def profiled_resnet20(tmp_path_factory):
 def synthetic_backend(monkeypatch):
     """A registered backend whose layer times are a smooth function of the layer's MACs, times ``scale``; and
     times ``slowdown(call)`` for the ``call``-th timing, where a test sets it (a host contended at times)."""
-    from latprune.network import trace_layers
+    from fixtures.synthetic_backend import synthetic_backend_class
     from latprune.profiler import backends
-    from latprune.profiler.backends import Backend, Prepared, RoundSample
 
-    class Synthetic(Backend):
-        name = "synthetic"
-        scale = 1.0
-        slowdown = None
-        calls = 0
-        networks: dict[str, dict[str, float]] = {}
-
-        def description(self) -> dict:
-            return {"backend": self.name, "cpu": "synthetic", "threads": 1}
-
-        def prepare(self, model, input_shape, layers, path):
-            infos = trace_layers(model, torch.zeros(input_shape))
-            Synthetic.networks[str(path)] = {
-                name: 0.002 + 2e-8 * infos[name].signature(infos[name].cin, infos[name].cout, input_shape[0],
-                                                           "float32", self.name, next_align=0).macs
-                for name in layers if name in infos}
-            return Prepared(Path(path), tuple(layers))
-
-        def time(self, prepared, warmup, runs, profiled_runs, warmup_ms=0.0):
-            Synthetic.calls += 1
-            contention = Synthetic.slowdown(Synthetic.calls) if Synthetic.slowdown else 1.0
-            segments = {k: v * Synthetic.scale * contention for k, v in Synthetic.networks[str(prepared.path)].items()}
-            whole = 0.01 * contention + sum(segments.values())
-            return RoundSample([whole] * runs, [whole] * profiled_runs, [dict(segments)] * profiled_runs,
-                               {k: 1 for k in segments})
-
+    Synthetic = synthetic_backend_class()
     monkeypatch.setitem(backends.BACKENDS, "synthetic", lambda threads=None: Synthetic(threads))
     return Synthetic
 

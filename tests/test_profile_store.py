@@ -107,27 +107,27 @@ def test_the_profile_hash_does_not_depend_on_the_order_rows_are_summed_in(store_
         assert store.profile_hash(device, "torch-cpu") != hashes[1]
 
 
-def test_a_fitted_performance_model_is_kept_in_the_store_and_loaded_back(store_location):
+def test_a_fitted_performance_model_is_kept_in_the_store_and_loaded_back(store_location, synthetic_backend):
     from latprune.models import load_model
     from latprune.perfmodel.api import fit_perf_model, load_perf_model, stored_fit
     from latprune.perfmodel.persistence import fit_bytes, read_fit_bytes
     from latprune.profiler.runner import profile_model
     from test_profiler import FAST
 
-    report = profile_model(load_model("cifar:resnet20"), "torch-cpu", db=store_location, settings=FAST,
+    report = profile_model(load_model("cifar:resnet20"), "synthetic", db=store_location, settings=FAST,
                            progress=False)
     assert report.variants_timed == report.variants_planned and report.variants_by_others == 0
     with ProfileStore(store_location) as store:
         device = store.find_device(report.device)
-        fitted, summary = fit_perf_model(store, device, "torch-cpu")
-        assert store.read_fit(report.device, "torch-cpu") is not None
-        loaded, again = load_perf_model(store, device, "torch-cpu")
+        fitted, summary = fit_perf_model(store, device, "synthetic")
+        assert store.read_fit(report.device, "synthetic") is not None
+        loaded, again = load_perf_model(store, device, "synthetic")
     assert again.status == "loaded" and loaded.layers.measured_ == fitted.layers.measured_
     with ProfileStore(store_location) as store:  # a fit stored by an earlier latprune, whose hash summed floats
-        profile_hash, versions, summary_json, model = read_fit_bytes(store.read_fit(report.device, "torch-cpu"), "test")
-        store.write_fit(report.device, "torch-cpu", fit_bytes(model, profile_hash.removeprefix("ns:"), versions,
+        profile_hash, versions, summary_json, model = read_fit_bytes(store.read_fit(report.device, "synthetic"), "test")
+        store.write_fit(report.device, "synthetic", fit_bytes(model, profile_hash.removeprefix("ns:"), versions,
                                                               summary_json))
-        assert stored_fit(store, device, "torch-cpu", report.device) == (
+        assert stored_fit(store, device, "synthetic", report.device) == (
             None, "fitted by an earlier latprune, which identified the profile another way")
     if store_location.startswith("postgresql://"):
         assert not os.path.exists(f"{store_location}.perfmodels")
@@ -202,7 +202,7 @@ def test_a_version_1_sqlite_file_is_read_as_it_is_and_migrated_by_a_writer(tmp_p
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
 
 
-def test_a_profiler_times_the_variants_no_other_holds_and_waits_for_the_rest(store_location):
+def test_a_profiler_times_the_variants_no_other_holds_and_waits_for_the_rest(store_location, synthetic_backend):
     """Another profiler of this device (elsewhere) holds three variants: this one times the others, waits, and
     counts those three as timed by the other once it commits them."""
     import threading
@@ -219,20 +219,20 @@ def test_a_profiler_times_the_variants_no_other_holds_and_waits_for_the_rest(sto
                                branches=analysis.branches)
     held = [v.key for v in variants[1:4]]
     other = ProfileStore(store_location)
-    device = other.device_id(this_device("torch-cpu"), {"cpu": "as this machine"})
+    device = other.device_id(this_device("synthetic"), {"cpu": "as this machine"})
     for key in held:
-        assert other.claim(device, "torch-cpu", analysis.key, key)
+        assert other.claim(device, "synthetic", analysis.key, key)
 
     def finish_later():  # the other profiler commits them (a connection of its own: SQLite's are per thread)
         time.sleep(3)
         with ProfileStore(store_location) as same:
             for key in held:
-                same.finish_variant(device, "torch-cpu", NetworkTiming(analysis.key, key, {}, M, {}, 0.0), [])
+                same.finish_variant(device, "synthetic", NetworkTiming(analysis.key, key, {}, M, {}, 0.0), [])
 
     thread = threading.Thread(target=finish_later)
     thread.start()
     try:
-        report = profile_model(analysis, "torch-cpu", db=store_location, settings=FAST, progress=False)
+        report = profile_model(analysis, "synthetic", db=store_location, settings=FAST, progress=False)
     finally:
         thread.join()
         other.close()

@@ -1,7 +1,5 @@
 """Profiler: resumable, reusing, robust timing of layers inside the running network."""
 
-import json
-import os
 import signal
 import sqlite3
 import statistics
@@ -27,16 +25,10 @@ from latprune.profiler.variants import candidate_widths, design_variants
 
 FAST = ProfileSettings(widths=8, variants=6, rounds=3, runs=2, profiled_runs=2, warmup=1, min_round_ms=5,
                        global_warmup_s=0.0)
-FAST_CLI = ["--widths", "8", "--variants", "6", "--runs", "2", "--warmup", "1", "--global-warmup", "0"]
 
 
 def cli(*argv, db):
     return [sys.executable, "-m", "latprune.cli", *argv, "--db", str(db)]
-
-
-# Subprocesses find the test fixtures' model factories wherever pytest was started.
-FIXTURES_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
-    [os.path.dirname(os.path.abspath(__file__)), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def rows(db):
@@ -47,14 +39,21 @@ def rows(db):
     return layers, networks, pending
 
 
-def test_killed_profile_resumes_to_the_same_rows_without_duplicates(tmp_path):
-    command = ["profile", "--model", "fixtures.user_models:tiny_net", "--backend", "torch-cpu", *FAST_CLI, "--json"]
+def test_killed_profile_resumes_to_the_same_rows_without_duplicates(tmp_path, synthetic_backend):
+    """A profiling process killed with SIGKILL part way (each timing of its synthetic backend takes 0.1 s) leaves
+    committed rounds; profiling again finishes the profile with the rows of one never interrupted."""
+    import multiprocessing
+
+    from fixtures.synthetic_backend import profile_on_synthetic_backend
+
+    spec = "fixtures.user_models:tiny_net"
     clean = tmp_path / "clean.sqlite"
-    subprocess.run(cli(*command, db=clean), check=True, capture_output=True, env=FIXTURES_ENV)
+    profile_model(load_model(spec), "synthetic", db=clean, settings=FAST, progress=False)
 
     interrupted = tmp_path / "interrupted.sqlite"
-    proc = subprocess.Popen(cli(*command, db=interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=FIXTURES_ENV)
+    proc = multiprocessing.get_context("spawn").Process(target=profile_on_synthetic_backend,
+                                                        args=(spec, str(interrupted), FAST, 0.1))
+    proc.start()
     deadline = time.time() + 120
     while time.time() < deadline:  # kill -9 once some, but not all, rounds are committed
         time.sleep(0.05)
@@ -65,35 +64,35 @@ def test_killed_profile_resumes_to_the_same_rows_without_duplicates(tmp_path):
                 continue
             if pending >= 2:
                 break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.kill()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
     _, networks_at_kill, _ = rows(interrupted)
 
-    resumed = subprocess.run(cli(*command, db=interrupted), check=True, capture_output=True, text=True,
-                             env=FIXTURES_ENV)
-    report = json.loads(resumed.stdout)
+    report = profile_model(load_model(spec), "synthetic", db=interrupted, settings=FAST, progress=False)
     layers_a, networks_a, pending_a = rows(clean)
     layers_b, networks_b, pending_b = rows(interrupted)
     assert len(networks_at_kill) < len(networks_b)  # the kill really interrupted the run
-    assert report["variants_already_done"] == len(networks_at_kill)
+    assert report.variants_already_done == len(networks_at_kill)
     assert sorted(layers_a) == sorted(layers_b) and len(set(layers_b)) == len(layers_b)
     assert sorted(networks_a) == sorted(networks_b) and len(set(networks_b)) == len(networks_b)
     assert pending_a == pending_b == 0
 
 
-def test_second_model_reuses_matching_signatures_without_retiming(tmp_path):
+def test_second_model_reuses_matching_signatures_without_retiming(tmp_path, synthetic_backend):
+    """Reuse follows the layer signatures in the store, not the device: the synthetic backend stands in for it."""
     db = tmp_path / "p.sqlite"
-    first = profile_model(load_model("cifar:resnet20"), "torch-cpu", db=db, settings=FAST, progress=False)
+    first = profile_model(load_model("cifar:resnet20"), "synthetic", db=db, settings=FAST, progress=False)
     assert first.new_layer_rows > 0 and first.variants_timed == first.variants_planned
     with ProfileStore(db) as store:
         device_id = store.find_device(first.device)
-        before = store.layer_timings(device_id, "torch-cpu")
+        before = store.layer_timings(device_id, "synthetic")
 
-    second = profile_model(load_model("fixtures.user_models:resnet20_copy"), "torch-cpu", db=db, settings=FAST,
+    second = profile_model(load_model("fixtures.user_models:resnet20_copy"), "synthetic", db=db, settings=FAST,
                            progress=False)
     with ProfileStore(db) as store:
-        after = store.layer_timings(device_id, "torch-cpu")
-        networks = store.network_timings(device_id, "torch-cpu", second.model)
+        after = store.layer_timings(device_id, "synthetic")
+        networks = store.network_timings(device_id, "synthetic", second.model)
     assert second.new_layer_rows == 0
     assert after == before  # same rows, same numbers: nothing re-timed
     assert second.variants_timed == FAST.anchors  # only the anchors are timed, for whole-network totals
@@ -101,27 +100,27 @@ def test_second_model_reuses_matching_signatures_without_retiming(tmp_path):
     assert len(networks) == FAST.anchors
 
 
-def test_timings_of_another_network_under_the_same_spec_and_shape_are_refused(tmp_path, monkeypatch):
+def test_timings_of_another_network_under_the_same_spec_and_shape_are_refused(tmp_path, monkeypatch, synthetic_backend):
     """A factory whose code changed (here: padding computed for 16 while run at 15) is refused, not mixed with the
     rows its earlier network left under the same model key; the unchanged network resumes on its own rows."""
     import fixtures.user_models as user_models
 
     db, spec, shape = tmp_path / "p.sqlite", "fixtures.user_models:same_padded_net", (1, 3, 15, 15)
-    profile_model(load_model(spec, input_shape=shape), "torch-cpu", db=db, settings=FAST, progress=False)
-    again = profile_model(load_model(spec, input_shape=shape), "torch-cpu", db=db, settings=FAST, progress=False)
+    profile_model(load_model(spec, input_shape=shape), "synthetic", db=db, settings=FAST, progress=False)
+    again = profile_model(load_model(spec, input_shape=shape), "synthetic", db=db, settings=FAST, progress=False)
     assert again.variants_timed == 0 and again.variants_already_done == again.variants_planned
     built_for = user_models.same_padded_net
     monkeypatch.setattr(user_models, "same_padded_net", lambda: built_for((1, 3, 16, 16)))
     changed = load_model(spec, input_shape=shape)
     assert changed.model[0].padding == (0, 1, 0, 1)
     with pytest.raises(LatpruneError, match="made from another network: 2 of its layers differ"):
-        profile_model(changed, "torch-cpu", db=db, settings=FAST, progress=False)
+        profile_model(changed, "synthetic", db=db, settings=FAST, progress=False)
     # The closed loop's timer would add the changed network's plans (and time them against the old quiet reference).
     with pytest.raises(LatpruneError, match="made from another network: 2 of its layers differ"):
-        VariantTimer(analyse(changed), "torch-cpu", db=db, settings=FAST)
+        VariantTimer(analyse(changed), "synthetic", db=db, settings=FAST)
     unchanged = load_model(spec, input_shape=(1, 3, 16, 16))  # built for 16 and run at 16: another key, no rows
     with pytest.raises(LatpruneError, match="made from another network"):  # ... but judged against the stale one
-        VariantTimer(analyse(unchanged), "torch-cpu", db=db, settings=FAST, reference=changed)
+        VariantTimer(analyse(unchanged), "synthetic", db=db, settings=FAST, reference=changed)
 
 
 def test_corrupt_database_is_a_clear_error(tmp_path):

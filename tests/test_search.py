@@ -216,7 +216,7 @@ def test_every_family_is_searched_not_only_the_best_start(inputs, calib, tmp_pat
         return float(sum(0 < len(k) < full[gid] for gid, k in kept.items()))
 
     table = _damage(inputs, calib[:16], tmp_path)
-    search = CalibratedSearch(table, partial, SearchSettings(seconds=600.0, patience=1000, max_candidates=60),
+    search = CalibratedSearch(table, partial, SearchSettings(seconds=600.0, patience=1000, max_candidates=20),
                               progress=False)
     search.plan(inputs, Budget(0.7 * inputs.dense_ms(), "given"))
     ids = [g.id for g in inputs.groups]
@@ -225,7 +225,7 @@ def test_every_family_is_searched_not_only_the_best_start(inputs, calib, tmp_pat
         removes, narrows = 0 in widths, any(0 < w < full[gid] for gid, w in zip(ids, widths))
         kinds["depth and width" if removes and narrows else "depth only" if removes else "width only"] += 1
     assert all(count >= 3 for count in kinds.values()), kinds
-    assert set(search.log_coefficients) == set(kinds) and len(search.losses) <= 3 * 60 + 4
+    assert set(search.log_coefficients) == set(kinds) and len(search.losses) <= 3 * 20 + 4
 
 
 def test_a_family_that_runs_out_of_plans_stops_before_its_time_box(inputs, calib, tmp_path):
@@ -319,7 +319,7 @@ def test_the_best_plans_at_other_depths_are_repaired_too(inputs, calib, tmp_path
     budget = Budget(0.7 * inputs.dense_ms(), "given")
     plans = {}
     for extra in (0, 2):
-        settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=40, finalists=extra)
+        settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=15, finalists=extra)
         plans[extra] = CalibratedSearch(table, fast, settings, progress=False, repaired=repaired).plan(inputs, budget)
     leaders, finalists = plans[0].search.finalists, plans[2].search.finalists
     extras = [f for f in finalists if "best with" in f.source]

@@ -36,7 +36,7 @@ def _search(inputs, calib, tmp_path, recovered, recovered_plans=2):
     analysis = inputs.analysis
     table = measure_damage(analysis.model, analysis.spec, inputs.groups, analysis.layout, inputs.scores,
                            inputs.macs.candidates, calib[:16], cache_dir=tmp_path, progress=False)
-    settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=40, recovered=recovered_plans)
+    settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=15, recovered=recovered_plans)
     return CalibratedSearch(table, narrowed, settings, progress=False, repaired=repaired, recovered=recovered)
 
 
