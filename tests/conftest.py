@@ -94,14 +94,20 @@ def _deterministic():
 
 @pytest.fixture(scope="session")
 def profiled_resnet20(tmp_path_factory):
-    """A small torch-cpu profile of cifar:resnet20 (seconds, not minutes), shared by the tests."""
+    """A small torch-cpu profile of cifar:resnet20 (seconds, not minutes), shared by the tests as data. Its visits
+    are kept at their first try: on a loaded host, timing them again in quiet brackets made this profile take 30-82 s
+    instead of 8-10 s, and those brackets have tests of their own (test_quiet_visits.py, test_hostile_inputs.py)."""
+    import latprune.profiler.quiet_visits as quiet_visits
     from latprune.models import load_model
     from latprune.profiler.runner import ProfileSettings, profile_model
 
     fast = ProfileSettings(widths=8, variants=12, rounds=3, runs=3, profiled_runs=3, warmup=1, min_round_ms=5,
                            global_warmup_s=0.0)
     db = tmp_path_factory.mktemp("perf") / "p.sqlite"
-    profile_model(load_model("cifar:resnet20"), "torch-cpu", db=db, settings=fast, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quiet_visits, "MAX_RETIMES", 0)
+        patch.setattr(quiet_visits, "QUIET_WAIT_S", 0.0)
+        profile_model(load_model("cifar:resnet20"), "torch-cpu", db=db, settings=fast, progress=False)
     return db
 
 
@@ -126,19 +132,45 @@ class Profiled:
     timing: object
 
 
+SYNTHETIC_PROFILE = dict(widths=8, variants=16, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
+                         global_warmup_s=0.0, anchors=16)
+
+
+@pytest.fixture(scope="session")
+def synthetic_profile(tmp_path_factory) -> Path:
+    """A folder holding cifar:resnet20 profiled on the synthetic backend (at scale 1) and its stored fit, made once
+    per session: the ``profiled`` fixture gives each test a copy (6-8 s each when every test profiled anew)."""
+    from fixtures.synthetic_backend import synthetic_backend_class
+    from latprune import pipeline
+    from latprune.profiler import backends
+    from latprune.profiler.api import ProfileSettings
+
+    folder = tmp_path_factory.mktemp("synthetic_profile")
+    synthetic = synthetic_backend_class()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(backends.BACKENDS, "synthetic", lambda threads=None: synthetic(threads))
+        analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
+        pipeline.profile(analysis, "synthetic", db=folder / "p.sqlite", settings=ProfileSettings(**SYNTHETIC_PROFILE),
+                         progress=False)
+        pipeline.fit(folder / "p.sqlite", "synthetic")
+    return folder
+
+
 @pytest.fixture
-def profiled(synthetic_backend, tmp_path) -> Profiled:
-    """cifar:resnet20 profiled on the synthetic backend (at scale 1), and its fitted performance model."""
+def profiled(synthetic_backend, synthetic_profile, tmp_path) -> Profiled:
+    """cifar:resnet20 profiled on the synthetic backend (at scale 1), and its fitted performance model: a copy of
+    the session's profile, for the test to change."""
+    import shutil
+
     from latprune import pipeline
     from latprune.profiler.api import ProfileSettings
 
-    fast = ProfileSettings(widths=8, variants=16, rounds=2, runs=2, profiled_runs=2, warmup=0, min_round_ms=0.0,
-                           global_warmup_s=0.0, anchors=16)
-    db = tmp_path / "p.sqlite"
+    folder = tmp_path / "profile"
+    shutil.copytree(synthetic_profile, folder)
+    db = folder / "p.sqlite"
     analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
-    pipeline.profile(analysis, "synthetic", db=db, settings=fast, progress=False)
     perf, fitted = pipeline.fit(db, "synthetic")
-    return Profiled(analysis, db, perf, fitted, fast)
+    return Profiled(analysis, db, perf, fitted, ProfileSettings(**SYNTHETIC_PROFILE))
 
 
 @pytest.fixture(scope="session")

@@ -232,10 +232,10 @@ def test_a_family_that_runs_out_of_plans_stops_before_its_time_box(inputs, calib
     """At 0.9x of dense each family has few plans: once ``exhausted`` solves in a row give none not scored
     before, the family's search ends (without the rule the three families would take 600 s each)."""
     table = _damage(inputs, calib[:16], tmp_path)
-    settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=1000, exhausted=200)
+    settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=1000, exhausted=60)
     search = CalibratedSearch(table, lambda kept: float(sum(map(len, kept.values()))), settings, progress=False)
     record = search.plan(inputs, Budget(0.9 * inputs.dense_ms(), "given")).search
-    assert record.seconds < 300 and record.dp_solves >= 200 and record.candidates_scored < 3 * 1000
+    assert record.seconds < 300 and record.dp_solves >= 60 and record.candidates_scored < 3 * 1000
 
 
 def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):
