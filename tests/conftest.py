@@ -115,12 +115,9 @@ def profiled_resnet20(tmp_path_factory):
 def synthetic_backend(monkeypatch):
     """A registered backend whose layer times are a smooth function of the layer's MACs, times ``scale``; and
     times ``slowdown(call)`` for the ``call``-th timing, where a test sets it (a host contended at times)."""
-    from fixtures.synthetic_backend import synthetic_backend_class
-    from latprune.profiler import backends
+    from fixtures.synthetic_backend import register_synthetic_backend
 
-    Synthetic = synthetic_backend_class()
-    monkeypatch.setitem(backends.BACKENDS, "synthetic", lambda threads=None: Synthetic(threads))
-    return Synthetic
+    return register_synthetic_backend(monkeypatch)
 
 
 @dataclass
@@ -140,15 +137,13 @@ SYNTHETIC_PROFILE = dict(widths=8, variants=16, rounds=2, runs=2, profiled_runs=
 def synthetic_profile(tmp_path_factory) -> Path:
     """A folder holding cifar:resnet20 profiled on the synthetic backend (at scale 1) and its stored fit, made once
     per session: the ``profiled`` fixture gives each test a copy (6-8 s each when every test profiled anew)."""
-    from fixtures.synthetic_backend import synthetic_backend_class
+    from fixtures.synthetic_backend import register_synthetic_backend
     from latprune import pipeline
-    from latprune.profiler import backends
     from latprune.profiler.api import ProfileSettings
 
     folder = tmp_path_factory.mktemp("synthetic_profile")
-    synthetic = synthetic_backend_class()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(backends.BACKENDS, "synthetic", lambda threads=None: synthetic(threads))
+        register_synthetic_backend(patch)
         analysis = pipeline.analyse(pipeline.load("cifar:resnet20"))
         pipeline.profile(analysis, "synthetic", db=folder / "p.sqlite", settings=ProfileSettings(**SYNTHETIC_PROFILE),
                          progress=False)
