@@ -225,7 +225,7 @@ def test_every_family_is_searched_not_only_the_best_start(inputs, calib, tmp_pat
         removes, narrows = 0 in widths, any(0 < w < full[gid] for gid, w in zip(ids, widths))
         kinds["depth and width" if removes and narrows else "depth only" if removes else "width only"] += 1
     assert all(count >= 3 for count in kinds.values()), kinds
-    assert set(search.log_coefficients) == set(kinds) and len(search.losses) <= 3 * 20 + 4
+    assert set(search.log_coefficients) == set(kinds) and len(search.losses) <= 3 * 20 + 6
 
 
 def test_a_family_that_runs_out_of_plans_stops_before_its_time_box(inputs, calib, tmp_path):
@@ -262,6 +262,40 @@ def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):
     assert [f.loss for f in record.finalists] == sorted(f.loss for f in record.finalists)
     again = type(record).from_json(record.to_json(), "the plan")
     assert again == record
+
+
+def test_each_familys_plain_dp_plan_is_a_finalist(inputs, calib, tmp_path):
+    """The plan a depth-only planner starts from (the importance DP over removal or full width) is repaired beside
+    the leaders, so it is returned where the repaired loss prefers it, whatever the search's own loss says."""
+    from latprune.planner.solver import solve
+
+    problem = inputs.latency_problem()
+    budget = Budget(0.7 * inputs.dense_ms(), "given")
+    families = plan_families(problem.candidates)
+    held = {name: problem.restricted([~f for f in forbidden]) for name, forbidden in families.items()}
+    starts = {name: dp.widths(solve(dp, budget.target_ms, 2000).choice) for name, dp in held.items()}
+    ids = [g.id for g in inputs.groups]
+    wanted = {gid: w for gid, w in zip(ids, starts["depth only"])}
+    assert wanted != latency_plan(inputs, budget).widths() and 0 in wanted.values()
+
+    def widths(kept) -> dict:
+        return {gid: len(k) for gid, k in kept.items()}
+
+    def fast(kept) -> float:  # prefers every plan to the depth-only plain DP plan
+        return 1.0 if widths(kept) == wanted else 0.0
+
+    def repaired(kept) -> float:
+        return 0.0 if widths(kept) == wanted else 1.0
+
+    table = _damage(inputs, calib[:16], tmp_path)
+    search = CalibratedSearch(table, fast, SearchSettings(seconds=0.5, patience=1000), progress=False,
+                              repaired=repaired)
+    plan = search.plan(inputs, budget)
+    sources = {f.source: f for f in plan.search.finalists}
+    assert plan.widths() == wanted and plan.search.chosen_from == "plain DP, depth only"
+    assert sources["plain DP, depth only"].loss == 1.0 and sources["plain DP, depth only"].repaired_loss == 0.0
+    width_only = {gid: w for gid, w in zip(ids, starts["width only"])}
+    assert ("plain DP, width only" in sources) == (width_only != latency_plan(inputs, budget).widths())
 
 
 def test_disagreement_is_the_share_of_images_whose_top_class_changed():

@@ -27,10 +27,14 @@ a plan repaired to 0.211 (73.2%; ``pareto_avx512_selection_r20b``).
 The fast repair's loss ranks plans of one family well but not across families: after BatchNorm
 recalibration alone a plan narrowing a whole stage scored ahead of one removing more branches, and after a
 real repair the order was the other way round (cifar resnet20 at 0.5x, docs/planning.md). So where the
-caller supplies a second, repaired loss, the finalists (the best plan of each family and the plain DP plan)
-are re-scored with it and the lowest wins. Within one family the fast loss misleads too: over 11 plans of cifar
-resnet56 at 2x predicted, its rank correlation with top-1 after two-stage was +0.70, the wrong sign (a 60 s
-search's best, loss 1.07, recovered to 76.0%; a 15 s search's best, 1.48, to 80.5%), the repaired loss's -0.38.
+caller supplies a second, repaired loss, the finalists (the best plan of each family, the plain DP plan and
+each family's own plain DP plan) are re-scored with it and the lowest wins. A family's plain DP plan is where a
+planner held to that family starts; unscored by the repair it could be lost to the fast loss: on cifar resnet20
+at 0.5x the depth-only planner's plain DP plan (fast loss 6.29, repaired 0.301) recovered to 58.9% while the
+depth-only leader of the search (4.73, repaired 0.383) recovered to 53.9% (``pareto_avx2_refit_r20_05``).
+Within one family the fast loss misleads too: over 11 plans of cifar resnet56 at 2x predicted, its rank
+correlation with top-1 after two-stage was +0.70, the wrong sign (a 60 s search's best, loss 1.07, recovered to
+76.0%; a 15 s search's best, 1.48, to 80.5%), the repaired loss's -0.38.
 So more plans get the repair: the best plan scored at each other count of removed branches joins the finalists,
 the ``finalists`` lowest of them.
 
@@ -60,6 +64,7 @@ from latprune.errors import LatpruneError
 from latprune.planner.api import PlanningInputs, build_plan, latency_plan
 from latprune.planner.damage import DamageTable
 from latprune.planner.plan import Plan
+from latprune.planner.problem import PlanningProblem
 from latprune.planner.records import DamageRecord, Finalist, SearchRecord
 from latprune.planner.solver import Infeasible, solve
 
@@ -159,17 +164,19 @@ class CalibratedSearch:
             families[family] = (problem.restricted(allowed), [v[a] for v, a in zip(damage_saved, allowed)])
         scored_before = len(self.losses)
 
-        def widths_at(log_c: np.ndarray, family: str) -> tuple[int, ...] | None:
-            family_problem, saved = families[family]
-            values = [math.exp(c) * v for c, v in zip(log_c, saved)]
+        def solved(family_problem: PlanningProblem) -> tuple[int, ...] | None:
             try:
-                choice = solve(family_problem.with_values(values), budget.target_ms, bins).choice
+                choice = solve(family_problem, budget.target_ms, bins).choice
             except Infeasible:
                 return None  # this family has no plan within the budget
             widths = family_problem.widths(choice)
             if max_macs is not None and inputs.macs.cost_of_widths(widths) * 1e6 > max_macs:
                 return None
             return tuple(widths)
+
+        def widths_at(log_c: np.ndarray, family: str) -> tuple[int, ...] | None:
+            family_problem, saved = families[family]
+            return solved(family_problem.with_values([math.exp(c) * v for c, v in zip(log_c, saved)]))
 
         leaders: dict[str, _Candidate] = {}  # the best plan scored in this search, per family
         scored: dict[tuple[int, ...], _Candidate] = {}  # every plan scored in this search, first source kept
@@ -187,6 +194,12 @@ class CalibratedSearch:
         rng = np.random.default_rng(settings.seed + self.searches)
         plain_widths = tuple(plain.widths()[g.id] for g in inputs.groups)
         baseline = score(plain_widths, "plain DP", "", leading="plain DP")
+        family_plain = []  # each family's importance DP: where a planner held to that family starts
+        held = {family: dp for family, (dp, _) in families.items()} if len(families) > 1 else {}
+        for family, family_problem in held.items():
+            widths = solved(family_problem)
+            if widths is not None and widths != plain_widths:
+                family_plain.append(score(widths, "plain DP", family, leading=f"plain DP, {family}"))
         starts = []
         for family in families:
             log_c = self.log_coefficients.get(family, np.zeros(len(inputs.groups)))
@@ -194,8 +207,8 @@ class CalibratedSearch:
             if start_widths:
                 starts.append((score(start_widths, "damage DP", family), family, log_c))
         starts.sort(key=lambda s: s[0].loss)
-        best = min([baseline, *(s[0] for s in starts)], key=lambda c: c.loss)
-        solves = len(families)
+        best = min([baseline, *family_plain, *(s[0] for s in starts)], key=lambda c: c.loss)
+        solves = len(families) + len(held)
         bar = tqdm(desc="plan search", unit="plan", disable=not self.progress, leave=False)
 
         def explore(current: _Candidate, family: str, log_c: np.ndarray) -> None:
