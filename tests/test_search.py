@@ -16,6 +16,7 @@ from latprune.plan_scoring import CalibrationLoss
 from latprune.planner.api import latency_plan, prepare
 from latprune.planner.damage import measure_damage, measured_widths, output_loss
 from latprune.planner.search import CalibratedSearch, SearchSettings, plan_families
+from latprune.planner.solver import solve
 from latprune.planner.widths import WidthPolicy
 
 
@@ -267,8 +268,6 @@ def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):
 def test_each_familys_plain_dp_plan_is_a_finalist(inputs, calib, tmp_path):
     """The plan a depth-only planner starts from (the importance DP over removal or full width) is repaired beside
     the leaders, so it is returned where the repaired loss prefers it, whatever the search's own loss says."""
-    from latprune.planner.solver import solve
-
     problem = inputs.latency_problem()
     budget = Budget(0.7 * inputs.dense_ms(), "given")
     families = plan_families(problem.candidates)
