@@ -159,9 +159,12 @@ class CalibratedSearch:
             damage = self.damage.at(group.id, candidates)
             damage_saved.append(damage[0] - damage)
         families = {}  # per family: its DP over the widths it allows, and the damage each of them saves
+        held = []  # the families that forbid some width: their importance DP is not the plain DP
         for family, forbidden in plan_families(problem.candidates).items():
             allowed = [~f for f in forbidden]
             families[family] = (problem.restricted(allowed), [v[a] for v, a in zip(damage_saved, allowed)])
+            if any(f.any() for f in forbidden):
+                held.append(family)
         scored_before = len(self.losses)
 
         def solved(family_problem: PlanningProblem) -> tuple[int, ...] | None:
@@ -194,10 +197,9 @@ class CalibratedSearch:
         rng = np.random.default_rng(settings.seed + self.searches)
         plain_widths = tuple(plain.widths()[g.id] for g in inputs.groups)
         baseline = score(plain_widths, "plain DP", "", leading="plain DP")
-        family_plain = []  # each family's importance DP: where a planner held to that family starts
-        held = {family: dp for family, (dp, _) in families.items()} if len(families) > 1 else {}
-        for family, family_problem in held.items():
-            widths = solved(family_problem)
+        family_plain = []  # each held family's importance DP: where a planner held to that family starts
+        for family in held:
+            widths = solved(families[family][0])
             if widths is not None and widths != plain_widths:
                 family_plain.append(score(widths, "plain DP", family, leading=f"plain DP, {family}"))
         starts = []
