@@ -106,10 +106,14 @@ def test_unsafe_or_foreign_weight_files_are_refused(tmp_path):
 
 
 def test_pretrained_cifar_resnet20_reaches_its_published_accuracy(cifar_test_dir):
+    """On every 5th test image (all ten classes, 3 s instead of 16): 80.45% there, 81.0% on all 10,000."""
+    from torch.utils.data import Subset
+
     loaded = load_model("cifar:resnet20", weights=shared_checkpoint("resnet20"))
     dataset = image_folder(cifar_test_dir, loaded.family, loaded.input_shape)
     assert len(dataset) == 10_000
-    assert evaluate_top1(loaded.model, dataset, progress=False) == pytest.approx(0.810, abs=0.001)
+    every_fifth = Subset(dataset, range(0, len(dataset), 5))
+    assert evaluate_top1(loaded.model, every_fifth, progress=False) == pytest.approx(0.8045, abs=0.001)
 
 
 def test_empty_or_missing_data_folder_is_a_clear_error(tmp_path):

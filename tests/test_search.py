@@ -25,6 +25,12 @@ def inputs(resnet20):
     return prepare(analyse(resnet20), "l2", policy=WidthPolicy(step=16), perf=MacsLatency(), backend="fake")
 
 
+@pytest.fixture(scope="module")
+def table(inputs, calib, tmp_path_factory):
+    """The damage table of the first 16 calibration images, measured once for the searches (about 1.5 s each)."""
+    return _damage(inputs, calib[:16], tmp_path_factory.mktemp("damage"))
+
+
 def _damage(inputs, images, cache_dir, model=None, scores=None):
     analysis = inputs.analysis
     return measure_damage(model or analysis.model, analysis.spec, inputs.groups, analysis.layout,
@@ -32,8 +38,7 @@ def _damage(inputs, images, cache_dir, model=None, scores=None):
                           progress=False)
 
 
-def test_damage_is_zero_at_full_width_and_never_grows_with_width(inputs, calib, tmp_path):
-    table = _damage(inputs, calib[:16], tmp_path)
+def test_damage_is_zero_at_full_width_and_never_grows_with_width(inputs, table):
     assert set(table.widths) == {g.id for g in inputs.groups}
     for group in inputs.groups:
         widths, damage = table.widths[group.id], table.damage[group.id]
@@ -86,15 +91,14 @@ def test_output_loss_is_kl_of_class_scores():
     assert output_loss(logits, torch.zeros_like(logits)) == pytest.approx(expected)
 
 
-def _search(inputs, calib, tmp_path, loss, seconds=2.0):
-    table = _damage(inputs, calib[:16], tmp_path)
+def _search(table, loss, seconds=1.0):
     return CalibratedSearch(table, loss, SearchSettings(seconds=seconds, patience=1000), progress=False)
 
 
-def test_search_never_returns_a_plan_scoring_worse_than_the_plain_dp_plan(inputs, calib, tmp_path):
+def test_search_never_returns_a_plan_scoring_worse_than_the_plain_dp_plan(inputs, table, calib):
     loss = CalibrationLoss(inputs.analysis, calib)
     budget = Budget(0.6 * inputs.dense_ms(), "given")
-    search = _search(inputs, calib, tmp_path, loss)
+    search = _search(table, loss)
     plan = search.plan(inputs, budget)
     plain = latency_plan(inputs, budget)
     record = plan.search
@@ -106,32 +110,31 @@ def test_search_never_returns_a_plan_scoring_worse_than_the_plain_dp_plan(inputs
     assert plan.predicted_ms <= budget.target_ms
 
 
-def test_search_keeps_the_plain_dp_plan_when_nothing_scores_better(inputs, calib, tmp_path):
+def test_search_keeps_the_plain_dp_plan_when_nothing_scores_better(inputs, table):
     budget = Budget(0.6 * inputs.dense_ms(), "given")
     plain = latency_plan(inputs, budget).kept()
-    plan = _search(inputs, calib, tmp_path, lambda kept: 0.0 if kept == plain else 1.0, seconds=1.0).plan(inputs,
-                                                                                                          budget)
+    plan = _search(table, lambda kept: 0.0 if kept == plain else 1.0).plan(inputs, budget)
     assert plan.kept() == plain and plan.search.chosen_from == "plain DP"
 
 
-def test_search_follows_its_loss(inputs, calib, tmp_path):
+def test_search_follows_its_loss(inputs, table):
     """A loss that only wants the first group wide: the search finds plans the plain DP does not."""
     first = inputs.groups[0]
     budget = Budget(0.5 * inputs.dense_ms(), "given")
-    plan = _search(inputs, calib, tmp_path, lambda kept: -len(kept[first.id]), seconds=3.0).plan(inputs, budget)
+    plan = _search(table, lambda kept: -len(kept[first.id])).plan(inputs, budget)
     assert plan.search.loss_chosen <= plan.search.loss_plain_dp
     assert plan.widths()[first.id] >= latency_plan(inputs, budget).widths()[first.id]
     assert plan.predicted_ms <= budget.target_ms
 
 
-def test_a_second_search_starts_from_the_first_and_reuses_scored_plans(inputs, calib, tmp_path):
+def test_a_second_search_starts_from_the_first_and_reuses_scored_plans(inputs, table):
     calls = []
 
     def loss(kept):
         calls.append(tuple(len(v) for v in kept.values()))
         return float(sum(len(v) for v in kept.values()))
 
-    search = _search(inputs, calib, tmp_path, loss, seconds=1.0)
+    search = _search(table, loss)
     budget = Budget(0.6 * inputs.dense_ms(), "given")
     search.plan(inputs, budget)
     scored = len(calls)
@@ -186,7 +189,7 @@ def test_a_family_plans_on_its_own_widths_only(inputs):
 
 
 @pytest.mark.parametrize("wanted", ["width only", "depth only"])
-def test_search_finds_the_family_its_loss_prefers(inputs, calib, tmp_path, wanted):
+def test_search_finds_the_family_its_loss_prefers(inputs, table, wanted):
     """Removal damages do not add up: the search scores width-only and depth-only plans too, and keeps the
     family whose plans its loss prefers."""
     full = {g.id: g.width for g in inputs.groups}
@@ -197,7 +200,7 @@ def test_search_finds_the_family_its_loss_prefers(inputs, calib, tmp_path, wante
         return float(removed if wanted == "width only" else partial)
 
     budget = Budget(0.7 * inputs.dense_ms(), "given")
-    plan = _search(inputs, calib, tmp_path, loss, seconds=1.0).plan(inputs, budget)
+    plan = _search(table, loss).plan(inputs, budget)
     widths = plan.widths()
     assert plan.search.loss_chosen == 0.0
     if wanted == "width only":
@@ -208,7 +211,7 @@ def test_search_finds_the_family_its_loss_prefers(inputs, calib, tmp_path, wante
     assert plan.predicted_ms <= budget.target_ms
 
 
-def test_every_family_is_searched_not_only_the_best_start(inputs, calib, tmp_path):
+def test_every_family_is_searched_not_only_the_best_start(inputs, table):
     """The loss prefers depth-only plans, so the depth-only start scores best; the width-only and the depth-and-
     width families are searched too (plans of each beyond its start are scored), each up to its own plan count."""
     full = {g.id: g.width for g in inputs.groups}
@@ -216,7 +219,6 @@ def test_every_family_is_searched_not_only_the_best_start(inputs, calib, tmp_pat
     def partial(kept) -> float:
         return float(sum(0 < len(k) < full[gid] for gid, k in kept.items()))
 
-    table = _damage(inputs, calib[:16], tmp_path)
     search = CalibratedSearch(table, partial, SearchSettings(seconds=600.0, patience=1000, max_candidates=20),
                               progress=False)
     search.plan(inputs, Budget(0.7 * inputs.dense_ms(), "given"))
@@ -229,17 +231,16 @@ def test_every_family_is_searched_not_only_the_best_start(inputs, calib, tmp_pat
     assert set(search.log_coefficients) == set(kinds) and len(search.losses) <= 3 * 20 + 6
 
 
-def test_a_family_that_runs_out_of_plans_stops_before_its_time_box(inputs, calib, tmp_path):
+def test_a_family_that_runs_out_of_plans_stops_before_its_time_box(inputs, table):
     """At 0.9x of dense each family has few plans: once ``exhausted`` solves in a row give none not scored
     before, the family's search ends (without the rule the three families would take 600 s each)."""
-    table = _damage(inputs, calib[:16], tmp_path)
     settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=1000, exhausted=60)
     search = CalibratedSearch(table, lambda kept: float(sum(map(len, kept.values()))), settings, progress=False)
     record = search.plan(inputs, Budget(0.9 * inputs.dense_ms(), "given")).search
     assert record.seconds < 300 and record.dp_solves >= 60 and record.candidates_scored < 3 * 1000
 
 
-def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):
+def test_finalists_are_chosen_by_the_repaired_loss(inputs, table):
     """The search's own loss prefers width-only plans, the repaired loss depth-only ones: the family leaders are
     re-scored and the depth-only leader returned, with every finalist recorded."""
     full = {g.id: g.width for g in inputs.groups}
@@ -250,7 +251,6 @@ def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):
     def partial(kept) -> float:
         return float(sum(0 < len(k) < full[gid] for gid, k in kept.items()))
 
-    table = _damage(inputs, calib[:16], tmp_path)
     search = CalibratedSearch(table, removed, SearchSettings(seconds=1.0, patience=1000), progress=False,
                               repaired=partial)
     budget = Budget(0.7 * inputs.dense_ms(), "given")
@@ -265,7 +265,7 @@ def test_finalists_are_chosen_by_the_repaired_loss(inputs, calib, tmp_path):
     assert again == record
 
 
-def test_each_familys_plain_dp_plan_is_a_finalist(inputs, calib, tmp_path):
+def test_each_familys_plain_dp_plan_is_a_finalist(inputs, table):
     """The plan a depth-only planner starts from (the importance DP over removal or full width) is repaired beside
     the leaders, so it is returned where the repaired loss prefers it, whatever the search's own loss says."""
     problem = inputs.latency_problem()
@@ -286,7 +286,6 @@ def test_each_familys_plain_dp_plan_is_a_finalist(inputs, calib, tmp_path):
     def repaired(kept) -> float:
         return 0.0 if widths(kept) == wanted else 1.0
 
-    table = _damage(inputs, calib[:16], tmp_path)
     search = CalibratedSearch(table, fast, SearchSettings(seconds=0.5, patience=1000), progress=False,
                               repaired=repaired)
     plan = search.plan(inputs, budget)
@@ -333,7 +332,7 @@ def test_repaired_loss_holds_images_out_and_scores_top_class_disagreement(monkey
     assert (halved * 25) == round(halved * 25)  # a share of the 25 held-out images
 
 
-def test_the_best_plans_at_other_depths_are_repaired_too(inputs, calib, tmp_path):
+def test_the_best_plans_at_other_depths_are_repaired_too(inputs, table):
     """The search's own loss prefers one removed branch, the repaired loss two: beside the families' leaders the
     best plan at each other depth the search scored is repaired (at most ``finalists`` of them), so a plan at a
     depth no leader has can be returned; with ``finalists=0`` only the leaders compete."""
@@ -348,7 +347,6 @@ def test_the_best_plans_at_other_depths_are_repaired_too(inputs, calib, tmp_path
     def repaired(kept) -> float:
         return float(abs(removed(kept) - 2))
 
-    table = _damage(inputs, calib[:16], tmp_path)
     budget = Budget(0.7 * inputs.dense_ms(), "given")
     plans = {}
     for extra in (0, 2):
