@@ -384,8 +384,8 @@ def test_the_plan_command_verifies_by_default_and_prints_the_rounds(profiled, sy
 def test_verify_closes_the_loop_on_a_plan_made_elsewhere_starting_from_it(profiled, synthetic_backend, tmp_path,
                                                                            capsys):
     """`latprune verify`: round 1 measures the plan as made (open loop, elsewhere); a device 40% slower than its
-    profile puts it over its millisecond budget, so the loop re-plans until it is in band. A plan for another device or model is
-    refused in one line before any timing."""
+    profile puts it over its millisecond budget, so the loop re-plans until it is in band. A plan for another device
+    or model is refused in one line before any timing."""
     from latprune.cli import main
     from latprune.planner.plan import Plan
 
