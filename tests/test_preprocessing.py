@@ -142,8 +142,7 @@ def test_efficientnet_lite0_prunes_with_depth_exports_and_recovers(tmp_path):
     from latprune.channels import masked_mismatch
     from latprune.data import calibration_tensor
     from latprune.pruned_file import load_pruned, prune_loaded, save_pruned
-    from latprune.recovery import recover
-    from latprune.recovery import ReconstructionSettings
+    from latprune.recovery import ReconstructionSettings, recover
 
     loaded = pipeline.load("latprune.models.efficientnet_lite:lite0")
     analysis = pipeline.analyse(loaded)
@@ -164,7 +163,7 @@ def test_efficientnet_lite0_prunes_with_depth_exports_and_recovers(tmp_path):
     with torch.no_grad():
         dense_out = analysis.model.eval()(calib)
         error = {"none": float((pruned.model.eval()(calib) - dense_out).pow(2).mean())}
-    quick = ReconstructionSettings(phase1_epochs=1, phase2_epochs=1)  # a step of each phase: 7 s, not 35
+    quick = ReconstructionSettings(phase1_epochs=1, phase2_epochs=1)  # one step of each phase, not five
     for recipe in ("bn", "two-stage", "ridge", "asr"):
         recovered, _ = recover(analysis, pruned, recipe, calib, quick)
         with torch.no_grad():
