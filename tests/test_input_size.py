@@ -46,15 +46,29 @@ def test_the_widths_plan_for_what_the_size_leaves_of_a_speedup():
 
 
 def test_a_size_whose_dense_network_meets_the_speedup_leaves_nothing_to_plan():
-    assert sized(0.766).alone_meets(BudgetRequest(speedup=1.25))  # 1.25 x 0.766 = 0.96
-    assert sized(0.8).alone_meets(BudgetRequest(speedup=1.25))  # exactly at the budget
+    assert sized(0.766).alone_meets(BudgetRequest(speedup=1.25))  # 1.25 x 0.776 (the interval's top) = 0.97
+    assert sized(0.79).alone_meets(BudgetRequest(speedup=1.25))  # the interval's top exactly at the budget
     assert not sized(0.766).alone_meets(BudgetRequest(speedup=1.31))  # 1.31 x 0.766 = 1.003
+    assert sized(0.766).describe_uncertain(BudgetRequest(speedup=1.25)) is None
     assert not sized(0.1).alone_meets(BudgetRequest(budget_ms=3.0))  # milliseconds: the planner's to judge
     assert sized(0.766).describe_alone(BudgetRequest(speedup=1.25)).startswith(
         "at 192x192 the dense network alone runs at 0.766 of its latency at 224x224 (paired, 95% interval "
         "0.756-0.776), which meets --speedup 1.25: no channel is pruned")
     with pytest.raises(ValueError, match="the size alone meets --speedup 1.25"):
         sized(0.766).request(BudgetRequest(speedup=1.25))
+
+
+def test_a_size_met_only_by_its_median_leaves_the_widths_what_its_interval_could_hide():
+    """1.25 x 0.795 = 0.994 meets the budget, 1.25 x 0.805 (the interval's top) does not: widths are planned, aiming
+    at the interval's top, and the run says why."""
+    asked = BudgetRequest(speedup=1.25)
+    assert not sized(0.795).alone_meets(asked)
+    assert sized(0.795).request(asked).speedup == pytest.approx(1.25 * 0.805)
+    assert sized(0.795).describe_uncertain(asked) == (
+        "at 192x192 the dense network runs at 0.795 of its latency at 224x224, within --speedup 1.25, but its 95% "
+        "interval reaches 0.805: widths are planned for the rest, the closed loop judging them")
+    assert sized(0.81).describe_uncertain(asked) is None  # the ratio itself misses: widths as always
+    assert sized(0.795).describe_uncertain(BudgetRequest(budget_ms=3.0)) is None
 
 
 def test_the_plan_of_a_size_alone_keeps_every_channel():

@@ -11,6 +11,7 @@ from latprune import pipeline
 from latprune.analysis import analyse
 from latprune.budget import Budget
 from latprune.cli import main
+from latprune.cli.text import search_line
 from latprune.errors import LatpruneError
 from latprune.plan_scoring import CalibrationLoss
 from latprune.planner.api import latency_plan, prepare
@@ -294,6 +295,33 @@ def test_each_familys_plain_dp_plan_is_a_finalist(inputs, table):
     assert sources["plain DP, depth only"].loss == 1.0 and sources["plain DP, depth only"].repaired_loss == 0.0
     width_only = {gid: w for gid, w in zip(ids, starts["width only"])}
     assert ("plain DP, width only" in sources) == (width_only != latency_plan(inputs, budget).widths())
+
+
+def test_the_finalists_repair_stops_when_its_time_box_is_spent(inputs, table):
+    """With no time for the repair, the two finalists the search's own loss ranks first are repaired (a choice
+    needs two) and the others are counted as left out; with time, every finalist is repaired."""
+    calls = []
+
+    def repaired(kept) -> float:
+        calls.append(kept)
+        return 1.0 / len(calls)  # the later repaired, the better
+
+    budget = Budget(0.7 * inputs.dense_ms(), "given")
+    records = {}
+    for share in (0.0, 1.0):
+        calls.clear()
+        settings = SearchSettings(seconds=0.5, patience=1000, final_share=share)
+        search = CalibratedSearch(table, lambda kept: float(len(calls)), settings, progress=False, repaired=repaired)
+        plan = search.plan(inputs, budget)
+        records[share] = (plan.search, len(calls))
+    (boxed, boxed_calls), (full, full_calls) = records[0.0], records[1.0]
+    assert full.finalists_left_out == 0 and full_calls == len(full.finalists) > 2
+    assert boxed_calls == len(boxed.finalists) == 2
+    assert boxed.finalists_left_out == len(full.finalists) - 2
+    assert boxed.chosen_from == boxed.finalists[1].source  # the lower repaired loss of the two
+    assert "not repaired" not in search_line(full.to_json())
+    assert f"{boxed.finalists_left_out} more not repaired" in search_line(boxed.to_json())
+    assert type(boxed).from_json(boxed.to_json(), "the plan") == boxed
 
 
 def test_disagreement_is_the_share_of_images_whose_top_class_changed():

@@ -34,6 +34,8 @@ def search_line(search: dict) -> str:
     if record.finalists:
         scored = ", ".join(f"{f.repaired_loss:.4g} {f.source}" for f in record.finalists)
         line += f"; finalists by {record.final_objective} ({record.final_seconds:.1f} s): {scored}"
+        if record.finalists_left_out:
+            line += f" ({record.finalists_left_out} more not repaired: the repair's time box was spent)"
     if record.recovered:
         scored = ", ".join(f"{f.recovered_loss:.4g} {f.source}" for f in record.recovered)
         line += f"; recovered by {record.selection_objective}: {scored}"

@@ -60,6 +60,7 @@ class SearchRecord:
     final_objective: str = ""
     final_seconds: float = 0.0
     finalists: tuple[Finalist, ...] = ()
+    finalists_left_out: int = 0  # finalists not repaired: the repair's time box was spent
     selection_objective: str = ""  # the last stage's loss, where it ran
     structure: str = ""  # the structure the last stage chose: depth and width, depth only or width only
     recovered: tuple[Finalist, ...] = ()  # the plans the last stage recovered, with ``recovered_loss``

@@ -36,7 +36,12 @@ Within one family the fast loss misleads too: over 11 plans of cifar resnet56 at
 correlation with top-1 after two-stage was +0.70, the wrong sign (a 60 s search's best, loss 1.07, recovered to
 76.0%; a 15 s search's best, 1.48, to 80.5%), the repaired loss's -0.38.
 So more plans get the repair: the best plan scored at each other count of removed branches joins the finalists,
-the ``finalists`` lowest of them.
+the ``finalists`` lowest of them. The repair costs what the search costs where a network is large: about 70 s a
+plan on EfficientNet-Lite0 at 176x176 (768 images fitted, 256 held out), five finalists in each of the closed
+loop's two searches took 9 of a 35-minute run (``imagenet_input_size_auto_finalists``). So the finalists are
+repaired in the order of the search's own loss, and no more are started once the repair has taken as long as the
+families' time boxes together (``final_share`` of them; two at least, else there is no choice); the others are
+counted as left out.
 
 The repaired loss still ranks structures wrongly at times (resnet56 at 0.5x: a depth-and-width plan 0.180 ahead
 of a depth-only one at 0.246, reversed after two-stage). Where the caller supplies a third loss, the recovery the
@@ -102,8 +107,9 @@ class SearchSettings:
     family's search also stops after ``patience`` scored plans in a row without improvement, ``max_candidates``
     scored plans, or ``exhausted`` DP solves in a row that give no plan not scored before (a small family, such as
     depth only on a short network, runs out of plans long before its time box). With a repaired loss, up to
-    ``finalists`` plans beside the families' leaders are repaired: the best at other depths. With a recovered
-    loss, the ``recovered`` best-repairing structures' best plans are recovered. Perturbations change the
+    ``finalists`` plans beside the families' leaders are repaired: the best at other depths; once the repair has
+    taken ``final_share`` of the families' time boxes together, no more are started (two at least). With a
+    recovered loss, the ``recovered`` best-repairing structures' best plans are recovered. Perturbations change the
     log-coefficients of a ``share`` of the groups by N(0, sigma), sigma shrinking geometrically from
     ``sigma_start`` to ``sigma_end`` over a family's time box."""
 
@@ -113,6 +119,7 @@ class SearchSettings:
     max_candidates: int = 1000
     exhausted: int = 3000
     finalists: int = 3
+    final_share: float = 1.0
     recovered: int = RECOVERED_PLANS
     share: float = 0.3
     sigma_start: float = 1.0
@@ -122,6 +129,9 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.seconds) and self.seconds >= 0):
             raise LatpruneError(f"--search-seconds must be a non-negative number, got {self.seconds}")
+        if not (math.isfinite(self.final_share) and self.final_share >= 0):
+            raise LatpruneError(f"the finalists' share of the search time must be a non-negative number, got "
+                                f"{self.final_share}")
 
 
 @dataclass
@@ -248,7 +258,8 @@ class CalibratedSearch:
             bar.close()
         self.searches += 1
         final_began = time.perf_counter()
-        best, finalists, recovered = self._final(inputs, best, leaders, scored.values())
+        final_box = settings.final_share * seconds * len(starts)
+        best, finalists, recovered, left_out = self._final(inputs, best, leaders, scored.values(), final_box)
         record = SearchRecord(
             objective=self.description, chosen_from=best.source, loss_chosen=float(best.loss),
             loss_plain_dp=float(baseline.loss), candidates_scored=len(self.losses) - scored_before, dp_solves=solves,
@@ -256,18 +267,19 @@ class CalibratedSearch:
             damage=DamageRecord(images=self.damage.images, seconds=float(self.damage.seconds),
                                 cached=bool(self.damage.cached), key=self.damage.key),
             final_objective=getattr(self.repaired, "description", "") if finalists else "",
-            final_seconds=time.perf_counter() - final_began, finalists=finalists,
+            final_seconds=time.perf_counter() - final_began, finalists=finalists, finalists_left_out=left_out,
             selection_objective=getattr(self.recovered, "description", "") if recovered else "",
             structure=structure_of(inputs, best.widths) if recovered else "", recovered=recovered)
         chosen = build_plan(inputs, list(best.widths), "latency-search", budget, dict(plain.solver))
         return chosen.with_records(objective="calibrated", search=record)
 
     def _final(self, inputs: PlanningInputs, best: _Candidate, leaders: Mapping[str, _Candidate],
-               scored: Iterable[_Candidate]) -> tuple[_Candidate, tuple[Finalist, ...], tuple[Finalist, ...]]:
+               scored: Iterable[_Candidate], box_s: float
+               ) -> tuple[_Candidate, tuple[Finalist, ...], tuple[Finalist, ...], int]:
         """The plan to return: the lowest repaired loss among the finalists (the families' leaders and the best
-        plans at other depths), where a repaired loss is given and there are two or more; else the best plan on
-        the search's own loss; with a recovered loss, as :meth:`_recovered_choice` picks. Also the finalists and
-        the plans recovered."""
+        plans at other depths) repaired within ``box_s`` seconds, where a repaired loss is given and there are two
+        or more; else the best plan on the search's own loss; with a recovered loss, as :meth:`_recovered_choice`
+        picks. Also the finalists repaired, the plans recovered and how many finalists the box left out."""
         distinct: dict[tuple[int, ...], _Candidate] = {}  # one per plan: the lowest-loss source of it
         for candidate in sorted(leaders.values(), key=lambda c: c.loss):
             distinct.setdefault(candidate.widths, candidate)
@@ -275,15 +287,19 @@ class CalibratedSearch:
             distinct[candidate.widths] = candidate
         finalists = sorted(distinct.values(), key=lambda c: c.loss)
         if self.repaired is None or len(finalists) < 2:
-            return best, (), ()
+            return best, (), (), 0
+        began, repaired = time.perf_counter(), []
         for candidate in tqdm(finalists, desc="repairing finalists", unit="plan", disable=not self.progress,
                               leave=False):
-            if candidate.widths not in self.repaired_losses:
+            if candidate.widths not in self.repaired_losses:  # (one repaired in an earlier search is free)
+                if len(repaired) >= 2 and time.perf_counter() - began >= box_s:
+                    continue  # the box is spent: left out
                 self.repaired_losses[candidate.widths] = self.repaired(inputs.kept_at(candidate.widths))
-        chosen, recovered = self._recovered_choice(inputs, sorted(finalists,
+            repaired.append(candidate)
+        chosen, recovered = self._recovered_choice(inputs, sorted(repaired,
                                                                   key=lambda c: self.repaired_losses[c.widths]))
         return chosen, tuple(Finalist(c.source, float(c.loss), float(self.repaired_losses[c.widths]))
-                             for c in finalists), recovered
+                             for c in repaired), recovered, len(finalists) - len(repaired)
 
     def _recovered_choice(self, inputs: PlanningInputs,
                           ranked: list[_Candidate]) -> tuple[_Candidate, tuple[Finalist, ...]]:
