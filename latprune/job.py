@@ -165,7 +165,7 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
         plan = unpruned_plan(analysis, config.budget.resolve(dense_ms, "measured dense")).with_records(
             verification=VerificationRecord.unverified(notes[0]))
     else:
-        uncertain = sized and sized.describe_uncertain(config.budget)
+        uncertain = sized.describe_uncertain(config.budget) if sized else None
         notes = [uncertain] if uncertain else []
         if uncertain and progress:
             print(f"latprune run: {uncertain}", file=sys.stderr, flush=True)

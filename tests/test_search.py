@@ -300,7 +300,11 @@ def test_each_familys_plain_dp_plan_is_a_finalist(inputs, table):
 def test_the_finalists_repair_stops_when_its_time_box_is_spent(inputs, table):
     """With no time for the repair, the two finalists the search's own loss ranks first are repaired (a choice
     needs two) and the others are counted as left out; with time, every finalist is repaired."""
+    full_width = {g.id: g.width for g in inputs.groups}
     calls = []
+
+    def fast(kept) -> float:
+        return sum(not len(k) for k in kept.values()) + 0.01 * sum(len(k) < full_width[g] for g, k in kept.items())
 
     def repaired(kept) -> float:
         calls.append(kept)
@@ -310,14 +314,14 @@ def test_the_finalists_repair_stops_when_its_time_box_is_spent(inputs, table):
     records = {}
     for share in (0.0, 1.0):
         calls.clear()
-        settings = SearchSettings(seconds=0.5, patience=1000, final_share=share)
-        search = CalibratedSearch(table, lambda kept: float(len(calls)), settings, progress=False, repaired=repaired)
-        plan = search.plan(inputs, budget)
+        settings = SearchSettings(seconds=600.0, patience=1000, max_candidates=15, final_share=share)
+        plan = CalibratedSearch(table, fast, settings, progress=False, repaired=repaired).plan(inputs, budget)
         records[share] = (plan.search, len(calls))
     (boxed, boxed_calls), (full, full_calls) = records[0.0], records[1.0]
     assert full.finalists_left_out == 0 and full_calls == len(full.finalists) > 2
     assert boxed_calls == len(boxed.finalists) == 2
     assert boxed.finalists_left_out == len(full.finalists) - 2
+    assert [(f.source, f.loss) for f in boxed.finalists] == [(f.source, f.loss) for f in full.finalists[:2]]
     assert boxed.chosen_from == boxed.finalists[1].source  # the lower repaired loss of the two
     assert "not repaired" not in search_line(full.to_json())
     assert f"{boxed.finalists_left_out} more not repaired" in search_line(boxed.to_json())
