@@ -36,8 +36,8 @@ Within one family the fast loss misleads too: over 11 plans of cifar resnet56 at
 correlation with top-1 after two-stage was +0.70, the wrong sign (a 60 s search's best, loss 1.07, recovered to
 76.0%; a 15 s search's best, 1.48, to 80.5%), the repaired loss's -0.38.
 So more plans get the repair: the best plan scored at each other count of removed branches joins the finalists,
-the ``finalists`` lowest of them. The repair costs what the search costs where a network is large: about 70 s a
-plan on EfficientNet-Lite0 at 176x176 (768 images fitted, 256 held out), five finalists in each of the closed
+the ``finalists`` lowest of them. The repair costs what the search costs where a network is large: 45-72 s a
+plan on EfficientNet-Lite0 at 176x176 (750 photos fitted, 250 held out), five finalists in each of the closed
 loop's two searches took 9 of a 35-minute run (``imagenet_input_size_auto_finalists``). So the finalists are
 repaired in the order of the search's own loss, and no more are started once the repair has taken as long as the
 families' time boxes together (``final_share`` of them; two at least, else there is no choice); the others are
