@@ -100,6 +100,10 @@ class InputSize:
         its dense latency is the planner's to predict."""
         return asked.speedup is not None and asked.speedup * self.dense_ratio.high <= 1.0
 
+    def _median_meets(self, asked: BudgetRequest) -> bool:
+        """Whether the median of the dense network's ratio at this size meets a speedup (its interval may not)."""
+        return asked.speedup is not None and asked.speedup * self.dense_ratio.ratio <= 1.0
+
     def request(self, asked: BudgetRequest) -> BudgetRequest:
         """What the widths must still give at this size, as the planner's first aim: a speedup times the dense
         ratio (1.5x at 0.766 leaves 1.15x), or times the interval's top where the ratio itself meets it (the
@@ -112,15 +116,15 @@ class InputSize:
         if self.alone_meets(asked):
             raise ValueError(f"the size alone meets --speedup {asked.speedup:g}: there are no widths to plan")
         ratio = self.dense_ratio
-        return dataclasses.replace(asked, speedup=asked.speedup * (ratio.ratio if asked.speedup * ratio.ratio > 1.0
-                                                                   else ratio.high))
+        return dataclasses.replace(asked, speedup=asked.speedup * (ratio.high if self._median_meets(asked)
+                                                                   else ratio.ratio))
 
     def describe_uncertain(self, asked: BudgetRequest) -> str | None:
         """Why widths are planned although the dense network's ratio at this size meets a speedup (its interval
         reaches over it); None where the ratio itself does not meet it or the size alone does."""
-        ratio = self.dense_ratio
-        if asked.speedup is None or asked.speedup * ratio.ratio > 1.0 or self.alone_meets(asked):
+        if not self._median_meets(asked) or self.alone_meets(asked):
             return None
+        ratio = self.dense_ratio
         return (f"at {self.size_text} the dense network runs at {ratio.ratio:.3f} of its latency at "
                 f"{self.native_text}, within --speedup {asked.speedup:g}, but its 95% interval reaches "
                 f"{ratio.high:.3f}: widths are planned for the rest, the closed loop judging them")

@@ -142,12 +142,14 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
     stage = _Stages(config.name or config.model, progress)
     with stage("load"):
         native = pipeline.load(config.model, config.weights, config.input_shape, config.preprocessing)
-    request, loaded, sized, origin, dense_ms, alone = config.budget, native, None, None, None, False
+    request, loaded, sized, origin, dense_ms, alone, said = config.budget, native, None, None, None, False, None
     if config.input_size is not None:
         with stage("input size"):
             loaded, sized, dense_ms = _at_input_size(config, native, progress)
             alone = sized.alone_meets(config.budget)  # then nothing is profiled, planned, pruned or repaired
             request = config.budget if alone else sized.request(config.budget)
+            # why nothing is planned, or why widths are although the size's median meets the speedup
+            said = sized.describe_alone(config.budget) if alone else sized.describe_uncertain(config.budget)
     with stage("load"):
         analysis = pipeline.analyse(loaded)
         settings = config.plan_settings()
@@ -158,17 +160,14 @@ def run_job(config: JobConfig, out_dir: str | os.PathLike, progress: bool = True
             photos = images[0][:recovery.size]  # recovery's, the planner's extra left out
             sized = dataclasses.replace(sized, adaptation=_adapt_to_size(native, loaded, photos, recovery, progress))
             origin = _save_adapted(loaded, folder / ADAPTED_WEIGHTS)  # what a later `recover` repairs toward
+    notes = [said] if said else []
+    if said and progress:
+        print(f"latprune run: {said}", file=sys.stderr, flush=True)
     if alone:  # the network at the size, adapted where it was, is the result
-        profiled, fitted, notes = None, None, [sized.describe_alone(config.budget)]
-        if progress:
-            print(f"latprune run: {notes[0]}", file=sys.stderr, flush=True)
+        profiled, fitted = None, None
         plan = unpruned_plan(analysis, config.budget.resolve(dense_ms, "measured dense")).with_records(
-            verification=VerificationRecord.unverified(notes[0]))
+            verification=VerificationRecord.unverified(said))
     else:
-        uncertain = sized.describe_uncertain(config.budget) if sized else None
-        notes = [uncertain] if uncertain else []
-        if uncertain and progress:
-            print(f"latprune run: {uncertain}", file=sys.stderr, flush=True)
         with stage("profile"):
             profiled = pipeline.profile(analysis, config.backend, db=config.db, settings=config.profile,
                                         threads=config.threads, progress=progress)
