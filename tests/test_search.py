@@ -16,7 +16,8 @@ from latprune.errors import LatpruneError
 from latprune.plan_scoring import CalibrationLoss
 from latprune.planner.api import latency_plan, prepare
 from latprune.planner.damage import measure_damage, measured_widths, output_loss
-from latprune.planner.search import CalibratedSearch, SearchSettings, plan_families
+from latprune.planner.families import plan_families
+from latprune.planner.search import CalibratedSearch, SearchSettings
 from latprune.planner.solver import solve
 from latprune.planner.widths import WidthPolicy
 
@@ -392,3 +393,74 @@ def test_the_best_plans_at_other_depths_are_repaired_too(inputs, table):
     assert min(f.repaired_loss for f in leaders) > 0 and len(plans[0].removed) != 2
     assert len(plans[2].removed) == 2 and "best with 2 removed" in plans[2].search.chosen_from
     assert [f.loss for f in finalists] == sorted(f.loss for f in finalists)
+
+
+def _near(budget: Budget, plan_at) -> Budget:
+    """A budget 0.5-4.5% below ``budget`` at which ``plan_at`` (budget -> widths) gives another plan."""
+    for factor in np.linspace(0.995, 0.955, 9):
+        near = Budget(factor * budget.ms, "given")
+        if plan_at(near) != plan_at(budget):
+            return near
+    raise AssertionError("no nearby budget gives another plan")
+
+
+def test_a_re_plan_near_the_last_budget_re_solves_the_last_choice_without_a_search(inputs, table):
+    """The plain DP plan wins the first search; a re-plan 0.5-4.5% lower returns the plain DP plan at its budget,
+    scoring that one plan only; without the nudge, or further away, the search runs again."""
+    budget = Budget(0.6 * inputs.dense_ms(), "given")
+    first = latency_plan(inputs, budget).kept()
+    calls = []
+
+    def loss(kept) -> float:
+        calls.append(kept)
+        return 0.0 if kept == first else 1.0
+
+    search = _search(table, loss)
+    assert search.plan(inputs, budget).search.chosen_from == "plain DP"
+    near = _near(budget, lambda b: latency_plan(inputs, b).widths())
+    assert latency_plan(inputs, near).removed == latency_plan(inputs, budget).removed
+    scored = len(calls)
+    plan = search.plan(inputs, near)
+    assert plan.widths() == latency_plan(inputs, near).widths() and plan.predicted_ms <= near.target_ms
+    assert len(calls) == scored + 1 and calls[-1] == plan.kept()
+    record = plan.search
+    assert record.chosen_from == "plain DP, re-solved at this budget" and record.time_box_s == 0.0
+    assert record.candidates_scored == 1 and record.finalists == () and record.loss_chosen == 1.0
+    assert type(record).from_json(record.to_json(), "the plan") == record
+
+    again = _search(table, loss)
+    again.plan(inputs, budget)
+    far = again.plan(inputs, Budget(0.8 * budget.ms, "given")).search
+    off = CalibratedSearch(table, loss, SearchSettings(seconds=1.0, patience=1000, nudge=0.0), progress=False)
+    off.plan(inputs, budget)
+    for record in (far, off.plan(inputs, near).search):
+        assert "re-solved" not in record.chosen_from and record.time_box_s > 0
+
+
+def test_a_re_plan_that_would_remove_other_branches_searches_again(inputs, table):
+    """The depth-only family's plain DP plan wins (as the repaired loss wants); nearby, that DP removes other
+    branches (a depth-only plan can change no other way), so the re-plan is a search."""
+    problem = inputs.latency_problem()
+    depth_only = problem.restricted([~f for f in plan_families(problem.candidates)["depth only"]])
+
+    def depth_only_at(budget: Budget) -> tuple:
+        return tuple(depth_only.widths(solve(depth_only, budget.target_ms, 2000).choice))
+
+    budget = Budget(0.55 * inputs.dense_ms(), "given")  # the depth-only DP changes 2% below it
+    wanted = depth_only_at(budget)
+
+    def widths(kept) -> tuple:
+        return tuple(len(k) for k in kept.values())
+
+    search = CalibratedSearch(table, lambda kept: float(widths(kept) == wanted),
+                              SearchSettings(seconds=0.5, patience=1000), progress=False,
+                              repaired=lambda kept: float(widths(kept) != wanted))
+    assert search.plan(inputs, budget).search.chosen_from == "plain DP, depth only"
+    record = search.plan(inputs, _near(budget, depth_only_at)).search
+    assert "re-solved" not in record.chosen_from and record.time_box_s > 0
+
+
+def test_the_nudge_is_a_fraction():
+    with pytest.raises(LatpruneError, match="nudge"):
+        SearchSettings(nudge=1.0)
+    assert SearchSettings(nudge=0.0).nudge == 0.0

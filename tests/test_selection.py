@@ -11,7 +11,8 @@ from latprune.budget import Budget, BudgetRequest
 from latprune.errors import LatpruneError
 from latprune.planner.api import prepare
 from latprune.planner.damage import measure_damage
-from latprune.planner.search import CalibratedSearch, SearchSettings, structure_of
+from latprune.planner.families import structure_of
+from latprune.planner.search import CalibratedSearch, SearchSettings
 from latprune.planner.widths import WidthPolicy
 from latprune.settings import RecoveryRequest, SelectionSettings
 
