@@ -115,7 +115,8 @@ def test_run_writes_plan_models_summary_and_report(digits, tmp_path, monkeypatch
     assert run["plan"]["objective"] == "calibrated" and run["plan"]["method"] == "latency-search"
     assert_chosen_is_best_on_its_last_stage(search)
     assert search["candidates_scored"] >= 1
-    assert search["time_box_s"] in (1, 0.25) and search["damage"]["images"] == 64
+    # a first search, a later one (a quarter of the box) or the last choice re-solved near its budget (no search)
+    assert search["time_box_s"] in (1, 0.25, 0.0) and search["damage"]["images"] == 64
     for path in run["files"].values():
         assert (tmp_path / "out" / "digits" / path.split("/")[-1]).exists()
     page = (tmp_path / "out" / "report.html").read_text()

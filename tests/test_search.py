@@ -443,7 +443,10 @@ def test_a_re_plan_near_the_last_budget_re_solves_the_last_choice_without_a_sear
     far = again.plan(inputs, Budget(0.8 * budget.ms, "given")).search
     off = CalibratedSearch(table, loss, SearchSettings(seconds=1.0, patience=1000, nudge=0.0), progress=False)
     off.plan(inputs, budget)
-    for record in (far, off.plan(inputs, near).search):
+    plain_near = widths(latency_plan(inputs, near).kept())
+    lost = _search(table, lambda kept: 0.5 if widths(kept) == plain_near else loss(kept))  # plain DP scores lower
+    lost.plan(inputs, budget)
+    for record in (far, off.plan(inputs, near).search, lost.plan(inputs, near).search):
         assert "re-solved" not in record.chosen_from and record.time_box_s > 0
 
 

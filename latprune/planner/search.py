@@ -55,8 +55,8 @@ A re-plan near the last plan's budget does not search again. The closed loop's r
 target by a few percent (2-4% in ``imagenet_input_size_176_boxed``) to chase a measurement, and each such re-plan
 cost 204-214 s on EfficientNet-Lite0, repairing finalists it then mostly left out. Within ``nudge`` of the last
 plan's target, the DP that made the last choice (its family and coefficients, or the importance DP) is solved at the
-new target; where that gives another plan removing the same branches, it is returned, scored on the search's own
-loss for the record. That is not the 0.7x failure above: no perturbed coefficients, no unrepaired stranger, the
+new target; where that gives another plan removing the same branches and the plan scores no worse than the plain DP
+plan on the search's own loss, it is returned. That is not the 0.7x failure above: no perturbed coefficients, no unrepaired stranger, the
 choice's own objective at a budget a few percent away.
 Only a choice of the damage DP is re-solved so. The importance DP knows nothing of damage, and a few percent away
 its plan can be another network: on Lite0 at 176 (``imagenet_input_size_176_nudge``) the first search chose the
@@ -205,7 +205,9 @@ class CalibratedSearch:
             widths = widths_at(last.candidate.log_c, last.candidate.family)
             if (widths is not None and widths != last.candidate.widths
                     and set(inputs.removed_at(widths)) == set(inputs.removed_at(last.candidate.widths))):
-                return self._nudged(inputs, budget, plain, widths, began)
+                nudged = self._nudged(inputs, budget, plain, widths, began)
+                if nudged is not None:
+                    return nudged
 
         leaders: dict[str, _Candidate] = {}  # the best plan scored in this search, per family
         scored: dict[tuple[int, ...], _Candidate] = {}  # every plan scored in this search, first source kept
@@ -291,15 +293,17 @@ class CalibratedSearch:
         return chosen.with_records(objective="calibrated", search=record)
 
     def _nudged(self, inputs: PlanningInputs, budget: Budget, plain: Plan, widths: tuple[int, ...],
-                began: float) -> Plan:
-        """The last choice's objective re-solved at this budget (``widths``), scored on the search's own loss with
-        the plain DP plan for the record, neither repaired nor recovered: the last choice was, and this plan
-        removes the same branches."""
+                began: float) -> Plan | None:
+        """The last choice's damage DP re-solved at this budget (``widths``), scored on the search's own loss with
+        the plain DP plan, neither repaired nor recovered: the last choice was, and this plan removes the same
+        branches. None where the plain DP plan scores lower: the re-solved objective has lost its way."""
         scored_before = len(self.losses)
         plain_widths = tuple(plain.widths()[g.id] for g in inputs.groups)
         for scored in (widths, plain_widths):
             if scored not in self.losses:
                 self.losses[scored] = self.loss(inputs.kept_at(scored))
+        if self.losses[widths] > self.losses[plain_widths]:
+            return None
         last = dataclasses.replace(self._last.candidate, widths=widths, loss=self.losses[widths])
         self._last = _Choice(last, budget.target_ms)
         record = SearchRecord(
