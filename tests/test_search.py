@@ -395,25 +395,29 @@ def test_the_best_plans_at_other_depths_are_repaired_too(inputs, table):
     assert [f.loss for f in finalists] == sorted(f.loss for f in finalists)
 
 
-def _near(budget: Budget, plan_at) -> Budget:
+def _near(budget: Budget, plan_at) -> Budget | None:
     """A budget 0.5-4.5% below ``budget`` at which ``plan_at`` (budget -> widths) gives another plan."""
     for factor in np.linspace(0.995, 0.955, 9):
         near = Budget(factor * budget.ms, "given")
         if plan_at(near) != plan_at(budget):
             return near
-    raise AssertionError("no nearby budget gives another plan")
+    return None
+
+
+def _damage_dp(inputs, table, family: str):
+    """The damage DP of a plan family with every coefficient 1 (the search's start for it): budget -> widths."""
+    problem = inputs.latency_problem()
+    allowed = [~f for f in plan_families(problem.candidates)[family]]
+    saved = [d[0] - d for d in (table.at(g.id, c) for g, c in zip(inputs.groups, problem.candidates))]
+    dp = problem.restricted(allowed).with_values([v[a] for v, a in zip(saved, allowed)])
+    return lambda budget: tuple(dp.widths(solve(dp, budget.target_ms, 2000).choice))
 
 
 def test_a_re_plan_near_the_last_budget_re_solves_the_last_choice_without_a_search(inputs, table):
     """The damage DP's start (coefficients 1, every width allowed) wins the first search; a re-plan 0.5-4.5% lower
     returns that DP's plan at its budget, scoring only it; without the nudge, or further away, the search runs
     again."""
-    problem = inputs.latency_problem()
-    saved = [d[0] - d for d in (table.at(g.id, c) for g, c in zip(inputs.groups, problem.candidates))]
-    damage_dp = problem.with_values(saved)
-
-    def damage_dp_at(budget: Budget) -> tuple:
-        return tuple(damage_dp.widths(solve(damage_dp, budget.target_ms, 2000).choice))
+    damage_dp_at = _damage_dp(inputs, table, "depth and width")
 
     def widths(kept) -> tuple:
         return tuple(len(k) for k in kept.values())
@@ -428,7 +432,7 @@ def test_a_re_plan_near_the_last_budget_re_solves_the_last_choice_without_a_sear
     search = _search(table, loss)
     assert search.plan(inputs, budget).search.chosen_from == "damage DP, depth and width"
     near = _near(budget, damage_dp_at)
-    assert set(inputs.removed_at(damage_dp_at(near))) == set(inputs.removed_at(damage_dp_at(budget)))
+    assert near is not None and set(inputs.removed_at(damage_dp_at(near))) == set(inputs.removed_at(damage_dp_at(budget)))
     scored = len(calls)
     plan = search.plan(inputs, near)
     assert widths(plan.kept()) == damage_dp_at(near) and plan.predicted_ms <= near.target_ms
@@ -456,30 +460,23 @@ def test_a_re_plan_after_the_plain_dp_plan_searches_again(inputs, table):
     first = latency_plan(inputs, budget).kept()
     search = _search(table, lambda kept: 0.0 if kept == first else 1.0)
     assert search.plan(inputs, budget).search.chosen_from == "plain DP"
-    record = search.plan(inputs, _near(budget, lambda b: latency_plan(inputs, b).widths())).search
+    near = _near(budget, lambda b: latency_plan(inputs, b).widths())
+    assert near is not None
+    record = search.plan(inputs, near).search
     assert "re-solved" not in record.chosen_from and record.time_box_s > 0
 
 
 def test_a_re_plan_that_would_remove_other_branches_searches_again(inputs, table):
-    """The depth-only family's plain DP plan wins (as the repaired loss wants); nearby, that DP removes other
-    branches (a depth-only plan can change no other way), so the re-plan is a search."""
-    problem = inputs.latency_problem()
-    depth_only = problem.restricted([~f for f in plan_families(problem.candidates)["depth only"]])
-
-    def depth_only_at(budget: Budget) -> tuple:
-        return tuple(depth_only.widths(solve(depth_only, budget.target_ms, 2000).choice))
-
-    budget = Budget(0.55 * inputs.dense_ms(), "given")  # the depth-only DP changes 2% below it
+    """The depth-only family's damage DP start wins; a little lower, that DP removes other branches (a depth-only
+    plan can change no other way), so the re-plan is a search."""
+    depth_only_at = _damage_dp(inputs, table, "depth only")
+    budget, near = next((b, n) for b in (Budget(f * inputs.dense_ms(), "given") for f in np.arange(0.5, 0.95, 0.05))
+                        if (n := _near(b, depth_only_at)) is not None)
     wanted = depth_only_at(budget)
-
-    def widths(kept) -> tuple:
-        return tuple(len(k) for k in kept.values())
-
-    search = CalibratedSearch(table, lambda kept: float(widths(kept) == wanted),
-                              SearchSettings(seconds=0.5, patience=1000), progress=False,
-                              repaired=lambda kept: float(widths(kept) != wanted))
-    assert search.plan(inputs, budget).search.chosen_from == "plain DP, depth only"
-    record = search.plan(inputs, _near(budget, depth_only_at)).search
+    search = _search(table, lambda kept: float(tuple(len(k) for k in kept.values()) != wanted))
+    assert search.plan(inputs, budget).search.chosen_from == "damage DP, depth only"
+    assert set(inputs.removed_at(depth_only_at(near))) != set(inputs.removed_at(wanted))
+    record = search.plan(inputs, near).search
     assert "re-solved" not in record.chosen_from and record.time_box_s > 0
 
 
