@@ -432,7 +432,8 @@ def test_a_re_plan_near_the_last_budget_re_solves_the_last_choice_without_a_sear
     search = _search(table, loss)
     assert search.plan(inputs, budget).search.chosen_from == "damage DP, depth and width"
     near = _near(budget, damage_dp_at)
-    assert near is not None and set(inputs.removed_at(damage_dp_at(near))) == set(inputs.removed_at(damage_dp_at(budget)))
+    assert near is not None
+    assert set(inputs.removed_at(damage_dp_at(near))) == set(inputs.removed_at(damage_dp_at(budget)))
     scored = len(calls)
     plan = search.plan(inputs, near)
     assert widths(plan.kept()) == damage_dp_at(near) and plan.predicted_ms <= near.target_ms

@@ -54,15 +54,14 @@ a quarter-length re-plan, unrepaired, a stage stream cut to 8 of 64 channels (35
 A re-plan near the last plan's budget does not search again. The closed loop's rounds after the first move the DP's
 target by a few percent (2-4% in ``imagenet_input_size_176_boxed``) to chase a measurement, and each such re-plan
 cost 204-214 s on EfficientNet-Lite0, repairing finalists it then mostly left out. Within ``nudge`` of the last
-plan's target, the DP that made the last choice (its family and coefficients, or the importance DP) is solved at the
-new target; where that gives another plan removing the same branches and the plan scores no worse than the plain DP
-plan on the search's own loss, it is returned. That is not the 0.7x failure above: no perturbed coefficients, no unrepaired stranger, the
-choice's own objective at a budget a few percent away.
-Only a choice of the damage DP is re-solved so. The importance DP knows nothing of damage, and a few percent away
-its plan can be another network: on Lite0 at 176 (``imagenet_input_size_176_nudge``) the first search chose the
-plain DP plan, re-solved 4.7% lower it cut the first block's 32 depthwise channels to 16 (fast loss 1.285, 8.8%
-top-1 pruned, 74.5% after two-stage), and the loop's plans alternated between cutting it and not (measured over
-predicted 1.20-1.37).
+plan's target, where the damage DP made the last choice, that DP (its family and coefficients) is solved at the new
+target; where that gives another plan removing the same branches and scoring no worse than the plain DP plan on the
+search's own loss, it is returned (42-44 s a re-plan on Lite0, timing included). That is not the 0.7x failure above:
+no perturbed coefficients, no unrepaired stranger, the choice's own objective at a budget a few percent away.
+The importance DP's choice is not re-solved so: it knows nothing of damage, and a few percent away its plan can be
+another network. On Lite0 at 176 (``imagenet_input_size_176_nudge``) the first search chose the plain DP plan;
+re-solved 4.7% lower it cut the first block's 32 depthwise channels to 16 (fast loss 1.285, 8.8% top-1 pruned, 74.5%
+after two-stage), and the loop's plans alternated between cutting it and not (measured over predicted 1.20-1.37).
 """
 
 from __future__ import annotations
