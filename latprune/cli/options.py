@@ -162,7 +162,8 @@ def objective_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--search-seconds", type=finite_float, default=SEARCH_SECONDS, metavar="S",
                         help=f"time box of the calibrated search, for each family of plans (depth and width, "
                              f"depth only, width only; default {SEARCH_SECONDS:g}; re-plans in the verification "
-                             f"loop get a quarter); repairing its finalists starts no more plans after as long "
+                             f"loop get a quarter, and one within 5%% of the last plan's target re-solves the last "
+                             f"choice instead); repairing its finalists starts no more plans after as long "
                              f"as the families' boxes together (two plans at least)")
     parser.add_argument("--recovered-plans", type=natural_int, default=RECOVERED_PLANS, metavar="N",
                         help=f"the calibrated search's last stage recovers (two-stage; `run`: its recipe's "
